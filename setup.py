@@ -1,0 +1,35 @@
+"""Declares the Cython extensions of wsrelay/_core; metadata is in pyproject.toml."""
+
+import os
+import sys
+
+from setuptools import Extension, setup
+
+CORE = ["pid", "message", "mailbox", "stats", "runtime"]
+
+
+def extensions():
+    from Cython.Build import cythonize
+
+    debug = os.environ.get("WSRELAY_DEBUG_BUILD") == "1"
+    flags = ["-O0", "-g"] if debug else ["-O2"]
+    if sys.platform != "win32":
+        flags.append("-Wno-unreachable-code")
+    modules = [
+        Extension(f"wsrelay._core.{name}", [f"wsrelay/_core/{name}.pyx"], extra_compile_args=flags)
+        for name in CORE
+    ]
+    return cythonize(
+        modules,
+        language_level=3,
+        compiler_directives={
+            "boundscheck": False,
+            "wraparound": False,
+            "cdivision": True,
+            "embedsignature": True,
+        },
+        annotate=os.environ.get("WSRELAY_ANNOTATE") == "1",
+    )
+
+
+setup(ext_modules=extensions())

@@ -1,0 +1,53 @@
+"""Test harness: every ``async def`` test runs on a fresh uvloop loop, and must
+leave no process behind (the node's table holds only the system process)."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+
+import pytest
+import uvloop
+
+import wsrelay
+
+DEFAULT_TIMEOUT = 60.0
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "timeout(seconds): time limit of an async test")
+
+
+async def _drain_system_inbox() -> None:
+    inbox = wsrelay.process.inbox()
+    while inbox.receive_nowait() is not None:
+        pass
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function):
+    fn = pyfuncitem.obj
+    if not inspect.iscoroutinefunction(fn):
+        return None
+    kwargs = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
+    marker = pyfuncitem.get_closest_marker("timeout")
+    timeout = marker.args[0] if marker else DEFAULT_TIMEOUT
+    node = wsrelay.node()
+    loop = uvloop.new_event_loop()
+    leaked: list = []
+    try:
+        loop.run_until_complete(asyncio.wait_for(fn(**kwargs), timeout))
+        leaked = [pid for pid in node.pids() if pid != node.system.pid]
+    finally:
+        node.terminate_all("test_teardown")
+        pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+        for task in pending:
+            task.cancel()
+        if pending:
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        loop.run_until_complete(_drain_system_inbox())
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+    if leaked:
+        pytest.fail(f"test left processes running: {leaked}")
+    return True

@@ -1,0 +1,113 @@
+"""Process functions the tests spawn."""
+
+from __future__ import annotations
+
+import asyncio
+
+import wsrelay
+from wsrelay import process
+
+
+@wsrelay.register("test:echo")
+async def echo() -> None:
+    """Send every message back to its sender as 'echo'; return on 'stop'."""
+    async for msg in process.inbox():
+        if msg.topic == "stop":
+            return
+        process.send(msg.sender, "echo", msg.payload)
+
+
+@wsrelay.register("test:returns")
+async def returns(*args) -> None:
+    return None
+
+
+@wsrelay.register("test:crash")
+async def crash(message: str = "boom") -> None:
+    raise RuntimeError(message)
+
+
+@wsrelay.register("test:crash_on")
+async def crash_on() -> None:
+    """Wait for a 'crash' message, then raise."""
+    async for msg in process.inbox():
+        if msg.topic == "crash":
+            raise RuntimeError(msg.payload or "asked to crash")
+        if msg.topic == "stop":
+            return
+
+
+@wsrelay.register("test:forward")
+async def forward(observer, trap: bool = False, link_to=None) -> None:
+    """Tell ``observer`` about everything received, system events included."""
+    if trap:
+        process.trap_exits(True)
+    if link_to is not None:
+        process.link(link_to)
+    process.send(observer, "ready", process.self())
+    async for msg in process.inbox():
+        if msg.topic == "stop":
+            return
+        if msg.topic == "unlink":
+            process.unlink(msg.payload)
+            process.send(observer, "unlinked", msg.payload)
+            continue
+        process.send(observer, "seen", (msg.topic, msg.payload, msg.sender))
+
+
+@wsrelay.register("test:burst")
+async def burst(dest, count: int) -> None:
+    for i in range(count):
+        process.send(dest, "n", i)
+
+
+@wsrelay.register("test:sleeper")
+async def sleeper() -> None:
+    await asyncio.Event().wait()
+
+
+@wsrelay.register("test:args")
+async def args(observer, *rest) -> None:
+    process.send(observer, "args", rest)
+
+
+@wsrelay.register("test:who")
+async def who(observer) -> None:
+    process.send(observer, "self", process.self())
+
+
+@wsrelay.register("test:stall")
+async def stall(seconds: float) -> None:
+    """Sleep before reading anything, then echo everything to its sender."""
+    await asyncio.sleep(seconds)
+    async for msg in process.inbox():
+        if msg.topic == "stop":
+            return
+        process.send(msg.sender, "echo", msg.payload)
+
+
+@wsrelay.register("test:link_sleeper")
+async def link_sleeper(observer, target) -> None:
+    """Link to ``target``, say ready, then wait to be killed."""
+    process.link(target)
+    process.send(observer, "ready", process.self())
+    await asyncio.Event().wait()
+
+
+@wsrelay.register("test:gated")
+async def gated(observer, gate: asyncio.Event, watch=None) -> None:
+    """Monitor ``watch``, say ready, wait for ``gate``, then report the topics
+    of everything queued meanwhile in one message."""
+    if watch is not None:
+        process.monitor(watch)
+    process.send(observer, "ready", process.self())
+    await gate.wait()
+    batch = await process.inbox().receive_many()
+    process.send(observer, "batch", [m.topic for m in batch])
+
+
+@wsrelay.register("test:trap_report")
+async def trap_report(observer) -> None:
+    first = process.trap_exits(True)
+    second = process.trap_exits(False)
+    process.send(observer, "trap", (first, second))

@@ -1,0 +1,50 @@
+"""wsrelay: a WebSocket relay engine where every connection is a process."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, TypeVar
+
+from . import process
+from ._core.message import Message
+from ._core.pid import Pid
+from ._core.runtime import EXIT, LINK_DOWN, Inbox, Node, node
+from .errors import ConfigError, MailboxFull, NoTransport, RelayHeaderError, SettingsError
+
+__version__ = "0.1.0"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def register(id: str) -> Callable[[F], F]:
+    """Register an ``async def`` process function under ``id``
+    (``"namespace:name"``), so ``process.spawn(id)`` can start it."""
+
+    def decorate(fn: F) -> F:
+        node().register_function(id, fn)
+        return fn
+
+    return decorate
+
+
+def set_transport(transport: Any) -> None:
+    """Route sends to other nodes' PIDs through ``transport`` (cluster seam)."""
+    node().set_transport(transport)
+
+
+__all__ = [
+    "EXIT",
+    "LINK_DOWN",
+    "ConfigError",
+    "Inbox",
+    "MailboxFull",
+    "Message",
+    "NoTransport",
+    "Node",
+    "Pid",
+    "RelayHeaderError",
+    "SettingsError",
+    "node",
+    "process",
+    "register",
+    "set_transport",
+]

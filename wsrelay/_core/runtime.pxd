@@ -1,0 +1,63 @@
+from libc.stdint cimport uint64_t
+
+from .pid cimport Pid
+from .message cimport Message
+from .mailbox cimport Mailbox
+from .stats cimport Counters
+
+
+cdef class Process:
+    cdef readonly Pid pid
+    cdef Node node
+    cdef Mailbox mailbox
+    cdef readonly bint alive
+    cdef bint trapping
+    # Sets of Process objects, created on first use: most processes never
+    # monitor or link, and an empty set costs 200 bytes.
+    cdef set monitoring
+    cdef set monitored_by
+    cdef set links
+    cdef list names
+    cdef object task
+    cdef object loop
+    cdef Inbox _inbox
+
+    cdef bint deliver(self, str topic, object payload, Pid sender) except -1
+    cdef int signal(self, Message msg) except -1
+    cdef int kill(self, str reason, object error) except -1
+    cdef int on_exit(self, str reason, object error) except -1
+
+
+cdef class Inbox:
+    cdef Process proc
+
+
+cdef class Node:
+    cdef readonly str name
+    cdef readonly str default_host
+    cdef readonly Counters counters
+    cdef readonly Py_ssize_t mailbox_capacity
+    cdef readonly Process system
+    cdef dict table
+    cdef dict names
+    cdef dict functions
+    cdef set hosts
+    cdef uint64_t _next_id
+    cdef object transport
+    cdef object _kill_queue
+    cdef bint _finishing
+
+    cdef Pid new_pid(self, str host)
+    cdef int attach(self, Process proc, Pid pid) except -1
+    cdef Process lookup(self, object dest)
+    cdef int finish(self, Process proc, str reason, object error) except -1
+    cdef int _finish_one(self, Process proc, str reason, object error) except -1
+    cdef int add_monitor(self, Process watcher, Process target) except -1
+    cdef int remove_monitor(self, Process watcher, Process target) except -1
+    cdef bint send_from(self, object dest, str topic, object payload, Pid sender) except -1
+
+
+cdef Node get_node()
+cdef Process current_process()
+cdef Message exit_event(str topic, Pid pid, str reason, object error)
+cdef str check_topic(object topic)

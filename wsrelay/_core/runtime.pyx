@@ -1,0 +1,658 @@
+# cython: language_level=3
+"""The process runtime: the PID table, processes, monitors, links and names.
+
+A process is an asyncio task running a registered ``async def`` function, with
+a PID and a bounded mailbox. Exits propagate the Erlang way: monitors get an
+EXIT event, links kill the other side on an abnormal exit unless it traps
+exits, in which case it gets a LINK_DOWN event.
+"""
+
+import asyncio
+import contextvars
+import logging
+from collections import deque
+
+from cpython.contextvars cimport get_value
+from cpython.dict cimport PyDict_GetItemWithError
+from cpython.object cimport PyObject
+from libc.stdint cimport uint64_t
+
+from .pid cimport Pid, make_pid, parse_pid, to_pid
+from .message cimport Message, new_message
+from .mailbox cimport Mailbox
+from .stats cimport Counters
+
+from wsrelay.errors import MailboxFull, NoTransport
+
+EXIT = "@exit"
+LINK_DOWN = "@link_down"
+
+NORMAL = "normal"
+
+cdef object _log = logging.getLogger("wsrelay.runtime")
+cdef object _CURRENT = contextvars.ContextVar("wsrelay_process")
+cdef object _CancelledError = asyncio.CancelledError
+cdef object _get_running_loop = asyncio._get_running_loop
+cdef Node _NODE = None
+
+
+cdef Message exit_event(str topic, Pid pid, str reason, object error):
+    return new_message(topic, {"pid": pid, "reason": reason, "error": error}, pid)
+
+
+cdef str check_topic(object topic):
+    if type(topic) is not str:
+        raise TypeError(f"topic must be a str, got {type(topic).__name__}")
+    if not topic:
+        raise ValueError("topic must not be empty")
+    if (<str>topic)[0] == "@":
+        raise ValueError(f"topic {topic!r} is reserved: topics starting with '@' are system events")
+    return <str>topic
+
+
+cdef class Process:
+    """A running process. Only the runtime creates these."""
+
+    def __repr__(self):
+        return f"<Process {self.pid} {'alive' if self.alive else 'exited'}>"
+
+    cdef bint deliver(self, str topic, object payload, Pid sender) except -1:
+        if not self.mailbox.push(new_message(topic, payload, sender)):
+            self.node.counters.mailbox_full += 1
+            _log.warning("mailbox of %s is full (%d messages): %r from %s refused",
+                         self.pid, self.mailbox.capacity, topic, sender)
+            raise MailboxFull(self.pid, self.mailbox.capacity)
+        self.node.counters.messages_sent += 1
+        return True
+
+    cdef int signal(self, Message msg) except -1:
+        # System events are bounded by the number of monitors and links, so
+        # they may pass the mailbox capacity rather than be lost.
+        self.mailbox.push_force(msg)
+        return 0
+
+    cdef int kill(self, str reason, object error) except -1:
+        task = self.task
+        self.node.finish(self, reason, error)
+        if task is not None and not task.done():
+            task.cancel()
+        return 0
+
+    cdef int on_exit(self, str reason, object error) except -1:
+        return 0
+
+
+cdef class _SystemProcess(Process):
+    """The node's own process: what code outside any process acts as.
+
+    It never exits and traps exits. Nobody is obliged to read its inbox, so
+    at capacity its system events are dropped, counted and logged.
+    """
+
+    cdef int signal(self, Message msg) except -1:
+        if not self.mailbox.push(msg):
+            self.node.counters.system_events_dropped += 1
+            _log.warning("system inbox full (%d): dropped %s event for %s",
+                         self.mailbox.capacity, msg.topic, msg.sender)
+        return 0
+
+    cdef int kill(self, str reason, object error) except -1:
+        raise ValueError("the system process cannot be terminated")
+
+
+cdef class Inbox:
+    """A process's mailbox, seen from the process: ``await inbox.receive()``
+    or ``async for msg in inbox``."""
+
+    def __len__(self):
+        return len(self.proc.mailbox)
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def receive_nowait(self):
+        """The next message, or None when the mailbox is empty."""
+        return self.proc.mailbox.pop()
+
+    async def receive(self, timeout=None):
+        """The next message; waits without polling. Raises TimeoutError when
+        ``timeout`` seconds pass with nothing received."""
+        cdef Process proc = self.proc
+        cdef Message msg = proc.mailbox.pop()
+        if msg is not None:
+            return msg
+        waiter = _prepare_wait(proc)
+        if timeout is None:
+            try:
+                await waiter
+            finally:
+                if proc.mailbox.waiter is waiter:
+                    proc.mailbox.waiter = None
+        else:
+            await _wait_timeout(proc, waiter, timeout)
+        msg = proc.mailbox.pop()
+        if msg is None:
+            raise TimeoutError(f"no message for {proc.pid} within {timeout} s")
+        return msg
+
+    async def receive_many(self, Py_ssize_t limit=0, timeout=None):
+        """Wait for at least one message, then take every queued one (at most
+        ``limit`` when it is positive) in a single wake-up."""
+        cdef Process proc = self.proc
+        cdef Mailbox mailbox = proc.mailbox
+        cdef Message msg
+        cdef list batch
+        if len(mailbox) == 0:
+            waiter = _prepare_wait(proc)
+            await _wait_timeout(proc, waiter, timeout)
+            if len(mailbox) == 0:
+                raise TimeoutError(f"no message for {proc.pid} within {timeout} s")
+        batch = []
+        while limit <= 0 or len(batch) < limit:
+            msg = mailbox.pop()
+            if msg is None:
+                break
+            batch.append(msg)
+        return batch
+
+    def __aiter__(self):
+        return self
+
+    def __anext__(self):
+        return self.receive()
+
+
+cdef object _prepare_wait(Process proc):
+    cdef Mailbox mailbox = proc.mailbox
+    if not proc.alive:
+        raise _CancelledError(f"{proc.pid} has exited")
+    if mailbox.waiter is not None:
+        raise RuntimeError(f"another task is already receiving from the inbox of {proc.pid}")
+    loop = proc.loop if proc.loop is not None else asyncio.get_running_loop()
+    waiter = loop.create_future()
+    mailbox.waiter = waiter
+    return waiter
+
+
+async def _wait_timeout(Process proc, waiter, timeout):
+    handle = None
+    if timeout is not None:
+        handle = waiter.get_loop().call_later(timeout, _expire, waiter)
+    try:
+        await waiter
+    finally:
+        if handle is not None:
+            handle.cancel()
+        if proc.mailbox.waiter is waiter:
+            proc.mailbox.waiter = None
+
+
+def _expire(waiter):
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+cdef class Node:
+    """The PID table and everything keyed by it. One per gateway."""
+
+    def __init__(self, str name=None, Py_ssize_t mailbox_capacity=1024, str default_host="local"):
+        if mailbox_capacity < 1:
+            raise ValueError(f"mailbox capacity must be at least 1, got {mailbox_capacity}")
+        self.name = name
+        self.default_host = default_host
+        self.mailbox_capacity = mailbox_capacity
+        self.counters = Counters()
+        self.table = {}
+        self.names = {}
+        self.functions = {}
+        self.hosts = {default_host, "system"}
+        self._next_id = 1
+        self.transport = None
+        self._kill_queue = deque()
+        self._finishing = False
+        cdef _SystemProcess system = _SystemProcess.__new__(_SystemProcess)
+        system.trapping = True
+        self.attach(system, self.new_pid("system"))
+        self.system = system
+
+    # -- identity -------------------------------------------------------
+
+    cdef Pid new_pid(self, str host):
+        cdef uint64_t ident = self._next_id
+        self._next_id += 1
+        return make_pid(self.name, host, ident)
+
+    cdef int attach(self, Process proc, Pid pid) except -1:
+        """Give ``proc`` its PID and a mailbox and enter it in the table."""
+        proc.pid = pid
+        proc.node = self
+        proc.mailbox = Mailbox(self.mailbox_capacity)
+        proc.alive = True
+        self.table[pid] = proc
+        return 0
+
+    def add_host(self, str host not None):
+        """Declare a process host (a ``process.host`` entry)."""
+        Pid(host, 0)
+        self.hosts.add(host)
+
+    def new_connection_pid(self, str host not None):
+        Pid(host, 0)
+        return self.new_pid(host)
+
+    cdef Process lookup(self, object dest):
+        """The live local process for a Pid or its text form, or None."""
+        cdef PyObject* found
+        try:
+            found = PyDict_GetItemWithError(self.table, dest)
+        except TypeError:
+            raise TypeError(f"expected a Pid or its text form, got {type(dest).__name__}") from None
+        if found == NULL:
+            return None
+        return <Process>found
+
+    def process_count(self):
+        """Live processes, the system process included."""
+        return len(self.table)
+
+    def pids(self):
+        return list(self.table)
+
+    def is_alive(self, pid):
+        return self.lookup(to_pid(pid)) is not None
+
+    def set_transport(self, transport):
+        """Route sends to PIDs of other nodes through ``transport.send(pid,
+        topic, payload, sender) -> bool``: the seam for cluster mode."""
+        self.transport = transport
+
+    # -- process functions ------------------------------------------------
+
+    def register_function(self, str ident not None, fn):
+        if ":" not in ident or ident.startswith(":") or ident.endswith(":"):
+            raise ValueError(f"process function id {ident!r} must look like 'namespace:name'")
+        if not asyncio.iscoroutinefunction(fn):
+            raise TypeError(f"process function {ident!r} must be an 'async def' function, got {fn!r}")
+        old = self.functions.get(ident)
+        if old is not None and old is not fn:
+            raise ValueError(f"process function id {ident!r} is already registered to {old!r}")
+        self.functions[ident] = fn
+
+    def function(self, str ident not None):
+        fn = self.functions.get(ident)
+        if fn is None:
+            raise LookupError(f"no process function is registered as {ident!r}")
+        return fn
+
+    # -- spawning ----------------------------------------------------------
+
+    def spawn(self, str ident, host, tuple args, bint monitor=False, bint link=False):
+        fn = self.functions.get(ident)
+        if fn is None:
+            raise LookupError(f"no process function is registered as {ident!r}")
+        if host is None:
+            host = self.default_host
+        elif host not in self.hosts:
+            raise LookupError(f"unknown process host {host!r}; declared hosts: {sorted(self.hosts)}")
+        loop = _get_running_loop()
+        if loop is None:
+            raise RuntimeError("wsrelay.process.spawn() needs a running event loop: call it from "
+                               "a coroutine, a process or an HTTP handler")
+        cdef Process caller = current_process()
+        cdef Process proc = Process.__new__(Process)
+        self.attach(proc, self.new_pid(host))
+        proc.loop = loop
+        self.counters.processes_spawned += 1
+        if monitor:
+            self.add_monitor(caller, proc)
+        if link:
+            _link(caller, proc)
+        proc.task = loop.create_task(_main(proc, fn, args))
+        return proc.pid
+
+    # -- exits ---------------------------------------------------------------
+
+    cdef int finish(self, Process proc, str reason, object error) except -1:
+        """End ``proc``: the table, names, monitors and links all learn of it.
+
+        Link kills cascade through a queue, not recursion, so a long chain of
+        links cannot exhaust the stack.
+        """
+        self._kill_queue.append((proc, reason, error))
+        if self._finishing:
+            return 0
+        self._finishing = True
+        try:
+            while self._kill_queue:
+                proc, reason, error = self._kill_queue.popleft()
+                self._finish_one(proc, reason, error)
+        finally:
+            self._finishing = False
+        return 0
+
+    cdef int _finish_one(self, Process proc, str reason, object error) except -1:
+        cdef Process other
+        if not proc.alive:
+            return 0
+        proc.alive = False
+        del self.table[proc.pid]
+        self.counters.processes_exited += 1
+        if proc.names is not None:
+            for name in proc.names:
+                if self.names.get(name) is proc:
+                    del self.names[name]
+            proc.names = None
+        if proc.monitoring is not None:
+            for other in proc.monitoring:
+                other.monitored_by.discard(proc)
+            proc.monitoring = None
+        monitored_by = proc.monitored_by
+        links = proc.links
+        proc.monitored_by = None
+        proc.links = None
+        try:
+            proc.on_exit(reason, error)
+        except Exception:
+            _log.exception("exit hook of %s failed", proc.pid)
+        if monitored_by is not None:
+            for other in monitored_by:
+                other.monitoring.discard(proc)
+                other.signal(exit_event(EXIT, proc.pid, reason, error))
+        if links is not None:
+            for other in links:
+                other.links.discard(proc)
+                if reason == NORMAL:
+                    continue
+                if other.trapping:
+                    other.signal(exit_event(LINK_DOWN, proc.pid, reason, error))
+                else:
+                    other.kill(reason, error)
+        proc.mailbox.clear()
+        proc.task = None
+        proc._inbox = None
+        return 0
+
+    def terminate_all(self, str reason="shutdown"):
+        """Terminate every process but the system process."""
+        for proc in list(self.table.values()):
+            if proc is not self.system and (<Process>proc).alive:
+                (<Process>proc).kill(reason, None)
+
+    # -- monitors --------------------------------------------------------------
+
+    cdef int add_monitor(self, Process watcher, Process target) except -1:
+        if watcher is target:
+            return 0
+        if watcher.monitoring is None:
+            watcher.monitoring = set()
+        if target.monitored_by is None:
+            target.monitored_by = set()
+        watcher.monitoring.add(target)
+        target.monitored_by.add(watcher)
+        return 0
+
+    cdef int remove_monitor(self, Process watcher, Process target) except -1:
+        if watcher.monitoring is not None:
+            watcher.monitoring.discard(target)
+        if target.monitored_by is not None:
+            target.monitored_by.discard(watcher)
+        return 0
+
+    # -- sending -----------------------------------------------------------------
+
+    cdef bint send_from(self, object dest, str topic, object payload, Pid sender) except -1:
+        cdef Process proc = self.lookup(dest)
+        if proc is not None:
+            return proc.deliver(topic, payload, sender)
+        return self._send_slow(dest, topic, payload, sender)
+
+    def _send_slow(self, dest, str topic, payload, Pid sender):
+        """Dest is not a live local PID: a name, a dead PID or another node's."""
+        cdef Pid pid
+        cdef Process proc
+        if isinstance(dest, str) and not (<str>dest).startswith("{"):
+            proc = self.names.get(dest)
+            if proc is None:
+                return False
+            return proc.deliver(topic, payload, sender)
+        pid = to_pid(dest)
+        if pid.node != self.name:
+            if self.transport is None:
+                raise NoTransport(pid)
+            return bool(self.transport.send(pid, topic, payload, sender))
+        return False
+
+    # -- names ---------------------------------------------------------------------
+
+    def register_name(self, str name not None, pid=None):
+        if not name or name.startswith("{"):
+            raise ValueError(f"invalid process name {name!r}: it must be non-empty and not start with '{{'")
+        cdef Process proc = current_process() if pid is None else self.lookup(to_pid(pid))
+        if proc is None:
+            raise ProcessLookupError(f"cannot register {name!r}: {pid} is not alive")
+        holder = self.names.get(name)
+        if holder is not None and holder is not proc:
+            raise ValueError(f"name {name!r} is already registered to {(<Process>holder).pid}")
+        self.names[name] = proc
+        if proc.names is None:
+            proc.names = []
+        if name not in proc.names:
+            proc.names.append(name)
+
+    def unregister_name(self, str name not None):
+        cdef Process proc = self.names.pop(name, None)
+        if proc is None:
+            return False
+        if proc.names is not None and name in proc.names:
+            proc.names.remove(name)
+        return True
+
+    def whereis(self, str name not None):
+        cdef Process proc = self.names.get(name)
+        return None if proc is None else proc.pid
+
+    def registered(self):
+        return {name: (<Process>proc).pid for name, proc in self.names.items()}
+
+
+async def _main(Process proc, object fn, tuple args):
+    _CURRENT.set(proc)
+    try:
+        await fn(*args)
+    except _CancelledError:
+        if proc.alive:
+            proc.node.finish(proc, "terminated", None)
+        return
+    except Exception as exc:
+        if proc.alive:
+            proc.node.counters.processes_crashed += 1
+            _log.error("process %s crashed", proc.pid, exc_info=exc)
+            proc.node.finish(proc, "error", exc)
+        return
+    except BaseException as exc:
+        if proc.alive:
+            proc.node.finish(proc, "error", exc)
+        raise
+    if proc.alive:
+        proc.node.finish(proc, NORMAL, None)
+
+
+cdef Node get_node():
+    global _NODE
+    if _NODE is None:
+        from wsrelay.settings import settings
+        s = settings()
+        _NODE = Node(s.node_name, s.mailbox_capacity)
+    return _NODE
+
+
+def node():
+    """The node this interpreter runs (created on first use from the settings)."""
+    return get_node()
+
+
+def reset_node(Node new_node not None):
+    """Replace the node; only for a fresh start (tests, an embedding app)."""
+    global _NODE
+    _NODE = new_node
+
+
+cdef Process current_process():
+    cdef object proc = get_value(_CURRENT, None)
+    if proc is not None:
+        return <Process>proc
+    return get_node().system
+
+
+cdef Process _caller_outside_loop_check(str what):
+    cdef object proc = get_value(_CURRENT, None)
+    if proc is not None:
+        return <Process>proc
+    if _get_running_loop() is None:
+        raise RuntimeError(f"wsrelay.process.{what}() needs a running event loop: call it from "
+                           f"a coroutine, a process or an HTTP handler")
+    return get_node().system
+
+
+cdef int _link(Process a, Process b) except -1:
+    if a is b:
+        return 0
+    if a.links is None:
+        a.links = set()
+    if b.links is None:
+        b.links = set()
+    a.links.add(b)
+    b.links.add(a)
+    return 0
+
+
+cdef Process _local_target(Node n, object pid, str what):
+    cdef Process proc = n.lookup(pid)
+    cdef Pid parsed
+    if proc is not None:
+        return proc
+    parsed = to_pid(pid)
+    if parsed.node != n.name:
+        raise NoTransport(parsed)
+    return None
+
+
+# -- the public process API (re-exported by wsrelay.process) ----------------------
+
+
+def spawn(str id, host=None, *args):
+    """Start the process function registered as ``id`` on ``host``; its Pid."""
+    return get_node().spawn(id, host, args)
+
+
+def spawn_monitored(str id, host=None, *args):
+    """Spawn and monitor the new process, atomically."""
+    return get_node().spawn(id, host, args, True, False)
+
+
+def spawn_linked(str id, host=None, *args):
+    """Spawn and link to the new process, atomically."""
+    return get_node().spawn(id, host, args, False, True)
+
+
+cpdef bint send(object dest, object topic, object payload=None) except -1:
+    """Deliver a message. False when ``dest`` has exited (or no such name);
+    MailboxFull when its mailbox is at capacity."""
+    cdef Process sender = _caller_outside_loop_check("send")
+    return sender.node.send_from(dest, check_topic(topic), payload, sender.pid)
+
+
+def self():
+    """The caller's PID (the system process's outside any process)."""
+    return _caller_outside_loop_check("self").pid
+
+
+def inbox():
+    """The caller's inbox."""
+    cdef Process proc = _caller_outside_loop_check("inbox")
+    if proc._inbox is None:
+        ib = Inbox.__new__(Inbox)
+        (<Inbox>ib).proc = proc
+        proc._inbox = ib
+    return proc._inbox
+
+
+def monitor(pid):
+    """The caller gets an EXIT event when ``pid`` ends; at once (reason
+    ``noproc``) when it is already gone."""
+    cdef Process caller = _caller_outside_loop_check("monitor")
+    cdef Process target = _local_target(caller.node, pid, "monitor")
+    if target is None:
+        caller.signal(exit_event(EXIT, to_pid(pid), "noproc", None))
+        return
+    caller.node.add_monitor(caller, target)
+
+
+def unmonitor(pid):
+    cdef Process caller = _caller_outside_loop_check("unmonitor")
+    cdef Process target = _local_target(caller.node, pid, "unmonitor")
+    if target is not None:
+        caller.node.remove_monitor(caller, target)
+
+
+def link(pid):
+    """Link the caller and ``pid`` both ways. Raises ProcessLookupError when
+    ``pid`` is not alive."""
+    cdef Process caller = _caller_outside_loop_check("link")
+    cdef Process target = _local_target(caller.node, pid, "link")
+    if target is None:
+        raise ProcessLookupError(f"cannot link to {pid}: it is not alive")
+    _link(caller, target)
+
+
+def unlink(pid):
+    cdef Process caller = _caller_outside_loop_check("unlink")
+    cdef Process target = _local_target(caller.node, pid, "unlink")
+    if target is None:
+        return
+    if caller.links is not None:
+        caller.links.discard(target)
+    if target.links is not None:
+        target.links.discard(caller)
+
+
+def trap_exits(bint flag=True):
+    """Turn the caller's link failures into LINK_DOWN events; returns the old
+    setting."""
+    cdef Process caller = _caller_outside_loop_check("trap_exits")
+    if caller is caller.node.system:
+        return True
+    old = caller.trapping
+    caller.trapping = flag
+    return old
+
+
+def terminate(pid, str reason="terminated"):
+    """End another process with ``reason``; False when it was already gone."""
+    cdef Process caller = _caller_outside_loop_check("terminate")
+    cdef Process target = _local_target(caller.node, pid, "terminate")
+    if reason is None or not reason:
+        raise ValueError("terminate() needs a non-empty reason")
+    if target is None:
+        return False
+    target.kill(reason, None)
+    return True
+
+
+def register(str name, pid=None):
+    """Register ``name`` for ``pid`` (the caller by default)."""
+    _caller_outside_loop_check("register")
+    get_node().register_name(name, pid)
+
+
+def unregister(str name):
+    return get_node().unregister_name(name)
+
+
+def whereis(str name):
+    return get_node().whereis(name)
+
+
+def is_alive(pid):
+    return get_node().is_alive(pid)

@@ -1,0 +1,136 @@
+"""Every tuning knob, read from the environment and validated in one place.
+
+The names are part of the contract (SPEC §5); docs/configuration.md lists each
+with its default and what raising it costs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Callable, Mapping, Optional
+
+from .errors import SettingsError
+from .units import parse_duration, parse_size
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    addr: Optional[str] = None
+    max_message_size: int = 1 << 20
+    mailbox_capacity: int = 1024
+    write_buffer_limit: int = 1 << 20
+    ping_interval: float = 30.0
+    ping_timeout: float = 20.0
+    handshake_timeout: float = 10.0
+    max_connections: int = 0
+    drain_timeout: float = 10.0
+    read_buffer_size: int = 4096
+    log_level: str = "INFO"
+    close_timeout: float = 5.0
+    node_name: Optional[str] = None
+
+
+def _positive_int(text: str) -> int:
+    value = parse_size(text)
+    if value < 1:
+        raise ValueError("must be at least 1")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    return parse_size(text)
+
+
+def _seconds(text: str) -> float:
+    return parse_duration(text)
+
+
+def _positive_seconds(text: str) -> float:
+    value = parse_duration(text)
+    if value <= 0:
+        raise ValueError("must be greater than 0")
+    return value
+
+
+def _addr(text: str) -> str:
+    from .gateway import parse_addr
+
+    parse_addr(text)
+    return text
+
+
+def _level(text: str) -> str:
+    name = text.strip().upper()
+    if not isinstance(logging.getLevelName(name), int):
+        raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+    return name
+
+
+def _node(text: str) -> str:
+    from ._core.pid import Pid
+
+    Pid("check", 0, text)
+    return text
+
+
+_VARIABLES: dict[str, tuple[str, Callable[[str], object]]] = {
+    "WSRELAY_ADDR": ("addr", _addr),
+    "WSRELAY_MAX_MESSAGE_SIZE": ("max_message_size", _positive_int),
+    "WSRELAY_MAILBOX_CAPACITY": ("mailbox_capacity", _positive_int),
+    "WSRELAY_WRITE_BUFFER_LIMIT": ("write_buffer_limit", _positive_int),
+    "WSRELAY_PING_INTERVAL": ("ping_interval", _seconds),
+    "WSRELAY_PING_TIMEOUT": ("ping_timeout", _seconds),
+    "WSRELAY_HANDSHAKE_TIMEOUT": ("handshake_timeout", _positive_seconds),
+    "WSRELAY_MAX_CONNECTIONS": ("max_connections", _non_negative_int),
+    "WSRELAY_DRAIN_TIMEOUT": ("drain_timeout", _seconds),
+    "WSRELAY_READ_BUFFER_SIZE": ("read_buffer_size", _positive_int),
+    "WSRELAY_LOG_LEVEL": ("log_level", _level),
+    "WSRELAY_CLOSE_TIMEOUT": ("close_timeout", _positive_seconds),
+    "WSRELAY_NODE": ("node_name", _node),
+}
+
+VARIABLES = tuple(_VARIABLES)
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings from ``environ`` (default: os.environ); SettingsError names
+    the first variable with a bad value."""
+    env = os.environ if environ is None else environ
+    values: dict[str, object] = {}
+    for variable, (field, parse) in _VARIABLES.items():
+        raw = env.get(variable)
+        if raw is None or raw.strip() == "":
+            continue
+        try:
+            values[field] = parse(raw)
+        except ValueError as exc:
+            raise SettingsError(variable, raw, str(exc)) from None
+    result = Settings(**values)  # type: ignore[arg-type]
+    if result.ping_interval and result.ping_timeout > result.ping_interval:
+        raise SettingsError(
+            "WSRELAY_PING_TIMEOUT", str(result.ping_timeout),
+            f"must not exceed WSRELAY_PING_INTERVAL ({result.ping_interval} s)",
+        )
+    if result.ping_interval and not result.ping_timeout:
+        raise SettingsError("WSRELAY_PING_TIMEOUT", "0", "must be > 0 while WSRELAY_PING_INTERVAL is set")
+    return result
+
+
+_current: Settings | None = None
+
+
+def settings() -> Settings:
+    """The process-wide settings, loaded from the environment on first use."""
+    global _current
+    if _current is None:
+        _current = load_settings()
+    return _current
+
+
+def use_settings(value: Settings) -> None:
+    """Install ``value`` as the process-wide settings (the command line does
+    this once at start, before anything reads them)."""
+    global _current
+    _current = value
