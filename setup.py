@@ -5,7 +5,7 @@ import sys
 
 from setuptools import Extension, setup
 
-CORE = ["pid", "message", "mailbox", "stats", "runtime"]
+CORE = ["pid", "message", "mailbox", "stats", "runtime", "relay"]
 
 
 def extensions():

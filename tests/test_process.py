@@ -9,8 +9,8 @@ import resource
 import pytest
 
 import wsrelay
-from wsrelay import EXIT, LINK_DOWN, MailboxFull, NoTransport, Pid, process
 from tests import procs  # noqa: F401  (registers the process functions)
+from wsrelay import EXIT, LINK_DOWN, MailboxFull, NoTransport, Pid, process
 
 
 async def receive(topic: str | None = None, timeout: float = 5.0):
@@ -487,7 +487,7 @@ async def test_100k_spawn_exit_cycles_leave_table_and_memory_where_they_were():
     inbox = process.inbox()
 
     async def cycles(n: int) -> None:
-        for start in range(0, n, 1000):
+        for _batch in range(n // 1000):
             for _ in range(1000):
                 process.spawn_monitored("test:returns")
             for _ in range(1000):

@@ -5,10 +5,14 @@ from __future__ import annotations
 from typing import Any, Callable, TypeVar
 
 from . import process
+from . import relay as relay  # registers the websocket_relay middleware
 from ._core.message import Message
 from ._core.pid import Pid
 from ._core.runtime import EXIT, LINK_DOWN, Inbox, Node, node
+from .app import App
 from .errors import ConfigError, MailboxFull, NoTransport, RelayHeaderError, SettingsError
+from .gateway import Gateway
+from .http import Request, Response
 
 __version__ = "0.1.0"
 
@@ -32,6 +36,10 @@ def set_transport(transport: Any) -> None:
 
 
 __all__ = [
+    "App",
+    "Gateway",
+    "Request",
+    "Response",
     "EXIT",
     "LINK_DOWN",
     "ConfigError",

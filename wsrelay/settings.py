@@ -55,7 +55,7 @@ def _positive_seconds(text: str) -> float:
 
 
 def _addr(text: str) -> str:
-    from .gateway import parse_addr
+    from .app import parse_addr
 
     parse_addr(text)
     return text

@@ -46,6 +46,7 @@ cdef class Node:
     cdef object transport
     cdef object _kill_queue
     cdef bint _finishing
+    cdef list _journal
 
     cdef Pid new_pid(self, str host)
     cdef int attach(self, Process proc, Pid pid) except -1

@@ -211,6 +211,7 @@ cdef class Node:
         self.transport = None
         self._kill_queue = deque()
         self._finishing = False
+        self._journal = None
         cdef _SystemProcess system = _SystemProcess.__new__(_SystemProcess)
         system.trapping = True
         self.attach(system, self.new_pid("system"))
@@ -237,9 +238,11 @@ cdef class Node:
         Pid(host, 0)
         self.hosts.add(host)
 
-    def new_connection_pid(self, str host not None):
-        Pid(host, 0)
-        return self.new_pid(host)
+    def set_default_host(self, str host not None):
+        """The host ``spawn`` uses when it is given none."""
+        if host not in self.hosts:
+            raise LookupError(f"unknown process host {host!r}")
+        self.default_host = host
 
     cdef Process lookup(self, object dest):
         """The live local process for a Pid or its text form, or None."""
@@ -309,7 +312,20 @@ cdef class Node:
         if link:
             _link(caller, proc)
         proc.task = loop.create_task(_main(proc, fn, args))
+        if self._journal is not None and caller is self.system:
+            self._journal.append(proc.pid)
         return proc.pid
+
+    def begin_journal(self):
+        """Start recording the PIDs the system process spawns (an HTTP
+        handler's spawns), so a failed upgrade can end what it started."""
+        self._journal = []
+
+    def end_journal(self):
+        """Stop recording; the PIDs spawned since begin_journal()."""
+        journal = self._journal or []
+        self._journal = None
+        return journal
 
     # -- exits ---------------------------------------------------------------
 

@@ -1,0 +1,73 @@
+from picows.picows cimport WSListener, WSTransport, WSFrame, WSMsgType
+
+from .pid cimport Pid
+from .message cimport Message
+from .runtime cimport Process, Node
+
+
+cdef class RelayOptions:
+    """What every connection of one gateway service shares."""
+    cdef readonly Node node
+    cdef readonly str host
+    cdef readonly Py_ssize_t max_message_size
+    cdef readonly Py_ssize_t write_buffer_limit
+    cdef readonly double close_timeout
+    cdef readonly set connections
+    cdef object loop
+    cdef object _empty_waiter
+
+
+cdef class Connection(Process):
+    cdef RelayOptions options
+    cdef WSTransport transport
+    cdef Process target
+    cdef str message_topic
+    cdef object metadata
+    cdef double heartbeat_interval
+    cdef object heartbeat_handle
+    cdef bint heartbeat_pending
+    cdef double started_at
+    cdef Py_ssize_t message_count
+    # Fragment reassembly: the opcode of the message in progress (0: none),
+    # its decoded pieces, and up to 3 bytes of a UTF-8 sequence cut by a frame.
+    cdef int frag_opcode
+    cdef list frag_parts
+    cdef bytes frag_tail
+    cdef Py_ssize_t frag_size
+    # Messages for the target that found its mailbox full, in order.
+    cdef object pending
+    cdef bint paused
+    cdef bint closing
+    cdef object close_timer
+    cdef str leave_reason
+    cdef object leave_code
+    # Idle ping bookkeeping: frames seen, and what the last sweep saw.
+    cdef Py_ssize_t rx_seq
+    cdef Py_ssize_t seen_seq
+    cdef double idle_since
+    cdef double ping_sent_at
+    cdef bint awaiting_pong
+
+    cdef int connected(self, WSTransport transport) except -1
+    cdef int on_frame(self, WSFrame frame) except -1
+    cdef int disconnected(self) except -1
+    cdef int relay(self, object data, bint is_text) except -1
+    cdef int push(self, Message msg) except -1
+    cdef int pause(self) except -1
+    cdef int flush_pending_force(self) except -1
+    cdef int fragment(self, WSFrame frame) except -1
+    cdef int close_frame(self, WSFrame frame) except -1
+    cdef int fail(self, int code, str text, str reason) except -1
+    cdef int close(self, int code, bytes text, str reason) except -1
+    cdef int send_close(self, object code, bytes text) except -1
+    cdef int ws_send(self, object payload) except -1
+    cdef int ws_close(self, object payload) except -1
+    cdef int ws_control(self, object payload) except -1
+    cdef int join(self) except -1
+    cdef int leave(self, str reason, object code) except -1
+    cdef dict base_payload(self)
+    cdef int schedule_heartbeat(self) except -1
+
+
+cdef class RelayListener(WSListener):
+    cdef Connection conn

@@ -1,0 +1,665 @@
+# cython: language_level=3
+"""The relay's per-connection path: a WebSocket connection as a process.
+
+``RelayListener`` is the picows listener; it hands every frame to its
+``Connection``, the process that owns the client. Client messages are
+reassembled, validated and pushed straight into the target's mailbox; the
+``ws.send`` / ``ws.close`` / ``ws.control`` topics sent to the connection are
+handled inside the sender's ``process.send`` call, with no task switch.
+"""
+
+import logging
+from collections import deque
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
+from cpython.mem cimport PyMem_Realloc
+from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_DecodeUTF8, PyUnicode_DecodeUTF8Stateful
+from libc.string cimport memcpy
+
+from picows.picows cimport WSListener, WSTransport, WSFrame, WSMsgType, WSCloseCode
+
+from .pid cimport Pid, to_pid
+from .message cimport Message, new_message
+from .mailbox cimport Mailbox
+from .runtime cimport Process, Node
+
+from wsrelay.units import parse_duration
+
+cdef object _log = logging.getLogger("wsrelay.relay")
+
+# Reasons a connection ends (SPEC §4.3).
+CLIENT_CLOSED = "client_closed"
+CONNECTION_LOST = "connection_lost"
+SERVER_CLOSED = "server_closed"
+TARGET_EXITED = "target_exited"
+TRANSFERRED = "transferred"
+SHUTDOWN = "shutdown"
+TIMEOUT = "timeout"
+PROTOCOL_ERROR = "protocol_error"
+MESSAGE_TOO_BIG = "message_too_big"
+SLOW_CONSUMER = "slow_consumer"
+
+# Frames of up to this many bytes are copied next to their header and written
+# with one send(); larger ones go out as header + payload without a copy.
+DEF SMALL_FRAME = 8192
+DEF HEADROOM = 16
+DEF MAX_CLOSE_REASON = 123
+
+cdef char* _scratch = NULL
+cdef Py_ssize_t _scratch_size = 0
+
+
+cdef inline char* _scratch_for(Py_ssize_t size) except NULL:
+    global _scratch, _scratch_size
+    cdef char* grown
+    if size + HEADROOM > _scratch_size:
+        grown = <char*>PyMem_Realloc(_scratch, size + HEADROOM)
+        if grown == NULL:
+            raise MemoryError()
+        _scratch = grown
+        _scratch_size = size + HEADROOM
+    return _scratch + HEADROOM
+
+
+cdef inline bint _valid_received_close_code(int code):
+    return (1000 <= code <= 1003) or (1007 <= code <= 1011) or (3000 <= code <= 4999)
+
+
+cdef inline bint _valid_sent_close_code(object code):
+    return type(code) is int and (
+        (1000 <= code <= 1003) or (1007 <= code <= 1009) or (1011 <= code <= 1014) or (3000 <= code <= 4999))
+
+
+cdef bytes _close_reason_bytes(object reason):
+    """UTF-8 of ``reason``, cut at a character boundary to fit a close frame."""
+    cdef bytes data
+    cdef Py_ssize_t end
+    if reason is None:
+        return b""
+    if not isinstance(reason, str):
+        raise ValueError(f"ws.close reason must be a str, got {type(reason).__name__}")
+    data = (<str>reason).encode("utf-8")
+    if len(data) <= MAX_CLOSE_REASON:
+        return data
+    end = MAX_CLOSE_REASON
+    while end > 0 and (data[end] & 0xC0) == 0x80:
+        end -= 1
+    return data[:end]
+
+
+cdef int send_text(WSTransport transport, str data) except -1:
+    cdef Py_ssize_t size
+    cdef const char* utf8 = PyUnicode_AsUTF8AndSize(data, &size)
+    cdef char* buf
+    if size <= SMALL_FRAME:
+        buf = _scratch_for(size)
+        memcpy(buf, utf8, size)
+        transport.send_reuse_external_buffer(WSMsgType.TEXT, buf, size)
+    else:
+        transport.send(WSMsgType.TEXT, PyBytes_FromStringAndSize(utf8, size))
+    return size
+
+
+cdef int send_binary(WSTransport transport, object data) except -1:
+    cdef Py_ssize_t size
+    cdef char* buf
+    if type(data) is bytes:
+        size = PyBytes_GET_SIZE(<bytes>data)
+        if size <= SMALL_FRAME:
+            buf = _scratch_for(size)
+            memcpy(buf, PyBytes_AS_STRING(<bytes>data), size)
+            transport.send_reuse_external_buffer(WSMsgType.BINARY, buf, size)
+            return size
+    transport.send(WSMsgType.BINARY, data)
+    return len(data)
+
+
+cdef class RelayOptions:
+    def __init__(self, Node node not None, str host not None, Py_ssize_t max_message_size,
+                 Py_ssize_t write_buffer_limit, double close_timeout, loop):
+        if max_message_size < 1:
+            raise ValueError("max_message_size must be at least 1")
+        self.node = node
+        self.host = host
+        self.max_message_size = max_message_size
+        self.write_buffer_limit = write_buffer_limit
+        self.close_timeout = close_timeout
+        self.connections = set()
+        self.loop = loop
+
+    def sweep_idle(self, double now, double ping_interval, double ping_timeout):
+        """Ping connections silent for ``ping_interval`` seconds; close those
+        whose ping went unanswered for ``ping_timeout`` (reason ``timeout``)."""
+        cdef Connection conn
+        for conn in list(self.connections):
+            if conn.closing or conn.transport is None:
+                continue
+            if conn.rx_seq != conn.seen_seq:
+                conn.seen_seq = conn.rx_seq
+                conn.idle_since = now
+                conn.awaiting_pong = False
+            elif conn.awaiting_pong:
+                if now - conn.ping_sent_at >= ping_timeout:
+                    conn.close(1001, b"ping timeout", TIMEOUT)
+                    conn.transport.disconnect(False)
+            elif now - conn.idle_since >= ping_interval:
+                conn.transport.send_ping(b"wsrelay")
+                conn.awaiting_pong = True
+                conn.ping_sent_at = now
+
+    def wait_empty(self):
+        """A future done when no connection is left."""
+        waiter = self.loop.create_future()
+        if not self.connections:
+            waiter.set_result(None)
+        else:
+            self._empty_waiter = waiter
+        return waiter
+
+    def shutdown(self):
+        """Close every connection with 1001 (reason ``shutdown``)."""
+        cdef Connection conn
+        for conn in list(self.connections):
+            conn.close(1001, b"server shutting down", SHUTDOWN)
+
+    def abort_all(self):
+        cdef Connection conn
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.disconnect(False)
+
+
+cdef class Connection(Process):
+    """A client connection as a process. Created by the relay middleware."""
+
+    @staticmethod
+    def prepare(RelayOptions options not None, Pid target_pid not None, str message_topic not None,
+                object metadata, double heartbeat_interval):
+        """A connection for a target, to be attached when the upgrade completes."""
+        cdef Node node = options.node
+        cdef Process target = node.lookup(target_pid)
+        if target is None:
+            raise ProcessLookupError(f"target process {target_pid} is not alive")
+        cdef Connection conn = Connection.__new__(Connection)
+        conn.options = options
+        conn.target = target
+        conn.message_topic = message_topic
+        conn.metadata = metadata
+        conn.heartbeat_interval = heartbeat_interval
+        conn.frag_opcode = 0
+        return conn
+
+    # -- lifecycle --------------------------------------------------------------
+
+    cdef int connected(self, WSTransport transport) except -1:
+        cdef RelayOptions options = self.options
+        cdef Node node = options.node
+        self.transport = transport
+        self.loop = options.loop
+        node.attach(self, node.new_pid(options.host))
+        node.counters.connections_opened += 1
+        options.connections.add(self)
+        self.started_at = options.loop.time()
+        self.idle_since = self.started_at
+        transport.underlying_transport.set_write_buffer_limits(high=options.write_buffer_limit)
+        if self.target is None or not self.target.alive:
+            self.target = None
+            self.close(1011, b"target process is gone", TARGET_EXITED)
+            return 0
+        node.add_monitor(self, self.target)
+        self.join()
+        self.schedule_heartbeat()
+        return 0
+
+    cdef int disconnected(self) except -1:
+        cdef RelayOptions options = self.options
+        cdef object handshake
+        if self.close_timer is not None:
+            self.close_timer.cancel()
+            self.close_timer = None
+        if self.heartbeat_handle is not None:
+            self.heartbeat_handle.cancel()
+            self.heartbeat_handle = None
+        if self.leave_reason is None:
+            # picows itself failed the connection (a frame it could not parse)
+            # or the peer vanished: the close frame it sent tells which.
+            handshake = self.transport.close_handshake
+            sent = None if handshake is None else handshake.sent
+            if sent is not None and sent.code == WSCloseCode.MESSAGE_TOO_BIG:
+                self.leave_reason, self.leave_code = MESSAGE_TOO_BIG, 1009
+            elif sent is not None and sent.code in (WSCloseCode.PROTOCOL_ERROR, WSCloseCode.INVALID_TEXT):
+                self.leave_reason, self.leave_code = PROTOCOL_ERROR, int(sent.code)
+            else:
+                self.leave_reason = CONNECTION_LOST
+        options.connections.discard(self)
+        options.node.counters.connections_closed += 1
+        if not options.connections and options._empty_waiter is not None:
+            waiter = options._empty_waiter
+            options._empty_waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+        if self.alive:
+            options.node.finish(self, self.leave_reason, None)
+        self.transport = None
+        return 0
+
+    cdef int on_exit(self, str reason, object error) except -1:
+        if self.target is not None and self.target.alive:
+            self.flush_pending_force()
+            self.leave(reason, self.leave_code)
+        self.target = None
+        self.pending = None
+        return 0
+
+    cdef int kill(self, str reason, object error) except -1:
+        """terminate() or a link: close the connection; the process ends
+        when the socket does."""
+        if self.transport is None:
+            self.node.finish(self, reason, error)
+            return 0
+        if reason == "normal" or error is None:
+            self.close(1000, b"", SERVER_CLOSED)
+        else:
+            self.close(1011, b"linked process failed", SERVER_CLOSED)
+        return 0
+
+    # -- client -> target ----------------------------------------------------------
+
+    cdef int on_frame(self, WSFrame frame) except -1:
+        cdef WSMsgType op = frame.msg_type
+        cdef Py_ssize_t size = frame.payload_size
+        self.rx_seq += 1
+        if frame.rsv1 or frame.rsv2 or frame.rsv3:
+            return self.fail(1002, "reserved bits set without a negotiated extension", PROTOCOL_ERROR)
+        if op == WSMsgType.TEXT or op == WSMsgType.BINARY:
+            if self.frag_opcode != 0:
+                return self.fail(1002, "new message started before the fragmented one ended", PROTOCOL_ERROR)
+            if not frame.fin:
+                self.frag_opcode = op
+                self.frag_parts = []
+                self.frag_tail = None
+                self.frag_size = 0
+                return self.fragment(frame)
+            if size > self.options.max_message_size:
+                return self.fail(1009, "message too big", MESSAGE_TOO_BIG)
+            if op == WSMsgType.TEXT:
+                try:
+                    text = PyUnicode_DecodeUTF8(frame.payload_ptr, size, NULL)
+                except UnicodeDecodeError:
+                    return self.fail(1007, "invalid UTF-8 in text message", PROTOCOL_ERROR)
+                return self.relay(text, True)
+            return self.relay(frame.get_payload_as_bytes(), False)
+        if op == WSMsgType.CONTINUATION:
+            if self.frag_opcode == 0:
+                return self.fail(1002, "continuation frame without a message in progress", PROTOCOL_ERROR)
+            return self.fragment(frame)
+        if op == WSMsgType.CLOSE:
+            return self.close_frame(frame)
+        # PING is answered by picows; a PONG needs nothing beyond rx_seq.
+        return 0
+
+    cdef int fragment(self, WSFrame frame) except -1:
+        cdef Py_ssize_t consumed = 0
+        cdef Py_ssize_t size = frame.payload_size
+        cdef bytes chunk
+        cdef bint is_text = self.frag_opcode == WSMsgType.TEXT
+        self.frag_size += size
+        if self.frag_size > self.options.max_message_size:
+            self.frag_parts = None
+            return self.fail(1009, "message too big", MESSAGE_TOO_BIG)
+        if is_text:
+            # Decode each fragment as it arrives, so invalid UTF-8 fails the
+            # connection at the first bad frame, not at the end.
+            try:
+                if self.frag_tail:
+                    chunk = self.frag_tail + frame.get_payload_as_bytes()
+                    piece = PyUnicode_DecodeUTF8Stateful(PyBytes_AS_STRING(chunk), len(chunk), NULL, &consumed)
+                    self.frag_tail = chunk[consumed:]
+                else:
+                    piece = PyUnicode_DecodeUTF8Stateful(frame.payload_ptr, size, NULL, &consumed)
+                    self.frag_tail = PyBytes_FromStringAndSize(frame.payload_ptr + consumed, size - consumed)
+            except UnicodeDecodeError:
+                self.frag_parts = None
+                return self.fail(1007, "invalid UTF-8 in text message", PROTOCOL_ERROR)
+            self.frag_parts.append(piece)
+        else:
+            self.frag_parts.append(frame.get_payload_as_bytes())
+        if not frame.fin:
+            return 0
+        parts = self.frag_parts
+        self.frag_parts = None
+        self.frag_opcode = 0
+        if is_text:
+            if self.frag_tail:
+                self.frag_tail = None
+                return self.fail(1007, "text message ends inside a UTF-8 sequence", PROTOCOL_ERROR)
+            self.frag_tail = None
+            return self.relay("".join(parts), True)
+        return self.relay(b"".join(parts), False)
+
+    cdef dict base_payload(self):
+        return {"client_pid": self.pid, "metadata": self.metadata}
+
+    cdef int relay(self, object data, bint is_text) except -1:
+        if self.target is None:
+            return 0
+        self.message_count += 1
+        counters = self.options.node.counters
+        counters.ws_messages_in += 1
+        counters.ws_bytes_in += len(data)
+        payload = {"client_pid": self.pid, "type": "text" if is_text else "binary",
+                   "data": data, "metadata": self.metadata}
+        return self.push(new_message(self.message_topic, payload, self.pid))
+
+    cdef int push(self, Message msg) except -1:
+        """Queue ``msg`` for the target; when its mailbox is full, hold it and
+        stop reading from the client until the target makes room."""
+        if self.pending:
+            self.pending.append(msg)
+            return 0
+        if self.target.mailbox.push(msg):
+            self.options.node.counters.messages_sent += 1
+            return 0
+        self.pending = deque()
+        self.pending.append(msg)
+        self.pause()
+        return 0
+
+    cdef int pause(self) except -1:
+        if self.paused:
+            return 0
+        self.paused = True
+        self.options.node.counters.relay_backpressure_pauses += 1
+        if self.transport is not None:
+            self.transport.underlying_transport.pause_reading()
+        self.target.mailbox.add_room_waiter(self._room)
+        return 0
+
+    def _room(self):
+        """The target's mailbox drained: deliver what was held, then read again."""
+        cdef Mailbox mailbox
+        cdef Message msg
+        self.paused = False
+        if not self.alive or self.target is None or self.pending is None:
+            return
+        mailbox = self.target.mailbox
+        while self.pending:
+            msg = self.pending[0]
+            if not mailbox.push(msg):
+                self.paused = True
+                mailbox.add_room_waiter(self._room)
+                return
+            self.pending.popleft()
+            self.options.node.counters.messages_sent += 1
+            if msg.topic == "ws.heartbeat":
+                self.heartbeat_pending = False
+        self.pending = None
+        if self.transport is not None:
+            self.transport.underlying_transport.resume_reading()
+
+    cdef int flush_pending_force(self) except -1:
+        """Deliver held messages past the bound: they were read from the
+        client already, and a connection that ends or moves must not lose them."""
+        cdef Message msg
+        if not self.pending:
+            return 0
+        while self.pending:
+            msg = self.pending.popleft()
+            self.target.mailbox.push_force(msg)
+        self.pending = None
+        self.heartbeat_pending = False
+        if self.paused:
+            self.paused = False
+            if self.transport is not None and not self.closing:
+                self.transport.underlying_transport.resume_reading()
+        return 0
+
+    cdef int join(self) except -1:
+        return self.push(new_message("ws.join", self.base_payload(), self.pid))
+
+    cdef int leave(self, str reason, object code) except -1:
+        payload = self.base_payload()
+        payload["reason"] = reason
+        payload["code"] = code
+        # One per connection: bounded, so it may pass a full mailbox.
+        self.target.mailbox.push_force(new_message("ws.leave", payload, self.pid))
+        return 0
+
+    cdef int schedule_heartbeat(self) except -1:
+        if self.heartbeat_handle is not None:
+            self.heartbeat_handle.cancel()
+            self.heartbeat_handle = None
+        if self.heartbeat_interval > 0 and not self.closing:
+            self.heartbeat_handle = self.loop.call_later(self.heartbeat_interval, self._heartbeat)
+        return 0
+
+    def _heartbeat(self):
+        self.heartbeat_handle = None
+        if not self.alive or self.target is None or self.closing:
+            return
+        if self.heartbeat_pending:
+            # The target has not taken the last one yet: one held is enough.
+            self.options.node.counters.heartbeats_coalesced += 1
+        else:
+            payload = self.base_payload()
+            payload["uptime"] = self.loop.time() - self.started_at
+            payload["message_count"] = self.message_count
+            if self.pending:
+                self.heartbeat_pending = True
+            self.push(new_message("ws.heartbeat", payload, self.pid))
+        self.schedule_heartbeat()
+
+    # -- closing --------------------------------------------------------------------
+
+    cdef int close_frame(self, WSFrame frame) except -1:
+        cdef object code = None
+        if frame.payload_size >= 2:
+            code = int(frame.get_close_code())
+            if not _valid_received_close_code(code):
+                return self.fail(1002, f"invalid close code {code}", PROTOCOL_ERROR)
+        if self.closing:
+            # The client's answer to our close: the handshake is complete.
+            self.transport.disconnect()
+            return 0
+        self.leave_reason = CLIENT_CLOSED
+        self.leave_code = code
+        self.closing = True
+        self.send_close(code if code is not None else 1000, b"")
+        self.transport.disconnect()
+        return 0
+
+    cdef int send_close(self, object code, bytes text) except -1:
+        self.transport.send_close(<WSCloseCode>(<int>code), text)
+        return 0
+
+    cdef int close(self, int code, bytes text, str reason) except -1:
+        """Start the close handshake; the socket is dropped when the client
+        answers, or after the close timeout."""
+        if self.closing or self.transport is None:
+            return 0
+        self.closing = True
+        if self.leave_reason is None:
+            self.leave_reason = reason
+            self.leave_code = code
+        if self.heartbeat_handle is not None:
+            self.heartbeat_handle.cancel()
+            self.heartbeat_handle = None
+        self.send_close(code, text)
+        self.close_timer = self.loop.call_later(self.options.close_timeout, self._close_timeout)
+        return 0
+
+    def _close_timeout(self):
+        self.close_timer = None
+        if self.transport is not None:
+            self.transport.disconnect(False)
+
+    cdef int fail(self, int code, str text, str reason) except -1:
+        """Fail the connection (RFC 6455 §7.1.7): close frame, then the socket."""
+        if self.transport is None:
+            return 0
+        if not self.closing:
+            self.closing = True
+            if self.leave_reason is None:
+                self.leave_reason = reason
+                self.leave_code = code
+            _log.info("closing %s with %d: %s", self.pid, code, text)
+            self.send_close(code, text.encode()[:MAX_CLOSE_REASON])
+        self.transport.disconnect()
+        return 0
+
+    def _slow_consumer(self):
+        if self.closing or self.transport is None:
+            return
+        self.options.node.counters.slow_consumer_closes += 1
+        _log.warning("closing %s: more than %d bytes unsent (slow consumer)",
+                     self.pid, self.options.write_buffer_limit)
+        self.close(1008, b"slow consumer", SLOW_CONSUMER)
+
+    # -- anyone -> connection --------------------------------------------------------------
+
+    cdef bint deliver(self, str topic, object payload, Pid sender) except -1:
+        if topic == "ws.send":
+            return self.ws_send(payload)
+        if topic == "ws.close":
+            return self.ws_close(payload)
+        if topic == "ws.control":
+            return self.ws_control(payload)
+        raise ValueError(f"{self.pid} is a WebSocket connection: it accepts 'ws.send', 'ws.close' "
+                         f"and 'ws.control', not {topic!r}")
+
+    cdef int signal(self, Message msg) except -1:
+        if msg.topic != "@exit" or self.target is None or msg.sender != self.target.pid:
+            return 0
+        self.target = None
+        self.pending = None
+        if (<dict>msg.payload)["reason"] == "normal":
+            self.close(1000, b"", TARGET_EXITED)
+        else:
+            self.close(1011, b"target process failed", TARGET_EXITED)
+        return 0
+
+    cdef int ws_send(self, object payload) except -1:
+        if type(payload) is not dict:
+            raise ValueError("ws.send payload must be a dict {'type': 'text' | 'binary', 'data': ...}, "
+                             f"got {type(payload).__name__}")
+        kind = (<dict>payload).get("type")
+        data = (<dict>payload).get("data")
+        if kind == "text":
+            if type(data) is not str:
+                raise ValueError(f"ws.send of type 'text' needs str data, got {type(data).__name__}")
+        elif kind == "binary":
+            if not isinstance(data, (bytes, bytearray, memoryview)):
+                raise ValueError(f"ws.send of type 'binary' needs bytes data, got {type(data).__name__}")
+        else:
+            raise ValueError(f"ws.send type must be 'text' or 'binary', got {kind!r}")
+        counters = self.options.node.counters
+        if self.closing or self.transport is None:
+            counters.ws_frames_dropped_closing += 1
+            return False
+        if kind == "text":
+            counters.ws_bytes_out += send_text(self.transport, <str>data)
+        else:
+            counters.ws_bytes_out += send_binary(self.transport, data)
+        counters.ws_messages_out += 1
+        return True
+
+    cdef int ws_close(self, object payload) except -1:
+        code = 1000
+        reason = None
+        if payload is not None:
+            if type(payload) is not dict:
+                raise ValueError(f"ws.close payload must be a dict {{'code': int, 'reason': str}} or None, "
+                                 f"got {type(payload).__name__}")
+            code = (<dict>payload).get("code", 1000)
+            reason = (<dict>payload).get("reason")
+            if code is None:
+                code = 1000
+        if not _valid_sent_close_code(code):
+            raise ValueError(f"ws.close code {code!r} is not one a server may send "
+                             "(1000-1003, 1007-1009, 1011-1014, 3000-4999)")
+        text = _close_reason_bytes(reason)
+        if self.closing or self.transport is None:
+            return False
+        self.close(code, text, SERVER_CLOSED)
+        return True
+
+    cdef int ws_control(self, object payload) except -1:
+        if type(payload) is not dict:
+            raise ValueError(f"ws.control payload must be a dict, got {type(payload).__name__}")
+        unknown = set(payload) - {"target_pid", "message_topic", "metadata", "heartbeat_interval"}
+        if unknown:
+            raise ValueError(f"ws.control does not know the field(s) {sorted(unknown)}")
+        topic = payload.get("message_topic", self.message_topic)
+        if type(topic) is not str or not topic or topic[0] == "@":
+            raise ValueError(f"ws.control message_topic must be a non-empty str not starting with '@', got {topic!r}")
+        metadata = payload.get("metadata", self.metadata)
+        if type(metadata) is not dict:
+            raise ValueError(f"ws.control metadata must be a dict, got {type(metadata).__name__}")
+        interval = self.heartbeat_interval
+        if "heartbeat_interval" in payload:
+            interval = parse_heartbeat(payload["heartbeat_interval"])
+        cdef Process new_target = self.target
+        if payload.get("target_pid") is not None:
+            new_pid = to_pid(payload["target_pid"])
+            new_target = self.options.node.lookup(new_pid)
+            if new_target is None:
+                _log.warning("ws.control for %s: target %s is not alive; the connection stays with %s",
+                             self.pid, new_pid, None if self.target is None else self.target.pid)
+                return True
+        if self.target is None or self.closing:
+            return True
+        if new_target is not self.target:
+            self.flush_pending_force()
+            self.leave(TRANSFERRED, None)
+            self.options.node.remove_monitor(self, self.target)
+            self.target = new_target
+            self.options.node.add_monitor(self, new_target)
+            self.message_topic = topic
+            self.metadata = metadata
+            self.join()
+        else:
+            self.message_topic = topic
+            self.metadata = metadata
+        if interval != self.heartbeat_interval:
+            self.heartbeat_interval = interval
+            self.schedule_heartbeat()
+        return True
+
+
+def parse_heartbeat(value):
+    """Seconds between heartbeats from a relay field: a duration like "30s",
+    a number of seconds, or None (no heartbeat). ValueError otherwise."""
+    if value is None:
+        return 0.0
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError(f"heartbeat_interval must be a duration like '30s', got {type(value).__name__}")
+    seconds = parse_duration(value)
+    if seconds < 0.01:
+        raise ValueError(f"heartbeat_interval {value!r} is too short (at least 10ms)")
+    return seconds
+
+
+cdef class RelayListener(WSListener):
+    """picows' view of a relay connection; every callback goes to the process."""
+
+    def __cinit__(self, Connection conn not None):
+        self.conn = conn
+
+    @property
+    def connection(self):
+        return self.conn
+
+    cpdef on_ws_connected(self, WSTransport transport):
+        self.conn.connected(transport)
+
+    cpdef on_ws_frame(self, WSTransport transport, WSFrame frame):
+        self.conn.on_frame(frame)
+
+    cpdef on_ws_disconnected(self, WSTransport transport):
+        self.conn.disconnected()
+
+    cpdef pause_writing(self):
+        self.conn._slow_consumer()
+
+    cpdef resume_writing(self):
+        pass

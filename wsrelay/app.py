@@ -1,0 +1,162 @@
+"""An application: services, routers, endpoints, process hosts and process
+functions. The YAML file (wsrelay.config) builds one of these; Python code can
+build the same thing directly.
+
+Ids are ``namespace:name``: the entry ``handler`` of namespace ``app.ws`` is
+``app.ws:handler``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Optional
+
+from .errors import ConfigError
+
+Handler = Callable[[Any, Any], None]
+
+# picows reads GET requests without a body only; see docs/guide.md.
+SUPPORTED_METHODS = ("GET",)
+
+
+def qualify(namespace: str, name: str) -> str:
+    """``name`` as an id: unchanged when it already has a namespace."""
+    return name if ":" in name else f"{namespace}:{name}"
+
+
+def parse_addr(addr: str) -> tuple[str, int]:
+    """``host:port`` or ``:port`` (all interfaces) as (host, port); ValueError
+    names what is wrong."""
+    if not isinstance(addr, str) or ":" not in addr:
+        raise ValueError(f"address {addr!r} must look like 'host:port' or ':port'")
+    host, _, port_text = addr.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ValueError(f"address {addr!r}: port {port_text!r} is not a number") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"address {addr!r}: port {port} is out of range")
+    return (host or "0.0.0.0", port)
+
+
+@dataclasses.dataclass
+class Endpoint:
+    id: str
+    method: str
+    path: str
+    func: Handler
+
+
+@dataclasses.dataclass
+class Router:
+    id: str
+    service: str
+    prefix: str = ""
+    pre_middleware: list[str] = dataclasses.field(default_factory=list)
+    pre_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    post_middleware: list[str] = dataclasses.field(default_factory=list)
+    post_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    endpoints: list[Endpoint] = dataclasses.field(default_factory=list)
+
+    def endpoint(self, method: str, path: str, func: Handler, id: Optional[str] = None) -> Endpoint:
+        """Route ``method path`` (below this router's prefix) to ``func(req, res)``."""
+        method = method.upper()
+        where = id or f"{self.id}{path}"
+        if method not in SUPPORTED_METHODS:
+            raise ConfigError(f"method {method!r} is not served (only {', '.join(SUPPORTED_METHODS)})",
+                              where, "method")
+        if not path.startswith("/"):
+            raise ConfigError(f"path {path!r} must start with '/'", where, "path")
+        if not callable(func):
+            raise ConfigError(f"{func!r} is not callable", where, "func")
+        endpoint = Endpoint(where, method, path, func)
+        self.endpoints.append(endpoint)
+        return endpoint
+
+
+@dataclasses.dataclass
+class Service:
+    id: str
+    addr: str = "127.0.0.1:8080"
+
+
+class App:
+    """Everything one configuration file can say, said in Python."""
+
+    def __init__(self, namespace: str = "app") -> None:
+        self.namespace = namespace
+        self.services: dict[str, Service] = {}
+        self.routers: dict[str, Router] = {}
+        self.hosts: list[str] = []
+        self.functions: dict[str, Callable[..., Any]] = {}
+
+    def service(self, name: str, addr: str = "127.0.0.1:8080") -> Service:
+        """An HTTP service (``http.service``) listening on ``addr``."""
+        sid = qualify(self.namespace, name)
+        try:
+            parse_addr(addr)
+        except ValueError as exc:
+            raise ConfigError(str(exc), sid, "addr") from None
+        if sid in self.services:
+            raise ConfigError("declared twice", sid)
+        self.services[sid] = service = Service(sid, addr)
+        return service
+
+    def router(
+        self,
+        name: str,
+        server: str,
+        prefix: str = "",
+        pre_middleware: Optional[list[str]] = None,
+        pre_options: Optional[dict[str, Any]] = None,
+        post_middleware: Optional[list[str]] = None,
+        post_options: Optional[dict[str, Any]] = None,
+    ) -> Router:
+        """A router (``http.router``) on service ``server`` for paths under ``prefix``."""
+        rid = qualify(self.namespace, name)
+        sid = qualify(self.namespace, server)
+        if sid not in self.services:
+            raise ConfigError(f"no http.service {sid!r} is declared", rid, "meta.server")
+        if prefix and (not prefix.startswith("/") or prefix.endswith("/")):
+            raise ConfigError(f"prefix {prefix!r} must start with '/' and not end with '/'", rid, "prefix")
+        if rid in self.routers:
+            raise ConfigError("declared twice", rid)
+        from .http import middleware_factory
+
+        for field, names in (("pre_middleware", pre_middleware), ("post_middleware", post_middleware)):
+            for mw in names or []:
+                try:
+                    middleware_factory(mw)
+                except LookupError as exc:
+                    raise ConfigError(str(exc), rid, field) from None
+        self.routers[rid] = router = Router(
+            rid, sid, prefix,
+            list(pre_middleware or []), dict(pre_options or {}),
+            list(post_middleware or []), dict(post_options or {}),
+        )
+        return router
+
+    def process_host(self, name: str) -> str:
+        """A process host (``process.host``) that processes can be spawned on."""
+        hid = qualify(self.namespace, name)
+        if hid not in self.hosts:
+            self.hosts.append(hid)
+        return hid
+
+    def process_function(self, id: str, func: Callable[..., Any]) -> None:
+        """Register ``func`` (``async def``) as process function ``id``."""
+        self.functions[qualify(self.namespace, id)] = func
+
+    def install(self) -> None:
+        """Declare this app's hosts and functions on the node."""
+        from ._core.runtime import node
+
+        n = node()
+        for host in self.hosts:
+            n.add_host(host)
+        if self.hosts:
+            n.set_default_host(self.hosts[0])
+        for fid, func in self.functions.items():
+            n.register_function(fid, func)

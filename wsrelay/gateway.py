@@ -1,0 +1,278 @@
+"""The gateway: an App's services listening on picows, routing each request to
+its router and endpoint, with /health and /metrics on every service."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from typing import Any, Optional
+
+import orjson
+import picows
+from picows import WSUpgradeResponseWithListener
+
+from ._core.relay import RelayListener, RelayOptions
+from ._core.runtime import node as get_node
+from ._core.runtime import terminate
+from .app import App, Router, Service, parse_addr
+from .http import Middleware, Request, Response, middleware_factory, plain
+from .settings import Settings
+from .settings import settings as current_settings
+
+log = logging.getLogger("wsrelay.gateway")
+
+
+class _RouterRuntime:
+    __slots__ = ("router", "pre", "post", "endpoints")
+
+    def __init__(self, router: Router, service: ServiceRuntime) -> None:
+        self.router = router
+        self.pre: list[Middleware] = [middleware_factory(n)(router.pre_options, service) for n in router.pre_middleware]
+        self.post: list[Middleware] = [
+            middleware_factory(n)(router.post_options, service) for n in router.post_middleware
+        ]
+        self.endpoints = {(e.method, router.prefix + e.path): e for e in router.endpoints}
+
+
+class ServiceRuntime:
+    """One listening service: its routes, its connections and its counters."""
+
+    def __init__(self, gateway: Gateway, service: Service, routers: list[Router]) -> None:
+        self.gateway = gateway
+        self.service = service
+        s = gateway.settings
+        self.relay_options = RelayOptions(
+            get_node(), service.id, s.max_message_size, s.write_buffer_limit, s.close_timeout,
+            asyncio.get_running_loop(),
+        )
+        # Longest prefix first, so /ws/admin wins over /ws.
+        self.routers = sorted((_RouterRuntime(r, self) for r in routers),
+                              key=lambda rt: len(rt.router.prefix), reverse=True)
+        self.server: Optional[asyncio.AbstractServer] = None
+        self.handshake_failures: Counter[str] = Counter()
+        self.accepting = True
+
+    # -- used by middleware ---------------------------------------------------------
+
+    def handshake_failed(self, reason: str) -> None:
+        self.handshake_failures[reason] += 1
+
+    def at_connection_limit(self) -> bool:
+        limit = self.gateway.settings.max_connections
+        return bool(limit) and self.gateway.connection_count() >= limit
+
+    # -- the request path ----------------------------------------------------------
+
+    def listener_factory(self, upgrade_request: Any) -> Any:
+        try:
+            req = Request.from_upgrade_request(upgrade_request)
+        except Exception:
+            log.exception("unreadable request")
+            return WSUpgradeResponseWithListener(plain(400, "400 Bad Request").to_upgrade_response(), None)
+        outcome = self.dispatch(req)
+        if isinstance(outcome, RelayListener):
+            return outcome
+        if isinstance(outcome, tuple):
+            listener, res = outcome
+            response = picows.WSUpgradeResponse.create_101_response()
+            for name, value in res.headers.items():
+                response.headers.add(name, value)
+            return WSUpgradeResponseWithListener(response, listener)
+        return WSUpgradeResponseWithListener(outcome.to_upgrade_response(), None)
+
+    def dispatch(self, req: Request) -> Any:
+        """A RelayListener (upgrade), (listener, response) (upgrade with the
+        handler's headers), or a Response to send."""
+        path = req.path
+        if path == "/health":
+            return self.health()
+        if path == "/metrics":
+            return self.metrics()
+        if not self.accepting:
+            return plain(503, "503 Service Unavailable: shutting down")
+        for rt in self.routers:
+            prefix = rt.router.prefix
+            if prefix and not (path == prefix or path.startswith(prefix + "/")):
+                continue
+            res = Response()
+            for mw in rt.pre:
+                if not mw.before(req, res):
+                    return res
+            endpoint = rt.endpoints.get((req.method, path))
+            if endpoint is None:
+                continue
+            return self.run_endpoint(rt, endpoint, req, res)
+        return plain(404, "404 Not Found")
+
+    def run_endpoint(self, rt: _RouterRuntime, endpoint: Any, req: Request, res: Response) -> Any:
+        for mw in rt.post:
+            if not mw.before(req, res):
+                return res
+        node = get_node()
+        node.begin_journal()
+        failed = False
+        try:
+            try:
+                endpoint.func(req, res)
+            except Exception:
+                failed = True
+                log.exception("handler %s failed on %s %s", endpoint.id, req.method, req.path)
+                self.handshake_failed("handler_error")
+                return plain(500, "500 Internal Server Error: the handler failed")
+            for mw in reversed(rt.post):
+                listener = mw.after(req, res)
+                if listener is not None:
+                    if not res.headers:
+                        return listener
+                    return (listener, res)
+            for mw in reversed(rt.pre):
+                mw.after(req, res)
+            failed = res.failed_upgrade
+            return res
+        finally:
+            spawned = node.end_journal()
+            if failed:
+                # Nothing will ever talk to what the handler spawned for this
+                # request: end it instead of leaving orphans.
+                for pid in spawned:
+                    terminate(pid, "handshake_failed")
+
+    def health(self) -> Response:
+        body = {
+            "status": "ok" if self.accepting else "draining",
+            "connections": len(self.relay_options.connections),
+            "processes": get_node().process_count(),
+        }
+        res = Response().status(200 if self.accepting else 503)
+        res.header("Content-Type", "application/json")
+        return res.write(orjson.dumps(body))
+
+    def metrics(self) -> Response:
+        from .metrics import render
+
+        body, content_type = render(self.gateway)
+        return Response().header("Content-Type", content_type).write(body)
+
+
+class Gateway:
+    """Runs an App: ``await gateway.start()``, then ``await gateway.shutdown()``."""
+
+    def __init__(self, app: App, settings: Optional[Settings] = None, addr: Optional[str] = None) -> None:
+        self.app = app
+        self.settings = settings or current_settings()
+        self.addr_override = addr or self.settings.addr
+        self.services: dict[str, ServiceRuntime] = {}
+        self.started_at = time.time()
+        self._metrics_registry: Any = None
+        self._sweeper: Optional[asyncio.Task[None]] = None
+
+    async def start(self) -> None:
+        self.app.install()
+        s = self.settings
+        _quiet_picows(logging.getLogger("wsrelay").getEffectiveLevel())
+        for index, service in enumerate(self.app.services.values()):
+            routers = [r for r in self.app.routers.values() if r.service == service.id]
+            rt = ServiceRuntime(self, service, routers)
+            addr = self.addr_override if (index == 0 and self.addr_override) else service.addr
+            host, port = parse_addr(addr)
+            rt.server = await picows.ws_create_server(
+                rt.listener_factory,
+                host,
+                port,
+                websocket_handshake_timeout=s.handshake_timeout,
+                enable_auto_ping=False,
+                enable_auto_pong=True,
+                max_frame_size=s.max_message_size,
+                read_buffer_init_size=s.read_buffer_size,
+                logger_name=_PICOWS_LOGGER,
+                use_aiofastnet=False,
+                reuse_address=True,
+                backlog=4096,
+            )
+            self.services[service.id] = rt
+            log.info("%s listening on %s", service.id, self.url("", service.id, scheme="http"))
+        if s.ping_interval > 0:
+            self._sweeper = asyncio.ensure_future(self._sweep_idle())
+
+    def connection_count(self) -> int:
+        return sum(len(rt.relay_options.connections) for rt in self.services.values())
+
+    def address(self, service: Optional[str] = None) -> tuple[str, int]:
+        rt = self._service(service)
+        assert rt.server is not None
+        sock = rt.server.sockets[0]
+        host, port = sock.getsockname()[:2]
+        return host, port
+
+    def url(self, path: str = "", service: Optional[str] = None, scheme: str = "ws") -> str:
+        host, port = self.address(service)
+        if host in ("0.0.0.0", "::"):
+            host = "127.0.0.1"
+        return f"{scheme}://{host}:{port}{path}"
+
+    def _service(self, service: Optional[str]) -> ServiceRuntime:
+        if service is None:
+            return next(iter(self.services.values()))
+        return self.services[service]
+
+    async def _sweep_idle(self) -> None:
+        s = self.settings
+        tick = max(0.05, min(s.ping_interval, s.ping_timeout) / 4)
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(tick)
+            now = loop.time()
+            for rt in self.services.values():
+                rt.relay_options.sweep_idle(now, s.ping_interval, s.ping_timeout)
+
+    async def shutdown(self, drain_timeout: Optional[float] = None) -> bool:
+        """Stop accepting, close every connection with 1001 (targets get
+        ``ws.leave`` with reason ``shutdown``) and wait for them to go, at most
+        ``drain_timeout`` seconds; then drop what remains. True when every
+        connection closed in time."""
+        timeout = self.settings.drain_timeout if drain_timeout is None else drain_timeout
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for rt in self.services.values():
+            rt.accepting = False
+            if rt.server is not None:
+                rt.server.close()
+        for rt in self.services.values():
+            rt.relay_options.shutdown()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        drained = await self._wait_drained(deadline)
+        if not drained:
+            for rt in self.services.values():
+                rt.relay_options.abort_all()
+            await self._wait_drained(loop.time() + 1.0)
+        for rt in self.services.values():
+            if rt.server is not None:
+                await rt.server.wait_closed()
+        return drained
+
+    async def _wait_drained(self, deadline: float) -> bool:
+        loop = asyncio.get_running_loop()
+        waiters = [rt.relay_options.wait_empty() for rt in self.services.values()]
+        try:
+            await asyncio.wait_for(asyncio.gather(*waiters), max(0.0, deadline - loop.time()))
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    async def __aenter__(self) -> Gateway:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.shutdown()
+
+
+_PICOWS_LOGGER = logging.LoggerAdapter(logging.getLogger("wsrelay.wire"), {})
+
+
+def _quiet_picows(level: int) -> None:
+    # picows logs every accepted connection at INFO; that belongs at DEBUG here.
+    logging.getLogger("wsrelay.wire").setLevel(max(level, logging.WARNING))

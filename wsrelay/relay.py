@@ -1,0 +1,232 @@
+"""The ``websocket_relay`` middleware (SPEC §4).
+
+Before the handler: the Origin rule, the upgrade request's validity and the
+connection limit. After it: the ``X-WS-Relay`` header, which names the target
+process and the relay's settings. The connection itself lives in the core
+(``wsrelay._core.relay``).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import logging
+import re
+from typing import Any, Optional
+
+import orjson
+
+from ._core.pid import Pid
+from ._core.relay import Connection, RelayListener, parse_heartbeat
+from .errors import RelayHeaderError
+from .http import Middleware, Request, Response, plain, register_middleware
+
+log = logging.getLogger("wsrelay.relay")
+
+RELAY_HEADER = "X-WS-Relay"
+ORIGINS_OPTION = "wsrelay.allowed.origins"
+_FIELDS = {"target_pid", "message_topic", "heartbeat_interval", "metadata"}
+_DEFAULT_PORTS = {"http": "80", "https": "443", "ws": "80", "wss": "443"}
+
+
+# -- origins -------------------------------------------------------------------------
+
+
+def _split_origin(origin: str) -> Optional[tuple[str, str]]:
+    """(scheme, host[:port]) of an Origin value, lowercased, default port dropped."""
+    scheme, sep, rest = origin.strip().lower().partition("://")
+    if not sep or not scheme or not rest or "/" in rest:
+        return None
+    return scheme, _drop_default_port(scheme, rest)
+
+
+def _drop_default_port(scheme: str, hostport: str) -> str:
+    host, sep, port = hostport.rpartition(":")
+    if sep and port == _DEFAULT_PORTS.get(scheme):
+        return host
+    return hostport
+
+
+class OriginPolicy:
+    """``wsrelay.allowed.origins``: comma-separated patterns with ``*``. A
+    pattern with ``://`` matches ``scheme://host[:port]``, one without matches
+    ``host[:port]``; case-insensitive. No patterns: same origin only."""
+
+    def __init__(self, spec: Optional[str]) -> None:
+        if spec is not None and not isinstance(spec, str):
+            raise ValueError(f"{ORIGINS_OPTION} must be a comma-separated string, got {type(spec).__name__}")
+        patterns = [p.strip().lower() for p in (spec or "").split(",") if p.strip()]
+        self.allow_all = "*" in patterns
+        self.same_origin = not patterns
+        self._with_scheme: list[re.Pattern[str]] = []
+        self._host_only: list[re.Pattern[str]] = []
+        for pattern in patterns:
+            if "://" in pattern:
+                scheme, _, hostport = pattern.partition("://")
+                self._with_scheme.append(_glob(f"{scheme}://{_drop_default_port(scheme, hostport)}"))
+            else:
+                self._host_only.append(_glob(pattern))
+
+    def allows(self, origin: Optional[str], host: Optional[str]) -> bool:
+        if origin is None:
+            return True  # not a browser: nothing to protect against
+        if self.allow_all:
+            return True
+        parts = _split_origin(origin)
+        if parts is None:
+            return False
+        scheme, hostport = parts
+        if self.same_origin:
+            return host is not None and hostport == _drop_default_port(scheme, host.strip().lower())
+        full = f"{scheme}://{hostport}"
+        return any(p.fullmatch(full) for p in self._with_scheme) or any(
+            p.fullmatch(hostport) for p in self._host_only
+        )
+
+
+def _glob(pattern: str) -> re.Pattern[str]:
+    return re.compile("[^/]*".join(re.escape(part) for part in pattern.split("*")))
+
+
+# -- the upgrade request ------------------------------------------------------------------
+
+
+def _tokens(value: Optional[str]) -> set[str]:
+    return {t.strip().lower() for t in (value or "").split(",")}
+
+
+def check_upgrade(req: Request) -> Optional[Response]:
+    """None for a valid WebSocket upgrade request (RFC 6455 §4.2.1), else
+    the 400/426 response that refuses it."""
+    headers = req.headers
+    if "websocket" not in _tokens(headers.get("Upgrade")):
+        return plain(426, "426 Upgrade Required: this endpoint only accepts WebSocket upgrades",
+                     {"Upgrade": "websocket", "Sec-WebSocket-Version": "13"})
+    if "upgrade" not in _tokens(headers.get("Connection")):
+        return plain(400, "400 Bad Request: the Connection header must include 'Upgrade'")
+    version = headers.get("Sec-WebSocket-Version")
+    if version != "13":
+        return plain(426, f"426 Upgrade Required: unsupported Sec-WebSocket-Version {version!r}, use 13",
+                     {"Sec-WebSocket-Version": "13"})
+    key = headers.get("Sec-WebSocket-Key", "")
+    try:
+        valid_key = len(base64.b64decode(key.encode("ascii"), validate=True)) == 16
+    except (binascii.Error, UnicodeEncodeError):
+        valid_key = False
+    if not valid_key:
+        return plain(400, "400 Bad Request: Sec-WebSocket-Key must be 16 bytes in base64")
+    # picows checks for exactly "Upgrade"; browsers may send "keep-alive, Upgrade".
+    headers["Connection"] = "Upgrade"
+    return None
+
+
+# -- X-WS-Relay ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class RelaySpec:
+    target_pid: Pid
+    message_topic: str = "ws.message"
+    heartbeat_interval: float = 0.0
+    metadata: Any = dataclasses.field(default_factory=dict)
+
+
+def parse_relay_header(raw: str) -> RelaySpec:
+    """The relay settings in an ``X-WS-Relay`` value; RelayHeaderError names
+    what is wrong."""
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise RelayHeaderError(f"{RELAY_HEADER} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise RelayHeaderError(f"{RELAY_HEADER} must be a JSON object, got {type(value).__name__}")
+    unknown = sorted(set(value) - _FIELDS)
+    if unknown:
+        raise RelayHeaderError(f"{RELAY_HEADER} has unknown field(s) {unknown}; known: {sorted(_FIELDS)}")
+    if "target_pid" not in value:
+        raise RelayHeaderError(f"{RELAY_HEADER} needs target_pid")
+    target = value["target_pid"]
+    if not isinstance(target, str):
+        raise RelayHeaderError(f"{RELAY_HEADER} target_pid must be a string, got {type(target).__name__}")
+    try:
+        pid = Pid.parse(target)
+    except ValueError as exc:
+        raise RelayHeaderError(f"{RELAY_HEADER} target_pid: {exc}") from None
+    topic = value.get("message_topic", "ws.message")
+    if not isinstance(topic, str) or not topic or topic.startswith("@"):
+        raise RelayHeaderError(
+            f"{RELAY_HEADER} message_topic must be a non-empty string not starting with '@', got {topic!r}")
+    metadata = value.get("metadata", {})
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, dict):
+        raise RelayHeaderError(f"{RELAY_HEADER} metadata must be an object, got {type(metadata).__name__}")
+    try:
+        heartbeat = parse_heartbeat(value.get("heartbeat_interval"))
+    except ValueError as exc:
+        raise RelayHeaderError(f"{RELAY_HEADER} heartbeat_interval: {exc}") from None
+    return RelaySpec(pid, topic, heartbeat, metadata)
+
+
+# -- the middleware --------------------------------------------------------------------------
+
+
+class WebSocketRelay(Middleware):
+    """Upgrades requests whose handler set ``X-WS-Relay`` and relays them."""
+
+    def __init__(self, options: dict[str, Any], service: Any) -> None:
+        super().__init__(options, service)
+        self.origins = OriginPolicy(options.get(ORIGINS_OPTION))
+
+    def before(self, req: Request, res: Response) -> bool:
+        service = self.service
+        origin = req.header("Origin")
+        if not self.origins.allows(origin, req.header("Host")):
+            service.handshake_failed("origin")
+            _refuse(res, plain(403, f"403 Forbidden: origin {origin!r} is not allowed"))
+            return False
+        refusal = check_upgrade(req)
+        if refusal is not None:
+            service.handshake_failed("bad_upgrade")
+            _refuse(res, refusal)
+            return False
+        if service.at_connection_limit():
+            service.handshake_failed("connection_limit")
+            _refuse(res, plain(503, "503 Service Unavailable: connection limit reached"))
+            return False
+        return True
+
+    def after(self, req: Request, res: Response) -> Any:
+        values = res.headers.popall(RELAY_HEADER, [])
+        if not values:
+            return None
+        service = self.service
+        try:
+            if len(values) > 1:
+                raise RelayHeaderError(f"{RELAY_HEADER} was set {len(values)} times")
+            spec = parse_relay_header(values[0])
+        except RelayHeaderError as exc:
+            log.error("%s %s: %s", req.method, req.path, exc)
+            service.handshake_failed("bad_relay_header")
+            _refuse(res, plain(500, f"500 Internal Server Error: {exc}"), failed_upgrade=True)
+            return None
+        try:
+            conn = Connection.prepare(service.relay_options, spec.target_pid, spec.message_topic,
+                                      spec.metadata, spec.heartbeat_interval)
+        except ProcessLookupError as exc:
+            log.warning("%s %s: %s", req.method, req.path, exc)
+            service.handshake_failed("target_not_alive")
+            _refuse(res, plain(502, f"502 Bad Gateway: {exc}"), failed_upgrade=True)
+            return None
+        return RelayListener(conn)
+
+
+def _refuse(res: Response, refusal: Response, failed_upgrade: bool = False) -> None:
+    res.status_code = refusal.status_code
+    res.headers = refusal.headers
+    res.body = refusal.body
+    res.failed_upgrade = failed_upgrade
+
+
+register_middleware("websocket_relay", WebSocketRelay)
