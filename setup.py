@@ -5,7 +5,7 @@ import sys
 
 from setuptools import Extension, setup
 
-CORE = ["pid", "message", "mailbox", "stats", "runtime", "relay"]
+CORE = ["pid", "message", "mailbox", "stats", "runtime", "relay", "group"]
 
 
 def extensions():

@@ -6,6 +6,7 @@ from typing import Any, Callable, TypeVar
 
 from . import process
 from . import relay as relay  # registers the websocket_relay middleware
+from ._core.group import Group
 from ._core.message import Message
 from ._core.pid import Pid
 from ._core.runtime import EXIT, LINK_DOWN, Inbox, Node, node
@@ -38,6 +39,7 @@ def set_transport(transport: Any) -> None:
 __all__ = [
     "App",
     "Gateway",
+    "Group",
     "Request",
     "Response",
     "EXIT",

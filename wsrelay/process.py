@@ -6,6 +6,7 @@ them. Calls made outside any process act as the node's system process.
 
 from __future__ import annotations
 
+from ._core.group import broadcast
 from ._core.runtime import (
     inbox,
     is_alive,
@@ -26,6 +27,7 @@ from ._core.runtime import (
 from ._core.runtime import register as register
 
 __all__ = [
+    "broadcast",
     "inbox",
     "is_alive",
     "link",

@@ -47,6 +47,8 @@ cdef class Connection(Process):
     cdef double idle_since
     cdef double ping_sent_at
     cdef bint awaiting_pong
+    # The member sets of the Groups this connection belongs to.
+    cdef list groups
 
     cdef int connected(self, WSTransport transport) except -1
     cdef int on_frame(self, WSFrame frame) except -1
@@ -67,6 +69,11 @@ cdef class Connection(Process):
     cdef int leave(self, str reason, object code) except -1
     cdef dict base_payload(self)
     cdef int schedule_heartbeat(self) except -1
+
+
+cdef int send_text(WSTransport transport, str data) except -1
+cdef int send_binary(WSTransport transport, object data) except -1
+cdef int check_send_payload(object payload) except -1
 
 
 cdef class RelayListener(WSListener):

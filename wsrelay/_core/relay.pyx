@@ -114,6 +114,24 @@ cdef int send_binary(WSTransport transport, object data) except -1:
     return len(data)
 
 
+cdef int check_send_payload(object payload) except -1:
+    """The opcode a ``ws.send`` payload asks for; ValueError when malformed."""
+    if type(payload) is not dict:
+        raise ValueError("ws.send payload must be a dict {'type': 'text' | 'binary', 'data': ...}, "
+                         f"got {type(payload).__name__}")
+    kind = (<dict>payload).get("type")
+    data = (<dict>payload).get("data")
+    if kind == "text":
+        if type(data) is not str:
+            raise ValueError(f"ws.send of type 'text' needs str data, got {type(data).__name__}")
+        return WSMsgType.TEXT
+    if kind == "binary":
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise ValueError(f"ws.send of type 'binary' needs bytes data, got {type(data).__name__}")
+        return WSMsgType.BINARY
+    raise ValueError(f"ws.send type must be 'text' or 'binary', got {kind!r}")
+
+
 cdef class RelayOptions:
     def __init__(self, Node node not None, str host not None, Py_ssize_t max_message_size,
                  Py_ssize_t write_buffer_limit, double close_timeout, loop):
@@ -244,6 +262,10 @@ cdef class Connection(Process):
         return 0
 
     cdef int on_exit(self, str reason, object error) except -1:
+        if self.groups is not None:
+            for members in self.groups:
+                (<set>members).discard(self)
+            self.groups = None
         if self.target is not None and self.target.alive:
             self.flush_pending_force()
             self.leave(reason, self.leave_code)
@@ -539,24 +561,13 @@ cdef class Connection(Process):
         return 0
 
     cdef int ws_send(self, object payload) except -1:
-        if type(payload) is not dict:
-            raise ValueError("ws.send payload must be a dict {'type': 'text' | 'binary', 'data': ...}, "
-                             f"got {type(payload).__name__}")
-        kind = (<dict>payload).get("type")
-        data = (<dict>payload).get("data")
-        if kind == "text":
-            if type(data) is not str:
-                raise ValueError(f"ws.send of type 'text' needs str data, got {type(data).__name__}")
-        elif kind == "binary":
-            if not isinstance(data, (bytes, bytearray, memoryview)):
-                raise ValueError(f"ws.send of type 'binary' needs bytes data, got {type(data).__name__}")
-        else:
-            raise ValueError(f"ws.send type must be 'text' or 'binary', got {kind!r}")
+        cdef int kind = check_send_payload(payload)
+        data = (<dict>payload)["data"]
         counters = self.options.node.counters
         if self.closing or self.transport is None:
             counters.ws_frames_dropped_closing += 1
             return False
-        if kind == "text":
+        if kind == WSMsgType.TEXT:
             counters.ws_bytes_out += send_text(self.transport, <str>data)
         else:
             counters.ws_bytes_out += send_binary(self.transport, data)

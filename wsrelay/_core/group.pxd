@@ -1,0 +1,2 @@
+cdef class Group:
+    cdef set members
