@@ -111,3 +111,20 @@ async def trap_report(observer) -> None:
     first = process.trap_exits(True)
     second = process.trap_exits(False)
     process.send(observer, "trap", (first, second))
+
+
+@wsrelay.register("test:ws_echo")
+async def ws_echo(observer=None) -> None:
+    """A relay target: tells ``observer`` of ws.join/ws.leave, echoes each
+    client message back as 'echo:<text>' (or the same bytes), ends on leave."""
+    async for msg in process.inbox():
+        if msg.topic in ("ws.join", "ws.leave", "ws.heartbeat") and observer is not None:
+            process.send(observer, msg.topic, msg.payload)
+        if msg.topic == "ws.message":
+            data = msg.payload["data"]
+            if msg.payload["type"] == "text":
+                process.send(msg.payload["client_pid"], "ws.send", {"type": "text", "data": "echo:" + data})
+            else:
+                process.send(msg.payload["client_pid"], "ws.send", {"type": "binary", "data": data})
+        elif msg.topic == "ws.leave":
+            return
