@@ -45,3 +45,53 @@ async def running(app: App, **overrides: Any) -> AsyncIterator[Gateway]:
         yield gateway
     finally:
         await gateway.shutdown(drain_timeout=5)
+
+
+class ServerProcess:
+    """A gateway in a child process (``wsrelay serve`` or a script calling
+    ``wsrelay.run``), bound to an ephemeral port it reports on stdout."""
+
+    def __init__(self, argv: list[str], env: Optional[dict[str, str]] = None,
+                 cwd: Optional[str] = None) -> None:
+        import os
+        import subprocess
+
+        full_env = {**os.environ, "WSRELAY_ADDR": "127.0.0.1:0", **(env or {})}
+        self.proc = subprocess.Popen(argv, env=full_env, cwd=cwd, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+        self.url = ""
+
+    def wait_ready(self, timeout: float = 30.0) -> str:
+        """The service's http:// URL, read from the 'wsrelay: serving' line."""
+        import selectors
+        import time
+
+        deadline = time.monotonic() + timeout
+        selector = selectors.DefaultSelector()
+        assert self.proc.stdout is not None
+        selector.register(self.proc.stdout, selectors.EVENT_READ)
+        while time.monotonic() < deadline:
+            if not selector.select(deadline - time.monotonic()):
+                break
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            if line.startswith("wsrelay: serving "):
+                self.url = line.split()[2].rstrip(",")
+                return self.url
+        self.proc.kill()
+        _, err = self.proc.communicate()
+        raise AssertionError(f"server did not start (exit {self.proc.returncode}):\n{err}")
+
+    def stop(self, sig: int = 15, timeout: float = 30.0) -> tuple[int, str, str]:
+        """Signal the server, wait for it; (exit status, stdout, stderr)."""
+        import subprocess
+
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            out, err = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, err = self.proc.communicate()
+        return self.proc.returncode, out, err

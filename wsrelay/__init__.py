@@ -12,6 +12,7 @@ from ._core.pid import Pid
 from ._core.runtime import EXIT, LINK_DOWN, Inbox, Node, node
 from .app import App
 from .errors import ConfigError, MailboxFull, NoTransport, RelayHeaderError, SettingsError
+from .cli import run
 from .gateway import Gateway
 from .http import Request, Response
 
@@ -56,5 +57,6 @@ __all__ = [
     "node",
     "process",
     "register",
+    "run",
     "set_transport",
 ]

@@ -67,7 +67,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"{args.file}: ok ({len(app.services)} service(s), {len(app.routers)} router(s), "
               f"{len(app.functions)} process function(s))")
         return 0
-    return uvloop.run(_serve(app, args.addr))
+    return run(app, args.addr)
+
+
+def run(app, addr: Optional[str] = None) -> int:
+    """Serve ``app`` until SIGTERM or SIGINT, then drain; the exit status.
+
+    The Python twin of ``wsrelay serve FILE``.
+    """
+    return uvloop.run(_serve(app, addr))
 
 
 async def _serve(app, addr: Optional[str]) -> int:
