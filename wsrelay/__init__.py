@@ -11,8 +11,8 @@ from ._core.message import Message
 from ._core.pid import Pid
 from ._core.runtime import EXIT, LINK_DOWN, Inbox, Node, node
 from .app import App
-from .errors import ConfigError, MailboxFull, NoTransport, RelayHeaderError, SettingsError
 from .cli import run
+from .errors import ConfigError, MailboxFull, NoTransport, RelayHeaderError, SettingsError
 from .gateway import Gateway
 from .http import Request, Response
 

@@ -29,6 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--addr", help="bind address of the (first) service, host:port or :port")
     check = sub.add_parser("check", help="validate a YAML file and the environment, then exit")
     check.add_argument("file")
+    check.add_argument("--addr", help="also validate this bind address")
     return parser
 
 

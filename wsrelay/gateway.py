@@ -183,7 +183,7 @@ class Gateway:
                 port,
                 websocket_handshake_timeout=s.handshake_timeout,
                 enable_auto_ping=False,
-                enable_auto_pong=True,
+                enable_auto_pong=False,  # the relay answers pings itself, after its RSV check
                 max_frame_size=s.max_message_size,
                 read_buffer_init_size=s.read_buffer_size,
                 logger_name=_PICOWS_LOGGER,

@@ -116,8 +116,11 @@ def check_upgrade(req: Request) -> Optional[Response]:
         valid_key = False
     if not valid_key:
         return plain(400, "400 Bad Request: Sec-WebSocket-Key must be 16 bytes in base64")
-    # picows checks for exactly "Upgrade"; browsers may send "keep-alive, Upgrade".
+    # picows checks for exactly "Upgrade" and "websocket" after the handler has
+    # run; browsers may send "keep-alive, Upgrade", and Upgrade is a list too.
+    # Refusing there would orphan what the handler spawned.
     headers["Connection"] = "Upgrade"
+    headers["Upgrade"] = "websocket"
     return None
 
 
@@ -218,6 +221,11 @@ class WebSocketRelay(Middleware):
             log.warning("%s %s: %s", req.method, req.path, exc)
             service.handshake_failed("target_not_alive")
             _refuse(res, plain(502, f"502 Bad Gateway: {exc}"), failed_upgrade=True)
+            return None
+        except ValueError as exc:
+            log.error("%s %s: %s %s", req.method, req.path, RELAY_HEADER, exc)
+            service.handshake_failed("bad_relay_header")
+            _refuse(res, plain(500, f"500 Internal Server Error: {RELAY_HEADER} {exc}"), failed_upgrade=True)
             return None
         return RelayListener(conn)
 

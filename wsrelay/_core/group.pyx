@@ -44,7 +44,7 @@ cdef int _write_all(object connections, int opcode, const char* data, Py_ssize_t
         memcpy(buf + HEADROOM, data, size)
         for conn in connections:
             transport = conn.transport
-            if conn.closing or transport is None:
+            if conn.closing or transport is None or conn.backlogged():
                 node.counters.ws_frames_dropped_closing += 1
                 continue
             # Writes the same header in front of the same payload each time.

@@ -37,7 +37,12 @@ cdef class Connection(Process):
     # Messages for the target that found its mailbox full, in order.
     cdef object pending
     cdef bint paused
+    # The transport's unsent bytes are over the write-buffer limit.
+    cdef bint write_backlog
     cdef bint closing
+    # No more client frames are acted on: a close frame arrived, or the
+    # connection was failed (frames picows already parsed are dropped).
+    cdef bint input_closed
     cdef object close_timer
     cdef str leave_reason
     cdef object leave_code
@@ -53,11 +58,14 @@ cdef class Connection(Process):
     cdef int connected(self, WSTransport transport) except -1
     cdef int on_frame(self, WSFrame frame) except -1
     cdef int disconnected(self) except -1
-    cdef int relay(self, object data, bint is_text) except -1
+    cdef int relay(self, object data, bint is_text, Py_ssize_t nbytes) except -1
+    cdef bint backlogged(self) except -1
     cdef int push(self, Message msg) except -1
     cdef int pause(self) except -1
     cdef int flush_pending_force(self) except -1
     cdef int fragment(self, WSFrame frame) except -1
+    cdef int drop_fragments(self) except -1
+    cdef int wire_failed(self) except -1
     cdef int close_frame(self, WSFrame frame) except -1
     cdef int fail(self, int code, str text, str reason) except -1
     cdef int close(self, int code, bytes text, str reason) except -1
@@ -65,14 +73,17 @@ cdef class Connection(Process):
     cdef int ws_send(self, object payload) except -1
     cdef int ws_close(self, object payload) except -1
     cdef int ws_control(self, object payload) except -1
+    cdef int watch(self, Process target) except -1
+    cdef int unwatch(self) except -1
     cdef int join(self) except -1
     cdef int leave(self, str reason, object code) except -1
     cdef dict base_payload(self)
     cdef int schedule_heartbeat(self) except -1
 
 
-cdef int send_text(WSTransport transport, str data) except -1
-cdef int send_binary(WSTransport transport, object data) except -1
+cdef int write_frame(WSTransport transport, WSMsgType opcode, const char* data, Py_ssize_t size) except -1
+cdef Py_ssize_t send_text(WSTransport transport, str data) except -1
+cdef Py_ssize_t send_binary(WSTransport transport, object data) except -1
 cdef int check_send_payload(object payload) except -1
 
 

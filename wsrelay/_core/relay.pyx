@@ -12,11 +12,11 @@ import logging
 from collections import deque
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
-from cpython.mem cimport PyMem_Realloc
+from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_DecodeUTF8, PyUnicode_DecodeUTF8Stateful
 from libc.string cimport memcpy
 
-from picows.picows cimport WSListener, WSTransport, WSFrame, WSMsgType, WSCloseCode
+from picows.picows cimport MemoryBuffer, WSListener, WSTransport, WSFrame, WSMsgType, WSCloseCode
 
 from .pid cimport Pid, to_pid
 from .message cimport Message, new_message
@@ -39,11 +39,13 @@ PROTOCOL_ERROR = "protocol_error"
 MESSAGE_TOO_BIG = "message_too_big"
 SLOW_CONSUMER = "slow_consumer"
 
-# Frames of up to this many bytes are copied next to their header and written
-# with one send(); larger ones go out as header + payload without a copy.
-DEF SMALL_FRAME = 8192
 DEF HEADROOM = 16
 DEF MAX_CLOSE_REASON = 123
+# Room for a control frame (at most 125 bytes of payload) and its header.
+DEF CONTROL_FRAME_BUFFER = 160
+# The scratch buffer is kept between sends up to this size; a larger message
+# borrows it once and gives the memory back.
+DEF KEEP_SCRATCH = 65536
 
 cdef char* _scratch = NULL
 cdef Py_ssize_t _scratch_size = 0
@@ -61,8 +63,37 @@ cdef inline char* _scratch_for(Py_ssize_t size) except NULL:
     return _scratch + HEADROOM
 
 
+cdef inline void _release_scratch():
+    global _scratch, _scratch_size
+    if _scratch_size > KEEP_SCRATCH:
+        PyMem_Free(_scratch)
+        _scratch = NULL
+        _scratch_size = 0
+
+
+cdef int write_frame(WSTransport transport, WSMsgType opcode, const char* data, Py_ssize_t size) except -1:
+    """One frame from bytes the caller does not keep.
+
+    The payload is copied once, next to room for its header, and picows writes
+    header + payload in one send(); whatever the socket does not take is copied
+    into the transport's buffer. (picows' own send() hands large payloads to
+    the transport by reference, with the header in a buffer it reuses for the
+    next frame: frames queued behind a slow reader would go out corrupted.)
+    """
+    cdef char* buf = _scratch_for(size)
+    memcpy(buf, data, size)
+    try:
+        transport.send_reuse_external_buffer(opcode, buf, size)
+    finally:
+        _release_scratch()
+    return 0
+
+
 cdef inline bint _valid_received_close_code(int code):
-    return (1000 <= code <= 1003) or (1007 <= code <= 1011) or (3000 <= code <= 4999)
+    # RFC 6455 §7.4 plus the IANA registry (1012 service restart, 1013 try
+    # again later, 1014 bad gateway). Never on the wire: 1004 (reserved), 1005
+    # (no status), 1006 (abnormal closure), 1015 (TLS failure).
+    return (1000 <= code <= 1003) or (1007 <= code <= 1014) or (3000 <= code <= 4999)
 
 
 cdef inline bint _valid_sent_close_code(object code):
@@ -87,31 +118,22 @@ cdef bytes _close_reason_bytes(object reason):
     return data[:end]
 
 
-cdef int send_text(WSTransport transport, str data) except -1:
+cdef Py_ssize_t send_text(WSTransport transport, str data) except -1:
     cdef Py_ssize_t size
+    # CPython keeps a str's UTF-8 form (an ASCII str is its own), so sending
+    # one str to many connections encodes it once.
     cdef const char* utf8 = PyUnicode_AsUTF8AndSize(data, &size)
-    cdef char* buf
-    if size <= SMALL_FRAME:
-        buf = _scratch_for(size)
-        memcpy(buf, utf8, size)
-        transport.send_reuse_external_buffer(WSMsgType.TEXT, buf, size)
-    else:
-        transport.send(WSMsgType.TEXT, PyBytes_FromStringAndSize(utf8, size))
+    write_frame(transport, WSMsgType.TEXT, utf8, size)
     return size
 
 
-cdef int send_binary(WSTransport transport, object data) except -1:
+cdef Py_ssize_t send_binary(WSTransport transport, object data) except -1:
     cdef Py_ssize_t size
-    cdef char* buf
-    if type(data) is bytes:
-        size = PyBytes_GET_SIZE(<bytes>data)
-        if size <= SMALL_FRAME:
-            buf = _scratch_for(size)
-            memcpy(buf, PyBytes_AS_STRING(<bytes>data), size)
-            transport.send_reuse_external_buffer(WSMsgType.BINARY, buf, size)
-            return size
-    transport.send(WSMsgType.BINARY, data)
-    return len(data)
+    if type(data) is not bytes:
+        data = bytes(data)
+    size = PyBytes_GET_SIZE(<bytes>data)
+    write_frame(transport, WSMsgType.BINARY, PyBytes_AS_STRING(<bytes>data), size)
+    return size
 
 
 cdef int check_send_payload(object payload) except -1:
@@ -198,6 +220,8 @@ cdef class Connection(Process):
         cdef Process target = node.lookup(target_pid)
         if target is None:
             raise ProcessLookupError(f"target process {target_pid} is not alive")
+        if isinstance(target, Connection):
+            raise ValueError(f"target_pid {target_pid} is a WebSocket connection; the target must be a process")
         cdef Connection conn = Connection.__new__(Connection)
         conn.options = options
         conn.target = target
@@ -214,17 +238,26 @@ cdef class Connection(Process):
         cdef Node node = options.node
         self.transport = transport
         self.loop = options.loop
-        node.attach(self, node.new_pid(options.host))
+        # Messages to a connection are handled as they are sent: no mailbox.
+        node.attach(self, node.new_pid(options.host), False)
         node.counters.connections_opened += 1
         options.connections.add(self)
         self.started_at = options.loop.time()
         self.idle_since = self.started_at
-        transport.underlying_transport.set_write_buffer_limits(high=options.write_buffer_limit)
+        # Per-connection memory (docs/performance.md): the upgrade request and
+        # response are not needed once upgraded, and frames are written from
+        # our own buffer, so picows' 1 KiB write buffer only ever holds control
+        # frames.
+        transport.request = None
+        transport.response = None
+        transport._write_buffer = MemoryBuffer(CONTROL_FRAME_BUFFER)
+        transport.underlying_transport.set_write_buffer_limits(
+            high=options.write_buffer_limit, low=options.write_buffer_limit // 2)
         if self.target is None or not self.target.alive:
             self.target = None
             self.close(1011, b"target process is gone", TARGET_EXITED)
             return 0
-        node.add_monitor(self, self.target)
+        self.watch(self.target)
         self.join()
         self.schedule_heartbeat()
         return 0
@@ -232,6 +265,8 @@ cdef class Connection(Process):
     cdef int disconnected(self) except -1:
         cdef RelayOptions options = self.options
         cdef object handshake
+        self.input_closed = True
+        self.drop_fragments()
         if self.close_timer is not None:
             self.close_timer.cancel()
             self.close_timer = None
@@ -241,14 +276,7 @@ cdef class Connection(Process):
         if self.leave_reason is None:
             # picows itself failed the connection (a frame it could not parse)
             # or the peer vanished: the close frame it sent tells which.
-            handshake = self.transport.close_handshake
-            sent = None if handshake is None else handshake.sent
-            if sent is not None and sent.code == WSCloseCode.MESSAGE_TOO_BIG:
-                self.leave_reason, self.leave_code = MESSAGE_TOO_BIG, 1009
-            elif sent is not None and sent.code in (WSCloseCode.PROTOCOL_ERROR, WSCloseCode.INVALID_TEXT):
-                self.leave_reason, self.leave_code = PROTOCOL_ERROR, int(sent.code)
-            else:
-                self.leave_reason = CONNECTION_LOST
+            self.wire_failed()
         options.connections.discard(self)
         options.node.counters.connections_closed += 1
         if not options.connections and options._empty_waiter is not None:
@@ -261,12 +289,26 @@ cdef class Connection(Process):
         self.transport = None
         return 0
 
+    cdef int watch(self, Process target) except -1:
+        """Monitor ``target`` (one way: a connection only ever watches its
+        target, so it keeps no set of its own)."""
+        if target.monitored_by is None:
+            target.monitored_by = set()
+        target.monitored_by.add(self)
+        return 0
+
+    cdef int unwatch(self) except -1:
+        if self.target is not None and self.target.monitored_by is not None:
+            self.target.monitored_by.discard(self)
+        return 0
+
     cdef int on_exit(self, str reason, object error) except -1:
         if self.groups is not None:
             for members in self.groups:
                 (<set>members).discard(self)
             self.groups = None
         if self.target is not None and self.target.alive:
+            self.unwatch()
             self.flush_pending_force()
             self.leave(reason, self.leave_code)
         self.target = None
@@ -290,6 +332,20 @@ cdef class Connection(Process):
     cdef int on_frame(self, WSFrame frame) except -1:
         cdef WSMsgType op = frame.msg_type
         cdef Py_ssize_t size = frame.payload_size
+        if self.input_closed:
+            # picows hands over every frame it parsed from one read, also those
+            # after the client's close frame or after one we failed on: the
+            # client said its last word, or the connection is being dropped.
+            return 0
+        if self.transport.is_close_frame_sent and not self.closing:
+            # picows failed the connection on a frame it could not parse. It
+            # parses one frame ahead, so the frame before the bad one comes
+            # after its close frame: last of its read, with the bad bytes
+            # behind it. That one is the client's and is acted on; anything
+            # later (e.g. the client's answer to that close) is not.
+            self.wire_failed()
+            if not (frame.last_in_buffer and frame.tail_size > 0):
+                return 0
         self.rx_seq += 1
         if frame.rsv1 or frame.rsv2 or frame.rsv3:
             return self.fail(1002, "reserved bits set without a negotiated extension", PROTOCOL_ERROR)
@@ -309,25 +365,29 @@ cdef class Connection(Process):
                     text = PyUnicode_DecodeUTF8(frame.payload_ptr, size, NULL)
                 except UnicodeDecodeError:
                     return self.fail(1007, "invalid UTF-8 in text message", PROTOCOL_ERROR)
-                return self.relay(text, True)
-            return self.relay(frame.get_payload_as_bytes(), False)
+                return self.relay(text, True, size)
+            return self.relay(frame.get_payload_as_bytes(), False, size)
         if op == WSMsgType.CONTINUATION:
             if self.frag_opcode == 0:
                 return self.fail(1002, "continuation frame without a message in progress", PROTOCOL_ERROR)
             return self.fragment(frame)
         if op == WSMsgType.CLOSE:
             return self.close_frame(frame)
-        # PING is answered by picows; a PONG needs nothing beyond rx_seq.
+        if op == WSMsgType.PING:
+            # Only seen with picows' auto-pong off (it answers pings before
+            # they reach a listener, RSV bits unchecked): answer it here.
+            self.transport.send_pong(frame.get_payload_as_bytes())
+        # A PONG needs nothing beyond rx_seq.
         return 0
 
     cdef int fragment(self, WSFrame frame) except -1:
         cdef Py_ssize_t consumed = 0
         cdef Py_ssize_t size = frame.payload_size
+        cdef Py_ssize_t total
         cdef bytes chunk
         cdef bint is_text = self.frag_opcode == WSMsgType.TEXT
         self.frag_size += size
         if self.frag_size > self.options.max_message_size:
-            self.frag_parts = None
             return self.fail(1009, "message too big", MESSAGE_TOO_BIG)
         if is_text:
             # Decode each fragment as it arrives, so invalid UTF-8 fails the
@@ -341,7 +401,6 @@ cdef class Connection(Process):
                     piece = PyUnicode_DecodeUTF8Stateful(frame.payload_ptr, size, NULL, &consumed)
                     self.frag_tail = PyBytes_FromStringAndSize(frame.payload_ptr + consumed, size - consumed)
             except UnicodeDecodeError:
-                self.frag_parts = None
                 return self.fail(1007, "invalid UTF-8 in text message", PROTOCOL_ERROR)
             self.frag_parts.append(piece)
         else:
@@ -349,26 +408,28 @@ cdef class Connection(Process):
         if not frame.fin:
             return 0
         parts = self.frag_parts
+        total = self.frag_size
         self.frag_parts = None
         self.frag_opcode = 0
+        self.frag_size = 0
         if is_text:
             if self.frag_tail:
                 self.frag_tail = None
                 return self.fail(1007, "text message ends inside a UTF-8 sequence", PROTOCOL_ERROR)
             self.frag_tail = None
-            return self.relay("".join(parts), True)
-        return self.relay(b"".join(parts), False)
+            return self.relay("".join(parts), True, total)
+        return self.relay(b"".join(parts), False, total)
 
     cdef dict base_payload(self):
         return {"client_pid": self.pid, "metadata": self.metadata}
 
-    cdef int relay(self, object data, bint is_text) except -1:
+    cdef int relay(self, object data, bint is_text, Py_ssize_t nbytes) except -1:
         if self.target is None:
             return 0
         self.message_count += 1
         counters = self.options.node.counters
         counters.ws_messages_in += 1
-        counters.ws_bytes_in += len(data)
+        counters.ws_bytes_in += nbytes
         payload = {"client_pid": self.pid, "type": "text" if is_text else "binary",
                    "data": data, "metadata": self.metadata}
         return self.push(new_message(self.message_topic, payload, self.pid))
@@ -474,11 +535,17 @@ cdef class Connection(Process):
     # -- closing --------------------------------------------------------------------
 
     cdef int close_frame(self, WSFrame frame) except -1:
+        """The client's close frame: the last frame it sends (RFC 6455 §5.5.1).
+        picows has already refused a 1-byte payload, a code it does not know
+        and a reason that is not UTF-8; the codes it knows but a peer must not
+        send (0, 1005, 1006, 1015...) are refused here."""
         cdef object code = None
         if frame.payload_size >= 2:
             code = int(frame.get_close_code())
             if not _valid_received_close_code(code):
                 return self.fail(1002, f"invalid close code {code}", PROTOCOL_ERROR)
+        self.input_closed = True
+        self.drop_fragments()
         if self.closing:
             # The client's answer to our close: the handshake is complete.
             self.transport.disconnect()
@@ -486,8 +553,44 @@ cdef class Connection(Process):
         self.leave_reason = CLIENT_CLOSED
         self.leave_code = code
         self.closing = True
+        if self.heartbeat_handle is not None:
+            self.heartbeat_handle.cancel()
+            self.heartbeat_handle = None
+        # Echo the client's code (RFC 6455 §5.5.1); a close without one is
+        # answered with 1000, as picows always writes a 2-byte code.
         self.send_close(code if code is not None else 1000, b"")
+        # The server closes the TCP connection first (RFC 6455 §7.1.1).
         self.transport.disconnect()
+        return 0
+
+    cdef int wire_failed(self) except -1:
+        """picows sent a close frame of its own: a frame it could not parse
+        (1002, 1007, 1009), or an exception in this listener (1011). The
+        connection is closing; its reason comes from that close frame."""
+        cdef object handshake = self.transport.close_handshake
+        cdef object sent = None if handshake is None else handshake.sent
+        self.closing = True
+        self.input_closed = True
+        self.drop_fragments()
+        if self.heartbeat_handle is not None:
+            self.heartbeat_handle.cancel()
+            self.heartbeat_handle = None
+        if self.leave_reason is not None:
+            return 0
+        if sent is not None and sent.code == WSCloseCode.MESSAGE_TOO_BIG:
+            self.leave_reason, self.leave_code = MESSAGE_TOO_BIG, 1009
+        elif sent is not None and sent.code in (WSCloseCode.PROTOCOL_ERROR, WSCloseCode.INVALID_TEXT):
+            self.leave_reason, self.leave_code = PROTOCOL_ERROR, int(sent.code)
+        else:
+            self.leave_reason = CONNECTION_LOST
+        return 0
+
+    cdef int drop_fragments(self) except -1:
+        """Forget a fragmented message in progress."""
+        self.frag_opcode = 0
+        self.frag_parts = None
+        self.frag_tail = None
+        self.frag_size = 0
         return 0
 
     cdef int send_close(self, object code, bytes text) except -1:
@@ -516,7 +619,10 @@ cdef class Connection(Process):
             self.transport.disconnect(False)
 
     cdef int fail(self, int code, str text, str reason) except -1:
-        """Fail the connection (RFC 6455 §7.1.7): close frame, then the socket."""
+        """Fail the connection (RFC 6455 §7.1.7): close frame, then the socket.
+        Nothing more the client sent is acted on."""
+        self.input_closed = True
+        self.drop_fragments()
         if self.transport is None:
             return 0
         if not self.closing:
@@ -524,18 +630,27 @@ cdef class Connection(Process):
             if self.leave_reason is None:
                 self.leave_reason = reason
                 self.leave_code = code
+            if self.heartbeat_handle is not None:
+                self.heartbeat_handle.cancel()
+                self.heartbeat_handle = None
             _log.info("closing %s with %d: %s", self.pid, code, text)
-            self.send_close(code, text.encode()[:MAX_CLOSE_REASON])
+            self.send_close(code, _close_reason_bytes(text))
         self.transport.disconnect()
         return 0
 
-    def _slow_consumer(self):
-        if self.closing or self.transport is None:
-            return
-        self.options.node.counters.slow_consumer_closes += 1
-        _log.warning("closing %s: more than %d bytes unsent (slow consumer)",
-                     self.pid, self.options.write_buffer_limit)
-        self.close(1008, b"slow consumer", SLOW_CONSUMER)
+    cdef bint backlogged(self) except -1:
+        """True, and the connection closing with 1008, when a frame is to be
+        written while more than the write-buffer limit is still unsent. One
+        message larger than the limit alone goes out; a client that does not
+        read what it was sent before is a slow consumer."""
+        if not self.write_backlog:
+            return False
+        if not self.closing and self.transport is not None:
+            self.options.node.counters.slow_consumer_closes += 1
+            _log.warning("closing %s: more than %d bytes unsent (slow consumer)",
+                         self.pid, self.options.write_buffer_limit)
+            self.close(1008, b"slow consumer", SLOW_CONSUMER)
+        return True
 
     # -- anyone -> connection --------------------------------------------------------------
 
@@ -564,7 +679,7 @@ cdef class Connection(Process):
         cdef int kind = check_send_payload(payload)
         data = (<dict>payload)["data"]
         counters = self.options.node.counters
-        if self.closing or self.transport is None:
+        if self.closing or self.transport is None or self.backlogged():
             counters.ws_frames_dropped_closing += 1
             return False
         if kind == WSMsgType.TEXT:
@@ -613,6 +728,8 @@ cdef class Connection(Process):
         if payload.get("target_pid") is not None:
             new_pid = to_pid(payload["target_pid"])
             new_target = self.options.node.lookup(new_pid)
+            if isinstance(new_target, Connection):
+                raise ValueError(f"ws.control target_pid {new_pid} is a WebSocket connection, not a process")
             if new_target is None:
                 _log.warning("ws.control for %s: target %s is not alive; the connection stays with %s",
                              self.pid, new_pid, None if self.target is None else self.target.pid)
@@ -622,9 +739,9 @@ cdef class Connection(Process):
         if new_target is not self.target:
             self.flush_pending_force()
             self.leave(TRANSFERRED, None)
-            self.options.node.remove_monitor(self, self.target)
+            self.unwatch()
             self.target = new_target
-            self.options.node.add_monitor(self, new_target)
+            self.watch(new_target)
             self.message_topic = topic
             self.metadata = metadata
             self.join()
@@ -670,7 +787,7 @@ cdef class RelayListener(WSListener):
         self.conn.disconnected()
 
     cpdef pause_writing(self):
-        self.conn._slow_consumer()
+        self.conn.write_backlog = True
 
     cpdef resume_writing(self):
-        pass
+        self.conn.write_backlog = False

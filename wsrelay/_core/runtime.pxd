@@ -49,7 +49,7 @@ cdef class Node:
     cdef list _journal
 
     cdef Pid new_pid(self, str host)
-    cdef int attach(self, Process proc, Pid pid) except -1
+    cdef int attach(self, Process proc, Pid pid, bint with_mailbox=*) except -1
     cdef Process lookup(self, object dest)
     cdef int finish(self, Process proc, str reason, object error) except -1
     cdef int _finish_one(self, Process proc, str reason, object error) except -1

@@ -224,11 +224,13 @@ cdef class Node:
         self._next_id += 1
         return make_pid(self.name, host, ident)
 
-    cdef int attach(self, Process proc, Pid pid) except -1:
-        """Give ``proc`` its PID and a mailbox and enter it in the table."""
+    cdef int attach(self, Process proc, Pid pid, bint with_mailbox=True) except -1:
+        """Give ``proc`` its PID (and a mailbox, unless it handles every
+        message as it is sent) and enter it in the table."""
         proc.pid = pid
         proc.node = self
-        proc.mailbox = Mailbox(self.mailbox_capacity)
+        if with_mailbox:
+            proc.mailbox = Mailbox.__new__(Mailbox, self.mailbox_capacity)
         proc.alive = True
         self.table[pid] = proc
         return 0
@@ -373,7 +375,8 @@ cdef class Node:
             _log.exception("exit hook of %s failed", proc.pid)
         if monitored_by is not None:
             for other in monitored_by:
-                other.monitoring.discard(proc)
+                if other.monitoring is not None:
+                    other.monitoring.discard(proc)
                 other.signal(exit_event(EXIT, proc.pid, reason, error))
         if links is not None:
             for other in links:
@@ -384,7 +387,8 @@ cdef class Node:
                     other.signal(exit_event(LINK_DOWN, proc.pid, reason, error))
                 else:
                     other.kill(reason, error)
-        proc.mailbox.clear()
+        if proc.mailbox is not None:
+            proc.mailbox.clear()
         proc.task = None
         proc._inbox = None
         return 0

@@ -1,0 +1,286 @@
+"""WebSocket conformance: Autobahn|Testsuite's fuzzing client against the relay.
+
+The echo app of examples/echo runs as a ``wsrelay serve`` subprocess; every
+client message goes through the relay to a target process and back with
+``ws.send``. Sections 1-7 (framing, pings, reserved bits and opcodes,
+fragmentation, UTF-8, close handshake), 9 (messages up to 16 MiB, in frames
+of every size) and 10 (auto-fragmentation) must pass: any case whose
+``behavior`` or ``behaviorClose`` is FAILED fails this test, unless it is in
+tests/conformance_allowlist.txt (failures proven to come from picows itself).
+NON-STRICT and INFORMATIONAL are accepted. Sections 12 and 13 test
+permessage-deflate, which the relay does not negotiate.
+
+The tests after it pin what Autobahn cannot see from the wire: nothing the
+client sent after its close frame, or after a frame the connection failed on,
+reaches the target (picows hands over every frame of one read).
+
+wstest is Python 2 only; tools/autobahn/install.sh installs it (once, into
+~/.cache/autobahn-testsuite, or $AUTOBAHN_DIR). The HTML report of the run is
+left in pytest's temporary directory, whose path is printed with the summary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import collections
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests import procs  # noqa: F401  (registers the test:* process functions)
+from tests.support import relay_app, relay_handler, running
+from wsrelay import process
+
+REPO = Path(__file__).resolve().parent.parent
+INSTALL = REPO / "tools" / "autobahn" / "install.sh"
+ECHO_APP = REPO / "examples" / "echo" / "app.yaml"
+ALLOWLIST = Path(__file__).resolve().parent / "conformance_allowlist.txt"
+
+CASES = ["1.*", "2.*", "3.*", "4.*", "5.*", "6.*", "7.*", "9.*", "10.*"]
+# Section 9 sends up to 16 MiB in one message, and the echo of it is queued
+# whole for the client: neither limit may get in the way.
+SERVER_ENV = {
+    "WSRELAY_MAX_MESSAGE_SIZE": "16MiB",
+    "WSRELAY_WRITE_BUFFER_LIMIT": "64MiB",
+    "WSRELAY_LOG_LEVEL": "WARNING",
+}
+INSTALL_TIMEOUT = 600
+READY_TIMEOUT = 30.0
+WSTEST_TIMEOUT = 1800
+STOP_TIMEOUT = 30
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def case_key(case_id: str) -> list[int]:
+    return [int(part) for part in case_id.split(".")]
+
+
+def read_allowlist(path: Path = ALLOWLIST) -> dict[str, str]:
+    """Case id -> reason, from ``CASE_ID  reason`` lines (# comments)."""
+    allowed: dict[str, str] = {}
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        case_id, _, reason = line.partition(" ")
+        if not reason.strip():
+            raise ValueError(f"{path}:{number}: case {case_id} needs a reason")
+        case_key(case_id)  # a malformed id raises here
+        allowed[case_id] = reason.strip()
+    return allowed
+
+
+def summarize(cases: dict) -> str:
+    """The one-line summary: counts of each behavior and the close failures."""
+    counts = collections.Counter(result["behavior"] for result in cases.values())
+    close_failed = sum(result["behaviorClose"] == "FAILED" for result in cases.values())
+    order = ["OK", "NON-STRICT", "INFORMATIONAL", "FAILED", "UNIMPLEMENTED"]
+    parts = [f"{name}={counts.get(name, 0)}" for name in order]
+    parts += [f"{name}={n}" for name, n in sorted(counts.items()) if name not in order]
+    return " ".join(parts) + f" close_failed={close_failed} total={len(cases)}"
+
+
+def install_wstest() -> str:
+    proc = subprocess.run(["bash", str(INSTALL)], capture_output=True, text=True, timeout=INSTALL_TIMEOUT)
+    if proc.returncode != 0:
+        pytest.fail(f"tools/autobahn/install.sh failed ({proc.returncode}):\n{proc.stderr}")
+    return proc.stdout.strip().splitlines()[-1]
+
+
+def wait_ready(server: subprocess.Popen, port: int, log: Path) -> None:
+    """Poll until the server answers GET /health with 200."""
+    request = f"GET /health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode()
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            pytest.fail(f"the echo server exited with {server.returncode}:\n{log.read_text()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as conn:
+                conn.sendall(request)
+                if conn.recv(64).startswith(b"HTTP/1.1 200"):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    pytest.fail(f"the echo server did not answer GET /health within {READY_TIMEOUT} s:\n{log.read_text()}")
+
+
+def stop(server: subprocess.Popen) -> int:
+    if server.poll() is None:
+        server.send_signal(signal.SIGTERM)
+    try:
+        return server.wait(STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+        raise
+
+
+def test_allowlist_is_well_formed():
+    sections = {pattern.split(".")[0] for pattern in CASES}
+    outside = [case_id for case_id in read_allowlist() if case_id.split(".")[0] not in sections]
+    assert not outside, f"allowlisted cases of sections that are not run: {outside}"
+
+
+@pytest.mark.slow
+def test_autobahn_fuzzingclient(tmp_path, capsys):
+    allowed = read_allowlist()
+    wstest = install_wstest()
+
+    port = free_port()
+    log = tmp_path / "server.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WSRELAY_")}
+    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.update(SERVER_ENV)
+    with open(log, "wb") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "wsrelay", "serve", str(ECHO_APP), "--addr", f"127.0.0.1:{port}"],
+            cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_ready(server, port, log)
+        spec = {
+            "outdir": str(tmp_path / "reports"),
+            "servers": [{"agent": "wsrelay", "url": f"ws://127.0.0.1:{port}/ws/echo"}],
+            "cases": CASES,
+            "exclude-cases": [],
+            "exclude-agent-cases": {},
+        }
+        (tmp_path / "fuzzingclient.json").write_text(json.dumps(spec))
+        started = time.monotonic()
+        with open(tmp_path / "wstest.log", "wb") as out:
+            run = subprocess.run([wstest, "-m", "fuzzingclient", "-s", "fuzzingclient.json"], cwd=tmp_path,
+                                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                 timeout=WSTEST_TIMEOUT)
+        elapsed = time.monotonic() - started
+        assert run.returncode == 0, f"wstest exited with {run.returncode}:\n{(tmp_path / 'wstest.log').read_text()}"
+    finally:
+        code = stop(server)
+    assert code == 0, f"the echo server exited with {code} after SIGTERM:\n{log.read_text()}"
+    assert "Traceback" not in log.read_text(), f"the echo server logged an exception:\n{log.read_text()}"
+
+    cases = json.loads((tmp_path / "reports" / "index.json").read_text())["wsrelay"]
+    failed = sorted((case_id for case_id, result in cases.items()
+                     if result["behavior"] == "FAILED" or result["behaviorClose"] == "FAILED"), key=case_key)
+    slowest = sorted(cases.items(), key=lambda item: -item[1]["duration"])[:3]
+    with capsys.disabled():
+        print(f"\nautobahn: {summarize(cases)} in {elapsed:.0f} s; report: {tmp_path / 'reports' / 'index.html'}")
+        print("autobahn: slowest cases: " + ", ".join(f"{c} {r['duration'] / 1000:.1f} s" for c, r in slowest))
+        print("autobahn: failed: " + (" ".join(failed) or "none"))
+        now_passing = sorted(set(allowed) - set(failed), key=case_key)
+        if now_passing:
+            print("autobahn: allowlisted but passing now (remove from tests/conformance_allowlist.txt): "
+                  + " ".join(now_passing))
+
+    sections = {case_id.split(".")[0] for case_id in cases}
+    assert sections == {pattern.split(".")[0] for pattern in CASES}, f"sections run: {sorted(sections, key=int)}"
+    unexpected = [case_id for case_id in failed if case_id not in allowed]
+    details = "\n".join(f"  {case_id}: behavior={cases[case_id]['behavior']} "
+                        f"close={cases[case_id]['behaviorClose']} "
+                        f"(report {tmp_path / 'reports' / cases[case_id]['reportfile']})" for case_id in unexpected)
+    assert not unexpected, f"Autobahn cases FAILED:\n{details}"
+
+
+# -- what the wire does not show -------------------------------------------------------------
+
+TEXT, BINARY, CONT, CLOSE = 0x1, 0x2, 0x0, 0x8
+
+
+def frame(opcode: int, payload: bytes = b"", fin: bool = True) -> bytes:
+    """One masked client frame (payloads under 126 bytes)."""
+    key = os.urandom(4)
+    masked = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+    return bytes([(0x80 if fin else 0) | opcode, 0x80 | len(payload)]) + key + masked
+
+
+def close_frame(code: int) -> bytes:
+    return frame(CLOSE, code.to_bytes(2, "big"))
+
+
+async def send_in_one_write(url: str, data: bytes) -> int:
+    """Upgrade, write ``data`` at once, and return the code of the close frame
+    the server answers with."""
+    host, port = url.split("//")[1].split("/")[0].split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(f"GET /ws/chat HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+                 f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                 .encode())
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    writer.write(data)
+    try:
+        while True:
+            first, length = await asyncio.wait_for(reader.readexactly(2), 5)
+            payload = await reader.readexactly(length & 0x7F)  # the server sends nothing long here
+            if first & 0x0F == CLOSE:
+                return int.from_bytes(payload[:2], "big")
+    finally:
+        writer.close()
+
+
+async def relayed_until_leave(inbox) -> tuple[list, dict]:
+    """What the test:forward target saw: the data of each ws.message, then ws.leave."""
+    ready = await inbox.receive(timeout=5)
+    assert ready.topic == "ready"
+    messages = []
+    while True:
+        msg = await inbox.receive(timeout=5)
+        topic, payload, _ = msg.payload
+        if topic == "ws.message":
+            messages.append(payload["data"])
+        elif topic == "ws.leave":
+            process.send(ready.payload, "stop")
+            return messages, payload
+
+
+@pytest.mark.parametrize("data,code,reason,relayed", [
+    pytest.param(frame(TEXT, b"one") + close_frame(1000) + frame(TEXT, b"two"), 1000, "client_closed", ["one"],
+                 id="data after the close frame"),
+    pytest.param(frame(TEXT, b"\xff") + frame(TEXT, b"after"), 1007, "protocol_error", [],
+                 id="a message after invalid utf-8"),
+    pytest.param(frame(TEXT, b"\xff", fin=False) + frame(CONT, b"a"), 1007, "protocol_error", [],
+                 id="a continuation after an invalid first fragment"),
+    pytest.param(frame(BINARY, b"x" * 60, fin=False) + frame(CONT, b"x" * 60, fin=False) + frame(CONT, b"y"),
+                 1009, "message_too_big", [], id="a continuation after the size limit"),
+    pytest.param(frame(TEXT, b"a", fin=False) + close_frame(1000) + frame(CONT, b"b"), 1000, "client_closed", [],
+                 id="the rest of a message after the close frame"),
+    # picows refuses these itself, having parsed one frame ahead: the message
+    # before the bad frame reaches the listener after picows' close, and counts.
+    pytest.param(frame(TEXT, b"one") + frame(0x3) + frame(TEXT, b"two"), 1002, "protocol_error", ["one"],
+                 id="a message before a reserved opcode"),
+    pytest.param(frame(TEXT, b"one") + close_frame(999) + frame(TEXT, b"two"), 1002, "protocol_error", ["one"],
+                 id="a message before an unknown close code"),
+])
+async def test_nothing_the_client_sends_after_its_last_word_is_relayed(data, code, reason, relayed, caplog):
+    app = relay_app(relay_handler("test:forward", process.self()))
+    async with running(app, max_message_size=100) as gw:
+        assert await send_in_one_write(gw.url(""), data) == code
+        messages, leave = await relayed_until_leave(process.inbox())
+    assert messages == relayed
+    assert (leave["reason"], leave["code"]) == (reason, code)
+    # The frames after are dropped quietly, not by an exception in the listener.
+    assert not [r for r in caplog.records if r.exc_info], caplog.text
+
+
+@pytest.mark.parametrize("code", [1012, 1013, 1014])
+async def test_registered_close_codes_from_the_client_are_echoed(code):
+    """1012-1014 are in IANA's registry: a client may close with them."""
+    app = relay_app(relay_handler("test:forward", process.self()))
+    async with running(app) as gw:
+        assert await send_in_one_write(gw.url(""), close_frame(code)) == code
+        messages, leave = await relayed_until_leave(process.inbox())
+    assert (messages, leave["reason"], leave["code"]) == ([], "client_closed", code)

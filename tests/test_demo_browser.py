@@ -1,0 +1,364 @@
+"""The chat demo in a real browser: `wsrelay serve examples/chat/app.yaml`,
+as `make run` starts it, driven by headless Chromium through selenium.
+
+Needs Debian's chromium and chromium-driver (mk/browser.mk installs them
+before `make test` runs pytest). Every wait is a WebDriverWait on a DOM
+condition or a wait for an event of the server process; nothing sleeps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import http.server
+import os
+import pathlib
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import uuid
+from typing import Callable, Iterator
+
+import psutil
+import pytest
+from selenium import webdriver
+from selenium.common.exceptions import TimeoutException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+APP = "examples/chat/app.yaml"
+PAGE = ROOT / "examples" / "chat" / "index.html"
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+# The machine has 2 shared cores: generous limits, strict conditions.
+STARTUP_TIMEOUT = 60.0
+DOM_TIMEOUT = 45.0
+STOP_TIMEOUT = 30.0
+
+@pytest.fixture(autouse=True)
+def _browser_installed() -> None:
+    # `make test` installs them first (mk/browser.mk); without them this test
+    # cannot say anything, and says so rather than passing quietly.
+    if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
+        pytest.fail(f"{CHROMIUM} or {CHROMEDRIVER} is missing; `make browser` installs them")
+
+
+# -- the demo server, as `make run` starts it --------------------------------------------
+
+
+class Demo:
+    """`.venv/bin/wsrelay serve examples/chat/app.yaml --addr 127.0.0.1:0`.
+
+    Port 0 lets the kernel pick a free port with no race against other test
+    runs on the machine; the command prints the address it serves on, and the
+    test reads it from there.
+    """
+
+    def __init__(self, log_path: pathlib.Path) -> None:
+        wsrelay = pathlib.Path(sys.prefix) / "bin" / "wsrelay"
+        if not wsrelay.exists():  # pragma: no cover - not run from the venv
+            wsrelay = pathlib.Path(shutil.which("wsrelay") or "wsrelay")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("WSRELAY_")}
+        env["WSRELAY_LOG_LEVEL"] = "INFO"
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        self.proc = subprocess.Popen(
+            [str(wsrelay), "serve", APP, "--addr", "127.0.0.1:0"],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=self._log,
+            stdin=subprocess.DEVNULL,
+        )
+        self.port = 0
+        self._ready = threading.Event()
+        self._stdout: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        if not self._ready.wait(STARTUP_TIMEOUT) or not self.port:
+            self.kill()
+            raise AssertionError(f"the demo did not start: {self.logs()}")
+        status, body = self.get("/health")
+        assert status == 200 and b'"status":"ok"' in body, (status, body)
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            line = raw.decode(errors="replace")
+            self._stdout.append(line)
+            match = re.search(r"serving http://127\.0\.0\.1:(\d+)", line)
+            if match and not self.port:
+                self.port = int(match.group(1))
+                self._ready.set()
+        self._ready.set()  # stdout closed: the process ended
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_base(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=DOM_TIMEOUT)
+        try:
+            conn.request("GET", path, headers=headers or {})
+            response = conn.getresponse()
+            return response.status, response.read()
+        finally:
+            conn.close()
+
+    def metric(self, name: str) -> float:
+        """The value of one sample of GET /metrics (0 when absent)."""
+        status, body = self.get("/metrics")
+        assert status == 200
+        for line in body.decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[-1])
+        return 0.0
+
+    def logs(self) -> str:
+        self._log.flush()
+        return "stdout:\n" + "".join(self._stdout) + "\nstderr:\n" + self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        """SIGTERM, as a service manager would; the exit code."""
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(STOP_TIMEOUT)
+        finally:
+            self.kill()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(STOP_TIMEOUT)
+        self._reader.join(STOP_TIMEOUT)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self._log.close()
+
+
+@pytest.fixture
+def demo(tmp_path: pathlib.Path) -> Iterator[Demo]:
+    server = Demo(tmp_path / "wsrelay.log")
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+# -- the browser ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def browser() -> Iterator[webdriver.Chrome]:
+    """Headless Chromium with a fresh profile. Every process it started
+    (chromedriver, chromium and its helpers) is gone after the test."""
+    me = psutil.Process()
+    before = {p.pid for p in me.children(recursive=True)}
+    profile = tempfile.mkdtemp(prefix="wsrelay-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        # Without these, Chromium's own background connections are refused by
+        # this machine's closed network, and it stalls on them.
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--disable-dev-shm-usage", "--no-proxy-server",
+        f"--user-data-dir={profile}",
+    ):
+        options.add_argument(flag)
+    service = Service(executable_path=CHROMEDRIVER, log_output=subprocess.DEVNULL)
+    driver = webdriver.Chrome(service=service, options=options)
+    driver.set_page_load_timeout(DOM_TIMEOUT)
+    try:
+        yield driver
+    finally:
+        # Taken while chromedriver is alive: once it exits, the browser's
+        # processes would be re-parented and no longer be our children.
+        started = [p for p in me.children(recursive=True) if p.pid not in before]
+        try:
+            driver.quit()
+        finally:
+            _gone, alive = psutil.wait_procs(started, timeout=STOP_TIMEOUT)
+            for proc in alive:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    proc.kill()
+            psutil.wait_procs(alive, timeout=STOP_TIMEOUT)
+            shutil.rmtree(profile, ignore_errors=True)
+            assert not alive, f"browser processes outlived driver.quit(): {alive}"
+
+
+def wait_for(driver: webdriver.Chrome, what: str, condition: Callable[[webdriver.Chrome], object]) -> object:
+    try:
+        return WebDriverWait(driver, DOM_TIMEOUT).until(condition)
+    except TimeoutException:
+        raise AssertionError(
+            f"timed out waiting for {what}; status={_text(driver, 'status')!r} log={_text(driver, 'log')!r}"
+        ) from None
+
+
+def _text(driver: webdriver.Chrome, element_id: str) -> str:
+    return driver.find_element(By.ID, element_id).text
+
+
+def status_is(value: str) -> Callable[[webdriver.Chrome], bool]:
+    return lambda d: _text(d, "status") == value
+
+
+def log_has(line: str) -> Callable[[webdriver.Chrome], bool]:
+    return lambda d: line in _text(d, "log").splitlines()
+
+
+def fill(driver: webdriver.Chrome, element_id: str, value: str) -> None:
+    field = driver.find_element(By.ID, element_id)
+    field.clear()
+    field.send_keys(value)
+
+
+def join(driver: webdriver.Chrome, user: str, room: str) -> None:
+    fill(driver, "user", user)
+    fill(driver, "room", room)
+    driver.find_element(By.ID, "join").click()
+
+
+# -- the tests ---------------------------------------------------------------------------------
+
+
+def test_two_tabs_chat_in_the_same_room(demo: Demo, browser: webdriver.Chrome) -> None:
+    room = "room_" + uuid.uuid4().hex[:8]
+    browser.get(demo.base + "/")
+    alice = browser.current_window_handle
+    assert browser.title == "wsrelay chat"
+    join(browser, "alice", room)
+    wait_for(browser, "alice connected", status_is("connected"))
+    wait_for(browser, "alice's join", log_has(f"alice joined {room} (alice)"))
+
+    browser.switch_to.new_window("window")
+    bob = browser.current_window_handle
+    browser.get(demo.base + "/")
+    join(browser, "bob", room)
+    wait_for(browser, "bob connected", status_is("connected"))
+    wait_for(browser, "bob's join, seen by bob", log_has(f"bob joined {room} (alice, bob)"))
+
+    browser.switch_to.window(alice)
+    wait_for(browser, "bob's join, seen by alice", log_has(f"bob joined {room} (alice, bob)"))
+    fill(browser, "text", "hello from alice")
+    browser.find_element(By.ID, "send").click()
+    wait_for(browser, "alice's own message", log_has("alice: hello from alice"))
+
+    browser.switch_to.window(bob)
+    wait_for(browser, "alice's message in bob's tab", log_has("alice: hello from alice"))
+    assert _text(browser, "status") == "connected"
+
+    # Bob closes his tab: the room tells alice.
+    browser.close()
+    browser.switch_to.window(alice)
+    wait_for(browser, "bob's leave", log_has("bob left (alice)"))
+
+    # Alice moves to another room: the old socket's late close event must not
+    # overwrite the new socket's status.
+    browser.execute_script("window.previousSocket = ws;")
+    other_room = room + "_2"
+    join(browser, "alice", other_room)
+    wait_for(browser, "alice in the other room", log_has(f"alice joined {other_room} (alice)"))
+    wait_for(browser, "the old socket closed", lambda d: d.execute_script("return previousSocket.readyState") == 3)
+    assert _text(browser, "status") == "connected"
+    # Whenever they arrive, a replaced socket's events are ignored.
+    browser.execute_script(
+        "previousSocket.onclose({code: 1006});"
+        "previousSocket.onmessage({data: JSON.stringify({event: 'message', user: 'ghost', text: 'stale'})});"
+    )
+    assert _text(browser, "status") == "connected"
+    assert "ghost: stale" not in _text(browser, "log")
+
+    assert demo.metric("wsrelay_connections_total") == 3
+    assert demo.metric('wsrelay_handshake_failures_total{reason="origin"}') == 0
+    assert demo.stop() == 0, demo.logs()
+
+
+class _Page(http.server.BaseHTTPRequestHandler):
+    body = b""
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def foreign_site(gateway_ws_url: str) -> Iterator[str]:
+    """A copy of the demo page served from another origin (another port),
+    pointing its WebSocket at the gateway through window.WSRELAY_URL."""
+    html = PAGE.read_text()
+    marker = "<script>"
+    assert marker in html
+    setting = f"<script>window.WSRELAY_URL = {gateway_ws_url!r};</script>\n"
+    handler = type("ForeignPage", (_Page,), {"body": html.replace(marker, setting + marker, 1).encode()})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(STOP_TIMEOUT)
+
+
+def test_page_from_another_origin_is_refused(demo: Demo, browser: webdriver.Chrome) -> None:
+    origin_failures = 'wsrelay_handshake_failures_total{reason="origin"}'
+    with foreign_site(demo.ws_base) as site:
+        browser.get(site + "/")
+        assert browser.execute_script("return window.WSRELAY_URL") == demo.ws_base
+        join(browser, "mallory", "lobby")
+        wait_for(browser, "the refusal", status_is("refused (1006)"))
+        # The socket never opened: no connected status, no event in the log,
+        # and the browser's WebSocket is CLOSED.
+        assert browser.execute_script("return ws.readyState") == 3
+        assert _text(browser, "log") == ""
+
+    # The gateway refused it for its origin, before any handler ran.
+    assert demo.metric(origin_failures) == 1
+    assert demo.metric("wsrelay_connections_total") == 0
+    status, body = demo.get("/health")
+    assert status == 200 and b'"processes":1' in body, body  # no room was spawned
+
+    # The same refusal, by hand: a valid upgrade from a foreign Origin gets 403.
+    status, body = demo.get("/ws/chat?room=lobby&user=mallory", {
+        "Origin": site,
+        "Upgrade": "websocket",
+        "Connection": "Upgrade",
+        "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+    })
+    assert status == 403, (status, body)
+    assert b"not allowed" in body
+    assert demo.metric(origin_failures) == 2
+    # ...while the same request from the gateway's own origin is upgraded.
+    conn = http.client.HTTPConnection("127.0.0.1", demo.port, timeout=DOM_TIMEOUT)
+    try:
+        conn.request("GET", "/ws/chat?room=lobby&user=alice", headers={
+            "Origin": demo.base,
+            "Upgrade": "websocket",
+            "Connection": "Upgrade",
+            "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+        })
+        response = conn.getresponse()
+        assert response.status == 101
+        assert response.getheader("Sec-WebSocket-Accept") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+    finally:
+        conn.close()
+    assert demo.metric(origin_failures) == 2
+    assert demo.stop() == 0, demo.logs()
