@@ -32,15 +32,24 @@ class Settings:
     node_name: Optional[str] = None
 
 
-def _positive_int(text: str) -> int:
-    value = parse_size(text)
-    if value < 1:
-        raise ValueError("must be at least 1")
-    return value
+def _int_in(low: int, high: int) -> Callable[[str], int]:
+    """A size/count parser accepting ``low`` to ``high``. The upper bounds keep
+    values the core stores in C integers or allocates per connection from
+    passing validation and failing later (an overflow at start, an allocation
+    failure on every connection)."""
+
+    def parse(text: str) -> int:
+        value = parse_size(text)
+        if value < low:
+            raise ValueError(f"must be at least {low}")
+        if value > high:
+            raise ValueError(f"must be at most {high}")
+        return value
+
+    return parse
 
 
-def _non_negative_int(text: str) -> int:
-    return parse_size(text)
+_GiB = 1 << 30
 
 
 def _seconds(text: str) -> float:
@@ -77,15 +86,15 @@ def _node(text: str) -> str:
 
 _VARIABLES: dict[str, tuple[str, Callable[[str], object]]] = {
     "WSRELAY_ADDR": ("addr", _addr),
-    "WSRELAY_MAX_MESSAGE_SIZE": ("max_message_size", _positive_int),
-    "WSRELAY_MAILBOX_CAPACITY": ("mailbox_capacity", _positive_int),
-    "WSRELAY_WRITE_BUFFER_LIMIT": ("write_buffer_limit", _positive_int),
+    "WSRELAY_MAX_MESSAGE_SIZE": ("max_message_size", _int_in(1, _GiB)),
+    "WSRELAY_MAILBOX_CAPACITY": ("mailbox_capacity", _int_in(1, 1 << 24)),
+    "WSRELAY_WRITE_BUFFER_LIMIT": ("write_buffer_limit", _int_in(1, _GiB)),
     "WSRELAY_PING_INTERVAL": ("ping_interval", _seconds),
     "WSRELAY_PING_TIMEOUT": ("ping_timeout", _seconds),
     "WSRELAY_HANDSHAKE_TIMEOUT": ("handshake_timeout", _positive_seconds),
-    "WSRELAY_MAX_CONNECTIONS": ("max_connections", _non_negative_int),
+    "WSRELAY_MAX_CONNECTIONS": ("max_connections", _int_in(0, 1 << 31)),
     "WSRELAY_DRAIN_TIMEOUT": ("drain_timeout", _seconds),
-    "WSRELAY_READ_BUFFER_SIZE": ("read_buffer_size", _positive_int),
+    "WSRELAY_READ_BUFFER_SIZE": ("read_buffer_size", _int_in(1, 64 << 20)),
     "WSRELAY_LOG_LEVEL": ("log_level", _level),
     "WSRELAY_CLOSE_TIMEOUT": ("close_timeout", _positive_seconds),
     "WSRELAY_NODE": ("node_name", _node),

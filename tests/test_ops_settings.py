@@ -1,0 +1,173 @@
+"""SPEC §5: every WSRELAY_* variable is read and validated in one place at
+start; a bad value makes ``wsrelay serve`` exit non-zero naming the variable,
+before it binds anything. Real subprocesses."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import websockets
+
+from tests.ops_support import REPO, HandshakeRefused, RawWS, Served, clean_env, http_get, serve_command, write_app
+from wsrelay.settings import VARIABLES, load_settings
+
+# (variable, bad value): at least one per variable, and the values that once
+# passed validation only to fail later (a C integer overflow at start, an
+# allocation failure on every connection).
+BAD = [
+    ("WSRELAY_ADDR", "nowhere"),
+    ("WSRELAY_ADDR", "127.0.0.1:70000"),
+    ("WSRELAY_MAX_MESSAGE_SIZE", "0"),
+    ("WSRELAY_MAX_MESSAGE_SIZE", "1.5MiB"),
+    ("WSRELAY_MAX_MESSAGE_SIZE", "99999999999999999999999"),
+    ("WSRELAY_MAILBOX_CAPACITY", "0"),
+    ("WSRELAY_MAILBOX_CAPACITY", "lots"),
+    ("WSRELAY_MAILBOX_CAPACITY", "99999999999999999999999"),
+    ("WSRELAY_WRITE_BUFFER_LIMIT", "-1"),
+    ("WSRELAY_WRITE_BUFFER_LIMIT", "99999999999999999999"),
+    ("WSRELAY_PING_INTERVAL", "soon"),
+    ("WSRELAY_PING_INTERVAL", "-5s"),
+    ("WSRELAY_PING_TIMEOUT", "5 minutes"),
+    ("WSRELAY_PING_TIMEOUT", "40s"),  # longer than the 30 s default interval
+    ("WSRELAY_HANDSHAKE_TIMEOUT", "0"),
+    ("WSRELAY_HANDSHAKE_TIMEOUT", "ten"),
+    ("WSRELAY_MAX_CONNECTIONS", "-1"),
+    ("WSRELAY_MAX_CONNECTIONS", "1e3"),
+    ("WSRELAY_DRAIN_TIMEOUT", "forever"),
+    ("WSRELAY_DRAIN_TIMEOUT", "1d"),
+    ("WSRELAY_READ_BUFFER_SIZE", "0"),
+    ("WSRELAY_READ_BUFFER_SIZE", "999999999999"),
+    ("WSRELAY_LOG_LEVEL", "LOUD"),
+    ("WSRELAY_CLOSE_TIMEOUT", "0"),
+    ("WSRELAY_CLOSE_TIMEOUT", "5 s s"),
+    ("WSRELAY_NODE", "gw|1"),
+]
+
+EXTRA = [
+    # A timeout without an interval to time out of: refused, naming the timeout.
+    ({"WSRELAY_PING_INTERVAL": "10s", "WSRELAY_PING_TIMEOUT": "0"}, "WSRELAY_PING_TIMEOUT"),
+    ({"WSRELAY_PING_INTERVAL": "1s", "WSRELAY_PING_TIMEOUT": "2s"}, "WSRELAY_PING_TIMEOUT"),
+]
+
+
+@pytest.fixture(scope="module")
+def held_port():
+    """A port something else is listening on: a server that tried to bind it
+    would fail with 'cannot listen' (exit 1) instead of exiting 2 first."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1)
+    yield sock.getsockname()[1]
+    sock.close()
+
+
+@pytest.fixture(scope="module")
+def refusals(tmp_path_factory, held_port):
+    """Run `wsrelay serve` once per bad case, a few at a time; the results
+    by case index."""
+    folder = tmp_path_factory.mktemp("settings")
+    app = write_app(folder, f"127.0.0.1:{held_port}")
+    cases = [{var: value} for var, value in BAD] + [env for env, _ in EXTRA]
+
+    def run(env):
+        return subprocess.run(serve_command(app), env=clean_env(**env), cwd=str(REPO),
+                              capture_output=True, text=True, timeout=60)
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        return list(pool.map(run, cases))
+
+
+def _assert_refused(result: subprocess.CompletedProcess, variable: str) -> None:
+    out = result.stdout + result.stderr
+    assert result.returncode == 2, f"exit {result.returncode}:\n{out}"
+    assert variable in result.stderr, out
+    assert "wsrelay: bad environment variable" in result.stderr, out
+    assert "Traceback" not in out, out
+    assert "cannot listen" not in out and "serving" not in out, out
+
+
+@pytest.mark.parametrize("index", range(len(BAD)), ids=[f"{v}={x}" for v, x in BAD])
+def test_bad_value_exits_2_naming_the_variable_before_binding(refusals, index):
+    _assert_refused(refusals[index], BAD[index][0])
+
+
+@pytest.mark.parametrize("index", range(len(EXTRA)), ids=[EXTRA[i][1] + f"#{i}" for i in range(len(EXTRA))])
+def test_inconsistent_ping_settings_are_refused(refusals, index):
+    _assert_refused(refusals[len(BAD) + index], EXTRA[index][1])
+
+
+def test_every_variable_has_a_bad_value_case():
+    assert {var for var, _ in BAD} == set(VARIABLES)
+    assert set(VARIABLES) >= {
+        "WSRELAY_ADDR", "WSRELAY_MAX_MESSAGE_SIZE", "WSRELAY_MAILBOX_CAPACITY", "WSRELAY_WRITE_BUFFER_LIMIT",
+        "WSRELAY_PING_INTERVAL", "WSRELAY_PING_TIMEOUT", "WSRELAY_HANDSHAKE_TIMEOUT", "WSRELAY_MAX_CONNECTIONS",
+        "WSRELAY_DRAIN_TIMEOUT", "WSRELAY_READ_BUFFER_SIZE", "WSRELAY_LOG_LEVEL",
+    }
+
+
+def test_configuration_doc_covers_every_variable():
+    doc = (REPO / "docs" / "configuration.md").read_text()
+    missing = [var for var in VARIABLES if f"`{var}`" not in doc]
+    assert not missing, f"docs/configuration.md does not describe {missing}"
+
+
+def test_the_console_script_refuses_too(tmp_path, held_port):
+    script = Path(sys.executable).with_name("wsrelay")
+    result = subprocess.run([str(script), "serve", str(write_app(tmp_path, f"127.0.0.1:{held_port}"))],
+                            env=clean_env(WSRELAY_MAILBOX_CAPACITY="none"), cwd=str(REPO),
+                            capture_output=True, text=True, timeout=60)
+    _assert_refused(result, "WSRELAY_MAILBOX_CAPACITY")
+
+
+def test_units_and_defaults_parse():
+    s = load_settings({
+        "WSRELAY_MAX_MESSAGE_SIZE": "64KiB", "WSRELAY_WRITE_BUFFER_LIMIT": "2M", "WSRELAY_PING_INTERVAL": "500ms",
+        "WSRELAY_PING_TIMEOUT": "0.25", "WSRELAY_DRAIN_TIMEOUT": "1m", "WSRELAY_LOG_LEVEL": "warning",
+        "WSRELAY_MAX_CONNECTIONS": "0", "WSRELAY_HANDSHAKE_TIMEOUT": " 3s ",
+    })
+    assert (s.max_message_size, s.write_buffer_limit) == (65536, 2 << 20)
+    assert (s.ping_interval, s.ping_timeout, s.drain_timeout, s.handshake_timeout) == (0.5, 0.25, 60.0, 3.0)
+    assert (s.log_level, s.max_connections) == ("WARNING", 0)
+    default = load_settings({})
+    assert default == load_settings({var: "" for var in VARIABLES})  # empty means unset
+
+
+async def test_valid_values_reach_the_running_server(tmp_path):
+    """Every variable set to a valid, non-default value: the server starts,
+    on WSRELAY_ADDR (not the file's address), and the limits it was given
+    are the ones it enforces."""
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    env = clean_env(
+        WSRELAY_ADDR=f"127.0.0.1:{port}", WSRELAY_MAX_MESSAGE_SIZE="1KiB", WSRELAY_MAILBOX_CAPACITY="16",
+        WSRELAY_WRITE_BUFFER_LIMIT="512KiB", WSRELAY_PING_INTERVAL="20s", WSRELAY_PING_TIMEOUT="10s",
+        WSRELAY_HANDSHAKE_TIMEOUT="5s", WSRELAY_MAX_CONNECTIONS="1", WSRELAY_DRAIN_TIMEOUT="5s",
+        WSRELAY_READ_BUFFER_SIZE="16KiB", WSRELAY_LOG_LEVEL="WARNING", WSRELAY_CLOSE_TIMEOUT="2s",
+        WSRELAY_NODE="opsnode",
+    )
+    async with await Served.start(write_app(tmp_path, "127.0.0.1:1"), env) as served:
+        assert served.port == port
+        status, _, body = await http_get(served.host, served.port, "/health")
+        assert status == 200, body
+        url = f"ws://{served.host}:{served.port}/ws/echo"
+        async with websockets.connect(url, max_size=None) as ws:
+            # WSRELAY_MAX_CONNECTIONS=1: a second connection is refused with 503.
+            with pytest.raises(HandshakeRefused) as refused:
+                await RawWS.connect(served.host, served.port, "/ws/echo")
+            assert refused.value.status == 503
+            await ws.send("x" * 1024)
+            assert await ws.recv() == "x" * 1024
+            await ws.send("x" * 1025)  # WSRELAY_MAX_MESSAGE_SIZE=1KiB
+            with pytest.raises(websockets.ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), 10)
+            assert ws.close_code == 1009
+        served.signal()
+        assert await served.wait(15) == 0, served.output()
