@@ -128,3 +128,14 @@ async def ws_echo(observer=None) -> None:
                 process.send(msg.payload["client_pid"], "ws.send", {"type": "binary", "data": data})
         elif msg.topic == "ws.leave":
             return
+
+
+@wsrelay.register("test:log_order")
+async def log_order(name: str, count: int, log: list, gate: asyncio.Event) -> None:
+    """Wait for ``gate``, then take ``count`` queued messages, noting each in
+    the shared ``log``."""
+    await gate.wait()
+    inbox = process.inbox()
+    for _ in range(count):
+        await inbox.receive()
+        log.append(name)

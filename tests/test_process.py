@@ -267,6 +267,25 @@ async def test_one_receiver_at_a_time():
         await first
 
 
+async def test_a_long_backlog_does_not_starve_other_processes():
+    log: list = []
+    gate = asyncio.Event()
+    a = process.spawn_monitored("test:log_order", None, "a", 1000, log, gate)
+    b = process.spawn_monitored("test:log_order", None, "b", 1000, log, gate)
+    for i in range(1000):
+        process.send(a, "n", i)
+        process.send(b, "n", i)
+    gate.set()
+    await receive(EXIT)
+    await receive(EXIT)
+    assert sorted(log) == ["a"] * 1000 + ["b"] * 1000
+    # Each process yields after a bounded run of messages: b starts long
+    # before a has worked through its whole backlog.
+    assert log.index("b") < 200, log.index("b")
+    longest = max(len(run) for run in "".join(log).replace("ab", "a b").replace("ba", "b a").split())
+    assert longest <= 65, longest
+
+
 # -- monitors ------------------------------------------------------------------
 
 

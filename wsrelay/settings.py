@@ -7,7 +7,6 @@ with its default and what raising it costs.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 from typing import Callable, Mapping, Optional
 
@@ -26,7 +25,8 @@ class Settings:
     handshake_timeout: float = 10.0
     max_connections: int = 0
     drain_timeout: float = 10.0
-    read_buffer_size: int = 4096
+    # picows' smallest read buffer; it grows for larger frames.
+    read_buffer_size: int = 2048
     log_level: str = "INFO"
     close_timeout: float = 5.0
     node_name: Optional[str] = None
@@ -72,7 +72,7 @@ def _addr(text: str) -> str:
 
 def _level(text: str) -> str:
     name = text.strip().upper()
-    if not isinstance(logging.getLevelName(name), int):
+    if name not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
     return name
 
@@ -94,7 +94,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], object]]] = {
     "WSRELAY_HANDSHAKE_TIMEOUT": ("handshake_timeout", _positive_seconds),
     "WSRELAY_MAX_CONNECTIONS": ("max_connections", _int_in(0, 1 << 31)),
     "WSRELAY_DRAIN_TIMEOUT": ("drain_timeout", _seconds),
-    "WSRELAY_READ_BUFFER_SIZE": ("read_buffer_size", _int_in(1, 64 << 20)),
+    "WSRELAY_READ_BUFFER_SIZE": ("read_buffer_size", _int_in(2048, 64 << 20)),
     "WSRELAY_LOG_LEVEL": ("log_level", _level),
     "WSRELAY_CLOSE_TIMEOUT": ("close_timeout", _positive_seconds),
     "WSRELAY_NODE": ("node_name", _node),

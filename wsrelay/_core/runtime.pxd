@@ -11,6 +11,8 @@ cdef class Process:
     cdef Node node
     cdef Mailbox mailbox
     cdef readonly bint alive
+    # Messages taken without waiting since the process last let others run.
+    cdef int streak
     cdef bint trapping
     # Sets of Process objects, created on first use: most processes never
     # monitor or link, and an empty set costs 200 bytes.

@@ -31,6 +31,10 @@ LINK_DOWN = "@link_down"
 
 NORMAL = "normal"
 
+# Messages a process may take from its mailbox in a row before it lets other
+# tasks run (Erlang's reductions, counted in messages).
+DEF RECEIVE_BUDGET = 64
+
 cdef object _log = logging.getLogger("wsrelay.runtime")
 cdef object _CURRENT = contextvars.ContextVar("wsrelay_process")
 cdef object _CancelledError = asyncio.CancelledError
@@ -183,6 +187,12 @@ cdef class _Receive:
         cdef Message msg
         cdef list batch
         if len(mailbox):
+            self.proc.streak += 1
+            if self.proc.streak > RECEIVE_BUDGET:
+                # A bare yield: the task goes to the back of the loop's queue,
+                # so a process with a long backlog cannot starve the others.
+                self.proc.streak = 0
+                return None
             self.finish()
             if not self.many:
                 raise StopIteration(mailbox.pop())
@@ -196,6 +206,7 @@ cdef class _Receive:
         if self.expired:
             self.finish()
             raise TimeoutError(f"no message for {self.proc.pid} within {self.timeout} s")
+        self.proc.streak = 0
         waiter = _prepare_wait(self.proc)
         self.waiter = waiter
         if self.timeout is not None and self.timer is None:
