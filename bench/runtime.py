@@ -211,7 +211,7 @@ async def run(quick: bool) -> list[tuple[str, str, float, float]]:
     ]
     rows = []
     for name, unit, count, ours, theirs in cases:
-        t_ours = await best_of(rounds, lambda: in_process(ours))
+        t_ours = await best_of(rounds, lambda work=ours: in_process(work))
         t_theirs = await best_of(rounds, theirs)
         rows.append((name, unit, count / t_ours, count / t_theirs))
         print(f"  {name}: wsrelay {count / t_ours:,.0f} {unit}, asyncio {count / t_theirs:,.0f} {unit}",
