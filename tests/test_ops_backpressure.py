@@ -52,6 +52,10 @@ async def _run_check(url: str, count: int, filler: bytes, on_awake=None):
                 digest.update(data)
                 await ws.send(data)
                 state["sent"] += len(data)
+                if seq % 16 == 15:
+                    # ws.send() need not yield while the gateway reads fast:
+                    # let the reader see 'awake' when it arrives.
+                    await asyncio.sleep(0)
             await ws.send("done")
             summary = await asyncio.wait_for(summary_future, 120)
         finally:

@@ -1,24 +1,16 @@
 # cython: language_level=3
-"""Fan-out: one frame, encoded once, written to many connections.
+"""Fan-out: one frame, encoded once, queued for many connections.
 
 A Group is a set of connection processes (a chat room, a topic's
 subscribers). ``group.send(payload)`` takes a ``ws.send`` payload, builds the
-WebSocket frame once and writes those bytes to every member; members leave
-the group by themselves when their connection ends.
+WebSocket frame once and queues that same bytes object for every member (see
+the write coalescing in relay.pyx); members leave the group by themselves
+when their connection ends.
 """
 
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
-from cpython.mem cimport PyMem_Free, PyMem_Malloc
-from cpython.unicode cimport PyUnicode_AsUTF8AndSize
-from libc.string cimport memcpy
-
-from picows.picows cimport WSMsgType, WSTransport
-
 from .pid cimport to_pid
-from .relay cimport Connection, check_send_payload
+from .relay cimport Connection, encode_send
 from .runtime cimport Node, Process, get_node
-
-DEF HEADROOM = 16
 
 
 cdef Connection _connection(Node node, object pid):
@@ -31,43 +23,20 @@ cdef Connection _connection(Node node, object pid):
     return <Connection>proc
 
 
-cdef int _write_all(object connections, int opcode, const char* data, Py_ssize_t size) except -1:
-    """Write one frame to each connection; the number written."""
-    cdef char* buf = <char*>PyMem_Malloc(size + HEADROOM)
+cdef int _broadcast(object connections, object payload) except -1:
+    """Queue one frame, encoded once, for each connection; how many took it."""
+    cdef Py_ssize_t size = 0
+    cdef bytes frame = encode_send(payload, &size)
     cdef Connection conn
-    cdef WSTransport transport
     cdef int sent = 0
     cdef Node node = get_node()
-    if buf == NULL:
-        raise MemoryError()
-    try:
-        memcpy(buf + HEADROOM, data, size)
-        for conn in connections:
-            transport = conn.transport
-            if conn.closing or transport is None or conn.backlogged():
-                node.counters.ws_frames_dropped_closing += 1
-                continue
-            # Writes the same header in front of the same payload each time.
-            transport.send_reuse_external_buffer(<WSMsgType>opcode, buf + HEADROOM, size)
-            sent += 1
-    finally:
-        PyMem_Free(buf)
-    node.counters.ws_messages_out += sent
-    node.counters.ws_bytes_out += sent * size
+    for conn in connections:
+        if conn.closing or conn.transport is None or conn.backlogged():
+            node.counters.ws_frames_dropped_closing += 1
+            continue
+        conn.queue(frame, size)
+        sent += 1
     return sent
-
-
-cdef int _broadcast(object connections, object payload) except -1:
-    cdef int opcode = check_send_payload(payload)
-    cdef Py_ssize_t size
-    cdef const char* data
-    value = (<dict>payload)["data"]
-    if opcode == WSMsgType.TEXT:
-        data = PyUnicode_AsUTF8AndSize(<str>value, &size)
-        return _write_all(connections, opcode, data, size)
-    if type(value) is not bytes:
-        value = bytes(value)
-    return _write_all(connections, opcode, PyBytes_AS_STRING(<bytes>value), PyBytes_GET_SIZE(<bytes>value))
 
 
 cdef class Group:

@@ -15,6 +15,9 @@ cdef class RelayOptions:
     cdef readonly set connections
     cdef object loop
     cdef object _empty_waiter
+    # Connections with frames queued for this loop iteration's flush.
+    cdef list dirty
+    cdef bint flush_scheduled
 
 
 cdef class Connection(Process):
@@ -54,6 +57,9 @@ cdef class Connection(Process):
     cdef bint awaiting_pong
     # The member sets of the Groups this connection belongs to.
     cdef list groups
+    # Frames queued for this loop iteration's flush, and their payload bytes.
+    cdef list outbox
+    cdef Py_ssize_t outbox_bytes
 
     cdef int connected(self, WSTransport transport) except -1
     cdef int on_frame(self, WSFrame frame) except -1
@@ -71,6 +77,8 @@ cdef class Connection(Process):
     cdef int close(self, int code, bytes text, str reason) except -1
     cdef int send_close(self, object code, bytes text) except -1
     cdef int ws_send(self, object payload) except -1
+    cdef int queue(self, bytes frame, Py_ssize_t size) except -1
+    cdef int flush(self) except -1
     cdef int ws_close(self, object payload) except -1
     cdef int ws_control(self, object payload) except -1
     cdef int watch(self, Process target) except -1
@@ -81,9 +89,8 @@ cdef class Connection(Process):
     cdef int schedule_heartbeat(self) except -1
 
 
-cdef int write_frame(WSTransport transport, WSMsgType opcode, const char* data, Py_ssize_t size) except -1
-cdef Py_ssize_t send_text(WSTransport transport, str data) except -1
-cdef Py_ssize_t send_binary(WSTransport transport, object data) except -1
+cdef bytes encode_frame(int opcode, const char* data, Py_ssize_t size)
+cdef bytes encode_send(object payload, Py_ssize_t* size)
 cdef int check_send_payload(object payload) except -1
 
 

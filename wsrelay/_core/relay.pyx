@@ -12,7 +12,6 @@ import logging
 from collections import deque
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
-from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_DecodeUTF8, PyUnicode_DecodeUTF8Stateful
 from libc.string cimport memcpy
 
@@ -22,6 +21,7 @@ from .pid cimport Pid, to_pid
 from .message cimport Message, new_message
 from .mailbox cimport Mailbox
 from .runtime cimport Process, Node
+from .stats cimport Counters
 
 from wsrelay.units import parse_duration
 
@@ -39,54 +39,47 @@ PROTOCOL_ERROR = "protocol_error"
 MESSAGE_TOO_BIG = "message_too_big"
 SLOW_CONSUMER = "slow_consumer"
 
-DEF HEADROOM = 16
 DEF MAX_CLOSE_REASON = 123
 # Room for a control frame (at most 125 bytes of payload) and its header.
 DEF CONTROL_FRAME_BUFFER = 160
-# The scratch buffer is kept between sends up to this size; a larger message
-# borrows it once and gives the memory back.
-DEF KEEP_SCRATCH = 65536
-
-cdef char* _scratch = NULL
-cdef Py_ssize_t _scratch_size = 0
 
 
-cdef inline char* _scratch_for(Py_ssize_t size) except NULL:
-    global _scratch, _scratch_size
-    cdef char* grown
-    if size + HEADROOM > _scratch_size:
-        grown = <char*>PyMem_Realloc(_scratch, size + HEADROOM)
-        if grown == NULL:
-            raise MemoryError()
-        _scratch = grown
-        _scratch_size = size + HEADROOM
-    return _scratch + HEADROOM
+cdef bytes encode_frame(int opcode, const char* data, Py_ssize_t size):
+    """A complete server frame (unmasked, FIN set): header and payload in one
+    bytes object, so it can be queued for any number of connections."""
+    cdef Py_ssize_t header = 2 if size < 126 else (4 if size < 65536 else 10)
+    cdef bytes frame = PyBytes_FromStringAndSize(NULL, header + size)
+    cdef unsigned char* out = <unsigned char*>PyBytes_AS_STRING(frame)
+    cdef int i
+    out[0] = 0x80 | opcode
+    if size < 126:
+        out[1] = <unsigned char>size
+    elif size < 65536:
+        out[1] = 126
+        out[2] = <unsigned char>(size >> 8)
+        out[3] = <unsigned char>(size & 0xFF)
+    else:
+        out[1] = 127
+        for i in range(8):
+            out[2 + i] = <unsigned char>((<unsigned long long>size >> (56 - 8 * i)) & 0xFF)
+    memcpy(out + header, data, size)
+    return frame
 
 
-cdef inline void _release_scratch():
-    global _scratch, _scratch_size
-    if _scratch_size > KEEP_SCRATCH:
-        PyMem_Free(_scratch)
-        _scratch = NULL
-        _scratch_size = 0
-
-
-cdef int write_frame(WSTransport transport, WSMsgType opcode, const char* data, Py_ssize_t size) except -1:
-    """One frame from bytes the caller does not keep.
-
-    The payload is copied once, next to room for its header, and picows writes
-    header + payload in one send(); whatever the socket does not take is copied
-    into the transport's buffer. (picows' own send() hands large payloads to
-    the transport by reference, with the header in a buffer it reuses for the
-    next frame: frames queued behind a slow reader would go out corrupted.)
-    """
-    cdef char* buf = _scratch_for(size)
-    memcpy(buf, data, size)
-    try:
-        transport.send_reuse_external_buffer(opcode, buf, size)
-    finally:
-        _release_scratch()
-    return 0
+cdef bytes encode_send(object payload, Py_ssize_t* size):
+    """The frame for a ``ws.send`` payload; ValueError when it is malformed.
+    CPython keeps a str's UTF-8 form (an ASCII str is its own), so a str sent
+    to many connections is encoded once."""
+    cdef int opcode = check_send_payload(payload)
+    cdef const char* data
+    value = (<dict>payload)["data"]
+    if opcode == WSMsgType.TEXT:
+        data = PyUnicode_AsUTF8AndSize(<str>value, size)
+        return encode_frame(opcode, data, size[0])
+    if type(value) is not bytes:
+        value = bytes(value)
+    size[0] = PyBytes_GET_SIZE(<bytes>value)
+    return encode_frame(opcode, PyBytes_AS_STRING(<bytes>value), size[0])
 
 
 cdef inline bint _valid_received_close_code(int code):
@@ -116,24 +109,6 @@ cdef bytes _close_reason_bytes(object reason):
     while end > 0 and (data[end] & 0xC0) == 0x80:
         end -= 1
     return data[:end]
-
-
-cdef Py_ssize_t send_text(WSTransport transport, str data) except -1:
-    cdef Py_ssize_t size
-    # CPython keeps a str's UTF-8 form (an ASCII str is its own), so sending
-    # one str to many connections encodes it once.
-    cdef const char* utf8 = PyUnicode_AsUTF8AndSize(data, &size)
-    write_frame(transport, WSMsgType.TEXT, utf8, size)
-    return size
-
-
-cdef Py_ssize_t send_binary(WSTransport transport, object data) except -1:
-    cdef Py_ssize_t size
-    if type(data) is not bytes:
-        data = bytes(data)
-    size = PyBytes_GET_SIZE(<bytes>data)
-    write_frame(transport, WSMsgType.BINARY, PyBytes_AS_STRING(<bytes>data), size)
-    return size
 
 
 cdef int check_send_payload(object payload) except -1:
@@ -166,6 +141,20 @@ cdef class RelayOptions:
         self.close_timeout = close_timeout
         self.connections = set()
         self.loop = loop
+        self.dirty = []
+        self.flush_scheduled = False
+
+    def _flush(self):
+        """Write coalescing: a connection's frames are queued during a loop
+        iteration and written with one writev() after the iteration's
+        callbacks. A broadcast of k messages to n subscribers costs n system
+        calls, not k × n."""
+        cdef Connection conn
+        cdef list dirty = self.dirty
+        self.dirty = []
+        self.flush_scheduled = False
+        for conn in dirty:
+            conn.flush()
 
     def sweep_idle(self, double now, double ping_interval, double ping_timeout):
         """Ping connections silent for ``ping_interval`` seconds; close those
@@ -594,6 +583,8 @@ cdef class Connection(Process):
         return 0
 
     cdef int send_close(self, object code, bytes text) except -1:
+        # What was queued before the close goes out before it.
+        self.flush()
         self.transport.send_close(<WSCloseCode>(<int>code), text)
         return 0
 
@@ -676,18 +667,56 @@ cdef class Connection(Process):
         return 0
 
     cdef int ws_send(self, object payload) except -1:
-        cdef int kind = check_send_payload(payload)
-        data = (<dict>payload)["data"]
-        counters = self.options.node.counters
+        cdef Py_ssize_t size = 0
+        cdef bytes frame = encode_send(payload, &size)
         if self.closing or self.transport is None or self.backlogged():
-            counters.ws_frames_dropped_closing += 1
+            self.options.node.counters.ws_frames_dropped_closing += 1
             return False
-        if kind == WSMsgType.TEXT:
-            counters.ws_bytes_out += send_text(self.transport, <str>data)
-        else:
-            counters.ws_bytes_out += send_binary(self.transport, data)
-        counters.ws_messages_out += 1
+        self.queue(frame, size)
         return True
+
+    cdef int queue(self, bytes frame, Py_ssize_t size) except -1:
+        """Queue a frame for this loop iteration's flush (order kept)."""
+        cdef RelayOptions options = self.options
+        cdef Counters counters = options.node.counters
+        counters.ws_messages_out += 1
+        counters.ws_bytes_out += size
+        self.outbox_bytes += size
+        if self.outbox is not None:
+            self.outbox.append(frame)
+            return 0
+        self.outbox = [frame]
+        options.dirty.append(self)
+        if not options.flush_scheduled:
+            options.flush_scheduled = True
+            options.loop.call_soon(options._flush)
+        return 0
+
+    cdef int flush(self) except -1:
+        """Write the queued frames, all in one writev()."""
+        cdef list frames = self.outbox
+        cdef Counters counters
+        if frames is None:
+            return 0
+        self.outbox = None
+        transport = self.transport
+        if transport is not None and not transport.is_close_frame_sent and not transport.is_disconnected:
+            try:
+                if len(frames) == 1:
+                    transport.underlying_transport.write(frames[0])
+                else:
+                    transport.underlying_transport.writelines(frames)
+                self.outbox_bytes = 0
+                return 0
+            except Exception as exc:
+                _log.debug("%s: queued frames not written: %s", self.pid, exc)
+        # The connection went away (or picows closed it) since they were queued.
+        counters = self.options.node.counters
+        counters.ws_frames_dropped_closing += len(frames)
+        counters.ws_messages_out -= len(frames)
+        counters.ws_bytes_out -= self.outbox_bytes
+        self.outbox_bytes = 0
+        return 0
 
     cdef int ws_close(self, object payload) except -1:
         code = 1000
