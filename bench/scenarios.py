@@ -1,0 +1,531 @@
+"""The load scenarios: each point (a configuration) is measured against every
+selected server in turn, each server a fresh OS process, so that the ratios
+between servers come from the same minutes of the same machine.
+
+A point's row holds what the load generator saw (rates, latency
+percentiles, errors) and what the server cost (CPU user+sys over the
+measurement window, RSS).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any, Callable, Optional
+
+from .loadgen import LoadGen, LoadGenError, latencies, now_ns, percentile, source_ips
+from .servers import SERVERS, RunningServer, ServerError, ServerSpec
+
+
+@dataclasses.dataclass
+class Options:
+    servers: list[str]
+    procs: int
+    duration: float
+    warmup: float
+    timeout: float
+    source_ips: int
+    out: pathlib.Path
+    binary: bool = True
+    inflight: int = 1
+    connect_concurrency: int = 64
+    profile: bool = False
+    quiet: bool = False
+    repeat: int = 1
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def split(total: int, parts: int) -> list[int]:
+    base, extra = divmod(total, parts)
+    return [base + (1 if i < extra else 0) for i in range(parts)]
+
+
+def _spread_procs(opts: Options, conns: int) -> int:
+    """Workers needed so that none holds more connections than its open-file limit allows."""
+    import resource
+
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[1] - 200
+    need = -(-conns // max(1, limit))
+    if need > opts.procs:
+        log(f"note: {conns} connections need at least {need} load generator processes "
+            f"(open-file limit {limit + 200} per process): using --procs {need}")
+    return max(opts.procs, need)
+
+
+def _ms(ns: Optional[float]) -> Optional[float]:
+    return None if ns is None else ns / 1e6
+
+
+def _errors(results: list[dict[str, Any]]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for r in results:
+        for k, v in r.get("errors", {}).items():
+            total[k] = total.get(k, 0) + v
+    return total
+
+
+def _status_rate(key: str, unit: str) -> Callable[[dict[str, Any], float], str]:
+    last: dict[str, int] = {}
+
+    def status(totals: dict[str, Any], dt: float) -> str:
+        value = totals["counters"].get(key, 0)
+        rate = (value - last.get(key, 0)) / dt if dt > 0 else 0.0
+        last[key] = value
+        conns = totals["counters"].get("connected", 0)
+        return f"conns={conns} {unit}={rate:,.0f}/s total={value:,}"
+
+    return status
+
+
+class _CpuSampler:
+    """Server (and load generator) CPU time at the two ends of a window."""
+
+    def __init__(self, server: RunningServer, lg: LoadGen) -> None:
+        self.server = server
+        self.lg = lg
+
+    def start(self) -> None:
+        self.t0 = time.monotonic()
+        self.s0 = self.server.cpu_seconds()
+        self.c0 = self.lg.cpu_seconds()
+
+    def stop(self) -> dict[str, float]:
+        elapsed = time.monotonic() - self.t0
+        server = self.server.cpu_seconds() - self.s0
+        client = self.lg.cpu_seconds() - self.c0
+        return {"window_s": elapsed, "server_cpu_s": server, "client_cpu_s": client,
+                "server_cpu_pct": 100.0 * server / elapsed if elapsed else 0.0,
+                "client_cpu_pct": 100.0 * client / elapsed if elapsed else 0.0}
+
+
+class Runner:
+    def __init__(self, opts: Options) -> None:
+        self.opts = opts
+        self.ips = source_ips(opts.source_ips)
+        self.logs = opts.out / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.checks: dict[str, list[str]] = {}
+
+    # -- shared steps ------------------------------------------------------------------------
+
+    def specs(self) -> list[ServerSpec]:
+        specs = []
+        for name in self.opts.servers:
+            spec = SERVERS[name]
+            why = spec.unavailable()
+            if why:
+                log(f"skipping {name}: {why}")
+                continue
+            specs.append(spec)
+        return specs
+
+    def base_params(self, server: RunningServer, op: str, **extra: Any) -> dict[str, Any]:
+        params = {"op": op, "url": server.url, "paths": server.spec.paths, "source_ips": self.ips,
+                  "timeout": self.opts.timeout, "connect_concurrency": self.opts.connect_concurrency,
+                  "binary": self.opts.binary}
+        params.update(extra)
+        return params
+
+    def start(self, spec: ServerSpec, tag: str) -> RunningServer:
+        return RunningServer(spec, self.logs / f"{spec.name}-{tag}.log")
+
+    def check(self, server: RunningServer, broadcast: bool) -> list[str]:
+        """Run the correctness check of bench.loadgen (exact echo, fan-out)."""
+        lg = LoadGen(1, self.base_params(server, "check", broadcast=broadcast), f"check {server.spec.name}")
+        try:
+            result = lg.wait_results(self.opts.timeout * 6 + 30)[0]
+            problems = list(result.get("problems", []))
+            problems += [f"{k}: {v}" for k, v in result.get("errors", {}).items()]
+        except LoadGenError as exc:
+            problems = [str(exc).splitlines()[0]]
+        finally:
+            lg.close()
+        if problems:
+            log(f"CHECK FAILED for {server.spec.name}: " + "; ".join(problems))
+        self.checks[server.spec.name] = problems
+        return problems
+
+    def profiler(self, server: RunningServer, tag: str) -> Optional[tuple[subprocess.Popen[bytes], pathlib.Path]]:
+        """With --profile, start py-spy on the wsrelay server; stop it with
+        ``stop_profiler``."""
+        if not self.opts.profile or server.spec.name != "wsrelay":
+            return None
+        exe = shutil.which("py-spy") or str(pathlib.Path(sys.executable).parent / "py-spy")
+        if not pathlib.Path(exe).exists():
+            log("--profile: py-spy is not installed (pip install py-spy into .venv)")
+            return None
+        out = self.opts.out / f"profile-wsrelay-{tag}.svg"
+        log(f"profiling wsrelay (pid {server.pid}) into {out}")
+        proc = subprocess.Popen([exe, "record", "--native", "-p", str(server.pid), "-o", str(out), "-r", "200"],
+                                stdout=subprocess.DEVNULL, stderr=open(self.logs / f"py-spy-{tag}.log", "wb"))
+        return proc, out
+
+    def stop_profiler(self, prof: Optional[tuple[subprocess.Popen[bytes], pathlib.Path]]) -> None:
+        if prof is None:
+            return
+        proc, svg = prof
+        proc.send_signal(signal.SIGINT)  # py-spy writes the flame graph when interrupted
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        if svg.exists():
+            svg.with_suffix(".top.txt").write_text(flamegraph_top(svg))
+
+    def measured(self, lg: LoadGen, server: RunningServer, tag: str) -> dict[str, float]:
+        """Send ``go`` with the window, sample CPU at both of its ends."""
+        opts = self.opts
+        t_measure = now_ns() + int(opts.warmup * 1e9)
+        t_end = t_measure + int(opts.duration * 1e9)
+        lg.send_all("go", t_measure=t_measure, t_end=t_end)
+        sampler = _CpuSampler(server, lg)
+        lg.wait_until(t_measure)
+        sampler.start()
+        prof = self.profiler(server, tag)
+        lg.wait_until(t_end)
+        cpu = sampler.stop()
+        cpu["server_rss_mib"] = server.rss() / 2**20
+        self.stop_profiler(prof)
+        return cpu
+
+    def _run_points(self, points: list[dict[str, Any]], measure: Callable[[ServerSpec, dict[str, Any]], dict[str, Any]],
+                    scenario: str) -> list[dict[str, Any]]:
+        """Each point against each server, ``repeat`` times; the servers'
+        order rotates from one repetition to the next. A row holds the median
+        of its runs."""
+        specs = self.specs()
+        runs: dict[tuple[int, str], list[dict[str, Any]]] = {}
+        for rep in range(self.opts.repeat):
+            for pi, point in enumerate(points):
+                shift = rep % max(1, len(specs))
+                for spec in specs[shift:] + specs[:shift]:
+                    label = " ".join(f"{k}={v}" for k, v in point.items())
+                    rep_text = f" (run {rep + 1}/{self.opts.repeat})" if self.opts.repeat > 1 else ""
+                    log(f"== {scenario} {spec.name} {label}{rep_text}")
+                    row: dict[str, Any] = {"scenario": scenario, "server": spec.name, **point}
+                    try:
+                        row.update(measure(spec, point))
+                    except (LoadGenError, ServerError) as exc:
+                        row["failed"] = str(exc).splitlines()[0]
+                        log(f"FAILED: {row['failed']}")
+                    row.setdefault("check", self.checks.get(spec.name, []))
+                    runs.setdefault((pi, spec.name), []).append(row)
+                    if not self.opts.quiet:
+                        log("   " + summary(row))
+        return [aggregate(runs[(pi, spec.name)]) for pi in range(len(points)) for spec in specs
+                if (pi, spec.name) in runs]
+
+    # -- echo ----------------------------------------------------------------------------------
+
+    def echo(self, conns_list: list[int], sizes: list[int], inflight: int) -> list[dict[str, Any]]:
+        points = [{"conns": c, "size": s, "inflight": inflight, "binary": self.opts.binary}
+                  for c in conns_list for s in sizes]
+        return self._run_points(points, self._echo_one, "echo")
+
+    def _echo_one(self, spec: ServerSpec, point: dict[str, Any]) -> dict[str, Any]:
+        opts = self.opts
+        conns = point["conns"]
+        procs = min(_spread_procs(opts, conns), max(1, conns))
+        tag = f"echo-c{conns}-s{point['size']}"
+        with self.start(spec, tag) as server:
+            problems = self.check(server, broadcast=False)
+            parts = split(conns, procs)
+            params = self.base_params(server, "echo", size=point["size"], inflight=point["inflight"], drain=5.0)
+            with LoadGen(procs, params, f"echo {spec.name} c={conns} {point['size']}B",
+                         _status_rate("msgs", "msgs"), lambda i, _: {"conns": parts[i]}) as lg:
+                connected = lg.wait_phase("connected", 60 + conns / 50)
+                n_conns = sum(d["n"] for d in connected.values())
+                cpu = self.measured(lg, server, tag)
+                results = lg.wait_results(opts.timeout + 60)
+        msgs = sum(r["window_msgs"] for r in results)
+        lat = latencies(results)
+        errors = _errors(results)
+        if not msgs and n_conns:
+            errors["none_in_window"] = 1  # replies came (or not) only after the window
+        return {
+            "connected": n_conns,
+            "msgs_per_s": msgs / cpu["window_s"],
+            "mib_per_s": msgs * point["size"] / cpu["window_s"] / 2**20,
+            "p50_ms": _ms(percentile(lat, 50)),
+            "p99_ms": _ms(percentile(lat, 99)),
+            "cpu_us_per_msg": cpu["server_cpu_s"] * 1e6 / msgs if msgs else None,
+            "messages": msgs,
+            "checked": sum(r["counters"].get("checked", 0) for r in results),
+            "errors": errors,
+            "check": problems,
+            "procs": procs,
+            **cpu,
+        }
+
+    # -- broadcast -----------------------------------------------------------------------------
+
+    def broadcast(self, conns_list: list[int], size: int, window: int) -> list[dict[str, Any]]:
+        points = [{"subscribers": c, "size": size, "window": window, "binary": self.opts.binary} for c in conns_list]
+        return self._run_points(points, self._broadcast_one, "broadcast")
+
+    def _broadcast_one(self, spec: ServerSpec, point: dict[str, Any]) -> dict[str, Any]:
+        opts = self.opts
+        subs = point["subscribers"]
+        procs = _spread_procs(opts, subs + 1)
+        tag = f"broadcast-c{subs}"
+        with self.start(spec, tag) as server:
+            problems = self.check(server, broadcast=True)
+            parts = split(subs, procs)
+            params = self.base_params(server, "broadcast", size=point["size"], inflight=point["window"], drain=10.0)
+            with LoadGen(procs, params, f"broadcast {spec.name} subs={subs}", _status_rate("msgs", "deliveries"),
+                         lambda i, _: {"conns": parts[i], "publisher": i == 0}) as lg:
+                lg.wait_phase("connected", 60 + subs / 50)
+                lg.send_all("sync")
+                lg.wait_phase("synced", 60 + subs / 200)
+                cpu = self.measured(lg, server, tag)
+                results = lg.wait_results(opts.timeout + 60)
+        deliveries = sum(r["window_msgs"] for r in results)
+        published = sum(r.get("published", 0) for r in results)
+        lat = latencies(results)
+        errors = _errors(results)
+        if not deliveries:
+            errors["none_in_window"] = 1
+        return {
+            "connected": sum(r["conns"] for r in results),
+            "deliveries_per_s": deliveries / cpu["window_s"],
+            "p50_ms": _ms(percentile(lat, 50)),
+            "p99_ms": _ms(percentile(lat, 99)),
+            "cpu_us_per_delivery": cpu["server_cpu_s"] * 1e6 / deliveries if deliveries else None,
+            "deliveries": deliveries,
+            "published": published,
+            "checked": sum(r["counters"].get("checked", 0) for r in results),
+            "errors": errors,
+            "check": problems,
+            "procs": procs,
+            **cpu,
+        }
+
+    # -- connections ---------------------------------------------------------------------------
+
+    def connections(self, conns_list: list[int]) -> list[dict[str, Any]]:
+        return self._run_points([{"conns": c} for c in conns_list], self._connections_one, "connections")
+
+    def _connections_one(self, spec: ServerSpec, point: dict[str, Any]) -> dict[str, Any]:
+        opts = self.opts
+        conns = point["conns"]
+        procs = _spread_procs(opts, conns)
+        tag = f"connections-c{conns}"
+        with self.start(spec, tag) as server:
+            problems = self.check(server, broadcast=False)
+            time.sleep(1.0)
+            rss_before = server.rss()
+            health_before = server.health()
+            parts = split(conns, procs)
+            with LoadGen(procs, self.base_params(server, "connections"), f"connections {spec.name} c={conns}",
+                         _status_rate("connected", "handshakes"), lambda i, _: {"conns": parts[i]}) as lg:
+                t_go = now_ns() + int(0.5e9)
+                lg.send_all("go", t_measure=t_go, t_end=t_go)
+                lg.wait_until(t_go)
+                cpu0 = server.cpu_seconds()
+                client0 = lg.cpu_seconds()
+                prof = self.profiler(server, tag)
+                done = lg.wait_phase("connected", 60 + conns / 20)
+                self.stop_profiler(prof)
+                cpu_connect = server.cpu_seconds() - cpu0
+                client_connect = lg.cpu_seconds() - client0
+                n = sum(d["n"] for d in done.values())
+                t0 = min(d["t0"] for d in done.values())
+                t_done = max(d["t_done"] for d in done.values())
+                lg.wait_until(now_ns() + int(1.5e9))
+                rss_with = server.rss()
+                health = server.health()
+                lg.send_all("check")
+                lg.wait_phase("checked", 60)
+                lg.send_all("close")
+                results = lg.wait_results(60)
+        elapsed = (t_done - t0) / 1e9
+        lat = latencies(results)
+        return {
+            "connected": n,
+            "handshakes_per_s": n / elapsed if elapsed > 0 else None,
+            "hs_p50_ms": _ms(percentile(lat, 50)),
+            "hs_p99_ms": _ms(percentile(lat, 99)),
+            "cpu_us_per_handshake": cpu_connect * 1e6 / n if n else None,
+            "client_cpu_us_per_handshake": client_connect * 1e6 / n if n else None,
+            "server_cpu_pct": 100.0 * cpu_connect / elapsed if elapsed > 0 else None,
+            "client_cpu_pct": 100.0 * client_connect / elapsed if elapsed > 0 else None,
+            "rss_before_mib": rss_before / 2**20,
+            "rss_with_mib": rss_with / 2**20,
+            "kib_per_conn": (rss_with - rss_before) / n / 1024 if n else None,
+            "health_before": health_before,
+            "health_open": health,
+            "errors": _errors(results),
+            "check": problems,
+            "procs": procs,
+        }
+
+    # -- churn ---------------------------------------------------------------------------------
+
+    def churn(self, cycles: int, concurrency: int, size: int) -> list[dict[str, Any]]:
+        points = [{"cycles": cycles, "concurrency": concurrency, "size": size}]
+        return self._run_points(points, self._churn_one, "churn")
+
+    def _churn_one(self, spec: ServerSpec, point: dict[str, Any]) -> dict[str, Any]:
+        opts = self.opts
+        cycles = point["cycles"]
+        procs = opts.procs
+        warm = max(200, min(5000, cycles // 20))
+        conc = split(point["concurrency"], procs)
+        tag = f"churn-n{cycles}"
+        with self.start(spec, tag) as server:
+            problems = self.check(server, broadcast=False)
+            rss_cold = server.rss()
+            params = self.base_params(server, "churn", size=point["size"])
+            with LoadGen(procs, params, f"churn {spec.name}", _status_rate("cycles", "cycles"),
+                         lambda i, _: {"concurrency": max(1, conc[i])}) as lg:
+                for i, n in enumerate(split(warm, procs)):
+                    lg.send(i, "warmup", cycles=n)
+                lg.wait_phase("warmup_done", 60 + warm / 20)
+                lg.wait_until(now_ns() + int(1.5e9))
+                rss_before = server.rss()
+                health_before = server.health()
+                cpu0 = server.cpu_seconds()
+                client0 = lg.cpu_seconds()
+                prof = self.profiler(server, tag)
+                for i, n in enumerate(split(cycles, procs)):
+                    lg.send(i, "measure", cycles=n)
+                done = lg.wait_phase("measure_done", 120 + cycles / 20)
+                self.stop_profiler(prof)
+                cpu = server.cpu_seconds() - cpu0
+                client_cpu = lg.cpu_seconds() - client0
+                results = lg.wait_results(60)
+            t0 = min(d["t0"] for d in done.values())
+            t_done = max(d["t_done"] for d in done.values())
+            time.sleep(2.0)
+            rss_after = server.rss()
+            health_after = server.health()
+        n = sum(r["cycles"] for r in results)
+        lat = latencies(results)
+        elapsed = (t_done - t0) / 1e9
+        return {
+            "completed": n,
+            "warmup_cycles": warm,
+            "cycles_per_s": n / elapsed if elapsed > 0 else None,
+            "cycle_p50_ms": _ms(percentile(lat, 50)),
+            "cycle_p99_ms": _ms(percentile(lat, 99)),
+            "cpu_us_per_cycle": cpu * 1e6 / n if n else None,
+            "client_cpu_us_per_cycle": client_cpu * 1e6 / n if n else None,
+            "server_cpu_pct": 100.0 * cpu / elapsed if elapsed > 0 else None,
+            "client_cpu_pct": 100.0 * client_cpu / elapsed if elapsed > 0 else None,
+            "rss_cold_mib": rss_cold / 2**20,
+            "rss_before_mib": rss_before / 2**20,
+            "rss_after_mib": rss_after / 2**20,
+            "rss_growth_pct": 100.0 * (rss_after - rss_before) / rss_before,
+            "health_before": health_before,
+            "health_after": health_after,
+            "errors": _errors(results),
+            "check": problems,
+            "procs": procs,
+        }
+
+
+def flamegraph_top(svg: pathlib.Path, n: int = 40) -> str:
+    """A text digest of a py-spy flame graph: the functions with the most
+    samples of their own (self time, line numbers merged), then the frames
+    with the most samples including their callees."""
+    import html
+    import re
+
+    text = svg.read_text(errors="replace")
+    frames = []  # (y, x, w, name)
+    for title, y, fx, fw in re.findall(
+            r'<g><title>([^<]*)</title><rect [^>]*?y="([\d.]+)"[^>]*?fg:x="(\d+)" fg:w="(\d+)"', text):
+        name = re.sub(r" \([\d,]+ samples?, [\d.]+%\)$", "", html.unescape(title).strip())
+        frames.append((float(y), int(fx), int(fw), name))
+    if not frames:
+        return "no frames found\n"
+    total = max(f[2] for f in frames)
+    by_depth: dict[float, list[tuple[int, int]]] = {}
+    for y, x, w, _ in frames:
+        by_depth.setdefault(y, []).append((x, w))
+    step = min((b - a for a, b in zip(sorted(by_depth), sorted(by_depth)[1:])), default=16.0)
+    own: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    for y, x, w, name in frames:
+        children = sum(cw for cx, cw in by_depth.get(y + step, []) if x <= cx < x + w)
+        func = re.sub(r":\d+\)$", ")", name)
+        own[func] = own.get(func, 0) + w - children
+        inclusive[name] = max(inclusive.get(name, 0), w)
+    out = [f"{total} samples\n\nself time (the function itself, not its callees):\n"]
+    out += [f"{100 * v / total:6.2f}%  {k}\n" for k, v in sorted(own.items(), key=lambda kv: -kv[1])[:n]]
+    out.append("\nincluding callees:\n")
+    out += [f"{100 * v / total:6.2f}%  {k}\n" for k, v in sorted(inclusive.items(), key=lambda kv: -kv[1])[:n]]
+    return "".join(out)
+
+
+MAIN_METRIC = {"echo": "msgs_per_s", "broadcast": "deliveries_per_s", "connections": "handshakes_per_s",
+               "churn": "cycles_per_s"}
+
+
+POINT_KEYS = {"conns", "size", "inflight", "binary", "subscribers", "window", "cycles", "concurrency", "procs"}
+
+
+def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row from the runs of a (point, server): the median of each number,
+    errors summed, the main metric of every run kept in ``runs``."""
+    if len(runs) == 1:
+        return runs[0]
+    ok = [r for r in runs if not r.get("failed")]
+    if not ok:
+        return runs[-1]
+    out = dict(ok[len(ok) // 2])
+    for key, value in ok[0].items():
+        if key in POINT_KEYS or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        values = [r[key] for r in ok if isinstance(r.get(key), (int, float))]
+        if values:
+            median = statistics.median(values)
+            out[key] = int(round(median)) if all(isinstance(v, int) for v in values) else median
+    errors: dict[str, int] = {}
+    for r in runs:
+        for k, v in (r.get("errors") or {}).items():
+            errors[k] = errors.get(k, 0) + v
+        if r.get("failed"):
+            errors["failed_runs"] = errors.get("failed_runs", 0) + 1
+    out["errors"] = errors
+    out["check"] = sorted({c for r in runs for c in r.get("check", [])})
+    metric = MAIN_METRIC[out["scenario"]]
+    out["runs"] = [r.get(metric) for r in runs]
+    return out
+
+
+def _fmt(v: Any, digits: int = 1) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:,.{digits}f}"
+    return str(v)
+
+
+def summary(row: dict[str, Any]) -> str:
+    if "failed" in row:
+        return f"FAILED: {row['failed']}"
+    keys = {
+        "echo": ("msgs_per_s", "p50_ms", "p99_ms", "cpu_us_per_msg", "server_cpu_pct", "client_cpu_pct"),
+        "broadcast": ("deliveries_per_s", "p50_ms", "p99_ms", "cpu_us_per_delivery", "server_cpu_pct",
+                      "client_cpu_pct"),
+        "connections": ("connected", "handshakes_per_s", "cpu_us_per_handshake", "client_cpu_us_per_handshake",
+                        "server_cpu_pct", "client_cpu_pct", "kib_per_conn"),
+        "churn": ("completed", "cycles_per_s", "cpu_us_per_cycle", "client_cpu_us_per_cycle", "server_cpu_pct",
+                  "client_cpu_pct", "rss_before_mib", "rss_after_mib", "rss_growth_pct"),
+    }[row["scenario"]]
+    parts = [f"{k}={_fmt(row.get(k), 2)}" for k in keys]
+    errors = row.get("errors") or {}
+    parts.append("errors=" + (", ".join(f"{k}={v}" for k, v in errors.items()) if errors else "0"))
+    if row.get("check"):
+        parts.append("CHECK FAILED")
+    return " ".join(parts)

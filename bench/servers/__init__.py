@@ -1,0 +1,202 @@
+"""The servers under test, each run as its own OS process on a free port.
+
+Every server offers the same three WebSocket paths (wsrelay under its
+router's ``/ws`` prefix):
+
+- ``echo``: every message comes back to its sender, same type and content;
+- ``sub``: a subscriber of the one room;
+- ``pub``: a publisher: each message it sends goes to every subscriber.
+
+``RunningServer`` starts one, waits until it accepts connections, and reads
+its CPU time (user+sys) and RSS from /proc/<pid>.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from typing import Any, Callable, Optional
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+BENCH = ROOT / "bench"
+NODE_DIR = BENCH / "node"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _python() -> str:
+    return sys.executable
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerSpec:
+    name: str
+    description: str
+    argv: Callable[[str, int], list[str]]
+    paths: dict[str, str]
+    health: Optional[str] = None  # an HTTP path with a JSON body (wsrelay's /health)
+
+    def unavailable(self) -> Optional[str]:
+        """Why this server cannot run here, or None."""
+        if self.name == "node":
+            if shutil.which("node") is None:
+                return "node is not installed"
+            if not (NODE_DIR / "node_modules" / "ws").is_dir():
+                return "bench/node/node_modules is missing: run `python -m bench setup` (npm ci)"
+        return None
+
+
+PLAIN_PATHS = {"echo": "/echo", "sub": "/sub", "pub": "/pub"}
+
+SERVERS: dict[str, ServerSpec] = {
+    spec.name: spec
+    for spec in (
+        ServerSpec(
+            "wsrelay",
+            "wsrelay gateway (`wsrelay serve bench/servers/wsrelay_app/app.yaml`): relay echo through a "
+            "process spawned per connection; broadcast by a room process with a wsrelay.Group",
+            lambda host, port: [_python(), "-m", "wsrelay", "serve",
+                                str(BENCH / "servers" / "wsrelay_app" / "app.yaml"), "--addr", f"{host}:{port}"],
+            {"echo": "/ws/echo", "sub": "/ws/sub", "pub": "/ws/pub"},
+            health="/health",
+        ),
+        ServerSpec(
+            "picows",
+            "bare picows on uvloop (echo in on_ws_frame; broadcast: transport.send per subscriber)",
+            lambda host, port: [_python(), "-m", "bench.servers.picows_server", "--host", host, "--port", str(port)],
+            PLAIN_PATHS,
+        ),
+        ServerSpec(
+            "websockets",
+            "websockets (asyncio implementation) on uvloop; broadcast with websockets.broadcast()",
+            lambda host, port: [_python(), "-m", "bench.servers.websockets_server", "--host", host,
+                                "--port", str(port)],
+            PLAIN_PATHS,
+        ),
+        ServerSpec(
+            "aiohttp",
+            "aiohttp web.WebSocketResponse on uvloop; broadcast: a loop of send_str/send_bytes",
+            lambda host, port: [_python(), "-m", "bench.servers.aiohttp_server", "--host", host, "--port", str(port)],
+            PLAIN_PATHS,
+        ),
+        ServerSpec(
+            "node",
+            "Node.js `ws` package; broadcast: a loop of ws.send",
+            lambda host, port: ["node", str(NODE_DIR / "server.js"), "--host", host, "--port", str(port)],
+            PLAIN_PATHS,
+        ),
+    )
+}
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """user+sys CPU seconds of ``pid`` (its threads included), from /proc/<pid>/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def proc_rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/statm") as f:
+        return int(f.read().split()[1]) * PAGE_SIZE
+
+
+class ServerError(RuntimeError):
+    pass
+
+
+class RunningServer:
+    """One server process: ``with RunningServer(spec, log_path) as srv: ...``."""
+
+    def __init__(self, spec: ServerSpec, log_path: pathlib.Path, host: str = "127.0.0.1",
+                 start_timeout: float = 30.0, env: Optional[dict[str, str]] = None) -> None:
+        self.spec = spec
+        self.host = host
+        self.port = free_port(host)
+        self.log_path = log_path
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.log = open(log_path, "ab")
+        full_env = dict(os.environ)
+        full_env["PYTHONUNBUFFERED"] = "1"
+        full_env["PYTHONPATH"] = str(ROOT) + os.pathsep + full_env.get("PYTHONPATH", "")
+        full_env.update(env or {})
+        argv = spec.argv(host, self.port)
+        self.log.write(f"$ {' '.join(argv)}\n".encode())
+        self.log.flush()
+        self.proc = subprocess.Popen(argv, cwd=str(ROOT), env=full_env, stdout=self.log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL)
+        try:
+            self._wait_ready(start_timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def url(self) -> str:
+        return f"ws://{self.host}:{self.port}"
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise ServerError(f"{self.spec.name} exited with {self.proc.returncode} at start; see {self.log_path}")
+            try:
+                with socket.create_connection((self.host, self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise ServerError(f"{self.spec.name} did not listen on {self.host}:{self.port} within {timeout:.0f}s")
+
+    def cpu_seconds(self) -> float:
+        return proc_cpu_seconds(self.pid)
+
+    def rss(self) -> int:
+        return proc_rss_bytes(self.pid)
+
+    def health(self) -> Optional[dict[str, Any]]:
+        if self.spec.health is None:
+            return None
+        try:
+            with urllib.request.urlopen(f"http://{self.host}:{self.port}{self.spec.health}", timeout=5) as r:
+                return json.loads(r.read())
+        except Exception as exc:
+            return {"error": f"{type(exc).__name__}: {exc}"}
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, timeout: float = 15.0) -> Optional[int]:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.log.close()
+        return self.proc.returncode
+
+    def __enter__(self) -> RunningServer:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()

@@ -1,0 +1,52 @@
+"""The websockets library (asyncio implementation) on uvloop: /echo echoes,
+/pub fans out with websockets.broadcast() to the /sub connections."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+
+import uvloop
+from websockets.asyncio.server import ServerConnection, broadcast, serve
+
+SUBSCRIBERS: set[ServerConnection] = set()
+
+
+async def handler(ws: ServerConnection) -> None:
+    path = ws.request.path.split("?", 1)[0]
+    if path == "/echo":
+        async for message in ws:
+            await ws.send(message)
+    elif path == "/sub":
+        SUBSCRIBERS.add(ws)
+        try:
+            await ws.wait_closed()
+        finally:
+            SUBSCRIBERS.discard(ws)
+    elif path == "/pub":
+        async for message in ws:
+            broadcast(SUBSCRIBERS, message)
+    else:
+        await ws.close(1008, "unknown path")
+
+
+async def main(host: str, port: int) -> None:
+    # Compression off: the load generator does not offer it, so this only
+    # makes the server's answer explicit. Backlog raised like every server here.
+    async with serve(handler, host, port, compression=None, backlog=4096, reuse_address=True) as server:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, server.close)
+        print(f"ready {host}:{port}", flush=True)
+        await server.serve_forever()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    try:
+        uvloop.run(main(args.host, args.port))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        pass

@@ -1,0 +1,45 @@
+# Load benchmarks: wsrelay against bare picows, websockets, aiohttp and Node's
+# ws, one server process at a time (bench/, docs/performance.md).
+#
+#   make bench              the load scenarios (this file adds bench-load to the
+#                           top Makefile's `bench`, whose own recipe runs the
+#                           process-runtime microbenchmark, bench/runtime.py)
+#   make bench-load         echo, broadcast, connections, churn at full size
+#   make bench-quick        the same, small and short: does everything work?
+#   make bench-issue3       echo, 50 conns x 4 in flight x 256 B binary, 3 runs
+#   make bench-echo | bench-broadcast | bench-connections | bench-churn
+#   make bench-setup        npm ci of the Node peer (bench/node, lock file committed)
+#
+# BENCH_ARGS is passed to `python -m bench`, e.g.
+#   make bench-load BENCH_ARGS="--repeat 3 --servers wsrelay,picows,websockets"
+# Results go to bench/results/<scenario>-<time>/ (results.json, results.md, PNGs).
+
+BENCH_ARGS   ?=
+BENCH_NODE   := bench/node
+BENCH_NODE_STAMP := $(BENCH_NODE)/node_modules/.package-lock.json
+
+.PHONY: bench-load bench-quick bench-setup bench-issue3 bench-echo bench-broadcast bench-connections bench-churn
+
+bench: bench-load
+
+$(BENCH_NODE_STAMP): $(BENCH_NODE)/package.json $(BENCH_NODE)/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+	  cd $(BENCH_NODE) && npm ci --no-audit --no-fund --loglevel=error; \
+	else \
+	  echo "bench: npm is not installed: the node peer will be skipped"; \
+	fi
+
+bench-setup: $(BENCH_NODE_STAMP)
+
+bench-load: build bench-setup
+	$(BIN)/python -m bench all $(BENCH_ARGS)
+
+bench-quick: build bench-setup
+	$(BIN)/python -m bench all --quick $(BENCH_ARGS)
+
+bench-issue3: build
+	$(BIN)/python -m bench echo --conns 50 --inflight 4 --size 256 --binary \
+	  --servers wsrelay,picows,websockets --repeat 3 $(BENCH_ARGS)
+
+bench-echo bench-broadcast bench-connections bench-churn: bench-%: build bench-setup
+	$(BIN)/python -m bench $* $(BENCH_ARGS)
