@@ -48,6 +48,8 @@ BAD = [
     ("WSRELAY_CLOSE_TIMEOUT", "0"),
     ("WSRELAY_CLOSE_TIMEOUT", "5 s s"),
     ("WSRELAY_NODE", "gw|1"),
+    ("WSRELAY_GC_THRESHOLD", "-3"),
+    ("WSRELAY_GC_THRESHOLD", "often"),
 ]
 
 EXTRA = [

@@ -30,6 +30,8 @@ class Settings:
     log_level: str = "INFO"
     close_timeout: float = 5.0
     node_name: Optional[str] = None
+    # Allocations between young-generation collections; 0 keeps Python's.
+    gc_threshold: int = 50_000
 
 
 def _int_in(low: int, high: int) -> Callable[[str], int]:
@@ -98,6 +100,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], object]]] = {
     "WSRELAY_LOG_LEVEL": ("log_level", _level),
     "WSRELAY_CLOSE_TIMEOUT": ("close_timeout", _positive_seconds),
     "WSRELAY_NODE": ("node_name", _node),
+    "WSRELAY_GC_THRESHOLD": ("gc_threshold", _int_in(0, 1 << 30)),
 }
 
 VARIABLES = tuple(_VARIABLES)

@@ -26,7 +26,7 @@ cdef Connection _connection(Node node, object pid):
 cdef int _broadcast(object connections, object payload) except -1:
     """Queue one frame, encoded once, for each connection; how many took it."""
     cdef Py_ssize_t size = 0
-    cdef bytes frame = encode_send(payload, &size)
+    frame = encode_send(payload, &size)
     cdef Connection conn
     cdef int sent = 0
     cdef Node node = get_node()

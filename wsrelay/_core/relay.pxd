@@ -57,9 +57,11 @@ cdef class Connection(Process):
     cdef bint awaiting_pong
     # The member sets of the Groups this connection belongs to.
     cdef list groups
-    # Frames queued for this loop iteration's flush, and their payload bytes.
+    # Buffers queued for this loop iteration's flush (a large frame is two),
+    # the payload bytes and the frames they make.
     cdef list outbox
     cdef Py_ssize_t outbox_bytes
+    cdef Py_ssize_t outbox_frames
 
     cdef int connected(self, WSTransport transport) except -1
     cdef int on_frame(self, WSFrame frame) except -1
@@ -77,7 +79,7 @@ cdef class Connection(Process):
     cdef int close(self, int code, bytes text, str reason) except -1
     cdef int send_close(self, object code, bytes text) except -1
     cdef int ws_send(self, object payload) except -1
-    cdef int queue(self, bytes frame, Py_ssize_t size) except -1
+    cdef int queue(self, object frame, Py_ssize_t size) except -1
     cdef int flush(self) except -1
     cdef int ws_close(self, object payload) except -1
     cdef int ws_control(self, object payload) except -1
@@ -90,7 +92,7 @@ cdef class Connection(Process):
 
 
 cdef bytes encode_frame(int opcode, const char* data, Py_ssize_t size)
-cdef bytes encode_send(object payload, Py_ssize_t* size)
+cdef object encode_send(object payload, Py_ssize_t* size)
 cdef int check_send_payload(object payload) except -1
 
 

@@ -44,12 +44,16 @@ DEF MAX_CLOSE_REASON = 123
 DEF CONTROL_FRAME_BUFFER = 160
 
 
-cdef bytes encode_frame(int opcode, const char* data, Py_ssize_t size):
-    """A complete server frame (unmasked, FIN set): header and payload in one
-    bytes object, so it can be queued for any number of connections."""
-    cdef Py_ssize_t header = 2 if size < 126 else (4 if size < 65536 else 10)
-    cdef bytes frame = PyBytes_FromStringAndSize(NULL, header + size)
-    cdef unsigned char* out = <unsigned char*>PyBytes_AS_STRING(frame)
+# A bytes payload larger than this is not copied: its frame is queued as two
+# buffers, the header and the caller's bytes object, for one writev().
+DEF COPY_LIMIT = 4096
+
+
+cdef inline Py_ssize_t _header_size(Py_ssize_t size):
+    return 2 if size < 126 else (4 if size < 65536 else 10)
+
+
+cdef void _write_header(unsigned char* out, int opcode, Py_ssize_t size):
     cdef int i
     out[0] = 0x80 | opcode
     if size < 126:
@@ -62,16 +66,28 @@ cdef bytes encode_frame(int opcode, const char* data, Py_ssize_t size):
         out[1] = 127
         for i in range(8):
             out[2 + i] = <unsigned char>((<unsigned long long>size >> (56 - 8 * i)) & 0xFF)
+
+
+cdef bytes encode_frame(int opcode, const char* data, Py_ssize_t size):
+    """A complete server frame (unmasked, FIN set): header and payload in one
+    bytes object, so it can be queued for any number of connections."""
+    cdef Py_ssize_t header = _header_size(size)
+    cdef bytes frame = PyBytes_FromStringAndSize(NULL, header + size)
+    cdef unsigned char* out = <unsigned char*>PyBytes_AS_STRING(frame)
+    _write_header(out, opcode, size)
     memcpy(out + header, data, size)
     return frame
 
 
-cdef bytes encode_send(object payload, Py_ssize_t* size):
-    """The frame for a ``ws.send`` payload; ValueError when it is malformed.
-    CPython keeps a str's UTF-8 form (an ASCII str is its own), so a str sent
-    to many connections is encoded once."""
+cdef object encode_send(object payload, Py_ssize_t* size):
+    """The frame for a ``ws.send`` payload: one bytes object, or for a large
+    bytes payload a (header, payload) tuple that shares the caller's bytes.
+    ValueError when the payload is malformed. CPython keeps a str's UTF-8
+    form (an ASCII str is its own), so a str sent to many connections is
+    encoded once."""
     cdef int opcode = check_send_payload(payload)
     cdef const char* data
+    cdef bytes header
     value = (<dict>payload)["data"]
     if opcode == WSMsgType.TEXT:
         data = PyUnicode_AsUTF8AndSize(<str>value, size)
@@ -79,7 +95,11 @@ cdef bytes encode_send(object payload, Py_ssize_t* size):
     if type(value) is not bytes:
         value = bytes(value)
     size[0] = PyBytes_GET_SIZE(<bytes>value)
-    return encode_frame(opcode, PyBytes_AS_STRING(<bytes>value), size[0])
+    if size[0] <= COPY_LIMIT:
+        return encode_frame(opcode, PyBytes_AS_STRING(<bytes>value), size[0])
+    header = PyBytes_FromStringAndSize(NULL, _header_size(size[0]))
+    _write_header(<unsigned char*>PyBytes_AS_STRING(header), opcode, size[0])
+    return (header, value)
 
 
 cdef inline bint _valid_received_close_code(int code):
@@ -668,24 +688,29 @@ cdef class Connection(Process):
 
     cdef int ws_send(self, object payload) except -1:
         cdef Py_ssize_t size = 0
-        cdef bytes frame = encode_send(payload, &size)
+        frame = encode_send(payload, &size)
         if self.closing or self.transport is None or self.backlogged():
             self.options.node.counters.ws_frames_dropped_closing += 1
             return False
         self.queue(frame, size)
         return True
 
-    cdef int queue(self, bytes frame, Py_ssize_t size) except -1:
-        """Queue a frame for this loop iteration's flush (order kept)."""
+    cdef int queue(self, object frame, Py_ssize_t size) except -1:
+        """Queue a frame (from encode_send) for this loop iteration's flush,
+        in order."""
         cdef RelayOptions options = self.options
         cdef Counters counters = options.node.counters
         counters.ws_messages_out += 1
         counters.ws_bytes_out += size
         self.outbox_bytes += size
+        self.outbox_frames += 1
         if self.outbox is not None:
-            self.outbox.append(frame)
+            if type(frame) is tuple:
+                self.outbox.extend(<tuple>frame)
+            else:
+                self.outbox.append(frame)
             return 0
-        self.outbox = [frame]
+        self.outbox = list(<tuple>frame) if type(frame) is tuple else [frame]
         options.dirty.append(self)
         if not options.flush_scheduled:
             options.flush_scheduled = True
@@ -707,15 +732,17 @@ cdef class Connection(Process):
                 else:
                     transport.underlying_transport.writelines(frames)
                 self.outbox_bytes = 0
+                self.outbox_frames = 0
                 return 0
             except Exception as exc:
                 _log.debug("%s: queued frames not written: %s", self.pid, exc)
         # The connection went away (or picows closed it) since they were queued.
         counters = self.options.node.counters
-        counters.ws_frames_dropped_closing += len(frames)
-        counters.ws_messages_out -= len(frames)
+        counters.ws_frames_dropped_closing += self.outbox_frames
+        counters.ws_messages_out -= self.outbox_frames
         counters.ws_bytes_out -= self.outbox_bytes
         self.outbox_bytes = 0
+        self.outbox_frames = 0
         return 0
 
     cdef int ws_close(self, object payload) except -1:

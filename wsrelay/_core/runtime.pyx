@@ -17,6 +17,7 @@ from collections import deque
 from cpython.contextvars cimport get_value
 from cpython.dict cimport PyDict_GetItemWithError
 from cpython.object cimport PyObject
+from cpython.ref cimport Py_INCREF
 from libc.stdint cimport uint64_t
 
 from .pid cimport Pid, make_pid, parse_pid, to_pid
@@ -168,10 +169,16 @@ cdef class _Receive:
         return self
 
     def __next__(self):
-        return self.step()
+        # Python-level callers only: the task steps this object through
+        # tp_iternext, which is _receive_iternext (set at module init).
+        cdef bint done = False
+        result = self.step(&done)
+        if done:
+            raise StopIteration(result)
+        return result
 
     def send(self, value):
-        return self.step()
+        return self.__next__()
 
     def throw(self, typ, val=None, tb=None):
         self.finish()
@@ -182,7 +189,9 @@ cdef class _Receive:
     def close(self):
         self.finish()
 
-    cdef object step(self):
+    cdef object step(self, bint* done):
+        """The next thing to hand the task: a message or batch (``done``
+        set), None (a bare yield), or the future to sleep on."""
         cdef Mailbox mailbox = self.proc.mailbox
         cdef Message msg
         cdef list batch
@@ -194,15 +203,16 @@ cdef class _Receive:
                 self.proc.streak = 0
                 return None
             self.finish()
+            done[0] = True
             if not self.many:
-                raise StopIteration(mailbox.pop())
+                return mailbox.pop()
             batch = []
             while self.limit <= 0 or len(batch) < self.limit:
                 msg = mailbox.pop()
                 if msg is None:
                     break
                 batch.append(msg)
-            raise StopIteration(batch)
+            return batch
         if self.expired:
             self.finish()
             raise TimeoutError(f"no message for {self.proc.pid} within {self.timeout} s")
@@ -223,6 +233,31 @@ cdef class _Receive:
         if self.waiter is not None and mailbox is not None and (<Mailbox>mailbox).waiter is self.waiter:
             (<Mailbox>mailbox).waiter = None
         self.waiter = None
+
+
+ctypedef PyObject* (*iternextfunc)(PyObject*)
+
+cdef extern from "Python.h":
+    ctypedef struct TypeSlots "PyTypeObject":
+        iternextfunc tp_iternext
+    PyObject* PyExc_StopIteration
+    void PyErr_SetObject(PyObject* exc, PyObject* value)
+
+
+cdef PyObject* _receive_iternext(PyObject* self) except NULL:
+    """tp_iternext of _Receive. The message goes back to the awaiting task as
+    StopIteration's value, set directly: raising it from Cython would also
+    build a traceback (a frame object) on every receive."""
+    cdef bint done = False
+    result = (<_Receive>self).step(&done)
+    if done:
+        PyErr_SetObject(PyExc_StopIteration, <PyObject*>result)
+        return NULL
+    Py_INCREF(result)
+    return <PyObject*>result
+
+
+(<TypeSlots*><PyObject*>_Receive).tp_iternext = _receive_iternext
 
 
 def _expire(_Receive op):
