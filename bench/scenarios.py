@@ -181,10 +181,11 @@ class Runner:
         if svg.exists():
             svg.with_suffix(".top.txt").write_text(flamegraph_top(svg))
 
-    def measured(self, lg: LoadGen, server: RunningServer, tag: str) -> dict[str, float]:
-        """Send ``go`` with the window, sample CPU at both of its ends."""
+    def measured(self, lg: LoadGen, server: RunningServer, tag: str, warmup: float = 0.0) -> dict[str, float]:
+        """Send ``go`` with the window (after ``warmup`` seconds, at least the
+        option's), sample CPU at both of its ends."""
         opts = self.opts
-        t_measure = now_ns() + int(opts.warmup * 1e9)
+        t_measure = now_ns() + int(max(opts.warmup, warmup) * 1e9)
         t_end = t_measure + int(opts.duration * 1e9)
         lg.send_all("go", t_measure=t_measure, t_end=t_end)
         sampler = _CpuSampler(server, lg)
@@ -244,7 +245,10 @@ class Runner:
                          _status_rate("msgs", "msgs"), lambda i, _: {"conns": parts[i]}) as lg:
                 connected = lg.wait_phase("connected", 60 + conns / 50)
                 n_conns = sum(d["n"] for d in connected.values())
-                cpu = self.measured(lg, server, tag)
+                # The first wave of large messages makes every server fault in
+                # its buffers (10k x 64 KiB: about 2 GB); measure after it.
+                warm = conns * point["size"] * point["inflight"] / ECHO_WARM_RATE
+                cpu = self.measured(lg, server, tag, warm)
                 results = lg.wait_results(opts.timeout + 60)
         msgs = sum(r["window_msgs"] for r in results)
         lat = latencies(results)
@@ -470,6 +474,9 @@ def flamegraph_top(svg: pathlib.Path, n: int = 40) -> str:
 MAIN_METRIC = {"echo": "msgs_per_s", "broadcast": "deliveries_per_s", "connections": "handshakes_per_s",
                "churn": "cycles_per_s"}
 
+
+# Bytes in flight per second of warm-up an echo point gets at least.
+ECHO_WARM_RATE = 64 << 20
 
 POINT_KEYS = {"conns", "size", "inflight", "binary", "subscribers", "window", "cycles", "concurrency", "procs"}
 
