@@ -15,8 +15,10 @@ cdef class RelayOptions:
     cdef readonly set connections
     cdef object loop
     cdef object _empty_waiter
-    # Connections with frames queued for this loop iteration's flush.
+    # Connections with frames queued, in the order they are to be written;
+    # dirty[flush_pos:] are still to be written.
     cdef list dirty
+    cdef Py_ssize_t flush_pos
     cdef bint flush_scheduled
 
 

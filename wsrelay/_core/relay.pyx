@@ -47,6 +47,11 @@ DEF CONTROL_FRAME_BUFFER = 160
 # A bytes payload larger than this is not copied: its frame is queued as two
 # buffers, the header and the caller's bytes object, for one writev().
 DEF COPY_LIMIT = 4096
+# Connections written per flush callback. A fan-out to a large room is written
+# in slices with the loop polling for I/O between them, so the loop never
+# stalls for a whole fan-out, and messages that arrive meanwhile join the
+# frames still queued for the rest of the room (one writev for both).
+DEF FLUSH_SLICE = 256
 
 
 cdef inline Py_ssize_t _header_size(Py_ssize_t size):
@@ -162,19 +167,38 @@ cdef class RelayOptions:
         self.connections = set()
         self.loop = loop
         self.dirty = []
+        self.flush_pos = 0
         self.flush_scheduled = False
 
     def _flush(self):
         """Write coalescing: a connection's frames are queued during a loop
         iteration and written with one writev() after the iteration's
         callbacks. A broadcast of k messages to n subscribers costs n system
-        calls, not k × n."""
+        calls, not k × n. Up to FLUSH_SLICE connections are written per call;
+        the rest wait for the next loop iteration, behind nothing that was
+        queued later."""
         cdef Connection conn
         cdef list dirty = self.dirty
-        self.dirty = []
-        self.flush_scheduled = False
-        for conn in dirty:
-            conn.flush()
+        cdef Py_ssize_t pos = self.flush_pos
+        cdef Py_ssize_t end = len(dirty)
+        if end - pos > FLUSH_SLICE:
+            end = pos + FLUSH_SLICE
+        try:
+            while pos < end:
+                conn = <Connection>dirty[pos]
+                pos += 1
+                conn.flush()
+        finally:
+            if pos < len(dirty):
+                if pos >= 4096 and pos * 2 >= len(dirty):
+                    del dirty[:pos]
+                    pos = 0
+                self.flush_pos = pos
+                self.loop.call_soon(self._flush)
+            else:
+                dirty.clear()
+                self.flush_pos = 0
+                self.flush_scheduled = False
 
     def sweep_idle(self, double now, double ping_interval, double ping_timeout):
         """Ping connections silent for ``ping_interval`` seconds; close those
