@@ -169,6 +169,18 @@ class Worker:
         self.t_measure = data["t_measure"]
         self.t_end = data["t_end"]
 
+    def other_frame(self, transport: Any, kind: Any) -> None:
+        """A frame that is not of the message type in use: a close ends the
+        client (an error unless the run is stopping), pings and pongs pass,
+        anything else is an error."""
+        WSMsgType = self.picows.WSMsgType
+        if kind is WSMsgType.CLOSE:
+            if not self.stopping:
+                self.stats.error("closed_by_server")
+            transport.disconnect()
+        elif kind is not WSMsgType.PONG and kind is not WSMsgType.PING:
+            self.stats.error("wrong_frame_type")
+
     # -- connecting --------------------------------------------------------------------------
 
     def _socket_factory(self, parsed: Any) -> socket.socket:
@@ -367,12 +379,7 @@ class Worker:
                 now = now_ns()
                 kind = frame.msg_type
                 if kind is not msg_type:
-                    if kind is WSMsgType.CLOSE:
-                        if not worker.stopping:
-                            stats.error("closed_by_server")
-                        transport.disconnect()
-                    elif kind is not WSMsgType.PONG and kind is not WSMsgType.PING:
-                        stats.error("wrong_frame_type")
+                    worker.other_frame(transport, kind)
                     return
                 ts, seq = payload.parse(frame.get_payload_as_memoryview())
                 if seq != self.expect_seq:
@@ -448,12 +455,7 @@ class Worker:
                 now = now_ns()
                 kind = frame.msg_type
                 if kind is not msg_type:
-                    if kind is WSMsgType.CLOSE:
-                        if not worker.stopping:
-                            stats.error("closed_by_server")
-                        transport.disconnect()
-                    elif kind is not WSMsgType.PONG and kind is not WSMsgType.PING:
-                        stats.error("wrong_frame_type")
+                    worker.other_frame(transport, kind)
                     return
                 ts, seq = payload.parse(frame.get_payload_as_memoryview())
                 if seq < 0:

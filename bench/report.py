@@ -135,42 +135,40 @@ def _table(header: list[str], lines: list[list[str]]) -> str:
     return "\n".join(out)
 
 
-def table_echo(rows: list[dict[str, Any]]) -> str:
-    header = ["size B", "conns", "inflight", "server", "msgs/s", "wsrelay ÷ this", "p50 ms", "p99 ms",
-              "server CPU µs/msg", "wsrelay ÷ this", "server CPU %", "loadgen CPU %", "errors"]
+def _rate_table(rows: list[dict[str, Any]], group_by: tuple[str, ...], lead: list[tuple[str, str]],
+                rate: tuple[str, str], cpu: tuple[str, str, int]) -> str:
+    """A throughput table: per group of rows measured alike, the ``lead``
+    columns (header, field), then the rate, its ratio to wsrelay's, latency,
+    server CPU per unit and its ratio, and CPU use and errors."""
+    header = [h for h, _ in lead] + ["server", rate[0], "wsrelay ÷ this", "p50 ms", "p99 ms", cpu[0],
+                                     "wsrelay ÷ this", "server CPU %", "loadgen CPU %", "errors"]
+    rate_key, cpu_key, cpu_digits = rate[1], cpu[1], cpu[2]
     lines = []
-    for _, group in _groups(rows, ("size", "conns", "inflight", "binary")):
+    for _, group in _groups(rows, group_by):
         ref = next((r for r in group if r["server"] == "wsrelay" and not r.get("failed")), None)
         for r in group:
             is_ref = r is ref
-            lines.append([
-                _f(r["size"]), _f(r["conns"]), _f(r["inflight"]), f"**{r['server']}**" if is_ref else r["server"],
-                _f(r.get("msgs_per_s")) + _spread(r),
-                "1" if is_ref else _ratio(ref and ref.get("msgs_per_s"), r.get("msgs_per_s")),
-                _f(r.get("p50_ms"), 2), _f(r.get("p99_ms"), 2), _f(r.get("cpu_us_per_msg"), 1),
-                "1" if is_ref else _ratio(ref and ref.get("cpu_us_per_msg"), r.get("cpu_us_per_msg")),
+            lines.append([_f(r[field]) for _, field in lead] + [
+                f"**{r['server']}**" if is_ref else r["server"],
+                _f(r.get(rate_key)) + _spread(r),
+                "1" if is_ref else _ratio(ref and ref.get(rate_key), r.get(rate_key)),
+                _f(r.get("p50_ms"), 2), _f(r.get("p99_ms"), 2), _f(r.get(cpu_key), cpu_digits),
+                "1" if is_ref else _ratio(ref and ref.get(cpu_key), r.get(cpu_key)),
                 _f(r.get("server_cpu_pct"), 0), _f(r.get("client_cpu_pct"), 0), _errors(r),
             ])
     return _table(header, lines)
+
+
+def table_echo(rows: list[dict[str, Any]]) -> str:
+    return _rate_table(rows, ("size", "conns", "inflight", "binary"),
+                       [("size B", "size"), ("conns", "conns"), ("inflight", "inflight")],
+                       ("msgs/s", "msgs_per_s"), ("server CPU µs/msg", "cpu_us_per_msg", 1))
 
 
 def table_broadcast(rows: list[dict[str, Any]]) -> str:
-    header = ["subscribers", "size B", "server", "deliveries/s", "wsrelay ÷ this", "p50 ms", "p99 ms",
-              "server CPU µs/delivery", "wsrelay ÷ this", "server CPU %", "loadgen CPU %", "errors"]
-    lines = []
-    for _, group in _groups(rows, ("subscribers", "size", "window", "binary")):
-        ref = next((r for r in group if r["server"] == "wsrelay" and not r.get("failed")), None)
-        for r in group:
-            is_ref = r is ref
-            lines.append([
-                _f(r["subscribers"]), _f(r["size"]), f"**{r['server']}**" if is_ref else r["server"],
-                _f(r.get("deliveries_per_s")) + _spread(r),
-                "1" if is_ref else _ratio(ref and ref.get("deliveries_per_s"), r.get("deliveries_per_s")),
-                _f(r.get("p50_ms"), 2), _f(r.get("p99_ms"), 2), _f(r.get("cpu_us_per_delivery"), 2),
-                "1" if is_ref else _ratio(ref and ref.get("cpu_us_per_delivery"), r.get("cpu_us_per_delivery")),
-                _f(r.get("server_cpu_pct"), 0), _f(r.get("client_cpu_pct"), 0), _errors(r),
-            ])
-    return _table(header, lines)
+    return _rate_table(rows, ("subscribers", "size", "window", "binary"),
+                       [("subscribers", "subscribers"), ("size B", "size")],
+                       ("deliveries/s", "deliveries_per_s"), ("server CPU µs/delivery", "cpu_us_per_delivery", 2))
 
 
 def table_connections(rows: list[dict[str, Any]]) -> str:

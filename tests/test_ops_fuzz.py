@@ -334,14 +334,21 @@ async def _next_seen(inbox, client_pid):
             return topic, payload
 
 
+async def _joined(inbox):
+    """The ws.join payload of the connection just opened; anything the
+    recorders forwarded before it is skipped."""
+    while True:
+        topic, join = await _next_seen(inbox, None)
+        if topic == "ws.join":
+            return join
+
+
 async def run_case(gw: FuzzGateway, frames: list[F], splits: list[int]) -> None:
     expected = model(frames)
     inbox = process.inbox()
     client = await RawWS.connect(gw.host, gw.port, "/ws/chat")
     try:
-        topic, join = await _next_seen(inbox, None)
-        while topic != "ws.join":
-            topic, join = await _next_seen(inbox, None)
+        join = await _joined(inbox)
         me = join["client_pid"]
 
         # 1. Everything before the end, written in arbitrary pieces (frame
@@ -469,9 +476,7 @@ def test_answering_the_close_of_a_protocol_error_keeps_the_reason(fuzz_gateway, 
         inbox = process.inbox()
         client = await RawWS.connect(fuzz_gateway.host, fuzz_gateway.port, "/ws/chat")
         try:
-            topic, join = await _next_seen(inbox, None)
-            while topic != "ws.join":
-                topic, join = await _next_seen(inbox, None)
+            join = await _joined(inbox)
             client.write(bad.encode())
             await client.drain()
             close = await asyncio.wait_for(client.recv_frame(), STEP_TIMEOUT)
@@ -572,9 +577,7 @@ def test_a_message_read_together_with_a_malformed_frame_is_delivered(fuzz_gatewa
         inbox = process.inbox()
         client = await RawWS.connect(fuzz_gateway.host, fuzz_gateway.port, "/ws/chat")
         try:
-            topic, join = await _next_seen(inbox, None)
-            while topic != "ws.join":
-                topic, join = await _next_seen(inbox, None)
+            join = await _joined(inbox)
             client.write(b"".join(f.encode() for f in frames))  # one write, one read
             await client.drain()
             _, close = await asyncio.wait_for(client.recv_until_close(), STEP_TIMEOUT)

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from typing import Any, Callable, Optional
+from typing import Any, Awaitable, Callable, Optional
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BENCH = ROOT / "bench"
@@ -35,6 +35,24 @@ PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 def _python() -> str:
     return sys.executable
+
+
+def run_server(main: Callable[[str, int], Awaitable[None]]) -> None:
+    """The command line every peer server shares: ``--host``, ``--port``,
+    then ``main(host, port)`` on uvloop until it returns or is interrupted."""
+    import argparse
+    import asyncio
+
+    import uvloop
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    try:
+        uvloop.run(main(args.host, args.port))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        pass
 
 
 @dataclasses.dataclass(frozen=True)

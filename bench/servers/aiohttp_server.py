@@ -3,12 +3,12 @@ send_bytes; /pub sends each message to every /sub connection in a loop."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import signal
 
-import uvloop
 from aiohttp import WSMsgType, web
+
+from bench.servers import run_server
 
 SUBSCRIBERS: set[web.WebSocketResponse] = set()
 
@@ -70,8 +70,4 @@ async def main(host: str, port: int) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
-    args = parser.parse_args()
-    uvloop.run(main(args.host, args.port))
+    run_server(main)

@@ -4,11 +4,10 @@ subscriber. Default picows buffers (16 KiB read buffer), uvloop transports."""
 
 from __future__ import annotations
 
-import argparse
-
 import picows
-import uvloop
 from picows import WSCloseCode, WSListener, WSMsgType, WSTransport, WSUpgradeRequest
+
+from bench.servers import run_server
 
 SUBSCRIBERS: set[WSTransport] = set()
 
@@ -69,11 +68,4 @@ async def main(host: str, port: int) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
-    args = parser.parse_args()
-    try:
-        uvloop.run(main(args.host, args.port))
-    except KeyboardInterrupt:
-        pass
+    run_server(main)

@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import signal
 
-import uvloop
 from websockets.asyncio.server import ServerConnection, broadcast, serve
+
+from bench.servers import run_server
 
 SUBSCRIBERS: set[ServerConnection] = set()
 
@@ -42,11 +42,4 @@ async def main(host: str, port: int) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
-    args = parser.parse_args()
-    try:
-        uvloop.run(main(args.host, args.port))
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        pass
+    run_server(main)

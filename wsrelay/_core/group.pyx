@@ -29,13 +29,8 @@ cdef int _broadcast(object connections, object payload) except -1:
     frame = encode_send(payload, &size)
     cdef Connection conn
     cdef int sent = 0
-    cdef Node node = get_node()
     for conn in connections:
-        if conn.closing or conn.transport is None or conn.backlogged():
-            node.counters.ws_frames_dropped_closing += 1
-            continue
-        conn.queue(frame, size)
-        sent += 1
+        sent += conn.offer(frame, size)
     return sent
 
 

@@ -74,13 +74,14 @@ cdef class Connection(Process):
     cdef int pause(self) except -1
     cdef int flush_pending_force(self) except -1
     cdef int fragment(self, WSFrame frame) except -1
-    cdef int drop_fragments(self) except -1
+    cdef int stop_input(self) except -1
     cdef int wire_failed(self) except -1
     cdef int close_frame(self, WSFrame frame) except -1
     cdef int fail(self, int code, str text, str reason) except -1
     cdef int close(self, int code, bytes text, str reason) except -1
     cdef int send_close(self, object code, bytes text) except -1
     cdef int ws_send(self, object payload) except -1
+    cdef bint offer(self, object frame, Py_ssize_t size) except -1
     cdef int queue(self, object frame, Py_ssize_t size) except -1
     cdef int flush(self) except -1
     cdef int ws_close(self, object payload) except -1
@@ -90,6 +91,7 @@ cdef class Connection(Process):
     cdef int join(self) except -1
     cdef int leave(self, str reason, object code) except -1
     cdef dict base_payload(self)
+    cdef int stop_heartbeat(self) except -1
     cdef int schedule_heartbeat(self) except -1
 
 

@@ -297,15 +297,11 @@ cdef class Connection(Process):
 
     cdef int disconnected(self) except -1:
         cdef RelayOptions options = self.options
-        cdef object handshake
-        self.input_closed = True
-        self.drop_fragments()
+        self.stop_input()
         if self.close_timer is not None:
             self.close_timer.cancel()
             self.close_timer = None
-        if self.heartbeat_handle is not None:
-            self.heartbeat_handle.cancel()
-            self.heartbeat_handle = None
+        self.stop_heartbeat()
         if self.leave_reason is None:
             # picows itself failed the connection (a frame it could not parse)
             # or the peer vanished: the close frame it sent tells which.
@@ -541,10 +537,14 @@ cdef class Connection(Process):
         self.target.mailbox.push_force(new_message("ws.leave", payload, self.pid))
         return 0
 
-    cdef int schedule_heartbeat(self) except -1:
+    cdef int stop_heartbeat(self) except -1:
         if self.heartbeat_handle is not None:
             self.heartbeat_handle.cancel()
             self.heartbeat_handle = None
+        return 0
+
+    cdef int schedule_heartbeat(self) except -1:
+        self.stop_heartbeat()
         if self.heartbeat_interval > 0 and not self.closing:
             self.heartbeat_handle = self.loop.call_later(self.heartbeat_interval, self._heartbeat)
         return 0
@@ -577,8 +577,7 @@ cdef class Connection(Process):
             code = int(frame.get_close_code())
             if not _valid_received_close_code(code):
                 return self.fail(1002, f"invalid close code {code}", PROTOCOL_ERROR)
-        self.input_closed = True
-        self.drop_fragments()
+        self.stop_input()
         if self.closing:
             # The client's answer to our close: the handshake is complete.
             self.transport.disconnect()
@@ -586,9 +585,7 @@ cdef class Connection(Process):
         self.leave_reason = CLIENT_CLOSED
         self.leave_code = code
         self.closing = True
-        if self.heartbeat_handle is not None:
-            self.heartbeat_handle.cancel()
-            self.heartbeat_handle = None
+        self.stop_heartbeat()
         # Echo the client's code (RFC 6455 §5.5.1); a close without one is
         # answered with 1000, as picows always writes a 2-byte code.
         self.send_close(code if code is not None else 1000, b"")
@@ -603,11 +600,8 @@ cdef class Connection(Process):
         cdef object handshake = self.transport.close_handshake
         cdef object sent = None if handshake is None else handshake.sent
         self.closing = True
-        self.input_closed = True
-        self.drop_fragments()
-        if self.heartbeat_handle is not None:
-            self.heartbeat_handle.cancel()
-            self.heartbeat_handle = None
+        self.stop_input()
+        self.stop_heartbeat()
         if self.leave_reason is not None:
             return 0
         if sent is not None and sent.code == WSCloseCode.MESSAGE_TOO_BIG:
@@ -618,8 +612,10 @@ cdef class Connection(Process):
             self.leave_reason = CONNECTION_LOST
         return 0
 
-    cdef int drop_fragments(self) except -1:
-        """Forget a fragmented message in progress."""
+    cdef int stop_input(self) except -1:
+        """Act on no more client frames, and forget a fragmented message in
+        progress."""
+        self.input_closed = True
         self.frag_opcode = 0
         self.frag_parts = None
         self.frag_tail = None
@@ -641,9 +637,7 @@ cdef class Connection(Process):
         if self.leave_reason is None:
             self.leave_reason = reason
             self.leave_code = code
-        if self.heartbeat_handle is not None:
-            self.heartbeat_handle.cancel()
-            self.heartbeat_handle = None
+        self.stop_heartbeat()
         self.send_close(code, text)
         self.close_timer = self.loop.call_later(self.options.close_timeout, self._close_timeout)
         return 0
@@ -656,8 +650,7 @@ cdef class Connection(Process):
     cdef int fail(self, int code, str text, str reason) except -1:
         """Fail the connection (RFC 6455 §7.1.7): close frame, then the socket.
         Nothing more the client sent is acted on."""
-        self.input_closed = True
-        self.drop_fragments()
+        self.stop_input()
         if self.transport is None:
             return 0
         if not self.closing:
@@ -665,9 +658,7 @@ cdef class Connection(Process):
             if self.leave_reason is None:
                 self.leave_reason = reason
                 self.leave_code = code
-            if self.heartbeat_handle is not None:
-                self.heartbeat_handle.cancel()
-                self.heartbeat_handle = None
+            self.stop_heartbeat()
             _log.info("closing %s with %d: %s", self.pid, code, text)
             self.send_close(code, _close_reason_bytes(text))
         self.transport.disconnect()
@@ -713,6 +704,11 @@ cdef class Connection(Process):
     cdef int ws_send(self, object payload) except -1:
         cdef Py_ssize_t size = 0
         frame = encode_send(payload, &size)
+        return self.offer(frame, size)
+
+    cdef bint offer(self, object frame, Py_ssize_t size) except -1:
+        """Queue a frame unless the connection is closing or a slow consumer
+        (then it is counted as dropped); whether it was queued."""
         if self.closing or self.transport is None or self.backlogged():
             self.options.node.counters.ws_frames_dropped_closing += 1
             return False
