@@ -10,18 +10,13 @@ import pytest
 import uvloop
 
 import wsrelay
+from tests.support import drain_inbox
 
 DEFAULT_TIMEOUT = 60.0
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "timeout(seconds): time limit of an async test")
-
-
-async def _drain_system_inbox() -> None:
-    inbox = wsrelay.process.inbox()
-    while inbox.receive_nowait() is not None:
-        pass
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -45,7 +40,7 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function):
             task.cancel()
         if pending:
             loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-        loop.run_until_complete(_drain_system_inbox())
+        loop.run_until_complete(drain_inbox())
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
     if leaked:

@@ -1,4 +1,7 @@
-"""Helpers for tests that run a real gateway on an ephemeral port."""
+"""Helpers for tests that run a real gateway on an ephemeral port in the test's
+own process: the app, the running gateway, the test's (system) inbox, and
+/metrics as numbers. tests/harness.py runs one in a child process,
+tests/wsclient.py is the raw client."""
 
 from __future__ import annotations
 
@@ -7,6 +10,9 @@ import dataclasses
 import json
 from typing import Any, AsyncIterator, Callable, Optional
 
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.wsclient import http_request
 from wsrelay import App, Gateway, process
 from wsrelay.settings import Settings
 from wsrelay.settings import settings as current_settings
@@ -47,51 +53,45 @@ async def running(app: App, **overrides: Any) -> AsyncIterator[Gateway]:
         await gateway.shutdown(drain_timeout=5)
 
 
-class ServerProcess:
-    """A gateway in a child process (``wsrelay serve`` or a script calling
-    ``wsrelay.run``), bound to an ephemeral port it reports on stdout."""
+async def expect(topic: str, timeout: float = 30.0) -> Any:
+    """The payload of the next message of the test's (system) inbox, which
+    must have ``topic``."""
+    msg = await process.inbox().receive(timeout=timeout)
+    assert msg.topic == topic, f"expected {topic!r}, got {msg.topic!r}: {msg.payload!r}"
+    return msg.payload
 
-    def __init__(self, argv: list[str], env: Optional[dict[str, str]] = None,
-                 cwd: Optional[str] = None) -> None:
-        import os
-        import subprocess
 
-        full_env = {**os.environ, "WSRELAY_ADDR": "127.0.0.1:0", **(env or {})}
-        self.proc = subprocess.Popen(argv, env=full_env, cwd=cwd, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
-        self.url = ""
+async def drain_inbox() -> None:
+    """Drop what is left in the test's (system) inbox."""
+    inbox = process.inbox()
+    while inbox.receive_nowait() is not None:
+        pass
 
-    def wait_ready(self, timeout: float = 30.0) -> str:
-        """The service's http:// URL, read from the 'wsrelay: serving' line."""
-        import selectors
-        import time
 
-        deadline = time.monotonic() + timeout
-        selector = selectors.DefaultSelector()
-        assert self.proc.stdout is not None
-        selector.register(self.proc.stdout, selectors.EVENT_READ)
-        while time.monotonic() < deadline:
-            if not selector.select(deadline - time.monotonic()):
-                break
-            line = self.proc.stdout.readline()
-            if not line:
-                break
-            if line.startswith("wsrelay: serving "):
-                self.url = line.split()[2].rstrip(",")
-                return self.url
-        self.proc.kill()
-        _, err = self.proc.communicate()
-        raise AssertionError(f"server did not start (exit {self.proc.returncode}):\n{err}")
+class Metrics:
+    """One scrape of /metrics, parsed by prometheus_client's own parser."""
 
-    def stop(self, sig: int = 15, timeout: float = 30.0) -> tuple[int, str, str]:
-        """Signal the server, wait for it; (exit status, stdout, stderr)."""
-        import subprocess
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.samples: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        self.families: dict[str, str] = {}
+        for family in text_string_to_metric_families(text):
+            self.families[family.name] = family.type
+            for sample in family.samples:
+                self.samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
 
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            out, err = self.proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            out, err = self.proc.communicate()
-        return self.proc.returncode, out, err
+    def __call__(self, name: str, **labels: str) -> float:
+        """The value of sample ``name`` with exactly ``labels``; 0 when absent
+        (a labelled counter has no sample until it is first counted)."""
+        return self.samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+    def has(self, name: str) -> bool:
+        return any(key[0] == name for key in self.samples)
+
+
+async def scrape(target: Any) -> Metrics:
+    """GET /metrics of a gateway (a tests.wsclient target), parsed."""
+    res = await http_request(target, "/metrics")
+    assert res.status == 200, (res.status, res.body)
+    assert res.headers["Content-Type"].startswith("text/plain"), res.headers
+    return Metrics(res.text)

@@ -21,25 +21,22 @@ left in pytest's temporary directory, whose path is printed with the summary.
 
 from __future__ import annotations
 
-import asyncio
-import base64
 import collections
 import json
-import os
-import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests import procs  # noqa: F401  (registers the test:* process functions)
+from tests.harness import REPO, ServerProcess, serve_command
 from tests.support import relay_app, relay_handler, running
+from tests.wsclient import BINARY, CLOSE, CONT, TEXT, RawWebSocket, close_payload
+from tests.wsclient import encode_frame as frame
 from wsrelay import process
 
-REPO = Path(__file__).resolve().parent.parent
 INSTALL = REPO / "tools" / "autobahn" / "install.sh"
 ECHO_APP = REPO / "examples" / "echo" / "app.yaml"
 ALLOWLIST = Path(__file__).resolve().parent / "conformance_allowlist.txt"
@@ -53,15 +50,7 @@ SERVER_ENV = {
     "WSRELAY_LOG_LEVEL": "WARNING",
 }
 INSTALL_TIMEOUT = 600
-READY_TIMEOUT = 30.0
 WSTEST_TIMEOUT = 1800
-STOP_TIMEOUT = 30
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def case_key(case_id: str) -> list[int]:
@@ -100,35 +89,6 @@ def install_wstest() -> str:
     return proc.stdout.strip().splitlines()[-1]
 
 
-def wait_ready(server: subprocess.Popen, port: int, log: Path) -> None:
-    """Poll until the server answers GET /health with 200."""
-    request = f"GET /health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode()
-    deadline = time.monotonic() + READY_TIMEOUT
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            pytest.fail(f"the echo server exited with {server.returncode}:\n{log.read_text()}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=2) as conn:
-                conn.sendall(request)
-                if conn.recv(64).startswith(b"HTTP/1.1 200"):
-                    return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    pytest.fail(f"the echo server did not answer GET /health within {READY_TIMEOUT} s:\n{log.read_text()}")
-
-
-def stop(server: subprocess.Popen) -> int:
-    if server.poll() is None:
-        server.send_signal(signal.SIGTERM)
-    try:
-        return server.wait(STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        server.kill()
-        server.wait()
-        raise
-
-
 def test_allowlist_is_well_formed():
     sections = {pattern.split(".")[0] for pattern in CASES}
     outside = [case_id for case_id in read_allowlist() if case_id.split(".")[0] not in sections]
@@ -140,21 +100,10 @@ def test_autobahn_fuzzingclient(tmp_path, capsys):
     allowed = read_allowlist()
     wstest = install_wstest()
 
-    port = free_port()
-    log = tmp_path / "server.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WSRELAY_")}
-    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    env.update(SERVER_ENV)
-    with open(log, "wb") as out:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "wsrelay", "serve", str(ECHO_APP), "--addr", f"127.0.0.1:{port}"],
-            cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-        )
-    try:
-        wait_ready(server, port, log)
+    with ServerProcess(serve_command(ECHO_APP, "--addr", "127.0.0.1:0"), env=SERVER_ENV) as server:
         spec = {
             "outdir": str(tmp_path / "reports"),
-            "servers": [{"agent": "wsrelay", "url": f"ws://127.0.0.1:{port}/ws/echo"}],
+            "servers": [{"agent": "wsrelay", "url": server.url("/ws/echo")}],
             "cases": CASES,
             "exclude-cases": [],
             "exclude-agent-cases": {},
@@ -167,10 +116,9 @@ def test_autobahn_fuzzingclient(tmp_path, capsys):
                                  timeout=WSTEST_TIMEOUT)
         elapsed = time.monotonic() - started
         assert run.returncode == 0, f"wstest exited with {run.returncode}:\n{(tmp_path / 'wstest.log').read_text()}"
-    finally:
-        code = stop(server)
-    assert code == 0, f"the echo server exited with {code} after SIGTERM:\n{log.read_text()}"
-    assert "Traceback" not in log.read_text(), f"the echo server logged an exception:\n{log.read_text()}"
+        code = server.stop()
+    assert code == 0, f"the echo server exited with {code} after SIGTERM:\n{server.output()}"
+    assert "Traceback" not in server.output(), f"the echo server logged an exception:\n{server.output()}"
 
     cases = json.loads((tmp_path / "reports" / "index.json").read_text())["wsrelay"]
     failed = sorted((case_id for case_id, result in cases.items()
@@ -196,40 +144,21 @@ def test_autobahn_fuzzingclient(tmp_path, capsys):
 
 # -- what the wire does not show -------------------------------------------------------------
 
-TEXT, BINARY, CONT, CLOSE = 0x1, 0x2, 0x0, 0x8
-
-
-def frame(opcode: int, payload: bytes = b"", fin: bool = True) -> bytes:
-    """One masked client frame (payloads under 126 bytes)."""
-    key = os.urandom(4)
-    masked = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
-    return bytes([(0x80 if fin else 0) | opcode, 0x80 | len(payload)]) + key + masked
-
-
 def close_frame(code: int) -> bytes:
-    return frame(CLOSE, code.to_bytes(2, "big"))
+    return frame(CLOSE, close_payload(code))
 
 
-async def send_in_one_write(url: str, data: bytes) -> int:
+async def send_in_one_write(gw: Any, data: bytes) -> int:
     """Upgrade, write ``data`` at once, and return the code of the close frame
     the server answers with."""
-    host, port = url.split("//")[1].split("/")[0].split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    writer.write(f"GET /ws/chat HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
-                 f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-                 .encode())
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-    assert head.startswith(b"HTTP/1.1 101"), head
-    writer.write(data)
+    ws = await RawWebSocket.connect(gw, "/ws/chat")
     try:
-        while True:
-            first, length = await asyncio.wait_for(reader.readexactly(2), 5)
-            payload = await reader.readexactly(length & 0x7F)  # the server sends nothing long here
-            if first & 0x0F == CLOSE:
-                return int.from_bytes(payload[:2], "big")
+        ws.send_raw(data)
+        _, close = await ws.recv_until_close()
+        assert close is not None, "the connection ended without a close frame"
+        return close.close_code
     finally:
-        writer.close()
+        ws.abort()
 
 
 async def relayed_until_leave(inbox) -> tuple[list, dict]:
@@ -268,7 +197,7 @@ async def relayed_until_leave(inbox) -> tuple[list, dict]:
 async def test_nothing_the_client_sends_after_its_last_word_is_relayed(data, code, reason, relayed, caplog):
     app = relay_app(relay_handler("test:forward", process.self()))
     async with running(app, max_message_size=100) as gw:
-        assert await send_in_one_write(gw.url(""), data) == code
+        assert await send_in_one_write(gw, data) == code
         messages, leave = await relayed_until_leave(process.inbox())
     assert messages == relayed
     assert (leave["reason"], leave["code"]) == (reason, code)
@@ -281,6 +210,6 @@ async def test_registered_close_codes_from_the_client_are_echoed(code):
     """1012-1014 are in IANA's registry: a client may close with them."""
     app = relay_app(relay_handler("test:forward", process.self()))
     async with running(app) as gw:
-        assert await send_in_one_write(gw.url(""), close_frame(code)) == code
+        assert await send_in_one_write(gw, close_frame(code)) == code
         messages, leave = await relayed_until_leave(process.inbox())
     assert (messages, leave["reason"], leave["code"]) == ([], "client_closed", code)

@@ -12,12 +12,8 @@ import contextlib
 import http.client
 import http.server
 import os
-import pathlib
-import re
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import uuid
@@ -31,13 +27,14 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+from tests.harness import REPO, WSRELAY, ServerProcess
+from tests.support import Metrics
+
 APP = "examples/chat/app.yaml"
-PAGE = ROOT / "examples" / "chat" / "index.html"
+PAGE = REPO / "examples" / "chat" / "index.html"
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 # The machine has 2 shared cores: generous limits, strict conditions.
-STARTUP_TIMEOUT = 60.0
 DOM_TIMEOUT = 45.0
 STOP_TIMEOUT = 30.0
 
@@ -52,104 +49,29 @@ def _browser_installed() -> None:
 # -- the demo server, as `make run` starts it --------------------------------------------
 
 
-class Demo:
-    """`.venv/bin/wsrelay serve examples/chat/app.yaml --addr 127.0.0.1:0`.
-
-    Port 0 lets the kernel pick a free port with no race against other test
-    runs on the machine; the command prints the address it serves on, and the
-    test reads it from there.
-    """
-
-    def __init__(self, log_path: pathlib.Path) -> None:
-        wsrelay = pathlib.Path(sys.prefix) / "bin" / "wsrelay"
-        if not wsrelay.exists():  # pragma: no cover - not run from the venv
-            wsrelay = pathlib.Path(shutil.which("wsrelay") or "wsrelay")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("WSRELAY_")}
-        env["WSRELAY_LOG_LEVEL"] = "INFO"
-        self.log_path = log_path
-        self._log = open(log_path, "wb")
-        self.proc = subprocess.Popen(
-            [str(wsrelay), "serve", APP, "--addr", "127.0.0.1:0"],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=self._log,
-            stdin=subprocess.DEVNULL,
-        )
-        self.port = 0
-        self._ready = threading.Event()
-        self._stdout: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        if not self._ready.wait(STARTUP_TIMEOUT) or not self.port:
-            self.kill()
-            raise AssertionError(f"the demo did not start: {self.logs()}")
-        status, body = self.get("/health")
-        assert status == 200 and b'"status":"ok"' in body, (status, body)
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for raw in self.proc.stdout:
-            line = raw.decode(errors="replace")
-            self._stdout.append(line)
-            match = re.search(r"serving http://127\.0\.0\.1:(\d+)", line)
-            if match and not self.port:
-                self.port = int(match.group(1))
-                self._ready.set()
-        self._ready.set()  # stdout closed: the process ended
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ws_base(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
-
-    def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=DOM_TIMEOUT)
-        try:
-            conn.request("GET", path, headers=headers or {})
-            response = conn.getresponse()
-            return response.status, response.read()
-        finally:
-            conn.close()
-
-    def metric(self, name: str) -> float:
-        """The value of one sample of GET /metrics (0 when absent)."""
-        status, body = self.get("/metrics")
-        assert status == 200
-        for line in body.decode().splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[-1])
-        return 0.0
-
-    def logs(self) -> str:
-        self._log.flush()
-        return "stdout:\n" + "".join(self._stdout) + "\nstderr:\n" + self.log_path.read_text(errors="replace")
-
-    def stop(self) -> int:
-        """SIGTERM, as a service manager would; the exit code."""
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(STOP_TIMEOUT)
-        finally:
-            self.kill()
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(STOP_TIMEOUT)
-        self._reader.join(STOP_TIMEOUT)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        self._log.close()
-
-
 @pytest.fixture
-def demo(tmp_path: pathlib.Path) -> Iterator[Demo]:
-    server = Demo(tmp_path / "wsrelay.log")
-    try:
+def demo() -> Iterator[ServerProcess]:
+    """`.venv/bin/wsrelay serve examples/chat/app.yaml --addr 127.0.0.1:0`."""
+    with ServerProcess([WSRELAY, "serve", APP, "--addr", "127.0.0.1:0"], env={"WSRELAY_LOG_LEVEL": "INFO"}) as server:
+        status, body = get(server, "/health")
+        assert status == 200 and b'"status":"ok"' in body, (status, body)
         yield server
+
+
+def get(server: ServerProcess, path: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection(server.host, server.port, timeout=DOM_TIMEOUT)
+    try:
+        conn.request("GET", path, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, response.read()
     finally:
-        server.kill()
+        conn.close()
+
+
+def metrics(server: ServerProcess) -> Metrics:
+    status, body = get(server, "/metrics")
+    assert status == 200
+    return Metrics(body.decode())
 
 
 # -- the browser ----------------------------------------------------------------------------
@@ -230,9 +152,9 @@ def join(driver: webdriver.Chrome, user: str, room: str) -> None:
 # -- the tests ---------------------------------------------------------------------------------
 
 
-def test_two_tabs_chat_in_the_same_room(demo: Demo, browser: webdriver.Chrome) -> None:
+def test_two_tabs_chat_in_the_same_room(demo: ServerProcess, browser: webdriver.Chrome) -> None:
     room = "room_" + uuid.uuid4().hex[:8]
-    browser.get(demo.base + "/")
+    browser.get(demo.url("/", "http"))
     alice = browser.current_window_handle
     assert browser.title == "wsrelay chat"
     join(browser, "alice", room)
@@ -241,7 +163,7 @@ def test_two_tabs_chat_in_the_same_room(demo: Demo, browser: webdriver.Chrome) -
 
     browser.switch_to.new_window("window")
     bob = browser.current_window_handle
-    browser.get(demo.base + "/")
+    browser.get(demo.url("/", "http"))
     join(browser, "bob", room)
     wait_for(browser, "bob connected", status_is("connected"))
     wait_for(browser, "bob's join, seen by bob", log_has(f"bob joined {room} (alice, bob)"))
@@ -277,9 +199,9 @@ def test_two_tabs_chat_in_the_same_room(demo: Demo, browser: webdriver.Chrome) -
     assert _text(browser, "status") == "connected"
     assert "ghost: stale" not in _text(browser, "log")
 
-    assert demo.metric("wsrelay_connections_total") == 3
-    assert demo.metric('wsrelay_handshake_failures_total{reason="origin"}') == 0
-    assert demo.stop() == 0, demo.logs()
+    assert metrics(demo)("wsrelay_connections_total") == 3
+    assert metrics(demo)("wsrelay_handshake_failures_total", reason="origin") == 0
+    assert demo.stop() == 0, demo.output()
 
 
 class _Page(http.server.BaseHTTPRequestHandler):
@@ -316,11 +238,13 @@ def foreign_site(gateway_ws_url: str) -> Iterator[str]:
         thread.join(STOP_TIMEOUT)
 
 
-def test_page_from_another_origin_is_refused(demo: Demo, browser: webdriver.Chrome) -> None:
-    origin_failures = 'wsrelay_handshake_failures_total{reason="origin"}'
-    with foreign_site(demo.ws_base) as site:
+def test_page_from_another_origin_is_refused(demo: ServerProcess, browser: webdriver.Chrome) -> None:
+    def origin_failures() -> float:
+        return metrics(demo)("wsrelay_handshake_failures_total", reason="origin")
+
+    with foreign_site(demo.url()) as site:
         browser.get(site + "/")
-        assert browser.execute_script("return window.WSRELAY_URL") == demo.ws_base
+        assert browser.execute_script("return window.WSRELAY_URL") == demo.url()
         join(browser, "mallory", "lobby")
         wait_for(browser, "the refusal", status_is("refused (1006)"))
         # The socket never opened: no connected status, no event in the log,
@@ -329,13 +253,13 @@ def test_page_from_another_origin_is_refused(demo: Demo, browser: webdriver.Chro
         assert _text(browser, "log") == ""
 
     # The gateway refused it for its origin, before any handler ran.
-    assert demo.metric(origin_failures) == 1
-    assert demo.metric("wsrelay_connections_total") == 0
-    status, body = demo.get("/health")
+    assert origin_failures() == 1
+    assert metrics(demo)("wsrelay_connections_total") == 0
+    status, body = get(demo, "/health")
     assert status == 200 and b'"processes":1' in body, body  # no room was spawned
 
     # The same refusal, by hand: a valid upgrade from a foreign Origin gets 403.
-    status, body = demo.get("/ws/chat?room=lobby&user=mallory", {
+    status, body = get(demo, "/ws/chat?room=lobby&user=mallory", {
         "Origin": site,
         "Upgrade": "websocket",
         "Connection": "Upgrade",
@@ -344,12 +268,12 @@ def test_page_from_another_origin_is_refused(demo: Demo, browser: webdriver.Chro
     })
     assert status == 403, (status, body)
     assert b"not allowed" in body
-    assert demo.metric(origin_failures) == 2
+    assert origin_failures() == 2
     # ...while the same request from the gateway's own origin is upgraded.
-    conn = http.client.HTTPConnection("127.0.0.1", demo.port, timeout=DOM_TIMEOUT)
+    conn = http.client.HTTPConnection(demo.host, demo.port, timeout=DOM_TIMEOUT)
     try:
         conn.request("GET", "/ws/chat?room=lobby&user=alice", headers={
-            "Origin": demo.base,
+            "Origin": demo.url("", "http"),
             "Upgrade": "websocket",
             "Connection": "Upgrade",
             "Sec-WebSocket-Version": "13",
@@ -360,5 +284,5 @@ def test_page_from_another_origin_is_refused(demo: Demo, browser: webdriver.Chro
         assert response.getheader("Sec-WebSocket-Accept") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
     finally:
         conn.close()
-    assert demo.metric(origin_failures) == 2
-    assert demo.stop() == 0, demo.logs()
+    assert origin_failures() == 2
+    assert demo.stop() == 0, demo.output()

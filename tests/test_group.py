@@ -12,7 +12,7 @@ import pytest
 import websockets
 
 import wsrelay
-from tests.support import relay_app, running
+from tests.support import expect, relay_app, running
 from wsrelay import Group, process
 
 
@@ -61,12 +61,6 @@ def room_app(room_pid) -> Any:
         res.header("X-WS-Relay", json.dumps({"target_pid": str(room_pid)}))
 
     return relay_app(handler)
-
-
-async def expect(topic: str) -> Any:
-    msg = await process.inbox().receive(timeout=30)
-    assert msg.topic == topic, (msg.topic, msg.payload)
-    return msg.payload
 
 
 async def test_membership_follows_add_discard_and_the_end_of_a_connection():

@@ -16,26 +16,25 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import pathlib
 import re
 import signal
 import subprocess
 import sys
-import threading
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-GUIDE = ROOT / "docs" / "guide.md"
-EXAMPLES = ROOT / "examples" / "guide"
-BIN = pathlib.Path(sys.prefix) / "bin"
+from tests.harness import REPO, START_TIMEOUT, WSRELAY, ServerProcess, clean_env, serve_command
+from tests.support import scrape
+from tests.wsclient import HTTPResponse, http_request
+
+GUIDE = REPO / "docs" / "guide.md"
+EXAMPLES = REPO / "examples" / "guide"
 # The machine has 2 shared cores: generous bounds, strict conditions.
 TIMEOUT = 20.0
-START_TIMEOUT = 60.0
 UPGRADE = {
     "Upgrade": "websocket",
     "Connection": "Upgrade",
@@ -47,139 +46,24 @@ UPGRADE = {
 # -- running an example ---------------------------------------------------------------------
 
 
-class Program:
-    """An example run as a subprocess from the repository's root, its stdout
-    read line by line as it comes."""
-
-    def __init__(self, *argv: str, env: Optional[dict[str, str]] = None) -> None:
-        environ = {k: v for k, v in os.environ.items() if not k.startswith("WSRELAY_")}
-        environ.update(env or {})
-        self.proc = subprocess.Popen(
-            argv, cwd=ROOT, env=environ, stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        )
-        self.lines: list[str] = []
-        self.stderr: list[str] = []
-        self._changed = threading.Condition()
-        self._eof = False
-        self._readers = [
-            threading.Thread(target=self._read_stdout, daemon=True),
-            threading.Thread(target=self._read_stderr, daemon=True),
-        ]
-        for reader in self._readers:
-            reader.start()
-
-    def _read_stdout(self) -> None:
-        assert self.proc.stdout is not None
-        for raw in self.proc.stdout:
-            with self._changed:
-                self.lines.append(raw.decode(errors="replace").rstrip("\n"))
-                self._changed.notify_all()
-        with self._changed:
-            self._eof = True
-            self._changed.notify_all()
-
-    def _read_stderr(self) -> None:
-        assert self.proc.stderr is not None
-        for raw in self.proc.stderr:
-            self.stderr.append(raw.decode(errors="replace"))
-
-    def wait_line(self, pattern: str, timeout: float = START_TIMEOUT) -> re.Match[str]:
-        """The first stdout line matching ``pattern``, once printed."""
-        regex = re.compile(pattern)
-        found: list[re.Match[str]] = []
-
-        def seen() -> bool:
-            found[:] = [m for m in map(regex.search, self.lines) if m][:1]
-            return bool(found) or self._eof
-
-        with self._changed:
-            self._changed.wait_for(seen, timeout)
-        if not found:
-            raise AssertionError(f"no line matching {pattern!r}; {self.output()}")
-        return found[0]
-
-    def output(self) -> str:
-        return "stdout:\n" + "\n".join(self.lines) + "\nstderr:\n" + "".join(self.stderr)
-
-    def stop(self) -> int:
-        """SIGTERM and the exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(START_TIMEOUT)
-        finally:
-            self.close()
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(START_TIMEOUT)
-        for reader in self._readers:
-            reader.join(START_TIMEOUT)
-        for stream in (self.proc.stdout, self.proc.stderr):
-            if stream is not None:
-                stream.close()
-
-
-class Server(Program):
-    """A program that prints the http:// address it serves on."""
-
-    def __init__(self, *argv: str, env: Optional[dict[str, str]] = None,
-                 pattern: str = r"serving (http://127\.0\.0\.1:(\d+))") -> None:
-        super().__init__(*argv, env=env)
-        try:
-            match = self.wait_line(pattern)
-        except BaseException:
-            self.close()
-            raise
-        self.port = int(match.group(2))
-
-    def ws(self, path: str) -> str:
-        return f"ws://127.0.0.1:{self.port}{path}"
-
-
 @pytest.fixture
-def guide():
+def guide() -> Iterator[ServerProcess]:
     """`wsrelay serve examples/guide/app.yaml` on a port the kernel picks;
     stopped with SIGTERM, which must exit 0."""
-    server = Server(str(BIN / "wsrelay"), "serve", "examples/guide/app.yaml", "--addr", "127.0.0.1:0")
-    try:
+    with ServerProcess([WSRELAY, "serve", "examples/guide/app.yaml", "--addr", "127.0.0.1:0"]) as server:
         yield server
         code = server.stop()
         assert code == 0, server.output()
-    finally:
-        server.close()
 
 
 # -- clients ------------------------------------------------------------------------------------
 
 
-async def http_request(port: int, path: str, headers: Optional[dict[str, str]] = None,
-                       method: str = "GET", body: bytes = b"") -> tuple[int, dict[str, str], bytes]:
-    """One raw HTTP/1.1 request: status, headers (lowercase names) and body.
-    A 101 answer is read up to its headers, then the socket is closed."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        fields = {"Host": f"127.0.0.1:{port}", "Connection": "close", **(headers or {})}
-        lines = [f"{method} {path} HTTP/1.1"] + [f"{name}: {value}" for name, value in fields.items()]
-        if body:
-            lines.append(f"Content-Length: {len(body)}")
-        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
-        status_line, *header_lines = head.decode("latin-1").split("\r\n")
-        status = int(status_line.split()[1])
-        answer = {}
-        for line in header_lines:
-            if line:
-                name, _, value = line.partition(":")
-                answer[name.strip().lower()] = value.strip()
-        content = b""
-        if status != 101 and "content-length" in answer:
-            content = await asyncio.wait_for(reader.readexactly(int(answer["content-length"])), TIMEOUT)
-        return status, answer, content
-    finally:
-        writer.close()
+async def http(target: Any, path: str, headers: Optional[dict[str, str]] = None,
+               method: str = "GET", body: bytes = b"") -> HTTPResponse:
+    """One request on a connection the server closes after its answer."""
+    return await http_request(target, path, {"Connection": "close", **(headers or {})}, method=method, body=body,
+                              timeout=TIMEOUT)
 
 
 async def recv(ws: Any) -> Any:
@@ -208,26 +92,17 @@ async def closed(ws: Any) -> tuple[Optional[int], str]:
     return frame.code, frame.reason
 
 
-async def metric(port: int, sample: str) -> float:
-    status, _, body = await http_request(port, "/metrics")
-    assert status == 200
-    for line in body.decode().splitlines():
-        if line.startswith(sample + " "):
-            return float(line.split()[-1])
-    return 0.0
+async def health(server: ServerProcess) -> dict[str, Any]:
+    res = await http(server, "/health")
+    assert res.status == 200, res.body
+    return json.loads(res.body)
 
 
-async def health(port: int) -> dict[str, Any]:
-    status, _, body = await http_request(port, "/health")
-    assert status == 200, body
-    return json.loads(body)
-
-
-async def wait_for_processes(port: int, count: int) -> None:
+async def wait_for_processes(server: ServerProcess, count: int) -> None:
     """Until /health counts ``count`` processes. Polled, because the count is
     only visible from outside; the poll is the condition, not a delay."""
     async def poll() -> None:
-        while (await health(port))["processes"] != count:
+        while (await health(server))["processes"] != count:
             await asyncio.sleep(0.05)
 
     await asyncio.wait_for(poll(), TIMEOUT)
@@ -253,7 +128,7 @@ def test_every_code_block_of_the_guide_is_in_an_example_file():
 
 
 def test_check_command_accepts_the_guide_app():
-    done = subprocess.run([str(BIN / "wsrelay"), "check", "examples/guide/app.yaml"], cwd=ROOT,
+    done = subprocess.run([str(WSRELAY), "check", "examples/guide/app.yaml"], cwd=REPO, env=clean_env(),
                           capture_output=True, text=True, timeout=START_TIMEOUT)
     assert done.returncode == 0, done.stderr
     assert "examples/guide/app.yaml: ok" in done.stdout
@@ -265,7 +140,7 @@ def test_a_bad_file_exits_non_zero_naming_the_entry(tmp_path: pathlib.Path):
     bad.write_text(text)
     for name in ("handlers.py", "session.py", "presence.py", "broadcast.py", "transfer.py"):
         (tmp_path / name).write_text((EXAMPLES / name).read_text())
-    done = subprocess.run([str(BIN / "wsrelay"), "serve", str(bad), "--addr", "127.0.0.1:0"], cwd=ROOT,
+    done = subprocess.run([str(WSRELAY), "serve", str(bad), "--addr", "127.0.0.1:0"], cwd=REPO, env=clean_env(),
                           capture_output=True, text=True, timeout=START_TIMEOUT)
     assert done.returncode == 2
     # The message the guide shows.
@@ -276,48 +151,45 @@ def test_a_bad_file_exits_non_zero_naming_the_entry(tmp_path: pathlib.Path):
 # -- handlers ---------------------------------------------------------------------------------
 
 
-async def test_plain_handler_and_the_answers_to_bad_requests(guide: Server):
-    status, headers, body = await http_request(guide.port, "/hello?name=Ada")
-    assert (status, body) == (200, b"hello, Ada\n")
-    assert headers["connection"] == "close"
-    assert headers["content-type"] == "text/plain; charset=utf-8"
+async def test_plain_handler_and_the_answers_to_bad_requests(guide: ServerProcess):
+    res = await http(guide, "/hello?name=Ada")
+    assert (res.status, res.body) == (200, b"hello, Ada\n")
+    assert res.headers["connection"] == "close"
+    assert res.headers["content-type"] == "text/plain; charset=utf-8"
 
-    status, _, body = await http_request(guide.port, "/nowhere")
-    assert status == 404
-    status, _, body = await http_request(guide.port, "/hello", method="POST")
-    assert status == 400
+    assert (await http(guide, "/nowhere")).status == 404
+    assert (await http(guide, "/hello", method="POST")).status == 400
     # A relay route asked without an upgrade: 426, before the handler runs.
-    status, headers, _ = await http_request(guide.port, "/ws/session")
-    assert status == 426 and headers["upgrade"] == "websocket"
-    status, _, _ = await http_request(guide.port, "/ws/session", {**UPGRADE, "Connection": "keep-alive"})
-    assert status == 400
-    status, _, _ = await http_request(guide.port, "/ws/session", {**UPGRADE, "Sec-WebSocket-Version": "8"})
-    assert status == 426
-    status, _, body = await http_request(guide.port, "/ws/session", {**UPGRADE, "Origin": "https://evil.example"})
-    assert status == 403 and b"not allowed" in body
-    assert await metric(guide.port, 'wsrelay_handshake_failures_total{reason="origin"}') == 1
-    assert await metric(guide.port, 'wsrelay_handshake_failures_total{reason="bad_upgrade"}') == 3
-    assert (await health(guide.port))["processes"] == 1  # nothing was spawned
+    res = await http(guide, "/ws/session")
+    assert res.status == 426 and res.headers["upgrade"] == "websocket"
+    assert (await http(guide, "/ws/session", {**UPGRADE, "Connection": "keep-alive"})).status == 400
+    assert (await http(guide, "/ws/session", {**UPGRADE, "Sec-WebSocket-Version": "8"})).status == 426
+    res = await http(guide, "/ws/session", {**UPGRADE, "Origin": "https://evil.example"})
+    assert res.status == 403 and b"not allowed" in res.body
+    metrics = await scrape(guide)
+    assert metrics("wsrelay_handshake_failures_total", reason="origin") == 1
+    assert metrics("wsrelay_handshake_failures_total", reason="bad_upgrade") == 3
+    assert (await health(guide))["processes"] == 1  # nothing was spawned
 
 
-async def test_allowed_origins(guide: Server):
+async def test_allowed_origins(guide: ServerProcess):
     for origin in ("https://app.example.com", "http://localhost:3000"):
-        async with websockets.connect(guide.ws("/ws/session?user_id=ada"), origin=origin) as ws:
+        async with websockets.connect(guide.url("/ws/session?user_id=ada"), origin=origin) as ws:
             assert (await recv(ws))["event"] == "welcome"
     for origin in ("http://app.example.com", "https://localhost:3000", "https://app.example.com.evil.example"):
         with pytest.raises(InvalidStatus) as info:
-            async with websockets.connect(guide.ws("/ws/session"), origin=origin):
+            async with websockets.connect(guide.url("/ws/session"), origin=origin):
                 pass
         assert info.value.response.status_code == 403
 
 
-async def test_private_refuses_with_an_ordinary_response(guide: Server):
+async def test_private_refuses_with_an_ordinary_response(guide: ServerProcess):
     with pytest.raises(InvalidStatus) as info:
-        async with websockets.connect(guide.ws("/ws/private?token=wrong")):
+        async with websockets.connect(guide.url("/ws/private?token=wrong")):
             pass
     assert info.value.response.status_code == 401
     assert info.value.response.body == b"401 Unauthorized: unknown token\n"
-    async with websockets.connect(guide.ws("/ws/private?token=s3cret")) as ws:
+    async with websockets.connect(guide.url("/ws/private?token=s3cret")) as ws:
         assert ws.response.headers["X-User"] == "ada"
         assert "X-WS-Relay" not in ws.response.headers
         assert await recv(ws) == {"event": "welcome", "user": "ada"}
@@ -326,8 +198,8 @@ async def test_private_refuses_with_an_ordinary_response(guide: Server):
 # -- the receive loop, sending, closing ------------------------------------------------------
 
 
-async def test_session_receive_loop_send_text_binary_and_close(guide: Server):
-    async with websockets.connect(guide.ws("/ws/session?user_id=ada")) as ws:
+async def test_session_receive_loop_send_text_binary_and_close(guide: ServerProcess):
+    async with websockets.connect(guide.url("/ws/session?user_id=ada")) as ws:
         assert await recv(ws) == {"event": "welcome", "user": "ada"}
         assert await recv(ws) == {"event": "online", "users": ["ada"]}
         await ws.send(json.dumps({"op": "update"}))
@@ -341,11 +213,11 @@ async def test_session_receive_loop_send_text_binary_and_close(guide: Server):
         await ws.send(json.dumps({"op": "bye"}))
         assert await closed(ws) == (1000, "session ended")
     # The session process returned on ws.leave; presence stays.
-    await wait_for_processes(guide.port, 2)
+    await wait_for_processes(guide, 2)
 
 
-async def test_heartbeats(guide: Server):
-    async with websockets.connect(guide.ws("/ws/clock?user_id=ada")) as ws:
+async def test_heartbeats(guide: ServerProcess):
+    async with websockets.connect(guide.url("/ws/clock?user_id=ada")) as ws:
         await recv_until(ws, lambda m: m.get("event") == "online")
         first = await recv_until(ws, lambda m: m.get("event") == "tick")
         assert first["messages"] == 0 and first["uptime"] >= 0.5
@@ -355,10 +227,10 @@ async def test_heartbeats(guide: Server):
         assert second["messages"] == 1 and second["uptime"] >= first["uptime"] + 0.5
 
 
-async def test_presence_monitors_connections(guide: Server):
-    async with websockets.connect(guide.ws("/ws/session?user_id=ada")) as ada:
+async def test_presence_monitors_connections(guide: ServerProcess):
+    async with websockets.connect(guide.url("/ws/session?user_id=ada")) as ada:
         await recv_until(ada, lambda m: m == {"event": "online", "users": ["ada"]})
-        async with websockets.connect(guide.ws("/ws/session?user_id=bob")) as bob:
+        async with websockets.connect(guide.url("/ws/session?user_id=bob")) as bob:
             await recv_until(bob, lambda m: m == {"event": "online", "users": ["ada", "bob"]})
             await recv_until(ada, lambda m: m == {"event": "online", "users": ["ada", "bob"]})
         # bob's connection ended: presence got EXIT for it.
@@ -367,25 +239,22 @@ async def test_presence_monitors_connections(guide: Server):
 
 async def test_shutdown_closes_clients_with_1001():
     # `python -m wsrelay` is the same command.
-    server = Server(str(BIN / "python"), "-m", "wsrelay", "serve", "examples/guide/app.yaml", "--addr", "127.0.0.1:0")
-    try:
-        async with websockets.connect(server.ws("/ws/lobby?user=ada")) as ws:
+    async with ServerProcess(serve_command("examples/guide/app.yaml", "--addr", "127.0.0.1:0")) as server:
+        async with websockets.connect(server.url("/ws/lobby?user=ada")) as ws:
             assert (await recv(ws))["event"] == "lobby"
-            server.proc.send_signal(signal.SIGTERM)
+            server.signal(signal.SIGTERM)
             assert await closed(ws) == (1001, "server shutting down")
-        code = await asyncio.get_running_loop().run_in_executor(None, server.proc.wait, START_TIMEOUT)
+        code = await server.exited(START_TIMEOUT)
         assert code == 0, server.output()
-    finally:
-        server.close()
 
 
 # -- broadcasting and transfer -----------------------------------------------------------------
 
 
-async def test_broadcast_with_a_set_of_clients(guide: Server):
-    async with websockets.connect(guide.ws("/ws/chat?user=ada")) as ada:
+async def test_broadcast_with_a_set_of_clients(guide: ServerProcess):
+    async with websockets.connect(guide.url("/ws/chat?user=ada")) as ada:
         assert await recv(ada) == {"event": "join", "user": "ada", "online": 1}
-        async with websockets.connect(guide.ws("/ws/chat?user=bob")) as bob:
+        async with websockets.connect(guide.url("/ws/chat?user=bob")) as bob:
             assert await recv(bob) == {"event": "join", "user": "bob", "online": 2}
             assert await recv(ada) == {"event": "join", "user": "bob", "online": 2}
             await bob.send("hi all")
@@ -394,14 +263,14 @@ async def test_broadcast_with_a_set_of_clients(guide: Server):
         assert await recv(ada) == {"event": "leave", "user": "bob", "online": 1}
 
 
-async def test_transfer_from_lobby_to_a_room(guide: Server):
-    async with websockets.connect(guide.ws("/ws/lobby?user=ada")) as ada:
+async def test_transfer_from_lobby_to_a_room(guide: ServerProcess):
+    async with websockets.connect(guide.url("/ws/lobby?user=ada")) as ada:
         assert (await recv(ada))["event"] == "lobby"
         await ada.send("not a room!")
         assert (await recv(ada))["event"] == "error"
         await ada.send("kitchen")
         assert await recv(ada) == {"event": "join", "room": "kitchen", "user": "ada", "members": 1}
-        async with websockets.connect(guide.ws("/ws/lobby?user=bob")) as bob:
+        async with websockets.connect(guide.url("/ws/lobby?user=bob")) as bob:
             assert (await recv(bob))["event"] == "lobby"
             await bob.send("kitchen")
             joined = {"event": "join", "room": "kitchen", "user": "bob", "members": 2}
@@ -413,8 +282,8 @@ async def test_transfer_from_lobby_to_a_room(guide: Server):
             assert await recv(bob) == said
         assert await recv(ada) == {"event": "leave", "room": "kitchen", "user": "bob", "members": 1}
     # Both lobbies ended after the transfer; the room ended when it emptied.
-    await wait_for_processes(guide.port, 1)
-    async with websockets.connect(guide.ws("/ws/lobby?user=cy")) as cy:
+    await wait_for_processes(guide, 1)
+    async with websockets.connect(guide.url("/ws/lobby?user=cy")) as cy:
         await recv(cy)
         await cy.send("kitchen")
         assert await recv(cy) == {"event": "join", "room": "kitchen", "user": "cy", "members": 1}
@@ -424,13 +293,11 @@ async def test_transfer_from_lobby_to_a_room(guide: Server):
 
 
 def test_processes_script():
-    program = Program(str(BIN / "python"), "examples/guide/processes.py", env={"WSRELAY_MAILBOX_CAPACITY": "16"})
-    try:
-        code = program.proc.wait(START_TIMEOUT)
-    finally:
-        program.close()
+    with ServerProcess([sys.executable, "examples/guide/processes.py"], env={"WSRELAY_MAILBOX_CAPACITY": "16"},
+                       ready=None) as program:
+        code = program.wait(START_TIMEOUT)
     assert code == 0, program.output()
-    assert program.lines == [
+    assert program.stdout == [
         "reply: total 16 True",
         "by name: 2",
         "lookup: True",
@@ -446,45 +313,39 @@ def test_processes_script():
 
 
 async def test_python_app_is_the_yaml_app():
-    server = Server(str(BIN / "python"), "examples/guide/python_app.py", "127.0.0.1:0")
-    try:
-        status, _, body = await http_request(server.port, "/hello?name=Py")
-        assert (status, body) == (200, b"hello, Py\n")
-        async with websockets.connect(server.ws("/ws/session?user_id=ada")) as ws:
+    async with ServerProcess([sys.executable, "examples/guide/python_app.py", "127.0.0.1:0"]) as server:
+        res = await http(server, "/hello?name=Py")
+        assert (res.status, res.body) == (200, b"hello, Py\n")
+        async with websockets.connect(server.url("/ws/session?user_id=ada")) as ws:
             assert await recv(ws) == {"event": "welcome", "user": "ada"}
             await ws.send(json.dumps({"op": "update"}))
             assert await recv_until(ws, lambda m: m.get("event") == "update") == {"event": "update", "value": 42}
         with pytest.raises(InvalidStatus) as info:
-            async with websockets.connect(server.ws("/ws/chat"), origin="https://evil.example"):
+            async with websockets.connect(server.url("/ws/chat"), origin="https://evil.example"):
                 pass
         assert info.value.response.status_code == 403
-    finally:
-        code = await asyncio.get_running_loop().run_in_executor(None, server.stop)
+        code = await server.stopped()
     assert code == 0, server.output()
 
 
 async def test_with_aiohttp_api_reaches_websocket_clients():
-    server = Server(str(BIN / "python"), "examples/guide/with_aiohttp.py", "127.0.0.1:0", "127.0.0.1:0",
-                    pattern=r"websockets on (ws://127\.0\.0\.1:(\d+))/ws")
-    try:
-        api = int(server.wait_line(r"api on http://127\.0\.0\.1:(\d+)/api").group(1))
-        async with websockets.connect(server.ws("/ws/lobby?user=ada")) as ws:
+    async with ServerProcess([sys.executable, "examples/guide/with_aiohttp.py", "127.0.0.1:0", "127.0.0.1:0"],
+                             ready=r"websockets on ws://(127\.0\.0\.1):(\d+)/ws") as server:
+        api = ("127.0.0.1", int(server.wait_line(r"api on http://127\.0\.0\.1:(\d+)/api").group(1)))
+        async with websockets.connect(server.url("/ws/lobby?user=ada")) as ws:
             assert (await recv(ws))["event"] == "lobby"
             await ws.send("garden")
             assert (await recv(ws))["event"] == "join"
 
-            status, _, body = await http_request(api, "/api/rooms")
-            assert (status, json.loads(body)) == (200, {"rooms": ["garden"]})
+            res = await http(api, "/api/rooms")
+            assert (res.status, json.loads(res.body)) == (200, {"rooms": ["garden"]})
             announce = json.dumps({"text": "lunch is ready"}).encode()
             json_type = {"Content-Type": "application/json"}
-            status, _, body = await http_request(api, "/api/rooms/garden/announce", json_type, "POST", announce)
-            assert (status, json.loads(body)) == (200, {"room": "garden", "sent": True})
+            res = await http(api, "/api/rooms/garden/announce", json_type, "POST", announce)
+            assert (res.status, json.loads(res.body)) == (200, {"room": "garden", "sent": True})
             assert await recv(ws) == {"event": "announce", "room": "garden", "text": "lunch is ready"}
 
-            status, _, _ = await http_request(api, "/api/rooms/nowhere/announce", json_type, "POST", announce)
-            assert status == 404
-            status, _, _ = await http_request(api, "/api/rooms/garden/announce", json_type, "POST", b"[1]")
-            assert status == 400
-    finally:
-        code = await asyncio.get_running_loop().run_in_executor(None, server.stop)
+            assert (await http(api, "/api/rooms/nowhere/announce", json_type, "POST", announce)).status == 404
+            assert (await http(api, "/api/rooms/garden/announce", json_type, "POST", b"[1]")).status == 400
+        code = await server.stopped()
     assert code == 0, server.output()

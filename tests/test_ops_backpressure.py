@@ -12,7 +12,9 @@ import time
 
 import websockets
 
-from tests.ops_support import RssSampler, Served, clean_env, hwm_bytes, rss_bytes, scrape, write_app
+from tests.harness import RssSampler, ServerProcess, serve_command
+from tests.ops_support import write_app
+from tests.support import scrape
 
 STALL = 2.0                 # seconds the target does not read
 MESSAGE = 16 << 10          # bytes per client message
@@ -64,22 +66,22 @@ async def _run_check(url: str, count: int, filler: bytes, on_awake=None):
 
 
 async def test_stalled_target_pauses_the_client_and_nothing_is_lost(tmp_path):
-    env = clean_env(WSRELAY_MAILBOX_CAPACITY=str(CAPACITY), WSRELAY_MAX_MESSAGE_SIZE="1MiB",
-                    WSRELAY_LOG_LEVEL="WARNING")
+    env = {"WSRELAY_MAILBOX_CAPACITY": str(CAPACITY), "WSRELAY_MAX_MESSAGE_SIZE": "1MiB",
+           "WSRELAY_LOG_LEVEL": "WARNING"}
     filler = bytes(range(256)) * ((MESSAGE - 8) // 256) + bytes((MESSAGE - 8) % 256)
-    async with await Served.start(write_app(tmp_path), env) as served:
-        base_url = f"ws://{served.host}:{served.port}/ws/check"
+    async with ServerProcess(serve_command(write_app(tmp_path)), env=env) as served:
+        base_url = served.url("/ws/check")
         # Warm up the same path (first imports, allocator pools) without a stall.
         summary, _, _, sha = await _run_check(base_url + "?stall=0", 256, filler)
         assert summary == {"count": 256, "bytes": 256 * MESSAGE, "sha256": sha, "first_error": None}
-        before = await scrape(served.host, served.port)
-        baseline = rss_bytes(served.pid)
+        before = await scrape(served)
+        baseline = served.rss()
 
         count = FLOOD // MESSAGE
         with RssSampler(served.pid) as sampler:
             summary, awake_sent, awake_at, sha = await _run_check(f"{base_url}?stall={STALL}", count, filler)
-        peak = max(sampler.peak, hwm_bytes(served.pid))
-        after = await scrape(served.host, served.port)
+        peak = max(sampler.peak, served.peak_rss())
+        after = await scrape(served)
 
     # Every message arrived exactly once, in order, intact.
     assert summary == {"count": count, "bytes": count * MESSAGE, "sha256": sha, "first_error": None}

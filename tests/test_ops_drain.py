@@ -12,7 +12,9 @@ import time
 import pytest
 import websockets
 
-from tests.ops_support import CLOSE, RawWS, Served, clean_env, read_report, write_app
+from tests.harness import ServerProcess, serve_command
+from tests.ops_support import read_report, write_app
+from tests.wsclient import CLOSE, RawWebSocket
 
 CLIENTS = 5
 
@@ -21,9 +23,9 @@ CLIENTS = 5
 async def test_signal_drains_every_connection_and_exits_0(tmp_path, sig):
     drain_timeout = 5.0
     report = tmp_path / "report.txt"
-    env = clean_env(WSRELAY_DRAIN_TIMEOUT=f"{drain_timeout}s", OPS_REPORT_FILE=str(report))
-    async with await Served.start(write_app(tmp_path), env) as served:
-        url = f"ws://{served.host}:{served.port}/ws/echo"
+    env = {"WSRELAY_DRAIN_TIMEOUT": f"{drain_timeout}s", "OPS_REPORT_FILE": str(report)}
+    async with ServerProcess(serve_command(write_app(tmp_path)), env=env) as served:
+        url = served.url("/ws/echo")
         clients = [await websockets.connect(url) for _ in range(CLIENTS)]
         for i, ws in enumerate(clients):
             await ws.send(f"hello {i}")
@@ -34,13 +36,13 @@ async def test_signal_drains_every_connection_and_exits_0(tmp_path, sig):
             with pytest.raises(websockets.ConnectionClosed):
                 await asyncio.wait_for(ws.recv(), drain_timeout + 10)
             assert ws.close_code == 1001, (ws.close_code, ws.close_reason)
-        rc = await served.wait(drain_timeout + 10)
+        rc = await served.exited(drain_timeout + 10)
         elapsed = time.monotonic() - t0
         assert rc == 0, served.output()
         assert elapsed < drain_timeout, elapsed
         # Once it has exited nothing listens any more.
         with pytest.raises(OSError):
-            await asyncio.open_connection(served.host, served.port)
+            await asyncio.open_connection(*served.address())
     leaves = read_report(report)
     assert len(leaves) == CLIENTS, f"{leaves}\n{served.output()}"
     assert all(line[:3] == ["ws.leave", "shutdown", "1001"] for line in leaves), leaves
@@ -53,27 +55,27 @@ async def test_a_client_that_ignores_the_close_does_not_hold_the_exit(tmp_path, 
     drain_timeout = 1.5
     report = tmp_path / "report.txt"
     # A long close timeout: only the drain timeout can end this client.
-    env = clean_env(WSRELAY_DRAIN_TIMEOUT=f"{drain_timeout}s", WSRELAY_CLOSE_TIMEOUT="60s",
-                    OPS_REPORT_FILE=str(report))
-    async with await Served.start(write_app(tmp_path), env) as served:
-        stubborn = await RawWS.connect(served.host, served.port, "/ws/echo")
-        polite = await websockets.connect(f"ws://{served.host}:{served.port}/ws/echo")
-        await stubborn.send_text("ping?")
-        assert (await asyncio.wait_for(stubborn.recv_data(), 10)).payload == b"ping?"
+    env = {"WSRELAY_DRAIN_TIMEOUT": f"{drain_timeout}s", "WSRELAY_CLOSE_TIMEOUT": "60s",
+           "OPS_REPORT_FILE": str(report)}
+    async with ServerProcess(serve_command(write_app(tmp_path)), env=env) as served:
+        stubborn = await RawWebSocket.connect(served, "/ws/echo")
+        polite = await websockets.connect(served.url("/ws/echo"))
+        stubborn.send_text("ping?")
+        assert await stubborn.recv_text(10) == "ping?"
         t0 = time.monotonic()
         served.signal(sig)
-        frame = await asyncio.wait_for(stubborn.recv_frame(), 10)
-        assert frame is not None and frame.opcode == CLOSE and frame.close_code == 1001
+        frame = await stubborn.recv_frame(10)
+        assert frame.opcode == CLOSE and frame.close_code == 1001
         # It has stopped accepting, while it is still draining.
-        assert served.proc.returncode is None
+        assert served.returncode is None
         with pytest.raises(OSError):
-            await asyncio.open_connection(served.host, served.port)
+            await asyncio.open_connection(*served.address())
         with pytest.raises(websockets.ConnectionClosed):
             await asyncio.wait_for(polite.recv(), 10)
         assert polite.close_code == 1001
         # The stubborn client never answers; the server drops it at the drain timeout.
-        assert await asyncio.wait_for(stubborn.recv_frame(), drain_timeout + 10) is None
-        rc = await served.wait(drain_timeout + 10)
+        await stubborn.expect_end(drain_timeout + 10)
+        rc = await served.exited(drain_timeout + 10)
         elapsed = time.monotonic() - t0
         stubborn.close()
         assert rc == 0, served.output()

@@ -32,21 +32,20 @@ from hypothesis import strategies as st
 
 import wsrelay
 from tests import ops_procs  # noqa: F401  (registers the ops:* process functions)
-from tests.ops_support import (
+from tests.support import drain_inbox, relay_app
+from tests.wsclient import (
     BINARY,
     CLOSE,
     CONT,
     PING,
     PONG,
     TEXT,
-    RawWS,
+    RawWebSocket,
+    apply_mask,
     close_payload,
     encode_frame,
-    host_port,
-    http_get,
-    mask,
+    http_request,
 )
-from tests.support import relay_app
 from wsrelay import Gateway, Pid, RelayHeaderError, process
 from wsrelay.relay import RelaySpec, parse_relay_header
 from wsrelay.settings import settings as current_settings
@@ -86,10 +85,10 @@ class F:
 
     def encode(self) -> bytes:
         if not self.overlong:
-            return encode_frame(self.opcode, self.payload, self.fin, self.rsv, self.masked)
+            return encode_frame(self.opcode, self.payload, fin=self.fin, rsv=self.rsv, mask=self.masked)
         key = b"\x01\x02\x03\x04"
         first = (0x80 if self.fin else 0) | (self.rsv << 4) | self.opcode
-        return bytes([first, 0x80 | 126]) + len(self.payload).to_bytes(2, "big") + key + mask(self.payload, key)
+        return bytes([first, 0x80 | 126]) + len(self.payload).to_bytes(2, "big") + key + apply_mask(self.payload, key)
 
 
 @dataclasses.dataclass
@@ -289,7 +288,6 @@ class FuzzGateway:
                                      close_timeout=5.0)
         self.gateway = Gateway(relay_app(handler), config)
         self.loop.run_until_complete(self.gateway.start())
-        self.host, self.port = host_port(self.gateway.url())
 
     def run(self, coro):
         return self.loop.run_until_complete(asyncio.wait_for(coro, CASE_TIMEOUT))
@@ -306,15 +304,9 @@ class FuzzGateway:
                 task.cancel()
             if pending:
                 self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-            self.loop.run_until_complete(_drain_system_inbox())
+            self.loop.run_until_complete(drain_inbox())
             self.loop.close()
         assert not leaked, f"fuzzing left processes running: {leaked}"
-
-
-async def _drain_system_inbox() -> None:
-    inbox = process.inbox()
-    while inbox.receive_nowait() is not None:
-        pass
 
 
 @pytest.fixture(scope="module")
@@ -346,7 +338,7 @@ async def _joined(inbox):
 async def run_case(gw: FuzzGateway, frames: list[F], splits: list[int]) -> None:
     expected = model(frames)
     inbox = process.inbox()
-    client = await RawWS.connect(gw.host, gw.port, "/ws/chat")
+    client = await RawWebSocket.connect(gw.gateway, "/ws/chat")
     try:
         join = await _joined(inbox)
         me = join["client_pid"]
@@ -359,7 +351,7 @@ async def run_case(gw: FuzzGateway, frames: list[F], splits: list[int]) -> None:
         cuts = sorted({s % (len(prefix) + 1) for s in splits})
         for a, b in zip([0, *cuts], [*cuts, len(prefix)]):
             if b > a:
-                client.write(prefix[a:b])
+                client.send_raw(prefix[a:b])
                 await client.drain()
         delivered: list = []
         while len(delivered) < len(expected.delivered):
@@ -369,19 +361,19 @@ async def run_case(gw: FuzzGateway, frames: list[F], splits: list[int]) -> None:
         assert delivered == expected.delivered
         pongs: list = []
         while len(pongs) < len(expected.pongs):
-            frame = await asyncio.wait_for(client.recv_frame(), STEP_TIMEOUT)
-            assert frame is not None and frame.opcode == PONG, frame
+            frame = await client.recv_frame(STEP_TIMEOUT)
+            assert frame.opcode == PONG, frame
             pongs.append(frame.payload)
         assert pongs == expected.pongs
 
         # 2. The frame that ends it and whatever follows, in one write.
         try:
-            client.write(b"".join(f.encode() for f in frames[expected.end:]))
+            client.send_raw(b"".join(f.encode() for f in frames[expected.end:]))
             await client.drain()
         except ConnectionError:
             pass
         try:
-            rest, close = await asyncio.wait_for(client.recv_until_close(), STEP_TIMEOUT)
+            rest, close = await client.recv_until_close(STEP_TIMEOUT)
         except asyncio.TimeoutError:
             raise AssertionError(f"no close within {STEP_TIMEOUT} s: frame {frames[expected.end]} "
                                  f"did not end the connection") from None
@@ -391,7 +383,7 @@ async def run_case(gw: FuzzGateway, frames: list[F], splits: list[int]) -> None:
         # The server closes the TCP connection. (After a protocol error the
         # client does not answer the close here: see
         # test_answering_the_close_of_a_protocol_error_keeps_the_reason.)
-        assert await asyncio.wait_for(client.recv_frame(), STEP_TIMEOUT) is None
+        await client.expect_end(STEP_TIMEOUT)
 
         # 3. The target: nothing more, then ws.leave with the reason.
         topic, payload = await _next_seen(inbox, me)
@@ -415,9 +407,9 @@ def test_fuzz_frames_through_the_gateway(fuzz_gateway, case):
 
 def test_the_gateway_survived_the_fuzzing(fuzz_gateway):
     async def check():
-        status, _, body = await http_get(fuzz_gateway.host, fuzz_gateway.port, "/health")
-        assert status == 200, body
-        assert json.loads(body)["connections"] == 0
+        res = await http_request(fuzz_gateway.gateway, "/health")
+        assert res.status == 200, res.body
+        assert json.loads(res.body)["connections"] == 0
         await run_case(fuzz_gateway, [F(TEXT, b"still fine"), _close_frame(1000, b"")], [])
 
     fuzz_gateway.run(check())
@@ -474,17 +466,17 @@ def test_answering_the_close_of_a_protocol_error_keeps_the_reason(fuzz_gateway, 
 
     async def check():
         inbox = process.inbox()
-        client = await RawWS.connect(fuzz_gateway.host, fuzz_gateway.port, "/ws/chat")
+        client = await RawWebSocket.connect(fuzz_gateway.gateway, "/ws/chat")
         try:
             join = await _joined(inbox)
-            client.write(bad.encode())
+            client.send_raw(bad.encode())
             await client.drain()
-            close = await asyncio.wait_for(client.recv_frame(), STEP_TIMEOUT)
-            assert close is not None and close.opcode == CLOSE and close.close_code == code, close
+            close = await client.recv_frame(STEP_TIMEOUT)
+            assert close.opcode == CLOSE and close.close_code == code, close
             with contextlib.suppress(ConnectionError):
                 client.send_frame(CLOSE, close.payload[:2])
                 await client.drain()
-            assert await asyncio.wait_for(client.recv_frame(), STEP_TIMEOUT) is None
+            await client.expect_end(STEP_TIMEOUT)
             topic, leave = await _next_seen(inbox, join["client_pid"])
             assert topic == "ws.leave"
             assert (leave["reason"], leave["code"]) == ("protocol_error", code), leave
@@ -575,12 +567,12 @@ def test_a_message_read_together_with_a_malformed_frame_is_delivered(fuzz_gatewa
 
     async def check():
         inbox = process.inbox()
-        client = await RawWS.connect(fuzz_gateway.host, fuzz_gateway.port, "/ws/chat")
+        client = await RawWebSocket.connect(fuzz_gateway.gateway, "/ws/chat")
         try:
             join = await _joined(inbox)
-            client.write(b"".join(f.encode() for f in frames))  # one write, one read
+            client.send_raw(b"".join(f.encode() for f in frames))  # one write, one read
             await client.drain()
-            _, close = await asyncio.wait_for(client.recv_until_close(), STEP_TIMEOUT)
+            _, close = await client.recv_until_close(STEP_TIMEOUT)
             assert close is not None and close.close_code in model(frames).codes
             seen = []
             while True:

@@ -14,7 +14,7 @@ from tests import (
     ops_procs,  # noqa: F401  (registers the ops:* process functions)
     procs,  # noqa: F401
 )
-from tests.support import relay_app, relay_handler, running
+from tests.support import expect, relay_app, relay_handler, running
 from wsrelay import process
 
 
@@ -26,26 +26,19 @@ def _app(observer):
     return app
 
 
-async def _expect(inbox, topic, timeout=30):
-    msg = await inbox.receive(timeout=timeout)
-    assert msg.topic == topic, (msg.topic, msg.payload)
-    return msg.payload
-
-
 async def _round_trip(ws, text):
     await ws.send(text)
     assert await asyncio.wait_for(ws.recv(), 10) == text
 
 
 async def test_a_process_that_raises_closes_only_its_own_connection():
-    inbox = process.inbox()
     crashed_before = wsrelay.node().counters.processes_crashed
     async with running(_app(process.self())) as gw:
         async with websockets.connect(gw.url("/ws/echo")) as bystander:
-            await _expect(inbox, "ws.join")
+            await expect("ws.join")
             for i in range(5):
                 async with websockets.connect(gw.url("/ws/raise")) as victim:
-                    await _expect(inbox, "ws.join")
+                    await expect("ws.join")
                     await victim.send("fail now")
                     try:
                         await asyncio.wait_for(victim.recv(), 10)
@@ -53,17 +46,16 @@ async def test_a_process_that_raises_closes_only_its_own_connection():
                         pass
                     assert victim.close_code == 1011  # the target failed
                 await _round_trip(bystander, f"still served {i}")
-        await _expect(inbox, "ws.leave")
+        await expect("ws.leave")
     assert wsrelay.node().counters.processes_crashed == crashed_before + 5
 
 
 async def test_a_process_that_blocks_the_loop_delays_but_does_not_stop_others():
-    inbox = process.inbox()
     async with running(_app(process.self())) as gw:
         async with websockets.connect(gw.url("/ws/echo")) as bystander, \
                 websockets.connect(gw.url("/ws/block")) as blocker:
-            await _expect(inbox, "ws.join")
-            await _expect(inbox, "ws.join")
+            await expect("ws.join")
+            await expect("ws.join")
             t0 = time.monotonic()
             for i in range(5):  # five messages: about 1 s of blocked loop in all
                 await blocker.send(f"block {i}")
@@ -81,8 +73,8 @@ async def test_a_process_that_blocks_the_loop_delays_but_does_not_stop_others():
             assert blocked_for >= 0.9
             print(f"\nblocked loop: {blocked_for:.2f} s, bystander round trips up to {max(latencies):.2f} s")
             await _round_trip(bystander, "after")
-        await _expect(inbox, "ws.leave")
-        await _expect(inbox, "ws.leave")
+        await expect("ws.leave")
+        await expect("ws.leave")
 
 
 async def test_a_process_flooding_a_full_mailbox_does_not_disturb_others():
@@ -90,7 +82,7 @@ async def test_a_process_flooding_a_full_mailbox_does_not_disturb_others():
     full_before = wsrelay.node().counters.mailbox_full
     async with running(_app(process.self())) as gw:
         async with websockets.connect(gw.url("/ws/echo")) as bystander:
-            await _expect(inbox, "ws.join")
+            await expect("ws.join")
             victim = process.spawn("test:sleeper")
             flooders = [process.spawn_monitored("ops:mailbox_flooder", None, process.self(), victim)
                         for _ in range(3)]
@@ -112,4 +104,4 @@ async def test_a_process_flooding_a_full_mailbox_does_not_disturb_others():
             for i in range(5):
                 await _round_trip(bystander, f"after {i}")
             process.terminate(victim)
-        await _expect(inbox, "ws.leave")
+        await expect("ws.leave")

@@ -12,32 +12,24 @@ import pytest
 import websockets
 
 from tests import ops_procs  # noqa: F401  (registers the ops:* process functions)
-from tests.ops_support import PING, PONG, TEXT, HandshakeRefused, RawWS, host_port, scrape
-from tests.support import relay_app, relay_handler, running
+from tests.support import expect, relay_app, relay_handler, running, scrape
+from tests.wsclient import PING, PONG, ConnectionEnded, HandshakeRefused, RawWebSocket, address
 from wsrelay import process
 
 
-async def _expect(inbox, topic, timeout=30):
-    msg = await inbox.receive(timeout=timeout)
-    assert msg.topic == topic, (msg.topic, msg.payload)
-    return msg.payload
-
-
 async def test_connections_beyond_the_limit_get_503():
-    inbox = process.inbox()
     app = relay_app(relay_handler("ops:echo", process.self()))
     async with running(app, max_connections=2) as gw:
-        host, port = host_port(gw.url())
-        before = await scrape(host, port)
+        before = await scrape(gw)
         first = await websockets.connect(gw.url("/ws/chat"))
         second = await websockets.connect(gw.url("/ws/chat"))
-        await _expect(inbox, "ws.join")
-        await _expect(inbox, "ws.join")
+        await expect("ws.join")
+        await expect("ws.join")
         for _ in range(3):
             with pytest.raises(HandshakeRefused) as refused:
-                await RawWS.connect(host, port, "/ws/chat")
-            assert refused.value.status == 503
-        after = await scrape(host, port)
+                await RawWebSocket.connect(gw, "/ws/chat")
+            assert refused.value.response.status == 503
+        after = await scrape(gw)
         assert after("wsrelay_handshake_failures_total", reason="connection_limit") - \
             before("wsrelay_handshake_failures_total", reason="connection_limit") == 3
         assert after("wsrelay_connections_open") == 2
@@ -45,28 +37,27 @@ async def test_connections_beyond_the_limit_get_503():
         await second.send("still here")
         assert await asyncio.wait_for(second.recv(), 10) == "still here"
         await first.close()
-        leave = await _expect(inbox, "ws.leave")
+        leave = await expect("ws.leave")
         assert leave["reason"] == "client_closed"
         async with websockets.connect(gw.url("/ws/chat")) as third:
-            await _expect(inbox, "ws.join")
+            await expect("ws.join")
             await third.send("room again")
             assert await asyncio.wait_for(third.recv(), 10) == "room again"
-        await _expect(inbox, "ws.leave")
+        await expect("ws.leave")
         await second.close()
-        await _expect(inbox, "ws.leave")
+        await expect("ws.leave")
 
 
 async def test_no_limit_when_zero():
-    inbox = process.inbox()
     app = relay_app(relay_handler("ops:echo", process.self()))
     async with running(app, max_connections=0) as gw:
         clients = [await websockets.connect(gw.url("/ws/chat")) for _ in range(20)]
         for _ in clients:
-            await _expect(inbox, "ws.join")
+            await expect("ws.join")
         for ws in clients:
             await ws.close()
         for _ in clients:
-            await _expect(inbox, "ws.leave")
+            await expect("ws.leave")
 
 
 @pytest.mark.parametrize("sent", [b"", b"GET /ws/chat HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"],
@@ -80,8 +71,7 @@ async def test_an_unfinished_upgrade_request_is_dropped_after_the_handshake_time
         relay_handler("ops:echo")(req, res)
 
     async with running(relay_app(handler), handshake_timeout=timeout) as gw:
-        host, port = host_port(gw.url())
-        reader, writer = await asyncio.open_connection(host, port)
+        reader, writer = await asyncio.open_connection(*address(gw))
         t0 = time.monotonic()
         writer.write(sent)
         await writer.drain()
@@ -100,14 +90,14 @@ async def test_an_unfinished_upgrade_request_is_dropped_after_the_handshake_time
 async def _idle_client(gw, answer_pings: bool, pings_wanted: int = 3):
     """Connect a raw client that sends nothing; it answers pings or not.
     Returns (pings seen, the close frame or None, seconds until the end)."""
-    host, port = host_port(gw.url())
-    client = await RawWS.connect(host, port, "/ws/chat")
+    client = await RawWebSocket.connect(gw, "/ws/chat")
     t0 = time.monotonic()
     pings = 0
     try:
         while True:
-            frame = await asyncio.wait_for(client.recv_frame(), 30)
-            if frame is None:
+            try:
+                frame = await client.recv_frame(30)
+            except ConnectionEnded:
                 return client, pings, None, time.monotonic() - t0
             if frame.opcode == PING:
                 pings += 1
@@ -123,34 +113,31 @@ async def _idle_client(gw, answer_pings: bool, pings_wanted: int = 3):
 
 
 async def test_idle_clients_that_do_not_answer_pings_are_dropped_with_reason_timeout():
-    inbox = process.inbox()
     interval, timeout = 0.3, 0.3
     app = relay_app(relay_handler("ops:echo", process.self()))
     async with running(app, ping_interval=interval, ping_timeout=timeout) as gw:
         silent, pings, close, elapsed = await _idle_client(gw, answer_pings=False)
-        silent_join = await _expect(inbox, "ws.join")
+        silent_join = await expect("ws.join")
         assert pings == 1
         assert elapsed >= timeout * 0.8  # dropped by the timeout, not at once
         if close is not None:  # the close frame may be lost: the socket is aborted right after it
             assert close.close_code == 1001
-            close_end = await asyncio.wait_for(silent.recv_frame(), 30)
-            assert close_end is None
+            await silent.expect_end(30)
         silent.close()
-        leave = await _expect(inbox, "ws.leave")
+        leave = await expect("ws.leave")
         assert leave["client_pid"] == silent_join["client_pid"]
         assert leave["reason"] == "timeout"
 
         # A client that answers stays, ping after ping, and still works.
         polite, pings, close, _ = await _idle_client(gw, answer_pings=True, pings_wanted=3)
-        polite_join = await _expect(inbox, "ws.join")
+        polite_join = await expect("ws.join")
         assert (pings, close) == (3, None)
-        await polite.send_text("still alive")
-        frame = await asyncio.wait_for(polite.recv_data(), 10)
-        assert (frame.opcode, frame.payload) == (TEXT, b"still alive")
-        await polite.send_close(1000)
-        await asyncio.wait_for(polite.recv_until_close(), 10)
+        polite.send_text("still alive")
+        assert await polite.recv_text(10) == "still alive"
+        polite.send_close(1000)
+        await polite.recv_until_close(10)
         polite.close()
-        leave = await _expect(inbox, "ws.leave")
+        leave = await expect("ws.leave")
         assert (leave["client_pid"], leave["reason"]) == (polite_join["client_pid"], "client_closed")
 
 
@@ -162,16 +149,15 @@ async def test_no_pings_when_the_interval_is_zero():
     app = relay_app(relay_handler("ops:recorder", process.self(), heartbeat_interval="100ms"))
     async with running(app, ping_interval=0) as gw:
         assert gw._sweeper is None
-        host, port = host_port(gw.url())
-        client = await RawWS.connect(host, port, "/ws/chat")
+        client = await RawWebSocket.connect(gw, "/ws/chat")
         beats = 0
         while beats < 10:  # ~1 s: three ping intervals of the test above
             msg = await inbox.receive(timeout=10)
             topic, _ = msg.payload
             assert topic in ("ws.join", "ws.heartbeat"), topic
             beats += topic == "ws.heartbeat"
-        await client.send_close(1000)
-        frames, close = await asyncio.wait_for(client.recv_until_close(), 10)
+        client.send_close(1000)
+        frames, close = await client.recv_until_close(10)
         assert frames == [], frames  # no ping came in all that time
         assert close is not None and close.close_code == 1000
         client.close()

@@ -15,8 +15,8 @@ from tests import (
     ops_procs,  # noqa: F401  (registers the ops:* process functions)
     procs,  # noqa: F401
 )
-from tests.ops_support import HandshakeRefused, RawWS, host_port, http_get, scrape
-from tests.support import relay_app, relay_handler, running
+from tests.support import expect, relay_app, relay_handler, running, scrape
+from tests.wsclient import HandshakeRefused, RawWebSocket, http_request
 from wsrelay import process
 
 FAMILIES = {
@@ -35,39 +35,28 @@ FAMILIES = {
 }
 
 
-async def _expect(inbox, topic, timeout=30):
-    msg = await inbox.receive(timeout=timeout)
-    assert msg.topic == topic, (msg.topic, msg.payload)
-    return msg.payload
-
-
 async def test_health():
-    inbox = process.inbox()
     async with running(relay_app(relay_handler("ops:echo", process.self()))) as gw:
-        host, port = host_port(gw.url())
-        status, headers, body = await http_get(host, port, "/health")
-        assert status == 200
-        assert headers["content-type"] == "application/json"
-        idle = json.loads(body)
+        res = await http_request(gw, "/health")
+        assert res.status == 200
+        assert res.headers["content-type"] == "application/json"
+        idle = json.loads(res.body)
         assert idle["status"] == "ok" and idle["connections"] == 0
         async with websockets.connect(gw.url("/ws/chat")):
-            await _expect(inbox, "ws.join")
-            status, _, body = await http_get(host, port, "/health")
-            busy = json.loads(body)
-            assert status == 200 and busy["connections"] == 1
+            await expect("ws.join")
+            res = await http_request(gw, "/health")
+            busy = json.loads(res.body)
+            assert res.status == 200 and busy["connections"] == 1
             assert busy["processes"] == idle["processes"] + 2  # the connection and its target
-        await _expect(inbox, "ws.leave")
+        await expect("ws.leave")
         # /health and /metrics answer on any path prefix configuration, without a router.
-        status, _, _ = await http_get(host, port, "/metrics")
-        assert status == 200
+        assert (await http_request(gw, "/metrics")).status == 200
 
 
 async def test_metrics_move_with_traffic():
-    inbox = process.inbox()
     app = relay_app(relay_handler("ops:echo", process.self()), origins="https://ok.example")
     async with running(app, max_message_size=4096) as gw:
-        host, port = host_port(gw.url())
-        m0 = await scrape(host, port)
+        m0 = await scrape(gw)
         for family, kind in FAMILIES.items():
             assert m0.families.get(family) == kind, (family, m0.families.get(family))
 
@@ -75,16 +64,16 @@ async def test_metrics_move_with_traffic():
         texts = ["a", "hello", "z" * 1000]  # ASCII: see the next test for the rest
         blobs = [b"\x00" * 100, b"\xff" * 3000]
         async with websockets.connect(gw.url("/ws/chat"), origin="https://ok.example") as ws:
-            await _expect(inbox, "ws.join")
-            m1 = await scrape(host, port)
+            await expect("ws.join")
+            m1 = await scrape(gw)
             assert m1("wsrelay_connections_total") == m0("wsrelay_connections_total") + 1
             assert m1("wsrelay_connections_open") == m0("wsrelay_connections_open") + 1
             assert m1("wsrelay_processes_alive") == m0("wsrelay_processes_alive") + 2
             for item in texts + blobs:
                 await ws.send(item)
                 assert await asyncio.wait_for(ws.recv(), 10) == item
-            m2 = await scrape(host, port)
-        await _expect(inbox, "ws.leave")
+            m2 = await scrape(gw)
+        await expect("ws.leave")
         size = sum(len(t.encode()) for t in texts) + sum(len(b) for b in blobs)
         n = len(texts) + len(blobs)
         assert m2("wsrelay_messages_in_total") - m1("wsrelay_messages_in_total") == n
@@ -94,28 +83,27 @@ async def test_metrics_move_with_traffic():
 
         # Refused upgrades, counted by reason.
         with pytest.raises(HandshakeRefused) as refused:
-            await RawWS.connect(host, port, "/ws/chat", extra_headers=["Origin: https://evil.example"])
-        assert refused.value.status == 403
-        status, _, _ = await http_get(host, port, "/ws/chat")  # not an upgrade
-        assert status == 426
+            await RawWebSocket.connect(gw, "/ws/chat", {"Origin": "https://evil.example"})
+        assert refused.value.response.status == 403
+        assert (await http_request(gw, "/ws/chat")).status == 426  # not an upgrade
 
         # A message over WSRELAY_MAX_MESSAGE_SIZE: closed with 1009, counted as closed.
         async with websockets.connect(gw.url("/ws/chat"), origin="https://ok.example") as ws:
-            await _expect(inbox, "ws.join")
+            await expect("ws.join")
             await ws.send("x" * 5000)
             with pytest.raises(websockets.ConnectionClosed):
                 await asyncio.wait_for(ws.recv(), 10)
             assert ws.close_code == 1009
-        leave = await _expect(inbox, "ws.leave")
+        leave = await expect("ws.leave")
         assert leave["reason"] == "message_too_big"
 
         # A send refused at a full mailbox.
         victim = process.spawn("test:sleeper")
         flooder = process.spawn_monitored("ops:mailbox_flooder", None, process.self(), victim)
-        capacity = await _expect(inbox, "full")
-        exit_event = await _expect(inbox, wsrelay.EXIT)
+        capacity = await expect("full")
+        exit_event = await expect(wsrelay.EXIT)
         assert exit_event["pid"] == flooder and isinstance(exit_event["error"], wsrelay.MailboxFull)
-        m3 = await scrape(host, port)
+        m3 = await scrape(gw)
         assert capacity == wsrelay.node().mailbox_capacity
         process.terminate(victim)
 
@@ -133,16 +121,14 @@ async def test_metrics_move_with_traffic():
 async def test_bytes_in_counts_utf8_bytes_of_text_messages():
     """wsrelay_bytes_in_total is in bytes, as wsrelay_bytes_out_total is: a
     text message of 10 'ü' is 20 bytes on the wire, both ways."""
-    inbox = process.inbox()
     async with running(relay_app(relay_handler("ops:echo", process.self()))) as gw:
-        host, port = host_port(gw.url())
         async with websockets.connect(gw.url("/ws/chat")) as ws:
-            await _expect(inbox, "ws.join")
-            m1 = await scrape(host, port)
+            await expect("ws.join")
+            m1 = await scrape(gw)
             await ws.send("ü" * 10)
             assert await asyncio.wait_for(ws.recv(), 10) == "ü" * 10
-            m2 = await scrape(host, port)
-        await _expect(inbox, "ws.leave")
+            m2 = await scrape(gw)
+        await expect("ws.leave")
     assert m2("wsrelay_bytes_out_total") - m1("wsrelay_bytes_out_total") == 20
     assert m2("wsrelay_bytes_in_total") - m1("wsrelay_bytes_in_total") == 20
 
@@ -152,8 +138,7 @@ async def test_metrics_on_every_service():
     app.service("admin", "127.0.0.1:0")
     async with running(app) as gw:
         for sid in gw.services:
-            host, port = gw.address(sid)
-            metrics = await scrape(host, port)
+            metrics = await scrape(gw.address(sid))
             assert metrics.has("wsrelay_connections_total")
-            status, _, body = await http_get(host, port, "/health")
-            assert status == 200 and json.loads(body)["status"] == "ok"
+            res = await http_request(gw.address(sid), "/health")
+            assert res.status == 200 and json.loads(res.body)["status"] == "ok"

@@ -8,13 +8,13 @@ import asyncio
 import concurrent.futures
 import socket
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import websockets
 
-from tests.ops_support import REPO, HandshakeRefused, RawWS, Served, clean_env, http_get, serve_command, write_app
+from tests.harness import REPO, WSRELAY, ServerProcess, clean_env, serve_command
+from tests.ops_support import write_app
+from tests.wsclient import HandshakeRefused, RawWebSocket, http_request
 from wsrelay.settings import VARIABLES, load_settings
 
 # (variable, bad value): at least one per variable, and the values that once
@@ -121,8 +121,7 @@ def test_configuration_doc_covers_every_variable():
 
 
 def test_the_console_script_refuses_too(tmp_path, held_port):
-    script = Path(sys.executable).with_name("wsrelay")
-    result = subprocess.run([str(script), "serve", str(write_app(tmp_path, f"127.0.0.1:{held_port}"))],
+    result = subprocess.run([str(WSRELAY), "serve", str(write_app(tmp_path, f"127.0.0.1:{held_port}"))],
                             env=clean_env(WSRELAY_MAILBOX_CAPACITY="none"), cwd=str(REPO),
                             capture_output=True, text=True, timeout=60)
     _assert_refused(result, "WSRELAY_MAILBOX_CAPACITY")
@@ -149,28 +148,26 @@ async def test_valid_values_reach_the_running_server(tmp_path):
     probe.bind(("127.0.0.1", 0))
     port = probe.getsockname()[1]
     probe.close()
-    env = clean_env(
-        WSRELAY_ADDR=f"127.0.0.1:{port}", WSRELAY_MAX_MESSAGE_SIZE="1KiB", WSRELAY_MAILBOX_CAPACITY="16",
-        WSRELAY_WRITE_BUFFER_LIMIT="512KiB", WSRELAY_PING_INTERVAL="20s", WSRELAY_PING_TIMEOUT="10s",
-        WSRELAY_HANDSHAKE_TIMEOUT="5s", WSRELAY_MAX_CONNECTIONS="1", WSRELAY_DRAIN_TIMEOUT="5s",
-        WSRELAY_READ_BUFFER_SIZE="16KiB", WSRELAY_LOG_LEVEL="WARNING", WSRELAY_CLOSE_TIMEOUT="2s",
-        WSRELAY_NODE="opsnode",
-    )
-    async with await Served.start(write_app(tmp_path, "127.0.0.1:1"), env) as served:
+    env = {
+        "WSRELAY_ADDR": f"127.0.0.1:{port}", "WSRELAY_MAX_MESSAGE_SIZE": "1KiB", "WSRELAY_MAILBOX_CAPACITY": "16",
+        "WSRELAY_WRITE_BUFFER_LIMIT": "512KiB", "WSRELAY_PING_INTERVAL": "20s", "WSRELAY_PING_TIMEOUT": "10s",
+        "WSRELAY_HANDSHAKE_TIMEOUT": "5s", "WSRELAY_MAX_CONNECTIONS": "1", "WSRELAY_DRAIN_TIMEOUT": "5s",
+        "WSRELAY_READ_BUFFER_SIZE": "16KiB", "WSRELAY_LOG_LEVEL": "WARNING", "WSRELAY_CLOSE_TIMEOUT": "2s",
+        "WSRELAY_NODE": "opsnode",
+    }
+    async with ServerProcess(serve_command(write_app(tmp_path, "127.0.0.1:1")), env=env) as served:
         assert served.port == port
-        status, _, body = await http_get(served.host, served.port, "/health")
-        assert status == 200, body
-        url = f"ws://{served.host}:{served.port}/ws/echo"
-        async with websockets.connect(url, max_size=None) as ws:
+        res = await http_request(served, "/health")
+        assert res.status == 200, res.body
+        async with websockets.connect(served.url("/ws/echo"), max_size=None) as ws:
             # WSRELAY_MAX_CONNECTIONS=1: a second connection is refused with 503.
             with pytest.raises(HandshakeRefused) as refused:
-                await RawWS.connect(served.host, served.port, "/ws/echo")
-            assert refused.value.status == 503
+                await RawWebSocket.connect(served, "/ws/echo")
+            assert refused.value.response.status == 503
             await ws.send("x" * 1024)
             assert await ws.recv() == "x" * 1024
             await ws.send("x" * 1025)  # WSRELAY_MAX_MESSAGE_SIZE=1KiB
             with pytest.raises(websockets.ConnectionClosed):
                 await asyncio.wait_for(ws.recv(), 10)
             assert ws.close_code == 1009
-        served.signal()
-        assert await served.wait(15) == 0, served.output()
+        assert await served.stopped(timeout=15) == 0, served.output()

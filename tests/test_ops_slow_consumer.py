@@ -10,8 +10,8 @@ import asyncio
 import websockets
 
 from tests import ops_procs  # noqa: F401  (registers the ops:* process functions)
-from tests.ops_support import BINARY, CLOSE, RawWS, host_port, scrape
-from tests.support import relay_app, running
+from tests.support import expect, relay_app, running, scrape
+from tests.wsclient import BINARY, CLOSE, RawWebSocket
 from wsrelay import node, process
 
 LIMIT = 256 << 10      # WSRELAY_WRITE_BUFFER_LIMIT for this test
@@ -36,26 +36,18 @@ def _app(observer):
     return app
 
 
-async def _expect(inbox, topic, timeout=30):
-    msg = await inbox.receive(timeout=timeout)
-    assert msg.topic == topic, (msg.topic, msg.payload)
-    return msg.payload
-
-
 async def test_a_client_that_stops_reading_is_closed_with_1008():
-    inbox = process.inbox()
     closes_before = node().counters.slow_consumer_closes
     async with running(_app(process.self()), write_buffer_limit=LIMIT, close_timeout=30) as gw:
-        host, port = host_port(gw.url())
-        before = await scrape(host, port)
+        before = await scrape(gw)
         async with websockets.connect(gw.url("/ws/echo")) as other:
             await other.send("before")
             assert await asyncio.wait_for(other.recv(), 10) == "before"
 
             # A tiny receive window and a tiny stream buffer: the client reads
             # nothing until told to, so the gateway's write buffer must grow.
-            slow = await RawWS.connect(host, port, "/ws/flood", rcvbuf=4096, limit=4096)
-            client = await _expect(inbox, "flooding")
+            slow = await RawWebSocket.connect(gw, "/ws/flood", rcvbuf=4096, limit=4096)
+            client = await expect("flooding")
 
             stop = asyncio.Event()
 
@@ -69,7 +61,7 @@ async def test_a_client_that_stops_reading_is_closed_with_1008():
 
             during = asyncio.ensure_future(round_trips())
             try:
-                sent, refused = await _expect(inbox, "stopped", timeout=60)
+                sent, refused = await expect("stopped", timeout=60)
             finally:
                 stop.set()
             await asyncio.wait_for(during, 30)
@@ -79,7 +71,7 @@ async def test_a_client_that_stops_reading_is_closed_with_1008():
                   f"(limit {LIMIT >> 10} KiB, client SO_RCVBUF 4 KiB)")
 
             # Now read: the data, then the close frame with 1008.
-            frames, close = await asyncio.wait_for(slow.recv_until_close(), 30)
+            frames, close = await slow.recv_until_close(30)
             assert all(f.opcode == BINARY for f in frames)
             received = sum(len(f.payload) for f in frames)
             assert close is not None, "no close frame"
@@ -87,17 +79,17 @@ async def test_a_client_that_stops_reading_is_closed_with_1008():
             assert received <= sent
             slow.send_frame(CLOSE, close.payload[:2])
             await slow.drain()
-            await asyncio.wait_for(slow.at_eof(), 30)
+            await slow.expect_end(30)
             slow.close()
 
-            leave = await _expect(inbox, "ws.leave")
+            leave = await expect("ws.leave")
             assert leave["client_pid"] == client
             assert (leave["reason"], leave["code"]) == ("slow_consumer", 1008)
 
             # The other client never noticed.
             await other.send("after")
             assert await asyncio.wait_for(other.recv(), 10) == "after"
-        after = await scrape(host, port)
+        after = await scrape(gw)
     assert node().counters.slow_consumer_closes == closes_before + 1
     assert after("wsrelay_slow_consumer_closes_total") - before("wsrelay_slow_consumer_closes_total") == 1
 
@@ -115,8 +107,7 @@ async def test_large_frames_queued_for_a_backed_up_client_arrive_intact():
         res.header("X-WS-Relay", f'{{"target_pid": "{pid}"}}')
 
     async with running(relay_app(handler), write_buffer_limit=1 << 30) as gw:
-        host, port = host_port(gw.url())
-        client = await RawWS.connect(host, port, "/ws/chat", rcvbuf=4096, limit=4096)
+        client = await RawWebSocket.connect(gw, "/ws/chat", rcvbuf=4096, limit=4096)
         conn = next(iter(gw.services["test:gateway"].relay_options.connections)).pid
         # The client reads nothing yet: after the first few hundred KiB every
         # frame waits in the gateway's write buffer.
@@ -127,7 +118,7 @@ async def test_large_frames_queued_for_a_backed_up_client_arrive_intact():
             else:
                 process.send(conn, "ws.send", {"type": "text", "data": f"{i:08d}" + "t" * (size - 8)})
         process.send(conn, "ws.close", {"code": 1000, "reason": "all sent"})
-        frames, close = await asyncio.wait_for(client.recv_until_close(), 60)
+        frames, close = await client.recv_until_close(60)
         got = [(f.opcode, len(f.payload)) for f in frames]
         expected = [(BINARY if i % 2 == 0 else 1, size) for i, size in enumerate(sizes)]
         first_bad = next((i for i, (a, b) in enumerate(zip(got, expected)) if a != b), None)
@@ -140,6 +131,6 @@ async def test_large_frames_queued_for_a_backed_up_client_arrive_intact():
             else:
                 assert f.payload == (f"{i:08d}" + "t" * (sizes[i] - 8)).encode(), i
         assert close is not None and (close.close_code, close.close_reason) == (1000, b"all sent")
-        await client.send_close(1000)
-        await asyncio.wait_for(client.at_eof(), 30)
+        client.send_close(1000)
+        await client.expect_end(30)
         client.close()

@@ -13,18 +13,10 @@ import time
 
 import pytest
 
-from tests.ops_support import (
-    RssSampler,
-    Served,
-    clean_env,
-    encode_frame,
-    fd_count,
-    http_get,
-    rss_bytes,
-    scrape,
-    upgrade_request,
-    write_app,
-)
+from tests.harness import RssSampler, ServerProcess, serve_command
+from tests.ops_support import write_app
+from tests.support import scrape
+from tests.wsclient import CLOSE, TEXT, build_request, close_payload, encode_frame, http_request
 
 CYCLES = int(os.environ.get("WSRELAY_SOAK_CYCLES", "100000"))
 WARMUP = 5000
@@ -36,9 +28,9 @@ SOURCES = [f"127.0.0.{i}" for i in range(1, 9)]
 
 
 async def _cycles(host: str, port: int, count: int, source: str, done: list[int]) -> None:
-    message = encode_frame(0x1, b"soak")
-    close = encode_frame(0x8, (1000).to_bytes(2, "big"))
-    request = upgrade_request(host, port, "/ws/echo")
+    message = encode_frame(TEXT, b"soak")
+    close = encode_frame(CLOSE, close_payload(1000))
+    request, _ = build_request(host, port, "/ws/echo")
     for _ in range(count):
         reader, writer = await asyncio.open_connection(host, port, local_addr=(source, 0))
         try:
@@ -66,13 +58,12 @@ async def _run(host: str, port: int, total: int) -> float:
     return time.monotonic() - t0
 
 
-async def _settled(served: Served, processes: int, timeout: float = 60.0) -> dict:
+async def _settled(served: ServerProcess, processes: int, timeout: float = 60.0) -> dict:
     """/health once the gateway has ended every connection and target:
     polled (each poll is an HTTP round trip) until it is, at most ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
-        status, _, body = await http_get(served.host, served.port, "/health")
-        health = json.loads(body)
+        health = json.loads((await http_request(served, "/health")).body)
         if health["connections"] == 0 and health["processes"] == processes:
             return health
         assert time.monotonic() < deadline, f"not back to baseline: {health}"
@@ -81,23 +72,20 @@ async def _settled(served: Served, processes: int, timeout: float = 60.0) -> dic
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 async def test_soak_connect_message_close(tmp_path):
-    env = clean_env(WSRELAY_LOG_LEVEL="WARNING")
-    async with await Served.start(write_app(tmp_path), env) as served:
-        status, _, body = await http_get(served.host, served.port, "/health")
-        processes = json.loads(body)["processes"]  # the system process
+    async with ServerProcess(serve_command(write_app(tmp_path)), env={"WSRELAY_LOG_LEVEL": "WARNING"}) as served:
+        processes = json.loads((await http_request(served, "/health")).body)["processes"]  # the system process
         await _run(served.host, served.port, WARMUP)
         await _settled(served, processes)
-        base_rss, base_fds = rss_bytes(served.pid), fd_count(served.pid)
-        before = await scrape(served.host, served.port)
+        base_rss, base_fds = served.rss(), served.fd_count()
+        before = await scrape(served)
 
         with RssSampler(served.pid, interval=0.05) as sampler:
             elapsed = await _run(served.host, served.port, CYCLES)
         health = await _settled(served, processes)
-        after = await scrape(served.host, served.port)
-        rss, fds = rss_bytes(served.pid), fd_count(served.pid)
+        after = await scrape(served)
+        rss, fds = served.rss(), served.fd_count()
 
-        served.signal(signal.SIGTERM)
-        assert await served.wait(30) == 0, served.output()
+        assert await served.stopped(signal.SIGTERM, 30) == 0, served.output()
 
     rate = CYCLES / elapsed
     print(f"\nsoak: {CYCLES} cycles in {elapsed:.1f} s ({rate:.0f} cycles/s, {CONCURRENCY} clients); "

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import re
 import sys
-from pathlib import Path
 
 import websockets
 
-from tests.support import ServerProcess
+from tests.harness import REPO, WSRELAY, ServerProcess
 
-ROOT = Path(__file__).resolve().parent.parent
-README = (ROOT / "README.md").read_text()
+README = (REPO / "README.md").read_text()
+# The README's app binds a fixed port; the tests let the kernel pick one.
+ADDR = {"WSRELAY_ADDR": "127.0.0.1:0"}
 
 
 def _block(language: str) -> str:
@@ -20,33 +20,26 @@ def _block(language: str) -> str:
     return match.group(1)
 
 
-async def _check_upper(url: str) -> None:
-    ws_url = url.replace("http://", "ws://") + "/ws/chat?user_id=42"
-    async with websockets.connect(ws_url) as ws:
+async def _check_upper(server: ServerProcess) -> None:
+    async with websockets.connect(server.url("/ws/chat?user_id=42")) as ws:
         await ws.send("hello relay")
         assert await ws.recv() == "HELLO RELAY"
 
 
 async def test_readme_script_runs_as_written(tmp_path):
     (tmp_path / "echo_upper.py").write_text(_block("python"))
-    server = ServerProcess([sys.executable, "echo_upper.py"], cwd=str(tmp_path))
-    url = server.wait_ready()
-    try:
-        await _check_upper(url)
-    finally:
-        status, out, err = server.stop()
-    assert status == 0, err
+    async with ServerProcess([sys.executable, "echo_upper.py"], env=ADDR, cwd=tmp_path) as server:
+        await _check_upper(server)
+        status = await server.stopped()
+    assert status == 0, server.output()
+    out = "\n".join(server.stdout)
     assert "joined: {app:gateway|" in out and "left: {app:gateway|" in out, out
 
 
 async def test_readme_yaml_runs_as_written(tmp_path):
     (tmp_path / "echo_upper.py").write_text(_block("python"))
     (tmp_path / "app.yaml").write_text(_block("yaml"))
-    wsrelay_cmd = str(Path(sys.executable).parent / "wsrelay")
-    server = ServerProcess([wsrelay_cmd, "serve", str(tmp_path / "app.yaml")], cwd="/")
-    url = server.wait_ready()
-    try:
-        await _check_upper(url)
-    finally:
-        status, _, err = server.stop()
-    assert status == 0, err
+    async with ServerProcess([WSRELAY, "serve", tmp_path / "app.yaml"], env=ADDR, cwd="/") as server:
+        await _check_upper(server)
+        status = await server.stopped()
+    assert status == 0, server.output()

@@ -13,18 +13,11 @@ import pytest
 
 import wsrelay
 from tests import procs, relay_procs  # noqa: F401  (process functions)
-from tests.support import relay_app, running
-from tests.wsclient import HandshakeRefused, RawWebSocket, http_get
+from tests.support import expect, relay_app, running
+from tests.wsclient import HandshakeRefused, RawWebSocket, http_request
 from wsrelay import process
 
 PATH = "/ws/chat"
-
-
-async def expect(topic: str, timeout: float = 5.0) -> Any:
-    """The next message of the test's (system) inbox, which must have ``topic``."""
-    msg = await process.inbox().receive(timeout=timeout)
-    assert msg.topic == topic, f"expected {topic!r}, got {msg.topic!r}: {msg.payload!r}"
-    return msg
 
 
 class Handler:
@@ -61,12 +54,12 @@ async def upgrade_and_close(gw: Any, headers: Any = None, path: str = PATH) -> R
     see ws.leave; returns the client (its ``response`` is the 101)."""
     ws = await RawWebSocket.connect(gw, path, headers)
     assert ws.response.status == 101
-    _, target = (await expect("ready")).payload
-    topic, payload, sender = (await expect("target")).payload
+    _, target = await expect("ready")
+    topic, payload, sender = await expect("target")
     assert topic == "ws.join" and sender == payload["client_pid"]
     close = await ws.close_handshake(1000)
     assert close.close_code == 1000
-    topic, payload, _ = (await expect("target")).payload
+    topic, payload, _ = await expect("target")
     assert (topic, payload["reason"]) == ("ws.leave", "client_closed")
     assert not process.is_alive(target)
     return ws
@@ -173,7 +166,7 @@ async def test_rejected_origin_is_refused_before_the_handler_and_before_any_spaw
     handler = Handler()
     async with running(relay_app(handler, origins="https://app.example.com")) as gw:
         before = count()
-        res = await http_get(gw, PATH, {"Origin": "https://evil.example.com"})
+        res = await http_request(gw, PATH, {"Origin": "https://evil.example.com"}, upgrade=True)
         assert res.status == 403
         assert res.text.startswith("403 Forbidden")
         assert "evil.example.com" in res.text
@@ -182,7 +175,7 @@ async def test_rejected_origin_is_refused_before_the_handler_and_before_any_spaw
         assert gw.services["test:gateway"].handshake_failures["origin"] == 1
         # A rejected origin on a request that is not even an upgrade: still 403
         # (the origin is checked first), and still no handler.
-        res = await http_get(gw, PATH, {"Origin": "https://evil.example.com"}, websocket=False)
+        res = await http_request(gw, PATH, {"Origin": "https://evil.example.com"})
         assert res.status == 403
         assert handler.calls == []
 
@@ -210,7 +203,7 @@ async def test_no_relay_header_sends_the_handlers_own_response():
 async def test_handler_200_without_relay_header_is_not_an_upgrade():
     handler = Handler(relay=lambda pid: None, extra=lambda req, res: res.write("plain page"), spawn=False)
     async with running(relay_app(handler)) as gw:
-        res = await http_get(gw, PATH)
+        res = await http_request(gw, PATH, upgrade=True)
         assert res.status == 200 and res.body == b"plain page"
         assert "Sec-WebSocket-Accept" not in res.headers
 
@@ -257,10 +250,10 @@ async def test_request_api_query_and_headers_are_case_insensitive():
     async with running(relay_app(handler)) as gw:
         ws = await RawWebSocket.connect(gw, PATH + "?room=a%20b&blank=&room=second", {"x-ToKeN": "abc"})
         await expect("ready")
-        topic, payload, _ = (await expect("target")).payload
+        topic, payload, _ = await expect("target")
         assert topic == "ws.join" and payload["metadata"] == {"room": "a b"}
         await ws.close_handshake()
-        assert (await expect("target")).payload[0] == "ws.leave"
+        assert (await expect("target"))[0] == "ws.leave"
     assert seen == {
         "method": "GET", "path": PATH, "room": "a b", "missing": "dflt", "blank": "",
         "token_lower": "abc", "token_upper": "abc", "token_mixed": "abc", "absent": "none",
@@ -319,7 +312,7 @@ async def test_malformed_relay_header_is_a_500_naming_the_problem(relay, words, 
 async def test_relay_to_a_dead_target_is_a_502_and_what_the_handler_spawned_is_ended(caplog):
     dead = process.spawn_monitored("test:returns")
     exit_event = await expect(wsrelay.EXIT)
-    assert exit_event.payload["pid"] == dead and exit_event.payload["reason"] == "normal"
+    assert exit_event["pid"] == dead and exit_event["reason"] == "normal"
     never = "{test:processes|0xfffffff}"
     for target in (str(dead), never):
         handler = Handler(relay=lambda pid, t=target: json.dumps({"target_pid": t}))
@@ -362,10 +355,10 @@ async def test_handler_may_relay_to_a_process_it_did_not_spawn():
     async with running(relay_app(handler)) as gw:
         ws = await RawWebSocket.connect(gw, PATH)
         await expect("ready")
-        assert (await expect("target")).payload[0] == "ws.join"
+        assert (await expect("target"))[0] == "ws.join"
         assert process.is_alive(spawned[0])
         await ws.close_handshake()
-        assert (await expect("target")).payload[0] == "ws.leave"
+        assert (await expect("target"))[0] == "ws.leave"
 
 
 # -- invalid upgrade requests ----------------------------------------------------------------
@@ -375,7 +368,7 @@ async def test_plain_get_is_426_and_the_handler_does_not_run():
     handler = Handler()
     async with running(relay_app(handler)) as gw:
         before = count()
-        res = await http_get(gw, PATH, websocket=False)
+        res = await http_request(gw, PATH)
         assert res.status == 426
         assert res.headers["Upgrade"].lower() == "websocket"
         assert "Upgrade" in res.text
@@ -436,13 +429,13 @@ async def test_connection_limit_is_503_before_the_handler():
     async with running(relay_app(handler), max_connections=1) as gw:
         ws = await RawWebSocket.connect(gw, PATH)
         await expect("ready")
-        assert (await expect("target")).payload[0] == "ws.join"
+        assert (await expect("target"))[0] == "ws.join"
         before = count()
         res = await refused(gw)
         assert res.status == 503
         assert len(handler.calls) == 1 and count() == before
         await ws.close_handshake()
-        assert (await expect("target")).payload[0] == "ws.leave"
+        assert (await expect("target"))[0] == "ws.leave"
         # Room again once the first has gone.
         await upgrade_and_close(gw)
 
@@ -484,9 +477,9 @@ async def test_upgrade_header_listing_websocket_among_others_upgrades_or_refuses
             assert handler.calls == [], f"refused with {refusal.response.status} after the handler ran"
             assert count() == before, "the handler's target was left running"
             return
-        _, target = (await expect("ready")).payload
-        assert (await expect("target")).payload[0] == "ws.join"
+        _, target = await expect("ready")
+        assert (await expect("target"))[0] == "ws.join"
         await ws.close_handshake()
-        assert (await expect("target")).payload[0] == "ws.leave"
+        assert (await expect("target"))[0] == "ws.leave"
         assert not process.is_alive(target)
         assert count() == before

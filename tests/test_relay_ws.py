@@ -16,8 +16,21 @@ import websockets
 
 import wsrelay
 from tests import procs, relay_procs  # noqa: F401  (process functions)
-from tests.support import relay_app, relay_handler, running
-from tests.wsclient import BINARY, CLOSE, CONT, PING, PONG, TEXT, RawWebSocket, close_payload, encode_frame
+from tests.support import expect, relay_app, relay_handler, running
+from tests.wsclient import (
+    BINARY,
+    CLOSE,
+    CONT,
+    PING,
+    PONG,
+    RSV1,
+    RSV2,
+    RSV3,
+    TEXT,
+    RawWebSocket,
+    close_payload,
+    encode_frame,
+)
 from wsrelay import Pid, process
 
 PATH = "/ws/chat"
@@ -27,16 +40,9 @@ async def receive(timeout: float = 5.0) -> Any:
     return await process.inbox().receive(timeout=timeout)
 
 
-async def expect(topic: str, timeout: float = 5.0) -> Any:
-    """The next message of the test's (system) inbox, which must have ``topic``."""
-    msg = await receive(timeout)
-    assert msg.topic == topic, f"expected {topic!r}, got {msg.topic!r}: {msg.payload!r}"
-    return msg
-
-
 async def from_target(name: str = "target", timeout: float = 5.0) -> tuple[str, Any, Any]:
     """(topic, payload, sender) of the next message a relay:recorder got."""
-    return (await expect(name, timeout)).payload
+    return await expect(name, timeout)
 
 
 async def gather(count: int, timeout: float = 5.0) -> dict[str, list]:
@@ -64,7 +70,7 @@ def app_for(**fields: Any) -> Any:
 async def connect(gw: Any, monitor: bool = False, path: str = PATH) -> Session:
     """A client relayed to a relay:recorder; ws.join already seen."""
     ws = await RawWebSocket.connect(gw, path)
-    name, target = (await expect("ready")).payload
+    name, target = await expect("ready")
     topic, payload, sender = await from_target(name)
     assert topic == "ws.join", (topic, payload)
     assert sender == payload["client_pid"]
@@ -149,7 +155,7 @@ async def test_custom_message_topic():
 async def test_with_the_websockets_client():
     async with running(app_for(metadata={"k": "v"})) as gw:
         async with websockets.connect(gw.url(PATH)) as ws:
-            _, target = (await expect("ready")).payload
+            _, target = await expect("ready")
             topic, join, _ = await from_target()
             await ws.send("text")
             await ws.send(b"bytes")
@@ -243,11 +249,11 @@ async def test_order_is_preserved_under_a_burst():
             else:  # fragmented
                 frames.append(encode_frame(TEXT, b"m", fin=False) + encode_frame(CONT, str(i).encode()))
         ws.send_raw(b"".join(frames))
-        collected = (await expect("collected", timeout=30)).payload
+        collected = await expect("collected", timeout=30)
         expected = [i.to_bytes(4, "big") if i % 3 == 0 else f"m{i}" for i in range(n)]
         assert collected == expected
         await ws.close_handshake()
-        assert (await expect("left")).payload["reason"] == "client_closed"
+        assert (await expect("left"))["reason"] == "client_closed"
 
 
 # -- ws.leave reasons (and EXIT to the connection's monitors) --------------------------------------
@@ -345,7 +351,7 @@ async def test_target_exited(how, code, caplog):
         process.monitor(s.target)
         process.send(s.target, how)
         target_exit = await expect(wsrelay.EXIT)
-        assert target_exit.payload["pid"] == s.target
+        assert target_exit["pid"] == s.target
         close = await s.ws.answer_close()
         assert close.close_code == code
         # The target is gone: no ws.leave to it, only EXIT to the monitors.
@@ -530,17 +536,17 @@ async def test_ws_send_and_ws_close_from_another_process():
     async with running(app_for()) as gw:
         s = await connect(gw, monitor=True)
         process.spawn("relay:try_send", None, observer, s.client, "ws.send", {"type": "binary", "data": b"hi"})
-        assert (await expect("tried")).payload == ("sent", True)
+        assert await expect("tried") == ("sent", True)
         assert await s.ws.recv_binary() == b"hi"
         # A malformed one raises ValueError inside the sending process.
         process.spawn("relay:try_send", None, observer, s.client, "ws.send", {"type": "text", "data": b"hi"})
-        outcome, kind, text = (await expect("tried")).payload
+        outcome, kind, text = await expect("tried")
         assert (outcome, kind) == ("raised", "ValueError") and "str" in text
         process.spawn("relay:try_send", None, observer, str(s.client), "ws.close", {"code": 1006})
-        outcome, kind, text = (await expect("tried")).payload
+        outcome, kind, text = await expect("tried")
         assert (outcome, kind) == ("raised", "ValueError") and "1006" in text
         process.spawn("relay:try_send", None, observer, s.client, "ws.close", {"code": 1001, "reason": "bye"})
-        assert (await expect("tried")).payload == ("sent", True)
+        assert await expect("tried") == ("sent", True)
         close = await s.ws.answer_close()
         assert (close.close_code, close.close_reason) == (1001, b"bye")
         await ended(s, "server_closed", 1001)
@@ -628,7 +634,7 @@ async def test_transfer_to_a_new_target():
     async with running(app_for(metadata={"room": 1})) as gw:
         s = await connect(gw, monitor=True)
         second = process.spawn("relay:recorder", None, observer, "second")
-        assert (await expect("ready")).payload == ("second", second)
+        assert await expect("ready") == ("second", second)
         process.monitor(s.target)
         assert process.send(s.client, "ws.control", {"target_pid": second, "metadata": {"room": 2},
                                                      "message_topic": "r2"}) is True
@@ -645,14 +651,14 @@ async def test_transfer_to_a_new_target():
         # The old target is no longer watched: its exit leaves the client open.
         process.send(s.target, "exit")
         old_exit = await expect(wsrelay.EXIT)
-        assert old_exit.payload["pid"] == s.target
+        assert old_exit["pid"] == s.target
         s.ws.send_text("still open")
         assert (await from_target("second"))[1]["data"] == "still open"
         # The new one is: its crash closes the client with 1011.
         process.send(second, "crash")
         assert (await s.ws.answer_close()).close_code == 1011
         exit_event = await expect(wsrelay.EXIT)
-        assert (exit_event.payload["pid"], exit_event.payload["reason"]) == (s.client, "target_exited")
+        assert (exit_event["pid"], exit_event["reason"]) == (s.client, "target_exited")
 
 
 async def test_transfer_then_client_close_sends_leave_to_the_new_target_only():
@@ -676,7 +682,7 @@ async def test_transfer_to_a_dead_target_changes_nothing_and_is_logged(caplog):
     async with running(app_for(metadata={"room": 1})) as gw:
         s = await connect(gw, monitor=True)
         dead = process.spawn_monitored("test:returns")
-        assert (await expect(wsrelay.EXIT)).payload["pid"] == dead
+        assert (await expect(wsrelay.EXIT))["pid"] == dead
         for target in (dead, str(dead), "{test:processes|0xfffffff}"):
             caplog.clear()
             process.send(s.client, "ws.control", {"target_pid": target, "metadata": {"room": 9}})
@@ -700,7 +706,7 @@ async def test_linked_handler_process_is_terminated_when_the_client_goes(end):
     app = relay_app(relay_handler("relay:linker", observer, False))
     async with running(app) as gw:
         ws = await RawWebSocket.connect(gw, PATH)
-        linked = (await expect("linked")).payload
+        linked = await expect("linked")
         process.monitor(linked)
         if end == "close":
             await ws.close_handshake(1000)
@@ -709,8 +715,8 @@ async def test_linked_handler_process_is_terminated_when_the_client_goes(end):
             ws.abort()
             reason = "connection_lost"
         exit_event = await expect(wsrelay.EXIT)
-        assert exit_event.payload["pid"] == linked
-        assert exit_event.payload["reason"] == reason
+        assert exit_event["pid"] == linked
+        assert exit_event["reason"] == reason
         assert not process.is_alive(linked)
 
 
@@ -720,7 +726,7 @@ async def test_linked_process_that_traps_exits_gets_link_down(end):
     app = relay_app(relay_handler("relay:linker", observer, True))
     async with running(app) as gw:
         ws = await RawWebSocket.connect(gw, PATH)
-        linked = (await expect("linked")).payload
+        linked = await expect("linked")
         process.monitor(linked)
         if end == "close":
             await ws.close_handshake(4000)
@@ -728,21 +734,21 @@ async def test_linked_process_that_traps_exits_gets_link_down(end):
         else:
             ws.abort()
             reason, code = "connection_lost", None
-        leave = (await expect("leave")).payload
+        leave = await expect("leave")
         assert (leave["reason"], leave["code"]) == (reason, code)
-        topic, event = (await expect("event")).payload
+        topic, event = await expect("event")
         assert topic == wsrelay.LINK_DOWN
         assert event["pid"] == leave["client_pid"] and event["reason"] == reason
         # It was not terminated by the link: it returned after reporting.
         exit_event = await expect(wsrelay.EXIT)
-        assert (exit_event.payload["pid"], exit_event.payload["reason"]) == (linked, "normal")
+        assert (exit_event["pid"], exit_event["reason"]) == (linked, "normal")
 
 
 async def test_a_crashing_linked_process_closes_the_client_with_1011():
     async with running(app_for()) as gw:
         s = await connect(gw, monitor=True)
         other = process.spawn("relay:link_crash", None, process.self(), s.client)
-        assert (await expect("linked")).payload == other
+        assert await expect("linked") == other
         process.send(other, "crash")
         close = await s.ws.answer_close()
         assert close.close_code == 1011
@@ -769,7 +775,7 @@ async def test_monitor_of_an_already_ended_connection_is_noproc():
         assert (await from_target())[0] == "ws.leave"
         process.monitor(s.client)
         exit_event = await expect(wsrelay.EXIT)
-        assert (exit_event.payload["pid"], exit_event.payload["reason"]) == (s.client, "noproc")
+        assert (exit_event["pid"], exit_event["reason"]) == (s.client, "noproc")
         assert process.send(s.client, "ws.send", {"type": "text", "data": "x"}) is False
 
 
@@ -785,13 +791,13 @@ def _send(*frames: tuple) -> Any:
 
 PROTOCOL_ERRORS = [
     # (id, what the client sends, close code)
-    ("rsv1", _send((TEXT, b"x", {"rsv1": True})), 1002),
-    ("rsv2", _send((BINARY, b"x", {"rsv2": True})), 1002),
-    ("rsv3", _send((TEXT, b"x", {"rsv3": True})), 1002),
-    ("rsv on a continuation", _send((TEXT, b"a", {"fin": False}), (CONT, b"b", {"rsv1": True})), 1002),
-    ("rsv on a ping", _send((PING, b"", {"rsv2": True})), 1002),
-    ("rsv on a pong", _send((PONG, b"", {"rsv1": True})), 1002),
-    ("rsv on a close", _send((CLOSE, close_payload(1000), {"rsv3": True})), 1002),
+    ("rsv1", _send((TEXT, b"x", {"rsv": RSV1})), 1002),
+    ("rsv2", _send((BINARY, b"x", {"rsv": RSV2})), 1002),
+    ("rsv3", _send((TEXT, b"x", {"rsv": RSV3})), 1002),
+    ("rsv on a continuation", _send((TEXT, b"a", {"fin": False}), (CONT, b"b", {"rsv": RSV1})), 1002),
+    ("rsv on a ping", _send((PING, b"", {"rsv": RSV2})), 1002),
+    ("rsv on a pong", _send((PONG, b"", {"rsv": RSV1})), 1002),
+    ("rsv on a close", _send((CLOSE, close_payload(1000), {"rsv": RSV3})), 1002),
     ("continuation without a start", _send((CONT, b"x", {})), 1002),
     ("final continuation without a start", _send((CONT, b"x", {"fin": True})), 1002),
     ("new message inside a fragmented one",

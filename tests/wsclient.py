@@ -1,10 +1,12 @@
 """A raw WebSocket client over asyncio streams, for what the ``websockets``
 client will not do: arbitrary frames (unmasked, fragmented, RSV bits, invalid
-UTF-8, bad close codes, oversized), raw upgrade requests, and an abrupt TCP
-abort. It never answers pings by itself, so tests can play a dead client.
+UTF-8, bad close codes, oversized), raw upgrade requests with any headers, a
+shrunk receive window, and an abrupt TCP abort. It never answers pings by
+itself, so tests can play a dead client; it reads frames one at a time.
 
 Every read takes a timeout that is only an upper bound: a read returns as soon
-as its bytes arrive.
+as its bytes arrive. A target is a Gateway, a tests.harness.ServerProcess
+(anything with ``address()``), a ws:// or http:// URL, or a (host, port) pair.
 """
 
 from __future__ import annotations
@@ -13,14 +15,22 @@ import asyncio
 import base64
 import hashlib
 import os
+import socket
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Optional, Union
 from urllib.parse import urlsplit
 
 from multidict import CIMultiDict
 
+try:
+    from websockets.speedups import apply_mask as _c_apply_mask
+except ImportError:  # websockets without its C extension: the pure-Python XOR below does the same
+    _c_apply_mask = None
+
 CONT, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+# The bits of Frame.rsv and of encode_frame's ``rsv``.
+RSV1, RSV2, RSV3 = 0x4, 0x2, 0x1
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 DEFAULT_TIMEOUT = 5.0
 
@@ -31,12 +41,12 @@ class HandshakeRefused(Exception):
     """The server answered the upgrade request with something other than 101."""
 
     def __init__(self, response: HTTPResponse) -> None:
-        super().__init__(f"upgrade refused: {response.status} {response.body!r}")
+        super().__init__(f"upgrade refused: {response.status} {response.body[:200]!r}")
         self.response = response
 
 
-class ConnectionClosedEOF(Exception):
-    """The server closed the TCP connection."""
+class ConnectionEnded(Exception):
+    """The server closed or reset the TCP connection before a whole frame came."""
 
 
 @dataclass
@@ -51,7 +61,7 @@ class HTTPResponse:
         return self.body.decode("utf-8")
 
 
-@dataclass
+@dataclass(repr=False)
 class Frame:
     opcode: int
     payload: bytes
@@ -73,12 +83,26 @@ class Frame:
         assert self.opcode == CLOSE, f"not a close frame: {self}"
         return self.payload[2:]
 
+    def __repr__(self) -> str:
+        # Payloads run to megabytes: an assertion message shows their start.
+        return (f"Frame(opcode={self.opcode:#x}, fin={self.fin}, rsv={self.rsv}, masked={self.masked}, "
+                f"{len(self.payload)} bytes {self.payload[:64]!r})")
 
-def encode_frame(opcode: int, payload: bytes = b"", *, fin: bool = True, rsv1: bool = False,
-                 rsv2: bool = False, rsv3: bool = False, mask: bool = True,
-                 mask_key: Optional[bytes] = None) -> bytes:
-    """One frame as a client sends it (masked unless ``mask`` is False)."""
-    first = (0x80 if fin else 0) | (0x40 if rsv1 else 0) | (0x20 if rsv2 else 0) | (0x10 if rsv3 else 0) | opcode
+
+def apply_mask(data: bytes, key: bytes) -> bytes:
+    """RFC 6455 §5.3 masking with a 4-byte ``key`` (its own inverse)."""
+    if _c_apply_mask is not None:
+        return _c_apply_mask(data, key)
+    n = len(data)
+    repeated = (key * (n // 4 + 1))[:n]
+    return (int.from_bytes(data, "big") ^ int.from_bytes(repeated, "big")).to_bytes(n, "big")
+
+
+def encode_frame(opcode: int, payload: bytes = b"", *, fin: bool = True, rsv: int = 0, mask: bool = True,
+                 key: Optional[bytes] = None) -> bytes:
+    """One frame as a client sends it: masked (with ``key``, random by
+    default) unless ``mask`` is False; ``rsv`` is RSV1 | RSV2 | RSV3."""
+    first = (0x80 if fin else 0) | (rsv << 4) | opcode
     n = len(payload)
     mask_bit = 0x80 if mask else 0
     if n < 126:
@@ -89,16 +113,8 @@ def encode_frame(opcode: int, payload: bytes = b"", *, fin: bool = True, rsv1: b
         header = struct.pack("!BBQ", first, mask_bit | 127, n)
     if not mask:
         return header + payload
-    key = mask_key if mask_key is not None else os.urandom(4)
-    return header + key + _mask(payload, key)
-
-
-def _mask(payload: bytes, key: bytes) -> bytes:
-    if not payload:
-        return b""
-    n = len(payload)
-    repeated = (key * (n // 4 + 1))[:n]
-    return (int.from_bytes(payload, "big") ^ int.from_bytes(repeated, "big")).to_bytes(n, "big")
+    key = key if key is not None else os.urandom(4)
+    return header + key + apply_mask(payload, key)
 
 
 def close_payload(code: Optional[int] = None, reason: Union[str, bytes] = b"") -> bytes:
@@ -109,13 +125,13 @@ def close_payload(code: Optional[int] = None, reason: Union[str, bytes] = b"") -
     return struct.pack("!H", code) + reason
 
 
-def _address(target: Any) -> tuple[str, int]:
-    """(host, port) from a Gateway, a ws:// URL or a (host, port) tuple."""
+def address(target: Any) -> tuple[str, int]:
+    """(host, port) of a Gateway or ServerProcess, a URL or a (host, port) pair."""
     if isinstance(target, tuple):
         return target
     if isinstance(target, str):
         parts = urlsplit(target)
-        assert parts.hostname and parts.port
+        assert parts.hostname and parts.port, target
         return parts.hostname, parts.port
     host, port = target.address()
     if host in ("0.0.0.0", "::"):
@@ -123,36 +139,37 @@ def _address(target: Any) -> tuple[str, int]:
     return host, port
 
 
-def upgrade_headers(key: Optional[str] = None) -> dict[str, str]:
-    return {
-        "Upgrade": "websocket",
-        "Connection": "Upgrade",
-        "Sec-WebSocket-Key": key or base64.b64encode(os.urandom(16)).decode(),
-        "Sec-WebSocket-Version": "13",
-    }
-
-
-def _build_request(host: str, port: int, path: str, headers: HeaderArg, websocket: bool) -> tuple[bytes, dict]:
+def build_request(host: str, port: int, path: str, headers: HeaderArg = None, *, method: str = "GET",
+                  body: bytes = b"", upgrade: bool = True) -> tuple[bytes, dict[str, str]]:
+    """The bytes of one request (with the upgrade headers and a fresh key when
+    ``upgrade``) and the headers sent, by lowercase name. A name in
+    ``headers`` replaces the default of that name; None removes it."""
     merged: dict[str, Optional[str]] = {"Host": f"{host}:{port}"}
-    if websocket:
-        merged.update(upgrade_headers())
+    if upgrade:
+        merged.update({
+            "Upgrade": "websocket",
+            "Connection": "Upgrade",
+            "Sec-WebSocket-Key": base64.b64encode(os.urandom(16)).decode(),
+            "Sec-WebSocket-Version": "13",
+        })
     extra: list[tuple[str, Optional[str]]] = []
     if headers is not None:
         items = headers.items() if isinstance(headers, Mapping) else headers
         for name, value in items:
-            # A name given again replaces the default; None removes it.
             for existing in list(merged):
                 if existing.lower() == name.lower():
                     del merged[existing]
             extra.append((name, value))
-    lines = [f"GET {path} HTTP/1.1"]
+    if body:
+        extra.append(("Content-Length", str(len(body))))
+    lines = [f"{method} {path} HTTP/1.1"]
     sent: dict[str, str] = {}
     for name, value in list(merged.items()) + extra:
         if value is None:
             continue
         lines.append(f"{name}: {value}")
         sent[name.lower()] = value
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"), sent
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body, sent
 
 
 async def _read_response_head(reader: asyncio.StreamReader, timeout: float) -> tuple[int, str, CIMultiDict]:
@@ -167,44 +184,61 @@ async def _read_response_head(reader: asyncio.StreamReader, timeout: float) -> t
     return int(status), (reason[0] if reason else ""), headers
 
 
-async def http_get(target: Any, path: str, headers: HeaderArg = None, *, websocket: bool = True,
-                   timeout: float = DEFAULT_TIMEOUT) -> HTTPResponse:
-    """Send one GET (an upgrade request unless ``websocket`` is False) and
-    read the whole answer. A 101 is closed again at once with an abort."""
-    host, port = _address(target)
-    reader, writer = await asyncio.open_connection(host, port)
+async def http_request(target: Any, path: str, headers: HeaderArg = None, *, method: str = "GET",
+                       body: bytes = b"", upgrade: bool = False, timeout: float = DEFAULT_TIMEOUT) -> HTTPResponse:
+    """One request on a fresh connection (an upgrade request when ``upgrade``)
+    and the whole answer: its body by Content-Length, else up to EOF. A 101 is
+    closed again at once with an abort."""
+    host, port = address(target)
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
     try:
-        request, _ = _build_request(host, port, path, headers, websocket)
+        request, _ = build_request(host, port, path, headers, method=method, body=body, upgrade=upgrade)
         writer.write(request)
         status, reason, response_headers = await _read_response_head(reader, timeout)
-        body = b""
+        content = b""
         if status != 101:
             length = response_headers.get("Content-Length")
             if length is not None:
-                body = await asyncio.wait_for(reader.readexactly(int(length)), timeout)
+                content = await asyncio.wait_for(reader.readexactly(int(length)), timeout)
             else:
-                body = await asyncio.wait_for(reader.read(), timeout)
-        return HTTPResponse(status, reason, response_headers, body)
+                content = await asyncio.wait_for(reader.read(), timeout)
+        return HTTPResponse(status, reason, response_headers, content)
     finally:
         writer.transport.abort()
 
 
-@dataclass
 class RawWebSocket:
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
-    response: HTTPResponse
-    # Control frames read while looking for something else, in order.
-    pings: list = field(default_factory=list)
+    """One client connection. Sending only buffers (``drain`` waits for the
+    socket); reading returns one frame at a time."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, response: HTTPResponse) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.response = response
+        # Pings and pongs that recv() passed over, in order.
+        self.pings: list[Frame] = []
 
     @classmethod
-    async def connect(cls, target: Any, path: str, headers: HeaderArg = None,
-                      timeout: float = DEFAULT_TIMEOUT) -> RawWebSocket:
-        """Open a WebSocket; HandshakeRefused when the answer is not 101."""
-        host, port = _address(target)
-        reader, writer = await asyncio.open_connection(host, port)
+    async def connect(cls, target: Any, path: str, headers: HeaderArg = None, *, timeout: float = DEFAULT_TIMEOUT,
+                      rcvbuf: Optional[int] = None, limit: int = 1 << 16) -> RawWebSocket:
+        """Open a WebSocket; HandshakeRefused when the answer is not 101.
+        ``rcvbuf`` shrinks SO_RCVBUF before connecting (the TCP window), and
+        ``limit`` bounds what the stream reads ahead of the test."""
+        host, port = address(target)
+        if rcvbuf is None:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port, limit=limit), timeout)
+        else:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            sock.setblocking(False)
+            try:
+                await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, (host, port)), timeout)
+                reader, writer = await asyncio.open_connection(sock=sock, limit=limit)
+            except BaseException:
+                sock.close()
+                raise
         try:
-            request, sent = _build_request(host, port, path, headers, True)
+            request, sent = build_request(host, port, path, headers)
             writer.write(request)
             status, reason, response_headers = await _read_response_head(reader, timeout)
             if status != 101:
@@ -224,6 +258,7 @@ class RawWebSocket:
         self.writer.write(data)
 
     def send_frame(self, opcode: int, payload: bytes = b"", **flags: Any) -> None:
+        """One frame; ``flags`` are encode_frame's (fin, rsv, mask, key)."""
         self.writer.write(encode_frame(opcode, payload, **flags))
 
     def send_text(self, text: Union[str, bytes], **flags: Any) -> None:
@@ -246,28 +281,28 @@ class RawWebSocket:
 
     # -- receiving -------------------------------------------------------------------
 
-    async def _read(self, n: int) -> bytes:
-        try:
-            return await self.reader.readexactly(n)
-        except asyncio.IncompleteReadError as exc:
-            raise ConnectionClosedEOF(f"EOF after {len(exc.partial)} of {n} bytes") from None
-
     async def recv_frame(self, timeout: float = DEFAULT_TIMEOUT) -> Frame:
-        """The next frame from the server, whatever it is."""
-        return await asyncio.wait_for(self._recv_frame(), timeout)
+        """The next frame from the server, whatever it is; ConnectionEnded
+        when the connection ends first."""
+        try:
+            return await asyncio.wait_for(self._read_frame(), timeout)
+        except asyncio.IncompleteReadError as exc:
+            raise ConnectionEnded(f"EOF after {len(exc.partial)} of {exc.expected} bytes") from None
+        except ConnectionError as exc:
+            raise ConnectionEnded(f"connection lost: {exc!r}") from None
 
-    async def _recv_frame(self) -> Frame:
-        first, second = await self._read(2)
+    async def _read_frame(self) -> Frame:
+        first, second = await self.reader.readexactly(2)
         n = second & 0x7F
         if n == 126:
-            (n,) = struct.unpack("!H", await self._read(2))
+            (n,) = struct.unpack("!H", await self.reader.readexactly(2))
         elif n == 127:
-            (n,) = struct.unpack("!Q", await self._read(8))
+            (n,) = struct.unpack("!Q", await self.reader.readexactly(8))
         masked = bool(second & 0x80)
-        key = await self._read(4) if masked else b""
-        payload = await self._read(n) if n else b""
+        key = await self.reader.readexactly(4) if masked else b""
+        payload = await self.reader.readexactly(n) if n else b""
         if masked:
-            payload = _mask(payload, key)
+            payload = apply_mask(payload, key)
         return Frame(first & 0x0F, payload, bool(first & 0x80), (first >> 4) & 0x7, masked)
 
     async def recv(self, timeout: float = DEFAULT_TIMEOUT) -> Frame:
@@ -291,6 +326,21 @@ class RawWebSocket:
         assert frame.opcode == BINARY and frame.fin, frame
         return frame.payload
 
+    async def recv_until_close(self, timeout: float = DEFAULT_TIMEOUT) -> tuple[list[Frame], Optional[Frame]]:
+        """Every frame (pings included) up to the close frame, and the close
+        frame; None for it when the connection ended first."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        frames: list[Frame] = []
+        while True:
+            try:
+                frame = await self.recv_frame(max(0.0, deadline - loop.time()))
+            except ConnectionEnded:
+                return frames, None
+            if frame.opcode == CLOSE:
+                return frames, frame
+            frames.append(frame)
+
     async def expect_close(self, timeout: float = DEFAULT_TIMEOUT) -> Frame:
         """The server's close frame; fails on any data frame before it. Does
         not answer it."""
@@ -299,8 +349,18 @@ class RawWebSocket:
         return frame
 
     async def wait_eof(self, timeout: float = DEFAULT_TIMEOUT) -> bytes:
-        """Wait until the server closes the TCP connection; what came before."""
+        """Wait until the server closes the TCP connection (a reset raises);
+        what came before."""
         return await asyncio.wait_for(self.reader.read(), timeout)
+
+    async def expect_end(self, timeout: float = DEFAULT_TIMEOUT) -> None:
+        """The server ends the connection, by EOF or by a reset, without
+        sending another frame."""
+        try:
+            frame = await self.recv_frame(timeout)
+        except ConnectionEnded:
+            return
+        raise AssertionError(f"a frame instead of the end of the connection: {frame}")
 
     async def close_handshake(self, code: Optional[int] = 1000, reason: Union[str, bytes] = b"",
                               timeout: float = DEFAULT_TIMEOUT) -> Frame:
@@ -319,6 +379,11 @@ class RawWebSocket:
         self.abort()
         return frame
 
+    def close(self) -> None:
+        """End our side of the TCP connection (after what is buffered), without
+        a close frame."""
+        self.writer.close()
+
     def abort(self) -> None:
-        """Drop the TCP connection without a close frame."""
+        """Drop the TCP connection at once, without a close frame."""
         self.writer.transport.abort()

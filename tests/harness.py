@@ -1,0 +1,259 @@
+"""A gateway, or any program, in a child process: ``wsrelay serve FILE`` or a
+script, run with a clean environment from the repository's root. Its output
+is collected line by line as it comes (by threads, so the same object serves
+synchronous tests, such as the selenium one, and async tests alike), and the
+address it serves on is read from the line it prints: a port of 0 lets the
+kernel pick one with no race against other test runs on the machine."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal as signals
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import IO, Any, Mapping, Optional, Sequence, Union
+
+REPO = Path(__file__).resolve().parent.parent
+# The console script next to this interpreter (the venv's).
+WSRELAY = Path(sys.executable).with_name("wsrelay")
+# `wsrelay serve` prints "wsrelay: serving http://HOST:PORT[, ...]"; an app
+# run by wsrelay.run() the same, and examples/guide/python_app.py "serving URL".
+SERVING = r"serving \w+://([^\s:/,]+):(\d+)"
+# The machine has 2 shared cores: generous bounds, strict conditions.
+START_TIMEOUT = 60.0
+STOP_TIMEOUT = 30.0
+
+
+def clean_env(**overrides: str) -> dict[str, str]:
+    """The environment of a child: no inherited WSRELAY_* variable (nor OPS_*,
+    read by tests/ops_procs.py), the repository importable, output unbuffered,
+    and ``overrides`` on top."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WSRELAY_", "OPS_"))}
+    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(overrides)
+    return env
+
+
+def serve_command(app_file: Union[str, Path], *args: str) -> list[str]:
+    """``python -m wsrelay serve APP_FILE ARGS`` with this interpreter."""
+    return [sys.executable, "-m", "wsrelay", "serve", str(app_file), *args]
+
+
+class ServerProcess:
+    """A child process started at once; ``with`` or ``async with`` waits for
+    its ``ready`` line (a regex whose groups are the host and the port; None:
+    a program that serves nothing) and kills it on the way out.
+
+    ``env`` is added to clean_env(). The async methods run the blocking ones
+    in a thread, which wakes on the child's output or exit, never on a timer.
+    """
+
+    def __init__(self, argv: Sequence[Union[str, Path]], *, env: Optional[Mapping[str, str]] = None,
+                 cwd: Union[str, Path] = REPO, ready: Optional[str] = SERVING) -> None:
+        self.argv = [str(arg) for arg in argv]
+        self.ready = ready
+        self.host = ""
+        self.port = 0
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
+        self._changed = threading.Condition()
+        self._stdout_closed = False
+        self.proc = subprocess.Popen(
+            self.argv, cwd=cwd, env=clean_env(**(env or {})), stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace",
+        )
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        self._readers = [
+            threading.Thread(target=self._pump, args=(self.proc.stdout, self.stdout), daemon=True),
+            threading.Thread(target=self._pump, args=(self.proc.stderr, self.stderr), daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    def _pump(self, stream: IO[str], lines: list[str]) -> None:
+        with stream:
+            for line in stream:
+                with self._changed:
+                    lines.append(line.rstrip("\n"))
+                    self._changed.notify_all()
+        with self._changed:
+            if lines is self.stdout:
+                self._stdout_closed = True
+            self._changed.notify_all()
+
+    # -- what it says ----------------------------------------------------------------------
+
+    def wait_line(self, pattern: str, timeout: float = START_TIMEOUT) -> re.Match[str]:
+        """The first stdout line matching ``pattern``, once printed; an
+        AssertionError with the output when stdout ends or time runs out first."""
+        regex = re.compile(pattern)
+        found: Optional[re.Match[str]] = None
+        scanned = 0
+
+        def seen() -> bool:
+            nonlocal found, scanned
+            for line in self.stdout[scanned:]:
+                found = regex.search(line)
+                if found:
+                    return True
+            scanned = len(self.stdout)
+            return self._stdout_closed
+
+        with self._changed:
+            self._changed.wait_for(seen, timeout)
+        if found is None:
+            state = "running" if self.proc.poll() is None else f"exit {self.proc.returncode}"
+            raise AssertionError(f"{self.argv}: no line matching {pattern!r} ({state}):\n{self.output()}")
+        return found
+
+    def output(self) -> str:
+        with self._changed:
+            return "stdout:\n" + "\n".join(self.stdout) + "\nstderr:\n" + "\n".join(self.stderr)
+
+    # -- where it serves ---------------------------------------------------------------------
+
+    def address(self) -> tuple[str, int]:
+        return self.host, self.port
+
+    def url(self, path: str = "", scheme: str = "ws") -> str:
+        return f"{scheme}://{self.host}:{self.port}{path}"
+
+    # -- its life ----------------------------------------------------------------------------
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def returncode(self) -> Optional[int]:
+        """None while it runs."""
+        return self.proc.poll()
+
+    def start(self, timeout: float = START_TIMEOUT) -> None:
+        """Wait for the ready line and take the address from it; kill the
+        child when it does not come."""
+        if self.ready is None:
+            return
+        try:
+            match = self.wait_line(self.ready, timeout)
+        except AssertionError:
+            self.kill()  # its output is complete after this
+            raise AssertionError(f"{self.argv} did not start (exit {self.proc.returncode}):\n{self.output()}") \
+                from None
+        except BaseException:
+            self.kill()
+            raise
+        self.host, self.port = match.group(1), int(match.group(2))
+
+    def signal(self, sig: int = signals.SIGTERM) -> None:
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = STOP_TIMEOUT) -> int:
+        """Its exit code, once it has exited and all its output is read."""
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"{self.argv} still running after {timeout} s:\n{self.output()}") from None
+        self._join()
+        return code
+
+    def stop(self, sig: int = signals.SIGTERM, timeout: float = STOP_TIMEOUT) -> int:
+        """``sig`` (as a service manager would), then wait(): the exit code."""
+        if self.proc.poll() is None:
+            self.signal(sig)
+        return self.wait(timeout)
+
+    def kill(self) -> None:
+        """SIGKILL unless it has exited; then its output is complete."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._join()
+
+    def _join(self) -> None:
+        for reader in self._readers:
+            reader.join(STOP_TIMEOUT)
+
+    def __enter__(self) -> ServerProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.kill()
+
+    async def exited(self, timeout: float = STOP_TIMEOUT) -> int:
+        return await asyncio.to_thread(self.wait, timeout)
+
+    async def stopped(self, sig: int = signals.SIGTERM, timeout: float = STOP_TIMEOUT) -> int:
+        return await asyncio.to_thread(self.stop, sig, timeout)
+
+    async def __aenter__(self) -> ServerProcess:
+        try:
+            await asyncio.to_thread(self.start)
+        except BaseException:
+            # Cancelled while the thread waits: the kill ends that wait too.
+            self.kill()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        # SIGKILL takes effect at once: no need for a thread.
+        self.kill()
+
+    # -- what it costs -----------------------------------------------------------------------
+
+    def rss(self) -> int:
+        """Resident set size now, in bytes."""
+        return _status_field(self.pid, "VmRSS")
+
+    def peak_rss(self) -> int:
+        """The kernel's high-water mark of the RSS since it started, in bytes."""
+        return _status_field(self.pid, "VmHWM")
+
+    def fd_count(self) -> int:
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
+
+
+def _status_field(pid: int, field: str) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise LookupError(field)
+
+
+class RssSampler:
+    """Samples a process's VmRSS every ``interval`` seconds in a thread (a
+    measurement, not synchronisation), so a blocked event loop cannot hide a peak."""
+
+    def __init__(self, pid: int, interval: float = 0.005) -> None:
+        self.pid = pid
+        self.interval = interval
+        self.peak = 0
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                rss = _status_field(self.pid, "VmRSS")
+            except (OSError, LookupError):  # the process has exited: nothing more to sample
+                return
+            self.samples += 1
+            if rss > self.peak:
+                self.peak = rss
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
