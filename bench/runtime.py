@@ -1,24 +1,50 @@
 """The process runtime alone, next to the same work done with asyncio.Queue
-and Task in the same run: spawn rate, a message hop, one-to-many sends.
+and Task in the same run: spawn rate, a message hop, one-to-one and
+one-to-many streams.
 
     python -m bench.runtime [--quick]
 
-Each figure is the best of several rounds (the least disturbed by the rest
-of a shared machine); the ratio column is what to compare across machines.
+Where a receiver can find several messages waiting (the two streams), each
+case is measured twice, like against like:
+
+- batched: ``inbox.receive_many()`` (wait for one message, then take every
+  queued one) against ``await queue.get()`` followed by ``get_nowait()``
+  until the queue is empty;
+- one at a time: ``await inbox.receive()`` against ``await queue.get()``.
+
+Spawn + exit and the hop are one at a time by nature and have that variant
+only: a hop has a single message in flight, so there is never a batch to
+take, and the spawn case awaits each exit signal (asyncio: each task's done
+callback) as it comes, on both sides.
+
+Each figure is the best of several rounds (the least disturbed by the rest of
+a shared machine); the two sides of a row take turns within every round, so
+both see the same minutes of the machine. The ratio column is what to compare
+across machines.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import sys
 import time
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 import uvloop
 
 import wsrelay
 from wsrelay import EXIT, process
+
+BATCHED = "batched"
+ONE = "one at a time"
+
+# Messages a stream's sender queues per turn of the loop, on both sides. A
+# receiving process takes at most 64 queued messages in a row before it yields
+# to the other tasks (the runtime's fairness budget), so with a larger window
+# a one-at-a-time receiver falls behind until its mailbox (1024) is full.
+WINDOW = 64
 
 
 @wsrelay.register("bench:noop")
@@ -52,13 +78,24 @@ async def in_process(work: Callable[[], Awaitable[None]]) -> None:
     await done
 
 
-@wsrelay.register("bench:sink")
-async def _sink(count: int, observer) -> None:
+@wsrelay.register("bench:sink_many")
+async def _sink_many(count: int, observer) -> None:
     inbox = process.inbox()
     left = count
     while left:
         left -= len(await inbox.receive_many())
     process.send(observer, "done")
+
+
+@wsrelay.register("bench:sink_one")
+async def _sink_one(count: int, observer) -> None:
+    inbox = process.inbox()
+    for _ in range(count):
+        await inbox.receive()
+    process.send(observer, "done")
+
+
+SINKS = {BATCHED: "bench:sink_many", ONE: "bench:sink_one"}
 
 
 # -- wsrelay ----------------------------------------------------------------------------
@@ -82,22 +119,21 @@ async def wsrelay_hop(n: int) -> None:
     process.send(echo, "stop")
 
 
-async def wsrelay_stream(n: int) -> None:
-    sink = process.spawn("bench:sink", None, n, process.self())
+async def wsrelay_stream(n: int, variant: str) -> None:
+    sink = process.spawn(SINKS[variant], None, n, process.self())
     inbox = process.inbox()
     sent = 0
     while sent < n:
-        # Stay under the mailbox bound: send a window, then let the sink drain.
-        for _ in range(min(512, n - sent)):
+        for _ in range(min(WINDOW, n - sent)):
             process.send(sink, "x", sent)
             sent += 1
         await asyncio.sleep(0)
     await inbox.receive()
 
 
-async def wsrelay_fanout(receivers: int, per: int) -> None:
+async def wsrelay_fanout(receivers: int, per: int, variant: str) -> None:
     me = process.self()
-    sinks = [process.spawn("bench:sink", None, per, me) for _ in range(receivers)]
+    sinks = [process.spawn(SINKS[variant], None, per, me) for _ in range(receivers)]
     inbox = process.inbox()
     for i in range(per):
         for sink in sinks:
@@ -109,6 +145,25 @@ async def wsrelay_fanout(receivers: int, per: int) -> None:
 
 
 # -- asyncio.Queue + Task -----------------------------------------------------------------
+
+
+async def get_many(q: asyncio.Queue) -> list[Any]:
+    """asyncio's counterpart of ``receive_many``: wait for one item, then
+    take every queued one."""
+    batch = [await q.get()]
+    for _ in range(q.qsize()):
+        batch.append(q.get_nowait())
+    return batch
+
+
+async def queue_sink(q: asyncio.Queue, count: int, variant: str) -> None:
+    if variant == BATCHED:
+        left = count
+        while left:
+            left -= len(await get_many(q))
+    else:
+        for _ in range(count):
+            await q.get()
 
 
 async def asyncio_spawn(n: int) -> None:
@@ -143,19 +198,18 @@ async def asyncio_hop(n: int) -> None:
     await task
 
 
-async def asyncio_stream(n: int) -> None:
+async def asyncio_stream(n: int, variant: str) -> None:
     q: asyncio.Queue = asyncio.Queue(maxsize=1024)
     done = asyncio.Event()
 
     async def sink() -> None:
-        for _ in range(n):
-            await q.get()
+        await queue_sink(q, n, variant)
         done.set()
 
     task = asyncio.ensure_future(sink())
     sent = 0
     while sent < n:
-        for _ in range(min(512, n - sent)):
+        for _ in range(min(WINDOW, n - sent)):
             q.put_nowait(sent)
             sent += 1
         await asyncio.sleep(0)
@@ -163,13 +217,12 @@ async def asyncio_stream(n: int) -> None:
     await task
 
 
-async def asyncio_fanout(receivers: int, per: int) -> None:
+async def asyncio_fanout(receivers: int, per: int, variant: str) -> None:
     queues = [asyncio.Queue(maxsize=1024) for _ in range(receivers)]
     done: asyncio.Queue = asyncio.Queue()
 
     async def sink(q: asyncio.Queue) -> None:
-        for _ in range(per):
-            await q.get()
+        await queue_sink(q, per, variant)
         done.put_nowait(None)
 
     tasks = [asyncio.ensure_future(sink(q)) for q in queues]
@@ -186,48 +239,77 @@ async def asyncio_fanout(receivers: int, per: int) -> None:
 # -- the table -------------------------------------------------------------------------------
 
 
-async def best_of(rounds: int, fn: Callable[[], Awaitable[None]]) -> float:
-    best = float("inf")
-    for _ in range(rounds):
-        start = time.perf_counter()
-        await fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+@dataclasses.dataclass(frozen=True)
+class Case:
+    name: str
+    receive: str
+    unit: str
+    count: int
+    ours: Callable[[], Awaitable[None]]
+    theirs: Callable[[], Awaitable[None]]
 
 
-async def run(quick: bool) -> list[tuple[str, str, float, float]]:
+@dataclasses.dataclass(frozen=True)
+class Row:
+    name: str
+    receive: str
+    unit: str
+    ours: float
+    theirs: float
+
+
+async def timed(fn: Callable[[], Awaitable[None]]) -> float:
+    start = time.perf_counter()
+    await fn()
+    return time.perf_counter() - start
+
+
+def cases(quick: bool) -> list[Case]:
     scale = 10 if quick else 1
-    rounds = 3 if quick else 5
     n_spawn, n_hop, n_stream = 50_000 // scale, 100_000 // scale, 500_000 // scale
-    receivers, per = 1000, 100 // (scale if quick else 1) or 10
-    cases = [
-        ("spawn + exit", "processes/s", n_spawn, lambda: wsrelay_spawn(n_spawn), lambda: asyncio_spawn(n_spawn)),
-        ("hop (send + receive, round trip / 2)", "hops/s", 2 * n_hop,
-         lambda: wsrelay_hop(n_hop), lambda: asyncio_hop(n_hop)),
-        ("stream (one sender, one receiver)", "messages/s", n_stream,
-         lambda: wsrelay_stream(n_stream), lambda: asyncio_stream(n_stream)),
-        (f"one-to-many ({receivers} receivers)", "messages/s", receivers * per,
-         lambda: wsrelay_fanout(receivers, per), lambda: asyncio_fanout(receivers, per)),
+    receivers, per = 1000, 100 // scale
+    out = [
+        Case("spawn + exit", ONE, "processes/s", n_spawn,
+             lambda: wsrelay_spawn(n_spawn), lambda: asyncio_spawn(n_spawn)),
+        Case("hop (send + receive, round trip / 2)", ONE, "hops/s", 2 * n_hop,
+             lambda: wsrelay_hop(n_hop), lambda: asyncio_hop(n_hop)),
     ]
+    for variant in (BATCHED, ONE):
+        out.append(Case("stream (one sender, one receiver)", variant, "messages/s", n_stream,
+                        lambda v=variant: wsrelay_stream(n_stream, v), lambda v=variant: asyncio_stream(n_stream, v)))
+    for variant in (BATCHED, ONE):
+        out.append(Case(f"one-to-many ({receivers} receivers)", variant, "messages/s", receivers * per,
+                        lambda v=variant: wsrelay_fanout(receivers, per, v),
+                        lambda v=variant: asyncio_fanout(receivers, per, v)))
+    return out
+
+
+async def run(quick: bool, rounds: int) -> list[Row]:
     rows = []
-    for name, unit, count, ours, theirs in cases:
-        t_ours = await best_of(rounds, lambda work=ours: in_process(work))
-        t_theirs = await best_of(rounds, theirs)
-        rows.append((name, unit, count / t_ours, count / t_theirs))
-        print(f"  {name}: wsrelay {count / t_ours:,.0f} {unit}, asyncio {count / t_theirs:,.0f} {unit}",
-              file=sys.stderr)
+    for case in cases(quick):
+        t_ours = t_theirs = float("inf")
+        for _ in range(rounds):
+            t_ours = min(t_ours, await timed(lambda work=case.ours: in_process(work)))
+            t_theirs = min(t_theirs, await timed(case.theirs))
+        row = Row(case.name, case.receive, case.unit, case.count / t_ours, case.count / t_theirs)
+        rows.append(row)
+        print(f"  {row.name}, {row.receive}: wsrelay {row.ours:,.0f} {row.unit}, "
+              f"asyncio {row.theirs:,.0f} {row.unit}", file=sys.stderr)
     return rows
 
 
-def table(rows: list[tuple[str, str, float, float]]) -> str:
+def table(rows: list[Row], rounds: int) -> str:
     lines = [
-        "| operation | unit | wsrelay | asyncio.Queue + Task | wsrelay / asyncio | µs per op (wsrelay / asyncio) |",
-        "| --- | --- | ---: | ---: | ---: | ---: |",
+        f"best of {rounds} rounds",
+        "",
+        "| operation | receive | unit | wsrelay | asyncio.Queue + Task | wsrelay / asyncio "
+        "| µs per op (wsrelay / asyncio) |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: |",
     ]
-    for name, unit, ours, theirs in rows:
+    for r in rows:
         lines.append(
-            f"| {name} | {unit} | {ours:,.0f} | {theirs:,.0f} | {ours / theirs:.2f}× "
-            f"| {1e6 / ours:.2f} / {1e6 / theirs:.2f} |"
+            f"| {r.name} | {r.receive} | {r.unit} | {r.ours:,.0f} | {r.theirs:,.0f} | {r.ours / r.theirs:.2f}× "
+            f"| {1e6 / r.ours:.2f} / {1e6 / r.theirs:.2f} |"
         )
     return "\n".join(lines)
 
@@ -236,8 +318,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.runtime", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller counts, fewer rounds")
     args = parser.parse_args(argv)
-    rows = uvloop.run(run(args.quick))
-    print(table(rows))
+    rounds = 3 if args.quick else 5
+    rows = uvloop.run(run(args.quick, rounds))
+    print(table(rows, rounds))
     return 0
 
 
