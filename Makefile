@@ -5,7 +5,7 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-CORE   := $(wildcard wsrelay/_core/*.pyx wsrelay/_core/*.pxd wsrelay/_core/*.h)
+CORE   := $(wildcard wsrelay/_core/*.pyx wsrelay/_core/*.pxd wsrelay/_core/*.h wsrelay/_core/includes/*.pxd)
 PYTEST_ARGS ?=
 
 # mk/*.mk append to these: prerequisites of the pytest run, and steps after it.

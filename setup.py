@@ -5,7 +5,9 @@ import sys
 
 from setuptools import Extension, setup
 
-CORE = ["pid", "message", "mailbox", "stats", "runtime", "relay", "group"]
+# In dependency order: each module cimports only those before it.
+CORE = ["errors", "units", "stats", "pid", "message", "mailbox", "runtime", "frames", "writer", "relayspec",
+        "relay", "group", "handshake"]
 
 
 def extensions():
@@ -22,12 +24,8 @@ def extensions():
     return cythonize(
         modules,
         language_level=3,
-        compiler_directives={
-            "boundscheck": False,
-            "wraparound": False,
-            "cdivision": True,
-            "embedsignature": True,
-        },
+        # Bounds checking stays on but where a function turns it off itself.
+        compiler_directives={"cdivision": True, "embedsignature": True},
         annotate=os.environ.get("WSRELAY_ANNOTATE") == "1",
     )
 

@@ -104,10 +104,11 @@ sdist: $(VENV)/.wheel-tools $(WHEEL_DIR)/build_ext.cfg
 	  || { grep -v "^WARNING: Location" $(WHEEL_DIR)/sdist-wheel.log | tail -n 25 >&2; \
 	       echo "sdist: FAILED: pip cannot build a wheel from $(WHEEL_DIR)/sdist/$$(basename $(WHEEL_DIR)/sdist/*.tar.gz)" \
 	            "(full log: $(WHEEL_DIR)/sdist-wheel.log)" >&2; exit 1; }
-	$(BIN)/python -c "import glob, sys, zipfile; (w,) = glob.glob('$(WHEEL_DIR)/sdist-wheel/*.whl'); \
+	$(BIN)/python -c "import ast, glob, re, sys, zipfile; (w,) = glob.glob('$(WHEEL_DIR)/sdist-wheel/*.whl'); \
+	  want = len(ast.literal_eval(re.search(r'CORE = (\[.*?\])', open('setup.py').read(), re.S).group(1))); \
 	  core = [n for n in zipfile.ZipFile(w).namelist() if n.startswith('wsrelay/_core/') and n.endswith('.so')]; \
 	  print('sdist: the wheel built from it: %s, %d compiled core modules' % (w.split('/')[-1], len(core))); \
-	  sys.exit(0 if len(core) == 7 else 'sdist: expected 7 compiled core modules')"
+	  sys.exit(0 if len(core) == want else 'sdist: expected %d compiled core modules (setup.py CORE)' % want)"
 	mkdir -p dist && cp $(WHEEL_DIR)/sdist/*.tar.gz dist/
 	@echo "sdist: OK: dist/$$(basename $(WHEEL_DIR)/sdist/*.tar.gz)"
 

@@ -103,8 +103,31 @@ class Outcome:
 
 
 def _utf8_ok(data: bytes, decoder, final: bool) -> bool:
+    """Whether the text so far is valid UTF-8 or a prefix of it. Python's
+    incremental decoder waits for more bytes after a cut sequence that can
+    never be completed (``ED A0`` opens a surrogate); the relay fails it at
+    once, at the first byte that makes it invalid (fail-fast, as Autobahn's
+    6.4.x cases expect), so the model does too."""
     try:
         decoder.decode(data, final)
+    except UnicodeDecodeError:
+        return False
+    pending = decoder.getstate()[0]
+    if not pending:
+        return True
+    # A cut sequence is a valid prefix when some continuation completes it:
+    # only the byte after the lead byte has a range of its own.
+    size = {0xC: 2, 0xD: 2, 0xE: 3, 0xF: 4}.get(pending[0] >> 4, 0)
+    if size <= len(pending):
+        return False
+    if len(pending) > 1:
+        return _valid(pending + b"\x80" * (size - len(pending)))
+    return any(_valid(pending + bytes([second]) + b"\x80" * (size - 2)) for second in range(0x80, 0xC0))
+
+
+def _valid(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
         return True
     except UnicodeDecodeError:
         return False

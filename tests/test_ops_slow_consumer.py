@@ -108,7 +108,7 @@ async def test_large_frames_queued_for_a_backed_up_client_arrive_intact():
 
     async with running(relay_app(handler), write_buffer_limit=1 << 30) as gw:
         client = await RawWebSocket.connect(gw, "/ws/chat", rcvbuf=4096, limit=4096)
-        conn = next(iter(gw.services["test:gateway"].relay_options.connections)).pid
+        conn = next(iter(gw.services["test:gateway"].relay.connections)).pid
         # The client reads nothing yet: after the first few hundred KiB every
         # frame waits in the gateway's write buffer.
         for i, size in enumerate(sizes):

@@ -200,18 +200,28 @@ async def test_system_events_pass_a_full_mailbox():
     await receive(EXIT)
 
 
-async def test_sending_from_outside_a_loop_is_an_error():
-    def outside():
-        with pytest.raises(RuntimeError, match="needs a running event loop"):
-            process.send("{local|0x00001}", "x")
-        with pytest.raises(RuntimeError, match="needs a running event loop"):
-            process.spawn("test:returns")
-        with pytest.raises(RuntimeError, match="needs a running event loop"):
-            process.self()
-        with pytest.raises(RuntimeError, match="needs a running event loop"):
-            process.monitor("{local|0x00001}")
+def test_calling_the_runtime_without_a_running_loop_is_an_error():
+    # A plain (not async) test: the runtime's own thread, and no loop running.
+    with pytest.raises(RuntimeError, match="needs a running event loop"):
+        process.send("{local|0x00001}", "x")
+    with pytest.raises(RuntimeError, match="needs a running event loop"):
+        process.spawn("test:returns")
+    with pytest.raises(RuntimeError, match="needs a running event loop"):
+        process.self()
+    with pytest.raises(RuntimeError, match="needs a running event loop"):
+        process.monitor("{local|0x00001}")
 
+
+async def test_calling_the_runtime_from_another_thread_is_an_error():
+    def outside():
+        for call in (lambda: process.send("{local|0x00001}", "x"), lambda: process.spawn("test:returns"),
+                     process.self, lambda: process.monitor("{local|0x00001}"), lambda: wsrelay.Group().add("x")):
+            with pytest.raises(wsrelay.WrongThread, match="call_soon_threadsafe"):
+                call()
+
+    process.self()  # bind the runtime to this thread, as a gateway's start does
     await asyncio.get_running_loop().run_in_executor(None, outside)
+    assert wsrelay.node().process_count() == 1
 
 
 # -- receive -------------------------------------------------------------------

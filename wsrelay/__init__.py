@@ -9,14 +9,32 @@ from . import relay as relay  # registers the websocket_relay middleware
 from ._core.group import Group
 from ._core.message import Message
 from ._core.pid import Pid
-from ._core.runtime import EXIT, LINK_DOWN, Inbox, Node, node
+from ._core.runtime import EXIT, LINK_DOWN, Inbox, Node, node, set_node_factory
 from .app import App
 from .cli import run
-from .errors import ConfigError, MailboxFull, NoTransport, RelayHeaderError, SettingsError
+from .errors import (
+    ConfigError,
+    MailboxFull,
+    NoTransport,
+    RelayHeaderError,
+    RelaySettingsError,
+    SettingsError,
+    WrongThread,
+)
 from .gateway import Gateway
 from .http import Request, Response
+from .settings import settings as _settings
 
 __version__ = "0.1.0"
+
+
+def _make_node() -> Node:
+    s = _settings()
+    return Node(s.node_name, s.mailbox_capacity)
+
+
+# The core makes its node on first use; its settings come from this layer.
+set_node_factory(_make_node)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -53,7 +71,9 @@ __all__ = [
     "Node",
     "Pid",
     "RelayHeaderError",
+    "RelaySettingsError",
     "SettingsError",
+    "WrongThread",
     "node",
     "process",
     "register",

@@ -119,8 +119,10 @@ class App:
         sid = qualify(self.namespace, server)
         if sid not in self.services:
             raise ConfigError(f"no http.service {sid!r} is declared", rid, "meta.server")
-        if prefix and (not prefix.startswith("/") or prefix.endswith("/")):
-            raise ConfigError(f"prefix {prefix!r} must start with '/' and not end with '/'", rid, "prefix")
+        if not isinstance(prefix, str) or (prefix and not prefix.startswith("/")):
+            raise ConfigError(f"prefix {prefix!r} must be empty or start with '/'", rid, "prefix")
+        # "/" is the root, as "" is; "/ws/" is "/ws".
+        prefix = prefix.rstrip("/")
         if rid in self.routers:
             raise ConfigError("declared twice", rid)
         from .http import middleware_factory

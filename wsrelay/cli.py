@@ -66,6 +66,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"wsrelay: {args.file}: {exc}", file=sys.stderr)
         return 2
     if args.command == "check":
+        _warn_unknown_variables()
         print(f"{args.file}: ok ({len(app.services)} service(s), {len(app.routers)} router(s), "
               f"{len(app.functions)} process function(s))")
         return 0
@@ -80,8 +81,16 @@ def run(app, addr: Optional[str] = None) -> int:
     """
     from .settings import settings
 
+    _warn_unknown_variables()
     tune_gc(settings().gc_threshold)
     return uvloop.run(_serve(app, addr))
+
+
+def _warn_unknown_variables() -> None:
+    from .settings import unknown_variables
+
+    for warning in unknown_variables():
+        log.warning("%s", warning)
 
 
 def tune_gc(threshold: int) -> None:

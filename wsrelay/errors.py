@@ -1,36 +1,27 @@
-"""Every exception wsrelay raises on purpose, in one place."""
+"""Every exception wsrelay raises on purpose, in one place: the core's own
+(wsrelay._core.errors) and the Python layer's."""
 
 from __future__ import annotations
 
-from typing import Any
+from ._core.errors import (
+    MailboxFull,
+    NoTransport,
+    RelayHeaderError,
+    RelaySettingsError,
+    WrongThread,
+    WsrelayError,
+)
 
-
-class WsrelayError(Exception):
-    """Base class of wsrelay's own errors."""
-
-
-class MailboxFull(WsrelayError):
-    """The destination's mailbox is at capacity; the message was not queued.
-
-    Raised by ``process.send`` so the sender can back off, retry or shed load:
-    a bounded mailbox never drops an ordinary message silently.
-    """
-
-    def __init__(self, pid: Any, capacity: int) -> None:
-        super().__init__(f"mailbox of {pid} is full ({capacity} messages); message not queued")
-        self.pid = pid
-        self.capacity = capacity
-
-
-class NoTransport(LookupError, WsrelayError):
-    """A PID names another node and no cluster transport is configured."""
-
-    def __init__(self, pid: Any) -> None:
-        super().__init__(
-            f"{pid} belongs to node {getattr(pid, 'node', None)!r}, and no cluster transport "
-            f"is configured (see wsrelay.set_transport)"
-        )
-        self.pid = pid
+__all__ = [
+    "ConfigError",
+    "MailboxFull",
+    "NoTransport",
+    "RelayHeaderError",
+    "RelaySettingsError",
+    "SettingsError",
+    "WrongThread",
+    "WsrelayError",
+]
 
 
 class SettingsError(WsrelayError):
@@ -55,7 +46,3 @@ class ConfigError(WsrelayError):
         super().__init__(where + message)
         self.entry = entry
         self.field = field
-
-
-class RelayHeaderError(ValueError, WsrelayError):
-    """The ``X-WS-Relay`` header set by a handler cannot be used."""

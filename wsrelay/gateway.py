@@ -4,6 +4,7 @@ its router and endpoint, with /health and /metrics on every service."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import Counter
@@ -11,9 +12,11 @@ from typing import Any, Optional
 
 import orjson
 import picows
-from picows import WSUpgradeResponseWithListener
+from picows import WSAutoPingStrategy, WSUpgradeResponseWithListener
+from picows.picows import WSProtocol
 
-from ._core.relay import RelayListener, RelayOptions
+from ._core.handshake import Handshakes
+from ._core.relay import RelayListener, RelayService
 from ._core.runtime import node as get_node
 from ._core.runtime import terminate
 from .app import App, Router, Service, parse_addr
@@ -43,21 +46,41 @@ class ServiceRuntime:
         self.gateway = gateway
         self.service = service
         s = gateway.settings
-        self.relay_options = RelayOptions(
-            get_node(), service.id, s.max_message_size, s.write_buffer_limit, s.close_timeout,
-            asyncio.get_running_loop(),
+        loop = asyncio.get_running_loop()
+        self.relay = RelayService(
+            get_node(), service.id, loop,
+            max_message_size=s.max_message_size, write_buffer_limit=s.write_buffer_limit,
+            close_timeout=s.close_timeout, stall_timeout=s.stall_timeout,
+            ping_interval=s.ping_interval, ping_timeout=s.ping_timeout,
         )
+        self.handshakes = Handshakes(loop, functools.partial(
+            WSProtocol,
+            None, None, False,  # host:port and path (a client's), is_client_side
+            self.listener_factory,
+            _PICOWS_LOGGER,
+            True,  # disconnect_on_exception
+            s.handshake_timeout,
+            False, 20, 20, WSAutoPingStrategy.PING_WHEN_IDLE,  # auto-ping off: the relay's sweep pings
+            False,  # auto-pong off: the relay answers pings itself, after its RSV check
+            s.max_message_size,  # max frame size
+            None,  # extra headers (a client's)
+            s.read_buffer_size,
+        ), timeout=s.handshake_timeout)
         # Longest prefix first, so /ws/admin wins over /ws.
         self.routers = sorted((_RouterRuntime(r, self) for r in routers),
                               key=lambda rt: len(rt.router.prefix), reverse=True)
         self.server: Optional[asyncio.AbstractServer] = None
-        self.handshake_failures: Counter[str] = Counter()
         self.accepting = True
 
     # -- used by middleware ---------------------------------------------------------
 
     def handshake_failed(self, reason: str) -> None:
-        self.handshake_failures[reason] += 1
+        self.handshakes.failed(reason)
+
+    @property
+    def handshake_failures(self) -> Counter[str]:
+        """Refused upgrade requests by reason."""
+        return Counter(self.handshakes.failures)
 
     def at_connection_limit(self) -> bool:
         limit = self.gateway.settings.max_connections
@@ -142,7 +165,7 @@ class ServiceRuntime:
     def health(self) -> Response:
         body = {
             "status": "ok" if self.accepting else "draining",
-            "connections": len(self.relay_options.connections),
+            "connections": len(self.relay.connections),
             "processes": get_node().process_count(),
         }
         res = Response().status(200 if self.accepting else 503)
@@ -166,38 +189,27 @@ class Gateway:
         self.services: dict[str, ServiceRuntime] = {}
         self.started_at = time.time()
         self._metrics_registry: Any = None
-        self._sweeper: Optional[asyncio.Task[None]] = None
 
     async def start(self) -> None:
         self.app.install()
-        s = self.settings
+        loop = asyncio.get_running_loop()
+        get_node().bind_thread()
         _quiet_picows(logging.getLogger("wsrelay").getEffectiveLevel())
         for index, service in enumerate(self.app.services.values()):
             routers = [r for r in self.app.routers.values() if r.service == service.id]
             rt = ServiceRuntime(self, service, routers)
             addr = self.addr_override if (index == 0 and self.addr_override) else service.addr
             host, port = parse_addr(addr)
-            rt.server = await picows.ws_create_server(
-                rt.listener_factory,
-                host,
-                port,
-                websocket_handshake_timeout=s.handshake_timeout,
-                enable_auto_ping=False,
-                enable_auto_pong=False,  # the relay answers pings itself, after its RSV check
-                max_frame_size=s.max_message_size,
-                read_buffer_init_size=s.read_buffer_size,
-                logger_name=_PICOWS_LOGGER,
-                use_aiofastnet=False,
-                reuse_address=True,
-                backlog=4096,
-            )
+            # Each socket starts with the handshake guard, which hands it to
+            # picows once the request head is in (wsrelay._core.handshake).
+            rt.server = await loop.create_server(rt.handshakes.protocol, host, port, reuse_address=True,
+                                                 backlog=4096)
+            rt.relay.start()
             self.services[service.id] = rt
             log.info("%s listening on %s", service.id, self.url("", service.id, scheme="http"))
-        if s.ping_interval > 0:
-            self._sweeper = asyncio.ensure_future(self._sweep_idle())
 
     def connection_count(self) -> int:
-        return sum(len(rt.relay_options.connections) for rt in self.services.values())
+        return sum(len(rt.relay.connections) for rt in self.services.values())
 
     def address(self, service: Optional[str] = None) -> tuple[str, int]:
         rt = self._service(service)
@@ -217,36 +229,24 @@ class Gateway:
             return next(iter(self.services.values()))
         return self.services[service]
 
-    async def _sweep_idle(self) -> None:
-        s = self.settings
-        tick = max(0.05, min(s.ping_interval, s.ping_timeout) / 4)
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(tick)
-            now = loop.time()
-            for rt in self.services.values():
-                rt.relay_options.sweep_idle(now, s.ping_interval, s.ping_timeout)
-
     async def shutdown(self, drain_timeout: Optional[float] = None) -> bool:
         """Stop accepting, close every connection with 1001 (targets get
         ``ws.leave`` with reason ``shutdown``) and wait for them to go, at most
         ``drain_timeout`` seconds; then drop what remains. True when every
         connection closed in time."""
         timeout = self.settings.drain_timeout if drain_timeout is None else drain_timeout
-        if self._sweeper is not None:
-            self._sweeper.cancel()
         for rt in self.services.values():
             rt.accepting = False
             if rt.server is not None:
                 rt.server.close()
         for rt in self.services.values():
-            rt.relay_options.shutdown()
+            rt.relay.shutdown()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         drained = await self._wait_drained(deadline)
         if not drained:
             for rt in self.services.values():
-                rt.relay_options.abort_all()
+                rt.relay.abort_all()
             await self._wait_drained(loop.time() + 1.0)
         for rt in self.services.values():
             if rt.server is not None:
@@ -255,7 +255,7 @@ class Gateway:
 
     async def _wait_drained(self, deadline: float) -> bool:
         loop = asyncio.get_running_loop()
-        waiters = [rt.relay_options.wait_empty() for rt in self.services.values()]
+        waiters = [rt.relay.wait_empty() for rt in self.services.values()]
         try:
             await asyncio.wait_for(asyncio.gather(*waiters), max(0.0, deadline - loop.time()))
         except asyncio.TimeoutError:

@@ -10,23 +10,20 @@ from __future__ import annotations
 
 import base64
 import binascii
-import dataclasses
 import logging
 import re
 from typing import Any, Optional
 
-import orjson
-
-from ._core.pid import Pid
-from ._core.relay import Connection, RelayListener, parse_heartbeat
+from ._core.relay import Connection, RelayListener
+from ._core.relayspec import RELAY_HEADER, RelaySpec, parse_relay_header
 from .errors import RelayHeaderError
 from .http import Middleware, Request, Response, plain, register_middleware
 
+__all__ = ["RELAY_HEADER", "OriginPolicy", "RelaySpec", "WebSocketRelay", "check_upgrade", "parse_relay_header"]
+
 log = logging.getLogger("wsrelay.relay")
 
-RELAY_HEADER = "X-WS-Relay"
 ORIGINS_OPTION = "wsrelay.allowed.origins"
-_FIELDS = {"target_pid", "message_topic", "heartbeat_interval", "metadata"}
 _DEFAULT_PORTS = {"http": "80", "https": "443", "ws": "80", "wss": "443"}
 
 
@@ -124,54 +121,6 @@ def check_upgrade(req: Request) -> Optional[Response]:
     return None
 
 
-# -- X-WS-Relay ----------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class RelaySpec:
-    target_pid: Pid
-    message_topic: str = "ws.message"
-    heartbeat_interval: float = 0.0
-    metadata: Any = dataclasses.field(default_factory=dict)
-
-
-def parse_relay_header(raw: str) -> RelaySpec:
-    """The relay settings in an ``X-WS-Relay`` value; RelayHeaderError names
-    what is wrong."""
-    try:
-        value = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise RelayHeaderError(f"{RELAY_HEADER} is not valid JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise RelayHeaderError(f"{RELAY_HEADER} must be a JSON object, got {type(value).__name__}")
-    unknown = sorted(set(value) - _FIELDS)
-    if unknown:
-        raise RelayHeaderError(f"{RELAY_HEADER} has unknown field(s) {unknown}; known: {sorted(_FIELDS)}")
-    if "target_pid" not in value:
-        raise RelayHeaderError(f"{RELAY_HEADER} needs target_pid")
-    target = value["target_pid"]
-    if not isinstance(target, str):
-        raise RelayHeaderError(f"{RELAY_HEADER} target_pid must be a string, got {type(target).__name__}")
-    try:
-        pid = Pid.parse(target)
-    except ValueError as exc:
-        raise RelayHeaderError(f"{RELAY_HEADER} target_pid: {exc}") from None
-    topic = value.get("message_topic", "ws.message")
-    if not isinstance(topic, str) or not topic or topic.startswith("@"):
-        raise RelayHeaderError(
-            f"{RELAY_HEADER} message_topic must be a non-empty string not starting with '@', got {topic!r}")
-    metadata = value.get("metadata", {})
-    if metadata is None:
-        metadata = {}
-    if not isinstance(metadata, dict):
-        raise RelayHeaderError(f"{RELAY_HEADER} metadata must be an object, got {type(metadata).__name__}")
-    try:
-        heartbeat = parse_heartbeat(value.get("heartbeat_interval"))
-    except ValueError as exc:
-        raise RelayHeaderError(f"{RELAY_HEADER} heartbeat_interval: {exc}") from None
-    return RelaySpec(pid, topic, heartbeat, metadata)
-
-
 # -- the middleware --------------------------------------------------------------------------
 
 
@@ -215,8 +164,7 @@ class WebSocketRelay(Middleware):
             _refuse(res, plain(500, f"500 Internal Server Error: {exc}"), failed_upgrade=True)
             return None
         try:
-            conn = Connection.prepare(service.relay_options, spec.target_pid, spec.message_topic,
-                                      spec.metadata, spec.heartbeat_interval)
+            conn = Connection.prepare(service.relay, spec)
         except ProcessLookupError as exc:
             log.warning("%s %s: %s", req.method, req.path, exc)
             service.handshake_failed("target_not_alive")

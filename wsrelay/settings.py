@@ -7,11 +7,12 @@ with its default and what raising it costs.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 from typing import Callable, Mapping, Optional
 
+from ._core.units import parse_duration, parse_size
 from .errors import SettingsError
-from .units import parse_duration, parse_size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +30,9 @@ class Settings:
     read_buffer_size: int = 2048
     log_level: str = "INFO"
     close_timeout: float = 5.0
+    # A connection paused on a full target for this long with no progress is
+    # closed with 1013 (0: never).
+    stall_timeout: float = 60.0
     node_name: Optional[str] = None
     # Allocations between young-generation collections; 0 keeps Python's.
     gc_threshold: int = 50_000
@@ -99,11 +103,27 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], object]]] = {
     "WSRELAY_READ_BUFFER_SIZE": ("read_buffer_size", _int_in(2048, 64 << 20)),
     "WSRELAY_LOG_LEVEL": ("log_level", _level),
     "WSRELAY_CLOSE_TIMEOUT": ("close_timeout", _positive_seconds),
+    "WSRELAY_STALL_TIMEOUT": ("stall_timeout", _seconds),
     "WSRELAY_NODE": ("node_name", _node),
     "WSRELAY_GC_THRESHOLD": ("gc_threshold", _int_in(0, 1 << 30)),
 }
 
 VARIABLES = tuple(_VARIABLES)
+# Read by setup.py when the core is compiled, not by the gateway.
+BUILD_VARIABLES = ("WSRELAY_DEBUG_BUILD", "WSRELAY_ANNOTATE")
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
+    """A warning for each WSRELAY_* variable wsrelay does not know (a typo
+    would otherwise be silently ignored), naming the closest known one."""
+    env = os.environ if environ is None else environ
+    warnings = []
+    for name in sorted(env):
+        if name.startswith("WSRELAY_") and name not in _VARIABLES and name not in BUILD_VARIABLES:
+            close = difflib.get_close_matches(name, VARIABLES, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]}?" if close else f"; known: {', '.join(VARIABLES)}"
+            warnings.append(f"unknown environment variable {name} is ignored{hint}")
+    return warnings
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:

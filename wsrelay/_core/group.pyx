@@ -8,9 +8,10 @@ the write coalescing in relay.pyx); members leave the group by themselves
 when their connection ends.
 """
 
+from .frames cimport encode_send
 from .pid cimport to_pid
-from .relay cimport Connection, encode_send
-from .runtime cimport Node, Process, get_node
+from .relay cimport Connection
+from .runtime cimport Node, Process, calling_process
 
 
 cdef Connection _connection(Node node, object pid):
@@ -43,7 +44,7 @@ cdef class Group:
     def add(self, pid):
         """Add the connection ``pid`` (a Pid or its text). False when it has
         already ended; ValueError when it is not a connection."""
-        cdef Connection conn = _connection(get_node(), pid)
+        cdef Connection conn = _connection(calling_process("Group.add").node, pid)
         if conn is None:
             return False
         if conn in self.members:
@@ -55,7 +56,7 @@ cdef class Group:
         return True
 
     def discard(self, pid):
-        cdef Process proc = get_node().lookup(pid)
+        cdef Process proc = calling_process("Group.discard").node.lookup(pid)
         if proc is None or proc not in self.members:
             return False
         self.members.discard(proc)
@@ -66,7 +67,7 @@ cdef class Group:
         return len(self.members)
 
     def __contains__(self, pid):
-        cdef Process proc = get_node().lookup(pid)
+        cdef Process proc = calling_process("Group.__contains__").node.lookup(pid)
         return proc is not None and proc in self.members
 
     def pids(self):
@@ -74,14 +75,15 @@ cdef class Group:
 
     def send(self, payload):
         """Send a ``ws.send`` payload to every member, the frame built once;
-        returns how many connections it was written to."""
+        returns how many connections it was queued for."""
+        calling_process("Group.send")
         return _broadcast(self.members, payload)
 
 
 def broadcast(pids, payload):
     """``ws.send`` one payload to each connection in ``pids``, the frame built
     once. PIDs that have ended are skipped; returns how many were sent."""
-    cdef Node node = get_node()
+    cdef Node node = calling_process("broadcast").node
     cdef list targets = []
     cdef Connection conn
     for pid in pids:

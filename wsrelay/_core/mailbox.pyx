@@ -5,7 +5,14 @@ The ring grows by doubling as messages arrive and is released once drained,
 so an idle process costs no slots. ``capacity`` bounds ordinary messages;
 ``push_force`` (system events, relay bookkeeping bounded by their own rules)
 may pass it.
+
+A sender that must not lose a message when the mailbox is full (a relay
+connection) registers a RoomWaiter and stops producing; the mailbox wakes its
+waiters once it has drained to half its capacity, and a waiter that stops
+waiting (its connection ended or moved to another target) withdraws.
 """
+
+import logging
 
 from cpython.mem cimport PyMem_Malloc, PyMem_Free
 from cpython.object cimport PyObject
@@ -13,9 +20,19 @@ from cpython.ref cimport Py_INCREF, Py_XDECREF
 
 from .message cimport Message
 
-cdef Py_ssize_t _MIN_ALLOC = 8
-# A ring larger than this is freed when it drains, returning a burst's memory.
-cdef Py_ssize_t _KEEP_ALLOC = 64
+from .stats cimport LimitedLog
+
+cdef enum:
+    _MIN_ALLOC = 8
+    # A ring larger than this is freed when it drains, returning a burst's memory.
+    _KEEP_ALLOC = 64
+
+cdef LimitedLog _log = LimitedLog("wsrelay.runtime")
+
+
+cdef class RoomWaiter:
+    cdef int on_room(self) except -1:
+        return 0
 
 
 cdef class Mailbox:
@@ -27,6 +44,7 @@ cdef class Mailbox:
         self._head = 0
         self._count = 0
         self._alloc = 0
+        self.taken = 0
         self.waiter = None
         self._room_waiters = None
 
@@ -99,6 +117,7 @@ cdef class Mailbox:
         self._slots[self._head] = NULL
         self._head = (self._head + 1) & (self._alloc - 1)
         self._count -= 1
+        self.taken += 1
         if self._count == 0 and self._alloc > _KEEP_ALLOC:
             PyMem_Free(self._slots)
             self._slots = NULL
@@ -108,24 +127,84 @@ cdef class Mailbox:
             self._wake_room_waiters()
         return msg
 
-    cdef void _wake_room_waiters(self):
+    cdef int _wake_room_waiters(self) except -1:
+        cdef RoomWaiter waiter
         waiters = self._room_waiters
         self._room_waiters = None
-        for callback in waiters:
+        for waiter in waiters:
+            waiter.waiting_on = None
+        for waiter in waiters:
             try:
-                callback()
-            except Exception:
-                import logging
-                logging.getLogger("wsrelay.runtime").exception("mailbox room callback failed")
+                waiter.on_room()
+            except Exception as exc:
+                # One waiter's failure must not keep the others paused.
+                if _log.allow("room_waiter"):
+                    _log.write(logging.ERROR, f"a mailbox room waiter failed: {exc!r}")
+        return 0
 
-    cdef int add_room_waiter(self, object callback) except -1:
+    cdef int wait_for_room(self, RoomWaiter waiter) except -1:
+        if waiter.waiting_on is not None and waiter.waiting_on is not self:
+            waiter.waiting_on.withdraw(waiter)
         if self._room_waiters is None:
-            self._room_waiters = [callback]
-        else:
-            self._room_waiters.append(callback)
+            self._room_waiters = {}
+        self._room_waiters[waiter] = None
+        waiter.waiting_on = self
+        return 0
+
+    cdef int withdraw(self, RoomWaiter waiter) except -1:
+        if self._room_waiters is not None:
+            self._room_waiters.pop(waiter, None)
+            if not self._room_waiters:
+                self._room_waiters = None
+        if waiter.waiting_on is self:
+            waiter.waiting_on = None
         return 0
 
     cdef int clear(self) except -1:
+        cdef RoomWaiter waiter
         self._release()
-        self._room_waiters = None
+        if self._room_waiters is not None:
+            for waiter in self._room_waiters:
+                waiter.waiting_on = None
+            self._room_waiters = None
         return 0
+
+    # Python-visible views for the core's unit tests (tests/test_core_units.py).
+
+    def _test_push(self, Message msg, bint force=False):
+        if force:
+            self.push_force(msg)
+            return True
+        return self.push(msg)
+
+    def _test_pop(self):
+        return self.pop()
+
+    def _test_allocated(self):
+        return self._alloc
+
+    def _test_waiting(self):
+        return 0 if self._room_waiters is None else len(self._room_waiters)
+
+    def _test_wait_for_room(self, RoomWaiter waiter):
+        self.wait_for_room(waiter)
+
+    def _test_withdraw(self, RoomWaiter waiter):
+        self.withdraw(waiter)
+
+
+cdef class _CallbackWaiter(RoomWaiter):
+    """A RoomWaiter that calls a Python function: for the core's unit tests."""
+
+    cdef object callback
+
+    def __init__(self, callback):
+        self.callback = callback
+
+    cdef int on_room(self) except -1:
+        self.callback()
+        return 0
+
+    @property
+    def waiting(self):
+        return self.waiting_on is not None

@@ -11,6 +11,9 @@ cdef class Process:
     cdef Node node
     cdef Mailbox mailbox
     cdef readonly bint alive
+    # Why it ended (None while alive): a relay tells a target that returned
+    # from one that failed, even when the target ended before the relay began.
+    cdef readonly str exit_reason
     # Messages taken without waiting since the process last let others run.
     cdef int streak
     cdef bint trapping
@@ -45,6 +48,8 @@ cdef class Node:
     cdef dict functions
     cdef set hosts
     cdef uint64_t _next_id
+    # The thread running the loop the runtime belongs to (0: not bound yet).
+    cdef unsigned long thread_id
     cdef object transport
     cdef object _kill_queue
     cdef bint _finishing
@@ -55,6 +60,7 @@ cdef class Node:
     cdef Process lookup(self, object dest)
     cdef int finish(self, Process proc, str reason, object error) except -1
     cdef int _finish_one(self, Process proc, str reason, object error) except -1
+    cdef int bookkeeping_error(self, str kind, str what, object exc) except -1
     cdef int add_monitor(self, Process watcher, Process target) except -1
     cdef int remove_monitor(self, Process watcher, Process target) except -1
     cdef bint send_from(self, object dest, str topic, object payload, Pid sender) except -1
@@ -62,5 +68,6 @@ cdef class Node:
 
 cdef Node get_node()
 cdef Process current_process()
+cdef Process calling_process(str what)
 cdef Message exit_event(str topic, Pid pid, str reason, object error)
 cdef str check_topic(object topic)

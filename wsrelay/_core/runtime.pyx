@@ -17,26 +17,30 @@ from collections import deque
 from cpython.contextvars cimport get_value
 from cpython.dict cimport PyDict_GetItemWithError
 from cpython.object cimport PyObject
+from cpython.pythread cimport PyThread_get_thread_ident
 from cpython.ref cimport Py_INCREF
 from libc.stdint cimport uint64_t
 
+from .includes.capi cimport TypeSlots, PyExc_StopIteration, PyErr_SetObject
 from .pid cimport Pid, make_pid, parse_pid, to_pid
 from .message cimport Message, new_message
 from .mailbox cimport Mailbox
-from .stats cimport Counters
+from .stats cimport Counters, LimitedLog
 
-from wsrelay.errors import MailboxFull, NoTransport
+from .errors import MailboxFull, NoTransport, WrongThread
 
 EXIT = "@exit"
 LINK_DOWN = "@link_down"
 
 NORMAL = "normal"
 
-# Messages a process may take from its mailbox in a row before it lets other
-# tasks run (Erlang's reductions, counted in messages).
-DEF RECEIVE_BUDGET = 64
+cdef enum:
+    # Messages a process may take from its mailbox in a row before it lets
+    # other tasks run (Erlang's reductions, counted in messages).
+    RECEIVE_BUDGET = 64
 
 cdef object _log = logging.getLogger("wsrelay.runtime")
+cdef LimitedLog _limited = LimitedLog("wsrelay.runtime")
 cdef object _CURRENT = contextvars.ContextVar("wsrelay_process")
 cdef object _CancelledError = asyncio.CancelledError
 cdef object _get_running_loop = asyncio._get_running_loop
@@ -66,8 +70,9 @@ cdef class Process:
     cdef bint deliver(self, str topic, object payload, Pid sender) except -1:
         if not self.mailbox.push(new_message(topic, payload, sender)):
             self.node.counters.mailbox_full += 1
-            _log.warning("mailbox of %s is full (%d messages): %r from %s refused",
-                         self.pid, self.mailbox.capacity, topic, sender)
+            if _limited.allow("mailbox_full"):
+                _limited.write(logging.WARNING, f"mailbox of {self.pid} is full ({self.mailbox.capacity} "
+                                                f"messages): {topic!r} from {sender} refused with MailboxFull")
             raise MailboxFull(self.pid, self.mailbox.capacity)
         self.node.counters.messages_sent += 1
         return True
@@ -99,8 +104,9 @@ cdef class _SystemProcess(Process):
     cdef int signal(self, Message msg) except -1:
         if not self.mailbox.push(msg):
             self.node.counters.system_events_dropped += 1
-            _log.warning("system inbox full (%d): dropped %s event for %s",
-                         self.mailbox.capacity, msg.topic, msg.sender)
+            if _limited.allow("system_inbox_full"):
+                _limited.write(logging.WARNING, f"system inbox full ({self.mailbox.capacity}): dropped "
+                                                f"{msg.topic} event for {msg.sender}")
         return 0
 
     cdef int kill(self, str reason, object error) except -1:
@@ -235,15 +241,6 @@ cdef class _Receive:
         self.waiter = None
 
 
-ctypedef PyObject* (*iternextfunc)(PyObject*)
-
-cdef extern from "Python.h":
-    ctypedef struct TypeSlots "PyTypeObject":
-        iternextfunc tp_iternext
-    PyObject* PyExc_StopIteration
-    void PyErr_SetObject(PyObject* exc, PyObject* value)
-
-
 cdef PyObject* _receive_iternext(PyObject* self) except NULL:
     """tp_iternext of _Receive. The message goes back to the awaiting task as
     StopIteration's value, set directly: raising it from Cython would also
@@ -353,6 +350,11 @@ cdef class Node:
     def is_alive(self, pid):
         return self.lookup(to_pid(pid)) is not None
 
+    def bind_thread(self):
+        """Bind the runtime to the calling thread (the one that runs the
+        gateway's loop); calls from any other thread raise WrongThread."""
+        self.thread_id = PyThread_get_thread_ident()
+
     def set_transport(self, transport):
         """Route sends to PIDs of other nodes through ``transport.send(pid,
         topic, payload, sender) -> bool``: the seam for cluster mode."""
@@ -386,11 +388,8 @@ cdef class Node:
             host = self.default_host
         elif host not in self.hosts:
             raise LookupError(f"unknown process host {host!r}; declared hosts: {sorted(self.hosts)}")
+        cdef Process caller = _caller(self, "process.spawn")
         loop = _get_running_loop()
-        if loop is None:
-            raise RuntimeError("wsrelay.process.spawn() needs a running event loop: call it from "
-                               "a coroutine, a process or an HTTP handler")
-        cdef Process caller = current_process()
         cdef Process proc = Process.__new__(Process)
         self.attach(proc, self.new_pid(host))
         proc.loop = loop
@@ -421,7 +420,8 @@ cdef class Node:
         """End ``proc``: the table, names, monitors and links all learn of it.
 
         Link kills cascade through a queue, not recursion, so a long chain of
-        links cannot exhaust the stack.
+        links cannot exhaust the stack. An error while telling one monitor or
+        link is logged and counted, and the cascade goes on with the rest.
         """
         self._kill_queue.append((proc, reason, error))
         if self._finishing:
@@ -430,9 +430,20 @@ cdef class Node:
         try:
             while self._kill_queue:
                 proc, reason, error = self._kill_queue.popleft()
-                self._finish_one(proc, reason, error)
+                try:
+                    self._finish_one(proc, reason, error)
+                except Exception as exc:
+                    self.bookkeeping_error("exit_cascade", f"ending {proc.pid}", exc)
         finally:
             self._finishing = False
+        return 0
+
+    cdef int bookkeeping_error(self, str kind, str what, object exc) except -1:
+        """An error inside the runtime's own bookkeeping: counted, logged
+        (rate-limited, with its traceback), survived."""
+        self.counters.runtime_errors += 1
+        if _limited.allow(kind):
+            _log.error("runtime error while %s (the runtime carries on)", what, exc_info=exc)
         return 0
 
     cdef int _finish_one(self, Process proc, str reason, object error) except -1:
@@ -440,6 +451,7 @@ cdef class Node:
         if not proc.alive:
             return 0
         proc.alive = False
+        proc.exit_reason = reason
         del self.table[proc.pid]
         self.counters.processes_exited += 1
         if proc.names is not None:
@@ -449,7 +461,8 @@ cdef class Node:
             proc.names = None
         if proc.monitoring is not None:
             for other in proc.monitoring:
-                other.monitored_by.discard(proc)
+                if other.monitored_by is not None:
+                    other.monitored_by.discard(proc)
             proc.monitoring = None
         monitored_by = proc.monitored_by
         links = proc.links
@@ -457,22 +470,29 @@ cdef class Node:
         proc.links = None
         try:
             proc.on_exit(reason, error)
-        except Exception:
-            _log.exception("exit hook of %s failed", proc.pid)
+        except Exception as exc:
+            self.bookkeeping_error("exit_hook", f"running the exit hook of {proc.pid}", exc)
         if monitored_by is not None:
             for other in monitored_by:
-                if other.monitoring is not None:
-                    other.monitoring.discard(proc)
-                other.signal(exit_event(EXIT, proc.pid, reason, error))
+                try:
+                    if other.monitoring is not None:
+                        other.monitoring.discard(proc)
+                    other.signal(exit_event(EXIT, proc.pid, reason, error))
+                except Exception as exc:
+                    self.bookkeeping_error("exit_signal", f"telling {other.pid} that {proc.pid} ended", exc)
         if links is not None:
             for other in links:
-                other.links.discard(proc)
-                if reason == NORMAL:
-                    continue
-                if other.trapping:
-                    other.signal(exit_event(LINK_DOWN, proc.pid, reason, error))
-                else:
-                    other.kill(reason, error)
+                try:
+                    if other.links is not None:
+                        other.links.discard(proc)
+                    if reason == NORMAL:
+                        continue
+                    if other.trapping:
+                        other.signal(exit_event(LINK_DOWN, proc.pid, reason, error))
+                    else:
+                        other.kill(reason, error)
+                except Exception as exc:
+                    self.bookkeeping_error("exit_signal", f"breaking the link {proc.pid} - {other.pid}", exc)
         if proc.mailbox is not None:
             proc.mailbox.clear()
         proc.task = None
@@ -584,12 +604,20 @@ async def _main(Process proc, object fn, tuple args):
         proc.node.finish(proc, NORMAL, None)
 
 
+cdef object _node_factory = None
+
+
+def set_node_factory(factory):
+    """How the node is made on first use: the Python layer passes a function
+    that reads its settings, so the core never imports them."""
+    global _node_factory
+    _node_factory = factory
+
+
 cdef Node get_node():
     global _NODE
     if _NODE is None:
-        from wsrelay.settings import settings
-        s = settings()
-        _NODE = Node(s.node_name, s.mailbox_capacity)
+        _NODE = _node_factory() if _node_factory is not None else Node()
     return _NODE
 
 
@@ -611,14 +639,32 @@ cdef Process current_process():
     return get_node().system
 
 
-cdef Process _caller_outside_loop_check(str what):
+cdef Process calling_process(str what):
+    """The process making an API call, after the call's preconditions: the
+    runtime's own thread, and a running loop for calls outside any process."""
+    return _caller(get_node(), what)
+
+
+cdef Process _caller(Node n, str what):
+    cdef unsigned long thread = PyThread_get_thread_ident()
+    if thread != n.thread_id:
+        if n.thread_id != 0:
+            raise WrongThread(
+                f"wsrelay.{what}() was called from thread {thread}, but the runtime belongs to "
+                f"thread {n.thread_id}, which runs the gateway's event loop: hand the call to that loop "
+                f"with loop.call_soon_threadsafe()")
+        if _get_running_loop() is None:
+            raise RuntimeError(f"wsrelay.{what}() needs a running event loop: call it from "
+                               f"a coroutine, a process or an HTTP handler")
+        # The first call from a thread with a running loop binds the runtime to it.
+        n.thread_id = thread
     cdef object proc = get_value(_CURRENT, None)
     if proc is not None:
         return <Process>proc
     if _get_running_loop() is None:
-        raise RuntimeError(f"wsrelay.process.{what}() needs a running event loop: call it from "
+        raise RuntimeError(f"wsrelay.{what}() needs a running event loop: call it from "
                            f"a coroutine, a process or an HTTP handler")
-    return get_node().system
+    return n.system
 
 
 cdef int _link(Process a, Process b) except -1:
@@ -633,7 +679,7 @@ cdef int _link(Process a, Process b) except -1:
     return 0
 
 
-cdef Process _local_target(Node n, object pid, str what):
+cdef Process _local_target(Node n, object pid):
     cdef Process proc = n.lookup(pid)
     cdef Pid parsed
     if proc is not None:
@@ -665,18 +711,18 @@ def spawn_linked(str id, host=None, *args):
 cpdef bint send(object dest, object topic, object payload=None) except -1:
     """Deliver a message. False when ``dest`` has exited (or no such name);
     MailboxFull when its mailbox is at capacity."""
-    cdef Process sender = _caller_outside_loop_check("send")
+    cdef Process sender = calling_process("process.send")
     return sender.node.send_from(dest, check_topic(topic), payload, sender.pid)
 
 
 def self():
     """The caller's PID (the system process's outside any process)."""
-    return _caller_outside_loop_check("self").pid
+    return calling_process("process.self").pid
 
 
 def inbox():
     """The caller's inbox."""
-    cdef Process proc = _caller_outside_loop_check("inbox")
+    cdef Process proc = calling_process("process.inbox")
     if proc._inbox is None:
         ib = Inbox.__new__(Inbox)
         (<Inbox>ib).proc = proc
@@ -687,8 +733,8 @@ def inbox():
 def monitor(pid):
     """The caller gets an EXIT event when ``pid`` ends; at once (reason
     ``noproc``) when it is already gone."""
-    cdef Process caller = _caller_outside_loop_check("monitor")
-    cdef Process target = _local_target(caller.node, pid, "monitor")
+    cdef Process caller = calling_process("process.monitor")
+    cdef Process target = _local_target(caller.node, pid)
     if target is None:
         caller.signal(exit_event(EXIT, to_pid(pid), "noproc", None))
         return
@@ -696,8 +742,8 @@ def monitor(pid):
 
 
 def unmonitor(pid):
-    cdef Process caller = _caller_outside_loop_check("unmonitor")
-    cdef Process target = _local_target(caller.node, pid, "unmonitor")
+    cdef Process caller = calling_process("process.unmonitor")
+    cdef Process target = _local_target(caller.node, pid)
     if target is not None:
         caller.node.remove_monitor(caller, target)
 
@@ -705,16 +751,16 @@ def unmonitor(pid):
 def link(pid):
     """Link the caller and ``pid`` both ways. Raises ProcessLookupError when
     ``pid`` is not alive."""
-    cdef Process caller = _caller_outside_loop_check("link")
-    cdef Process target = _local_target(caller.node, pid, "link")
+    cdef Process caller = calling_process("process.link")
+    cdef Process target = _local_target(caller.node, pid)
     if target is None:
         raise ProcessLookupError(f"cannot link to {pid}: it is not alive")
     _link(caller, target)
 
 
 def unlink(pid):
-    cdef Process caller = _caller_outside_loop_check("unlink")
-    cdef Process target = _local_target(caller.node, pid, "unlink")
+    cdef Process caller = calling_process("process.unlink")
+    cdef Process target = _local_target(caller.node, pid)
     if target is None:
         return
     if caller.links is not None:
@@ -726,7 +772,7 @@ def unlink(pid):
 def trap_exits(bint flag=True):
     """Turn the caller's link failures into LINK_DOWN events; returns the old
     setting."""
-    cdef Process caller = _caller_outside_loop_check("trap_exits")
+    cdef Process caller = calling_process("process.trap_exits")
     if caller is caller.node.system:
         return True
     old = caller.trapping
@@ -736,8 +782,8 @@ def trap_exits(bint flag=True):
 
 def terminate(pid, str reason="terminated"):
     """End another process with ``reason``; False when it was already gone."""
-    cdef Process caller = _caller_outside_loop_check("terminate")
-    cdef Process target = _local_target(caller.node, pid, "terminate")
+    cdef Process caller = calling_process("process.terminate")
+    cdef Process target = _local_target(caller.node, pid)
     if reason is None or not reason:
         raise ValueError("terminate() needs a non-empty reason")
     if target is None:
@@ -748,7 +794,7 @@ def terminate(pid, str reason="terminated"):
 
 def register(str name, pid=None):
     """Register ``name`` for ``pid`` (the caller by default)."""
-    _caller_outside_loop_check("register")
+    calling_process("process.register")
     get_node().register_name(name, pid)
 
 

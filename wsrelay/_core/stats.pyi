@@ -1,18 +1,16 @@
+from typing import Optional
+
+COUNTERS: tuple[tuple[str, str, Optional[tuple[str, str]], Optional[str]], ...]
+
 class Counters:
-    processes_spawned: int
-    processes_exited: int
-    processes_crashed: int
-    messages_sent: int
-    mailbox_full: int
-    system_events_dropped: int
-    connections_opened: int
-    connections_closed: int
-    ws_messages_in: int
-    ws_bytes_in: int
-    ws_messages_out: int
-    ws_bytes_out: int
-    ws_frames_dropped_closing: int
-    relay_backpressure_pauses: int
-    slow_consumer_closes: int
-    heartbeats_coalesced: int
+    """Plain integers bumped in the core; one attribute per row of COUNTERS."""
+
     def as_dict(self) -> dict[str, int]: ...
+    def __getattr__(self, name: str) -> int: ...
+
+class LimitedLog:
+    """At most one log line per kind per interval, counting what it held back."""
+
+    def __init__(self, name: str, interval: float = 1.0) -> None: ...
+    def warning(self, kind: str, message: str) -> None: ...
+    def error(self, kind: str, message: str) -> None: ...

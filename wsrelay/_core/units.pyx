@@ -1,7 +1,6 @@
+# cython: language_level=3
 """Durations ("30s", "500ms", "1m") and sizes ("64KiB", "1M"), parsed one way
 everywhere: relay headers, environment variables and the config file."""
-
-from __future__ import annotations
 
 import re
 
@@ -11,7 +10,7 @@ _SIZE = re.compile(r"^\s*(\d+)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 
 
-def parse_duration(value: str | float | int, *, bare_unit: str | None = None) -> float:
+def parse_duration(value, *, bare_unit=None):
     """Seconds in ``value``: a number of seconds, or digits with a unit
     (``ms``, ``s``, ``m``, ``h``). With ``bare_unit`` set, a bare number
     without a unit is refused. Raises ValueError naming the problem."""
@@ -31,7 +30,7 @@ def parse_duration(value: str | float | int, *, bare_unit: str | None = None) ->
     return seconds
 
 
-def parse_size(value: str | int) -> int:
+def parse_size(value):
     """Bytes in ``value``: an integer, optionally with a binary unit (``K``,
     ``KiB``, ``M``, ``MiB``, ``G``). Raises ValueError naming the problem."""
     if isinstance(value, bool):

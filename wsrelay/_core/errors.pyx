@@ -1,0 +1,45 @@
+# cython: language_level=3
+"""The errors the core raises on purpose. wsrelay.errors re-exports them
+beside the Python layer's own, so users import every one from one place."""
+
+
+class WsrelayError(Exception):
+    """Base class of wsrelay's own errors."""
+
+
+class MailboxFull(WsrelayError):
+    """The destination's mailbox is at capacity; the message was not queued.
+
+    Raised by ``process.send`` so the sender can back off, retry or shed load:
+    a bounded mailbox never drops an ordinary message silently.
+    """
+
+    def __init__(self, pid, capacity):
+        super().__init__(f"mailbox of {pid} is full ({capacity} messages); message not queued")
+        self.pid = pid
+        self.capacity = capacity
+
+
+class NoTransport(LookupError, WsrelayError):
+    """A PID names another node and no cluster transport is configured."""
+
+    def __init__(self, pid):
+        super().__init__(
+            f"{pid} belongs to node {getattr(pid, 'node', None)!r}, and no cluster transport "
+            f"is configured (see wsrelay.set_transport)"
+        )
+        self.pid = pid
+
+
+class RelaySettingsError(ValueError, WsrelayError):
+    """Relay settings (an ``X-WS-Relay`` header or a ``ws.control``) that
+    cannot be used; the message names the field."""
+
+
+class RelayHeaderError(RelaySettingsError):
+    """The ``X-WS-Relay`` header set by a handler cannot be used."""
+
+
+class WrongThread(RuntimeError, WsrelayError):
+    """The runtime was called from a thread other than the one running the
+    gateway's event loop."""

@@ -1,0 +1,8 @@
+cdef class Handshakes:
+    cdef readonly Py_ssize_t max_head
+    cdef readonly double timeout
+    cdef readonly Py_ssize_t pending
+    cdef readonly dict failures
+    cdef object make_protocol
+    cdef object loop
+    cdef int count_failure(self, str reason) except -1

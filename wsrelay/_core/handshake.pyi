@@ -1,0 +1,16 @@
+import asyncio
+from typing import Any, Callable
+
+class Handshakes:
+    """The handshakes of one service: their bounds, and their counts."""
+
+    max_head: int
+    timeout: float
+    pending: int
+    failures: dict[str, int]
+    def __init__(self, loop: Any, make_protocol: Callable[[], asyncio.BufferedProtocol], *, timeout: float,
+                 max_head: int = 16384) -> None: ...
+    def protocol(self) -> asyncio.BufferedProtocol: ...
+    def failed(self, reason: str) -> None: ...
+
+class HandshakeGuard(asyncio.BufferedProtocol): ...

@@ -1,0 +1,137 @@
+# cython: language_level=3
+"""The first bytes of every connection: its HTTP request, read under bounds
+before picows sees it.
+
+A HandshakeGuard is the protocol of every accepted socket until the request
+head (request line, headers, blank line) is complete: then it hands the
+socket and the bytes read so far to a picows protocol, which upgrades or
+answers as usual. What the guard adds (SPEC §6):
+
+- a head over ``max_head`` bytes is answered ``431 Request Header Fields Too
+  Large`` (picows alone would drop the socket without a word);
+- a client that has not sent its whole head within the handshake timeout is
+  dropped, so half-open handshakes hold a socket and a small buffer for at
+  most that long, and cost established connections nothing;
+- every refusal is counted, by reason, for /metrics.
+"""
+
+import asyncio
+
+cdef enum:
+    FIRST_BUFFER = 2048
+
+cdef bytes _431_BODY = b"431 Request Header Fields Too Large: the request line and headers exceed %d bytes\n"
+
+
+cdef class Handshakes:
+    """The handshakes of one service: their bounds, and their counts."""
+
+    def __init__(self, loop, make_protocol, *, double timeout, Py_ssize_t max_head=16384):
+        if timeout <= 0:
+            raise ValueError("the handshake timeout must be greater than 0")
+        if max_head < 1024:
+            raise ValueError("the request head limit must be at least 1024 bytes")
+        self.loop = loop
+        self.make_protocol = make_protocol
+        self.timeout = timeout
+        self.max_head = max_head
+        self.pending = 0
+        self.failures = {}
+
+    def protocol(self):
+        """A protocol for a newly accepted socket (loop.create_server's factory)."""
+        cdef HandshakeGuard guard = HandshakeGuard.__new__(HandshakeGuard)
+        guard.owner = self
+        return guard
+
+    def failed(self, str reason not None):
+        """Count a refused handshake (the middleware's refusals come here too)."""
+        self.count_failure(reason)
+
+    cdef int count_failure(self, str reason) except -1:
+        self.failures[reason] = self.failures.get(reason, 0) + 1
+        return 0
+
+
+cdef class _GuardBase:
+    pass
+
+
+cdef class HandshakeGuard(_GuardBase, asyncio.BufferedProtocol):
+    cdef Handshakes owner
+    cdef object transport
+    cdef bytearray buffer
+    cdef Py_ssize_t used
+    cdef object timer
+    cdef bint active
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.buffer = bytearray(FIRST_BUFFER)
+        self.used = 0
+        self.active = True
+        self.owner.pending += 1
+        self.timer = self.owner.loop.call_later(self.owner.timeout, self._timeout)
+
+    def get_buffer(self, Py_ssize_t sizehint):
+        cdef Py_ssize_t size = len(self.buffer)
+        if self.used == size:
+            self.buffer.extend(bytes(min(size, self.owner.max_head - size)))
+        return memoryview(self.buffer)[self.used:]
+
+    def buffer_updated(self, Py_ssize_t nbytes):
+        cdef Py_ssize_t start = self.used - 3 if self.used > 3 else 0
+        self.used += nbytes
+        if self.buffer.find(b"\r\n\r\n", start, self.used) >= 0:
+            self._upgrade()
+        elif self.used >= self.owner.max_head:
+            self._refuse()
+
+    def eof_received(self):
+        # The client closed its side before finishing its request: close ours.
+        return False
+
+    def connection_lost(self, exc):
+        self._finish()
+
+    cdef _finish(self):
+        if self.active:
+            self.active = False
+            self.owner.pending -= 1
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
+
+    def _timeout(self):
+        self.timer = None
+        if self.active:
+            self.owner.count_failure("handshake_timeout")
+            self._finish()
+            self.transport.abort()
+
+    cdef _refuse(self):
+        self.owner.count_failure("headers_too_large")
+        self._finish()
+        body = _431_BODY % self.owner.max_head
+        self.transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+                             b"Content-Type: text/plain; charset=utf-8\r\n"
+                             b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
+        self.transport.close()
+
+    cdef _upgrade(self):
+        cdef Py_ssize_t fed = 0, n
+        self._finish()
+        transport = self.transport
+        data = memoryview(self.buffer)[:self.used]
+        protocol = self.owner.make_protocol()
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        while fed < self.used and not transport.is_closing():
+            space = protocol.get_buffer(-1)
+            n = min(len(space), self.used - fed)
+            space[:n] = data[fed:fed + n]
+            fed += n
+            protocol.buffer_updated(n)
+        data.release()
+        self.buffer = None
+        self.transport = None

@@ -1,0 +1,46 @@
+from picows.picows cimport WSTransport
+
+from .runtime cimport Process
+from .stats cimport Counters
+
+
+# A connection's life (relay.pyx moves it along; see Connection).
+cdef enum ConnState:
+    PREPARED = 0    # made by the middleware; the upgrade has not completed
+    OPEN = 1        # relaying both ways
+    PAUSED = 2      # its target's mailbox is full: client frames are held, reading stopped
+    CLOSING = 3     # a close frame is sent (or the connection is being failed)
+    CLOSED = 4      # the socket is gone
+
+
+cdef class Writer:
+    cdef object loop
+    cdef Counters counters
+    cdef readonly Py_ssize_t limit
+    # Outputs with frames queued, in the order they are to be written;
+    # dirty[flush_pos:] are still to be written.
+    cdef list dirty
+    cdef Py_ssize_t flush_pos
+    cdef bint scheduled
+    cdef int schedule(self, Output output) except -1
+
+
+cdef class Output(Process):
+    cdef Writer writer
+    cdef WSTransport transport
+    cdef ConnState state
+    # Buffers queued for this loop iteration's flush (a large frame is two),
+    # their payload bytes and the frames they make.
+    cdef list outbox
+    cdef Py_ssize_t outbox_bytes
+    cdef Py_ssize_t outbox_frames
+    # The transport's unsent bytes when last asked, plus what was written
+    # since: never less than the truth, so the limit is only ever checked
+    # against the transport when this estimate says it may be crossed.
+    cdef Py_ssize_t unsent
+
+    cdef bint offer(self, object frame, Py_ssize_t size) except -1
+    cdef int queue(self, object frame, Py_ssize_t size) except -1
+    cdef int flush(self) except -1
+    cdef bint backlogged(self) except -1
+    cdef int on_slow_consumer(self) except -1
