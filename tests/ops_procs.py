@@ -119,6 +119,26 @@ async def flooder(observer, chunk: int = 65536, limit: int = 256 << 20) -> None:
             return
 
 
+@wsrelay.register("ops:sizer")
+async def sizer() -> None:
+    """A relay target that answers each client message with its type and
+    length ("text 5"), so a test can send big messages without getting them
+    back; ends on ws.leave."""
+    async for msg in process.inbox():
+        if msg.topic == "ws.message":
+            payload = msg.payload
+            process.send(payload["client_pid"], "ws.send",
+                         {"type": "text", "data": f"{payload['type']} {len(payload['data'])}"})
+        elif msg.topic == "ws.leave":
+            return
+
+
+@wsrelay.register("ops:stuck")
+async def stuck() -> None:
+    """A relay target that never reads its inbox (a dead-locked process)."""
+    await asyncio.get_running_loop().create_future()
+
+
 @wsrelay.register("ops:raiser")
 async def raiser(observer) -> None:
     """A relay target that raises on the first client message."""
@@ -148,6 +168,20 @@ async def mailbox_flooder(observer, victim) -> None:
 
 def echo_endpoint(req, res) -> None:
     pid = process.spawn("ops:echo")
+    res.header("X-WS-Relay", json.dumps({"target_pid": str(pid)}))
+
+
+def sizer_endpoint(req, res) -> None:
+    pid = process.spawn("ops:sizer")
+    res.header("X-WS-Relay", json.dumps({"target_pid": str(pid)}))
+
+
+def stuck_endpoint(req, res) -> None:
+    """Every client of /ws/stuck relays to one target that never reads."""
+    pid = process.whereis("ops:stuck")
+    if pid is None:
+        pid = process.spawn("ops:stuck")
+        process.register("ops:stuck", pid)
     res.header("X-WS-Relay", json.dumps({"target_pid": str(pid)}))
 
 

@@ -24,6 +24,16 @@ entries:
     meta: {{router: ws_router}}
     path: /echo
     func: tests.ops_procs:echo_endpoint
+  - name: sizer_endpoint
+    kind: http.endpoint
+    meta: {{router: ws_router}}
+    path: /sizer
+    func: tests.ops_procs:sizer_endpoint
+  - name: stuck_endpoint
+    kind: http.endpoint
+    meta: {{router: ws_router}}
+    path: /stuck
+    func: tests.ops_procs:stuck_endpoint
   - name: check_endpoint
     kind: http.endpoint
     meta: {{router: ws_router}}

@@ -65,7 +65,7 @@ class ServiceRuntime:
             s.max_message_size,  # max frame size
             None,  # extra headers (a client's)
             s.read_buffer_size,
-        ), timeout=s.handshake_timeout)
+        ), timeout=s.handshake_timeout, receive_buffer=s.socket_receive_buffer)
         # Longest prefix first, so /ws/admin wins over /ws.
         self.routers = sorted((_RouterRuntime(r, self) for r in routers),
                               key=lambda rt: len(rt.router.prefix), reverse=True)

@@ -28,6 +28,9 @@ class Settings:
     drain_timeout: float = 10.0
     # picows' smallest read buffer; it grows for larger frames.
     read_buffer_size: int = 2048
+    # SO_RCVBUF of each client socket (0: the kernel's autotuning), which
+    # bounds how far picows' read buffer grows for a client that floods.
+    socket_receive_buffer: int = 64 << 10
     log_level: str = "INFO"
     close_timeout: float = 5.0
     # A connection paused on a full target for this long with no progress is
@@ -56,6 +59,15 @@ def _int_in(low: int, high: int) -> Callable[[str], int]:
 
 
 _GiB = 1 << 30
+
+
+def _zero_or_at_least(low: int, high: int) -> Callable[[str], int]:
+    within = _int_in(low, high)
+
+    def parse(text: str) -> int:
+        return 0 if parse_size(text) == 0 else within(text)
+
+    return parse
 
 
 def _seconds(text: str) -> float:
@@ -101,6 +113,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], object]]] = {
     "WSRELAY_MAX_CONNECTIONS": ("max_connections", _int_in(0, 1 << 31)),
     "WSRELAY_DRAIN_TIMEOUT": ("drain_timeout", _seconds),
     "WSRELAY_READ_BUFFER_SIZE": ("read_buffer_size", _int_in(2048, 64 << 20)),
+    "WSRELAY_SOCKET_RECEIVE_BUFFER": ("socket_receive_buffer", _zero_or_at_least(4096, 64 << 20)),
     "WSRELAY_LOG_LEVEL": ("log_level", _level),
     "WSRELAY_CLOSE_TIMEOUT": ("close_timeout", _positive_seconds),
     "WSRELAY_STALL_TIMEOUT": ("stall_timeout", _seconds),

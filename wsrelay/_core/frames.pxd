@@ -1,3 +1,6 @@
+from cpython.object cimport PyObject
+
+
 cdef enum:
     # RFC 6455 §5.5: a control frame carries at most 125 bytes; a close
     # frame's reason is what is left after its 2-byte code.
@@ -29,11 +32,17 @@ ctypedef struct Utf8State:
 
 cdef class Assembler:
     cdef readonly int opcode
-    cdef bytearray buffer
+    # The message's bytes so far: a bytes object (owned here, never shared
+    # until the message is whole) of ``capacity`` bytes, of which ``size``
+    # are used, grown in place and cut to size at the end.
+    cdef PyObject* buffer
+    cdef Py_ssize_t size
+    cdef Py_ssize_t capacity
     cdef Py_ssize_t frames
     cdef Py_ssize_t limit
     cdef Utf8State utf8
     cdef Problem add(self, const char* data, Py_ssize_t size) except *
+    cdef int _grow(self, Py_ssize_t need) except -1
     cdef object finish(self, Problem* problem)
 
 

@@ -12,13 +12,23 @@ continuation frames ends, as any over-long message does, with 1009.
 """
 
 cimport cython
-from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
+from cpython.object cimport PyObject
+from cpython.ref cimport Py_INCREF, Py_XDECREF
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_DecodeUTF8
 from libc.stdint cimport uint64_t
 from libc.string cimport memcpy
 
 from picows.picows cimport WSFrame
+
+cdef extern from "Python.h":
+    # Resizes a bytes object nobody else holds, in place when the allocator can.
+    int _PyBytes_Resize(PyObject** data, Py_ssize_t size) except -1
+
+cdef enum:
+    # The buffer of a fragmented message starts at this, then grows by a
+    # quarter, so it is never more than a quarter larger than the message.
+    FIRST_CAPACITY = 1024
 
 cdef enum:
     OP_CONTINUATION = 0x0
@@ -142,33 +152,61 @@ cdef class Assembler:
     message (validated as its fragments arrive, so invalid text fails at the
     first bad fragment, not at the end)."""
 
+    def __dealloc__(self):
+        Py_XDECREF(self.buffer)
+
     cdef Problem add(self, const char* data, Py_ssize_t size) except *:
-        cdef Py_ssize_t used = PyByteArray_GET_SIZE(self.buffer)
+        cdef Py_ssize_t need = self.size + size
         self.frames += 1
-        if used + size > self.limit or self.frames > self.limit:
+        if need > self.limit or self.frames > self.limit:
             return Problem.TOO_BIG
         if self.opcode == OP_TEXT and not utf8_feed(&self.utf8, <const unsigned char*>data, size):
             return Problem.INVALID_UTF8
         if size:
-            PyByteArray_Resize(self.buffer, used + size)
-            memcpy(PyByteArray_AS_STRING(self.buffer) + used, data, size)
+            if need > self.capacity:
+                self._grow(need)
+            memcpy(PyBytes_AS_STRING(<object>self.buffer) + self.size, data, size)
+            self.size = need
         return Problem.OK
 
+    cdef int _grow(self, Py_ssize_t need) except -1:
+        cdef Py_ssize_t capacity = max(need, FIRST_CAPACITY, self.capacity + self.capacity // 4)
+        if capacity > self.limit:
+            capacity = self.limit
+        if self.buffer == NULL:
+            first = PyBytes_FromStringAndSize(NULL, capacity)
+            Py_INCREF(first)
+            self.buffer = <PyObject*>first
+        else:
+            # Ours alone (refcount 1), so it can be resized in place; on
+            # failure it is freed and the pointer cleared.
+            _PyBytes_Resize(&self.buffer, capacity)
+        self.capacity = capacity
+        return 0
+
     cdef object finish(self, Problem* problem):
-        cdef bytearray buffer = self.buffer
-        self.buffer = None
+        """The whole message; the buffer is handed over (binary) or freed."""
+        cdef Py_ssize_t size = self.size
+        if self.opcode == OP_TEXT and self.utf8.need:
+            problem[0] = Problem.UTF8_CUT
+            return None
+        if self.buffer == NULL:
+            return "" if self.opcode == OP_TEXT else b""
         if self.opcode == OP_TEXT:
-            if self.utf8.need:
-                problem[0] = Problem.UTF8_CUT
-                return None
-            return PyUnicode_DecodeUTF8(PyByteArray_AS_STRING(buffer), PyByteArray_GET_SIZE(buffer), NULL)
-        return PyBytes_FromStringAndSize(PyByteArray_AS_STRING(buffer), PyByteArray_GET_SIZE(buffer))
+            message = PyUnicode_DecodeUTF8(PyBytes_AS_STRING(<object>self.buffer), size, NULL)
+        else:
+            if size != self.capacity:
+                _PyBytes_Resize(&self.buffer, size)
+            message = <object>self.buffer
+        Py_XDECREF(self.buffer)
+        self.buffer = NULL
+        self.size = self.capacity = 0
+        return message
 
 
 cdef Assembler new_assembler(int opcode, Py_ssize_t limit):
     cdef Assembler a = Assembler.__new__(Assembler)
     a.opcode = opcode
-    a.buffer = bytearray()
     a.limit = limit
     a.utf8.need = 0
     return a
@@ -201,7 +239,7 @@ cdef class FrameReader:
                 if not fin:
                     return None
                 self.partial = None
-                nbytes[0] = PyByteArray_GET_SIZE(partial.buffer)
+                nbytes[0] = partial.size
                 return partial.finish(problem)
         self.partial = None
         problem[0] = p
@@ -218,12 +256,12 @@ cdef class FrameReader:
     @property
     def buffered(self):
         """Bytes held for the fragmented message in progress."""
-        return 0 if self.partial is None else PyByteArray_GET_SIZE(self.partial.buffer)
+        return 0 if self.partial is None else self.partial.size
 
     @property
     def allocated(self):
         """Bytes allocated for them (the buffer grows ahead of its size)."""
-        return 0 if self.partial is None else self.partial.buffer.__alloc__()
+        return 0 if self.partial is None else self.partial.capacity
 
     def feed(self, WSFrame frame not None):
         """Python-level ``read`` for the core's unit tests: a frame from

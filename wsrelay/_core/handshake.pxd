@@ -2,6 +2,7 @@ cdef class Handshakes:
     cdef readonly Py_ssize_t max_head
     cdef readonly double timeout
     cdef readonly Py_ssize_t pending
+    cdef readonly Py_ssize_t receive_buffer
     cdef readonly dict failures
     cdef object make_protocol
     cdef object loop

@@ -12,13 +12,19 @@ answers as usual. What the guard adds (SPEC §6):
 - a client that has not sent its whole head within the handshake timeout is
   dropped, so half-open handshakes hold a socket and a small buffer for at
   most that long, and cost established connections nothing;
-- every refusal is counted, by reason, for /metrics.
+- every refusal is counted, by reason, for /metrics;
+- the socket's receive buffer is set (WSRELAY_SOCKET_RECEIVE_BUFFER), which
+  bounds the read buffer picows grows for a client that floods.
 """
 
 import asyncio
+from socket import SOL_SOCKET, SO_RCVBUF
 
 cdef enum:
     FIRST_BUFFER = 2048
+
+# Seconds a refused client may go on sending before its socket is dropped.
+cdef double LINGER = 2.0
 
 cdef bytes _431_BODY = b"431 Request Header Fields Too Large: the request line and headers exceed %d bytes\n"
 
@@ -26,7 +32,8 @@ cdef bytes _431_BODY = b"431 Request Header Fields Too Large: the request line a
 cdef class Handshakes:
     """The handshakes of one service: their bounds, and their counts."""
 
-    def __init__(self, loop, make_protocol, *, double timeout, Py_ssize_t max_head=16384):
+    def __init__(self, loop, make_protocol, *, double timeout, Py_ssize_t max_head=16384,
+                 Py_ssize_t receive_buffer=0):
         if timeout <= 0:
             raise ValueError("the handshake timeout must be greater than 0")
         if max_head < 1024:
@@ -35,6 +42,7 @@ cdef class Handshakes:
         self.make_protocol = make_protocol
         self.timeout = timeout
         self.max_head = max_head
+        self.receive_buffer = receive_buffer
         self.pending = 0
         self.failures = {}
 
@@ -64,8 +72,18 @@ cdef class HandshakeGuard(_GuardBase, asyncio.BufferedProtocol):
     cdef Py_ssize_t used
     cdef object timer
     cdef bint active
+    # Answered with an error: what the client still sends is read and
+    # dropped until it closes (a lingering close), so that the answer is not
+    # lost to the reset that closing on unread bytes would send.
+    cdef bint refused
 
     def connection_made(self, transport):
+        if self.owner.receive_buffer:
+            # The kernel's receive buffer caps what one read hands picows, so
+            # its read buffer (which doubles whenever a read fills it) stays
+            # near twice this, or twice the largest frame, for a client that
+            # floods as for one that does not.
+            transport.get_extra_info("socket").setsockopt(SOL_SOCKET, SO_RCVBUF, self.owner.receive_buffer)
         self.transport = transport
         self.buffer = bytearray(FIRST_BUFFER)
         self.used = 0
@@ -75,12 +93,16 @@ cdef class HandshakeGuard(_GuardBase, asyncio.BufferedProtocol):
 
     def get_buffer(self, Py_ssize_t sizehint):
         cdef Py_ssize_t size = len(self.buffer)
+        if self.refused:
+            return memoryview(self.buffer)
         if self.used == size:
             self.buffer.extend(bytes(min(size, self.owner.max_head - size)))
         return memoryview(self.buffer)[self.used:]
 
     def buffer_updated(self, Py_ssize_t nbytes):
         cdef Py_ssize_t start = self.used - 3 if self.used > 3 else 0
+        if self.refused:
+            return
         self.used += nbytes
         if self.buffer.find(b"\r\n\r\n", start, self.used) >= 0:
             self._upgrade()
@@ -93,6 +115,9 @@ cdef class HandshakeGuard(_GuardBase, asyncio.BufferedProtocol):
 
     def connection_lost(self, exc):
         self._finish()
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
     cdef _finish(self):
         if self.active:
@@ -104,7 +129,9 @@ cdef class HandshakeGuard(_GuardBase, asyncio.BufferedProtocol):
 
     def _timeout(self):
         self.timer = None
-        if self.active:
+        if self.refused:
+            self.transport.abort()
+        elif self.active:
             self.owner.count_failure("handshake_timeout")
             self._finish()
             self.transport.abort()
@@ -116,7 +143,9 @@ cdef class HandshakeGuard(_GuardBase, asyncio.BufferedProtocol):
         self.transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
                              b"Content-Type: text/plain; charset=utf-8\r\n"
                              b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
-        self.transport.close()
+        self.transport.write_eof()
+        self.refused = True
+        self.timer = self.owner.loop.call_later(LINGER, self._timeout)
 
     cdef _upgrade(self):
         cdef Py_ssize_t fed = 0, n

@@ -370,8 +370,13 @@ cdef class Connection(Output):
         if opcode == OP_PING or opcode == OP_PONG:
             if rsv:
                 return self.fail(Problem.RESERVED_BITS)
-            if opcode == OP_PING:
+            if opcode == OP_PING and self.state < ConnState.CLOSING:
                 # picows' auto-pong is off (it answers before any RSV check).
+                # A pong is output too: a client that pings and never reads
+                # is a slow consumer like any other.
+                self.unsent += frame.payload_size + 2
+                if self.unsent + self.outbox_bytes > self.writer.limit and self.backlogged():
+                    return self.on_slow_consumer()
                 self.transport.send_pong(frame.get_payload_as_bytes())
             return 0
         if self.state == ConnState.PAUSED:

@@ -17,7 +17,10 @@ def parse_duration(value, *, bare_unit=None):
     if isinstance(value, bool):
         raise ValueError(f"invalid duration {value!r}")
     if isinstance(value, (int, float)):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:
+            raise ValueError(f"invalid duration {value!r}: too large") from None
     else:
         match = _DURATION.match(value) if isinstance(value, str) else None
         if match is None:
