@@ -348,10 +348,9 @@ def test_reassembly_is_one_buffer_of_the_message_bytes():
         buffered, allocated = reader.buffered, reader.allocated
         assert buffered == n
         # A list of 1-byte pieces would cost ~33 bytes a byte; one growing
-        # buffer costs its size plus CPython's 1/8 headroom (a few bytes
-        # more while it is tiny).
-        assert allocated <= max(64, 1.25 * buffered), (n, allocated)
-        if buffered >= 1000:
+        # buffer costs its size plus at most a quarter (1 KiB at first).
+        assert allocated <= max(1024, 1.25 * buffered), (n, allocated)
+        if buffered >= 1024:
             worst = max(worst, allocated / buffered)
     assert worst <= 1.25
     assert reader.feed(frame(CONT, b"x")) == b"x" * 200_000
@@ -766,7 +765,12 @@ def test_header_and_control_apply_the_same_field_rules(field, value, expected):
     if expected is _REJECT:
         assert header[0] == "rejected", header
         assert control[0] == "rejected", control
-        assert field in str(header[1]) and field in str(control[1])
+        assert field in str(control[1])
+        if isinstance(value, int) and abs(value) >= 1 << 64:
+            # orjson refuses the whole document: the field cannot be reached.
+            assert "not valid JSON" in str(header[1]), header
+        else:
+            assert field in str(header[1]), header
         assert type(control[1]) is wsrelay.RelaySettingsError
         return
     assert header[0] == "ok", header
