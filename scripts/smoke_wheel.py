@@ -42,7 +42,6 @@ import tempfile
 import time
 from typing import Optional
 
-CORE_MODULES = ("pid", "message", "mailbox", "stats", "runtime", "relay", "group")
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
@@ -70,7 +69,12 @@ def check_installed() -> None:
         raise SmokeError(f"wsrelay was imported from {wsrelay.__file__}, not from site-packages "
                          f"({', '.join(map(str, sorted(site_dirs)))}): run this outside the source tree")
     suffixes = tuple(importlib.machinery.EXTENSION_SUFFIXES)
-    for name in CORE_MODULES:
+    # Every compiled module of the core ships with its stub: a stub without
+    # its module (or a module left uncompiled) means a broken wheel.
+    core_modules = sorted(p.stem for p in pathlib.Path(wsrelay.__file__).parent.joinpath("_core").glob("*.pyi"))
+    if len(core_modules) < 7:
+        raise SmokeError(f"the wheel's wsrelay/_core has stubs for only {core_modules}")
+    for name in core_modules:
         module = importlib.import_module(f"wsrelay._core.{name}")
         path = getattr(module, "__file__", "") or ""
         if not path.endswith(suffixes):
@@ -82,7 +86,7 @@ def check_installed() -> None:
     if str(pid) != "{app:smoke|0x0000a}":
         raise SmokeError(f"Pid round trip gave {pid!s}")
     step(f"imported wsrelay {getattr(wsrelay, '__version__', '')} from {pathlib.Path(wsrelay.__file__).parent} "
-         f"with {len(CORE_MODULES)} compiled core modules")
+         f"with {len(core_modules)} compiled core modules")
 
 
 # -- 2. the gateway ---------------------------------------------------------------------

@@ -78,3 +78,32 @@ async def link_crash(observer, client) -> None:
     async for msg in process.inbox():
         if msg.topic == "crash":
             raise RuntimeError("linked process failed on purpose")
+
+
+@wsrelay.register("relay:gated")
+async def gated(observer, gate, name: str = "target") -> None:
+    """A relay target that reads nothing until ``gate`` (an asyncio.Event)
+    is set: a target that is stuck for as long as the test wants. Then it
+    tells ``observer`` how many messages were waiting (topic ``backlog``) and
+    collects what it reads as (topic, data or reason) pairs, which it sends
+    to ``observer`` as topic ``name`` on ws.leave (it stays on a transfer)
+    and on ``report``; it returns on ``exit``."""
+    process.send(observer, "ready", (name, process.self()))
+    await gate.wait()
+    inbox = process.inbox()
+    process.send(observer, "backlog", (name, len(inbox)))
+    seen = []
+    async for msg in inbox:
+        if msg.topic == "exit":
+            return
+        if msg.topic == "report":
+            process.send(observer, name, seen)
+            seen = []
+            continue
+        payload = msg.payload
+        seen.append((msg.topic, payload.get("data", payload.get("reason")) if isinstance(payload, dict) else payload))
+        if msg.topic == "ws.leave":
+            process.send(observer, name, seen)
+            seen = []
+            if payload["reason"] != "transferred":
+                return

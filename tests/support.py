@@ -5,6 +5,7 @@ tests/wsclient.py is the raw client."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import json
@@ -59,6 +60,17 @@ async def expect(topic: str, timeout: float = 30.0) -> Any:
     msg = await process.inbox().receive(timeout=timeout)
     assert msg.topic == topic, f"expected {topic!r}, got {msg.topic!r}: {msg.payload!r}"
     return msg.payload
+
+
+async def until(condition: Callable[[], Any], timeout: float = 30.0, what: str = "the condition") -> None:
+    """Wait until ``condition()`` is true, checking every 10 ms: for state
+    inside the gateway that announces no event of its own (a connection
+    pausing, a counter moving)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        assert loop.time() < deadline, f"{what} did not happen within {timeout} s"
+        await asyncio.sleep(0.01)
 
 
 async def drain_inbox() -> None:

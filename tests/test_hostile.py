@@ -17,7 +17,7 @@ import pytest
 from tests.harness import RssSampler, ServerProcess, serve_command
 from tests.ops_support import write_app
 from tests.support import scrape
-from tests.wsclient import BINARY, CONT, PING, TEXT, ConnectionEnded, RawWebSocket, encode_frame, http_request
+from tests.wsclient import BINARY, CONT, PING, TEXT, RawWebSocket, encode_frame, http_request
 
 MiB = 1 << 20
 # A masking key of zeros leaves payloads as they are: the client builds its

@@ -1,9 +1,10 @@
-from typing import Any, Optional
+from typing import Any
 
 from picows import WSListener
 
-from .pid import Pid
-from .runtime import Node, Process
+from .relayspec import RelaySpec
+from .runtime import Node
+from .writer import Output, Writer
 
 CLIENT_CLOSED: str
 CONNECTION_LOST: str
@@ -15,28 +16,40 @@ TIMEOUT: str
 PROTOCOL_ERROR: str
 MESSAGE_TOO_BIG: str
 SLOW_CONSUMER: str
+TARGET_STALLED: str
 
-class RelayOptions:
+class RelayService:
+    """What the connections of one gateway service share: limits, the
+    Writer, the set of them, and the sweep (pings, stuck targets)."""
+
     node: Node
     host: str
+    writer: Writer
     max_message_size: int
     write_buffer_limit: int
     close_timeout: float
+    stall_timeout: float
+    ping_interval: float
+    ping_timeout: float
     connections: set[Connection]
-    def __init__(self, node: Node, host: str, max_message_size: int, write_buffer_limit: int,
-                 close_timeout: float, loop: Any) -> None: ...
-    def sweep_idle(self, now: float, ping_interval: float, ping_timeout: float) -> None: ...
+    def __init__(self, node: Node, host: str, loop: Any, *, max_message_size: int, write_buffer_limit: int,
+                 close_timeout: float, stall_timeout: float = 0.0, ping_interval: float = 0.0,
+                 ping_timeout: float = 0.0) -> None: ...
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
     def wait_empty(self) -> Any: ...
     def shutdown(self) -> None: ...
     def abort_all(self) -> None: ...
 
-class Connection(Process):
+class Backpressure: ...
+
+class Connection(Output):
+    """A client connection as a process (its life: relay.pyx)."""
+
+    state_name: str
     @staticmethod
-    def prepare(options: RelayOptions, target_pid: Pid, message_topic: str, metadata: Any,
-                heartbeat_interval: float) -> Connection: ...
+    def prepare(service: RelayService, spec: RelaySpec) -> Connection: ...
 
 class RelayListener(WSListener):
     connection: Connection
     def __init__(self, conn: Connection) -> None: ...
-
-def parse_heartbeat(value: Optional[Any]) -> float: ...

@@ -123,14 +123,18 @@ cdef class RelayService:
             self._sweep_handle = None
 
     def _sweep(self):
-        cdef Connection conn
         cdef double now = self.loop.time()
+        cdef object item
+        if self._sweep_handle is not None:
+            self._sweep_handle.cancel()
         try:
-            for conn in list(self.connections):
+            for item in list(self.connections):
                 try:
-                    conn.sweep(now)
+                    (<Connection?>item).sweep(now)
                 except Exception as exc:
-                    self.node.bookkeeping_error("sweep", f"sweeping {conn.pid}", exc)
+                    # One connection's failure must not stop the pings and
+                    # stall checks of the others, nor the sweeps to come.
+                    self.node.bookkeeping_error("sweep", f"sweeping {item!r}", exc)
         finally:
             self._sweep_handle = self.loop.call_later(self._tick, self._sweep)
 
