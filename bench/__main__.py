@@ -19,7 +19,7 @@ import sys
 from typing import Any, Optional, Sequence
 
 from . import report
-from .servers import NODE_DIR, ROOT, SERVERS
+from .servers import NODE_DIR, ROOT, SERVERS, add_baseline
 
 LOAD_SCENARIOS = ("echo", "broadcast", "connections", "churn")
 RESULTS = ROOT / "bench" / "results"
@@ -90,6 +90,9 @@ def parser() -> argparse.ArgumentParser:
                    help="measure every (point, server) this many times, servers interleaved, and report medians "
                         "(use 3 on a shared machine)")
     g.add_argument("--images", type=pathlib.Path, help="also copy the PNG plots to this directory (e.g. docs/img)")
+    g.add_argument("--baseline", type=pathlib.Path,
+                   help="another checkout of wsrelay, built there with `make build`, run beside this one as "
+                        "'wsrelay@base': before/after figures from the same run")
     g = p.add_argument_group("echo, broadcast, connections")
     g.add_argument("--conns", type=_ints, help="connection / subscriber counts, e.g. 1,10,100,1k,10k")
     g.add_argument("--sizes", "--size", dest="sizes", type=_ints, help="message sizes in bytes, e.g. 64,1KiB,64KiB")
@@ -155,6 +158,8 @@ def run_load(args: argparse.Namespace) -> int:
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = args.out or RESULTS / f"{args.scenario}{'-quick' if quick else ''}-{stamp}"
     out.mkdir(parents=True, exist_ok=True)
+    if args.baseline is not None:
+        args.servers = [*args.servers, add_baseline(args.baseline)]
     if "node" in args.servers and SERVERS["node"].unavailable():
         setup()
     opts = Options(

@@ -10,7 +10,7 @@ import shutil
 import subprocess
 from typing import Any, Optional
 
-SERVER_ORDER = ("wsrelay", "picows", "websockets", "aiohttp", "node")
+SERVER_ORDER = ("wsrelay", "wsrelay@base", "picows", "websockets", "aiohttp", "node")
 
 
 def machine() -> dict[str, Any]:

@@ -62,6 +62,8 @@ class ServerSpec:
     argv: Callable[[str, int], list[str]]
     paths: dict[str, str]
     health: Optional[str] = None  # an HTTP path with a JSON body (wsrelay's /health)
+    # Where it runs and imports from (another checkout, for a baseline).
+    root: pathlib.Path = ROOT
 
     def unavailable(self) -> Optional[str]:
         """Why this server cannot run here, or None."""
@@ -116,6 +118,26 @@ SERVERS: dict[str, ServerSpec] = {
 }
 
 
+def add_baseline(checkout: pathlib.Path) -> str:
+    """A wsrelay built in another checkout (``make build`` there), benchmarked
+    beside this one as ``wsrelay@base``: before/after figures from one run."""
+    checkout = checkout.resolve()
+    python = checkout / ".venv" / "bin" / "python"
+    if not python.exists():
+        raise SystemExit(f"--baseline {checkout}: no {python}; run `make build` there first")
+    app = checkout / "bench" / "servers" / "wsrelay_app" / "app.yaml"
+    spec = ServerSpec(
+        "wsrelay@base",
+        f"wsrelay built from {checkout} (same app, same settings)",
+        lambda host, port: [str(python), "-m", "wsrelay", "serve", str(app), "--addr", f"{host}:{port}"],
+        SERVERS["wsrelay"].paths,
+        health="/health",
+        root=checkout,
+    )
+    SERVERS[spec.name] = spec
+    return spec.name
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
@@ -151,12 +173,12 @@ class RunningServer:
         self.log = open(log_path, "ab")
         full_env = dict(os.environ)
         full_env["PYTHONUNBUFFERED"] = "1"
-        full_env["PYTHONPATH"] = str(ROOT) + os.pathsep + full_env.get("PYTHONPATH", "")
+        full_env["PYTHONPATH"] = str(spec.root) + os.pathsep + full_env.get("PYTHONPATH", "")
         full_env.update(env or {})
         argv = spec.argv(host, self.port)
         self.log.write(f"$ {' '.join(argv)}\n".encode())
         self.log.flush()
-        self.proc = subprocess.Popen(argv, cwd=str(ROOT), env=full_env, stdout=self.log, stderr=subprocess.STDOUT,
+        self.proc = subprocess.Popen(argv, cwd=str(spec.root), env=full_env, stdout=self.log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL)
         try:
             self._wait_ready(start_timeout)

@@ -4,7 +4,6 @@ from .frames cimport FrameReader, Problem
 from .mailbox cimport RoomWaiter
 from .runtime cimport Process, Node
 from .writer cimport Writer, Output
-from .relayspec cimport RelaySpec
 
 
 cdef class RelayService:

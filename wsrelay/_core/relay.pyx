@@ -34,11 +34,11 @@ import logging
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
 from libc.string cimport memcpy
 
-from picows.picows cimport MemoryBuffer, WSListener, WSTransport, WSFrame, WSMsgType, WSCloseCode
+from picows.picows cimport MemoryBuffer, WSListener, WSTransport, WSFrame, WSCloseCode
 
 from .frames cimport (FrameReader, Problem, encode_send, parse_close_payload, problem_code, problem_text,
                       valid_received_close_code)
-from .mailbox cimport Mailbox, RoomWaiter
+from .mailbox cimport RoomWaiter
 from .message cimport Message, new_message
 from .pid cimport Pid
 from .relayspec cimport RelaySpec, parse_control

@@ -22,7 +22,7 @@ from cpython.ref cimport Py_INCREF
 from libc.stdint cimport uint64_t
 
 from .includes.capi cimport TypeSlots, PyExc_StopIteration, PyErr_SetObject
-from .pid cimport Pid, make_pid, parse_pid, to_pid
+from .pid cimport Pid, make_pid, to_pid
 from .message cimport Message, new_message
 from .mailbox cimport Mailbox
 from .stats cimport Counters, LimitedLog
