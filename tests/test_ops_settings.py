@@ -124,6 +124,14 @@ def test_configuration_doc_covers_every_variable():
     assert not missing, f"docs/configuration.md does not describe {missing}"
 
 
+def test_configuration_doc_lists_every_metric():
+    from wsrelay._core.stats import COUNTERS
+
+    doc = (REPO / "docs" / "configuration.md").read_text()
+    missing = sorted({metric for _, metric, _, _ in COUNTERS if f"`{metric}_total" not in doc})
+    assert not missing, f"docs/configuration.md does not list {missing}"
+
+
 def test_the_console_script_refuses_too(tmp_path, held_port):
     result = subprocess.run([str(WSRELAY), "serve", str(write_app(tmp_path, f"127.0.0.1:{held_port}"))],
                             env=clean_env(WSRELAY_MAILBOX_CAPACITY="none"), cwd=str(REPO),

@@ -88,6 +88,7 @@ cdef class Connection(Output):
     cdef int wire_failed(self) except -1
     cdef int stop_input(self) except -1
     cdef int sweep(self, double now) except -1
+    cdef bint push_join(self) except -1
     cdef bint deliver_join(self) except -1
     cdef int leave(self, str reason, object code) except -1
     cdef int transfer(self, Process new_target, str topic, object metadata) except -1

@@ -446,14 +446,20 @@ cdef class Connection(Output):
             _log.write(logging.WARNING, f"{self.pid}: {count} client message(s) not delivered ({reason})")
         return 0
 
+    cdef bint push_join(self) except -1:
+        """ws.join to the target, if it has room."""
+        if not self.target.mailbox.push(new_message("ws.join", {"client_pid": self.pid, "metadata": self.metadata},
+                                                    self.pid)):
+            return False
+        self.service.node.counters.messages_sent += 1
+        self.joined = True
+        if self.bp is not None:
+            self.bp.join_due = False
+        return True
+
     cdef bint deliver_join(self) except -1:
         """ws.join to the target now, or pause until it has room."""
-        if self.target.mailbox.push(new_message("ws.join", {"client_pid": self.pid, "metadata": self.metadata},
-                                                self.pid)):
-            self.service.node.counters.messages_sent += 1
-            self.joined = True
-            if self.bp is not None:
-                self.bp.join_due = False
+        if self.push_join():
             return True
         self.pause()
         self.bp.join_due = True
@@ -779,7 +785,10 @@ cdef class Connection(Output):
         self.metadata = metadata
         self.watch(new_target)
         if self.state == ConnState.PAUSED:
-            self.bp.join_due = True
+            # ws.join now if it fits (a target that sees its mailbox empty
+            # may end: this one will not, with a ws.join queued); the frames
+            # held for the old target follow when the connection resumes.
+            self.bp.join_due = not self.push_join()
             self.bp.on_room()
         else:
             self.deliver_join()

@@ -43,7 +43,7 @@ COUNTERS = (
      "Heartbeats not sent because the target's mailbox was full"),
     ("system_events_dropped", "wsrelay_system_events_dropped", None, "Events dropped at the full system inbox"),
     ("runtime_errors", "wsrelay_runtime_errors", None,
-     "Errors caught in the runtime's own bookkeeping (exit cascade, idle sweep, room waiters), logged and survived"),
+     "Errors caught in the runtime's own bookkeeping (the exit cascade, the sweep), logged and survived"),
     ("processes_spawned", "wsrelay_processes_spawned", None, "Processes spawned"),
     ("processes_exited", "wsrelay_processes_exited", None, "Processes (and connections) ended"),
     ("processes_crashed", "wsrelay_processes_crashed", None, "Processes that raised"),
