@@ -21,9 +21,7 @@ from libc.string cimport memcpy
 
 from picows.picows cimport WSFrame
 
-cdef extern from "Python.h":
-    # Resizes a bytes object nobody else holds, in place when the allocator can.
-    int _PyBytes_Resize(PyObject** data, Py_ssize_t size) except -1
+from .includes.capi cimport _PyBytes_Resize
 
 cdef enum:
     # The buffer of a fragmented message starts at this, then grows by a
