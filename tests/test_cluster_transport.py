@@ -12,8 +12,8 @@ from typing import Any, AsyncIterator
 
 import nats
 import pytest
-from cluster_support import ChildNode, Recorder, last
 
+from tests.cluster_support import ChildNode, Recorder, last
 from wsrelay._core.pid import Pid
 from wsrelay.cluster import wire
 from wsrelay.cluster.broker import Broker

@@ -35,7 +35,7 @@ import os
 import socket
 import time
 import urllib.parse
-from typing import Any, Callable, Optional, Protocol, Sequence, Union
+from typing import Any, Awaitable, Callable, Optional, Protocol, Sequence, Union
 
 import nats
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
@@ -177,6 +177,60 @@ def _is_auth_error(exc: BaseException) -> bool:
     return "authorization" in text or "authentication" in text or "permissions violation" in text
 
 
+async def connect_bus(servers: Union[str, Sequence[str]], *, token: Optional[str] = None,
+                      creds: Optional[str] = None, name: str = "wsrelay", timeout: float = 10.0,
+                      on_reconnected: Optional[Callable[[], Awaitable[None]]] = None,
+                      quiet: Callable[[], bool] = lambda: False) -> Any:
+    """A NATS client connected to ``servers``, reconnecting for ever once
+    connected. ClusterConnectError (naming the URL, never a credential) when
+    the broker refuses the credentials, or none answers within ``timeout``."""
+    url = display_urls(servers)
+    warn = _RateLimitedLog()
+    nc = nats.NATS()
+    failure: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
+
+    async def error_cb(exc: Exception) -> None:
+        if not failure.done() and _is_auth_error(exc):
+            failure.set_result(exc)
+        warn.warning("bus", "cluster: bus %s: %s", url, exc)
+
+    async def disconnected_cb() -> None:
+        if not quiet():
+            log.warning("cluster: disconnected from %s; reconnecting", url)
+
+    async def reconnected_cb() -> None:
+        log.warning("cluster: reconnected to %s", url)
+        if on_reconnected is not None:
+            await on_reconnected()
+
+    options: dict[str, Any] = dict(
+        servers=[servers] if isinstance(servers, str) else list(servers), name=name, error_cb=error_cb,
+        disconnected_cb=disconnected_cb, reconnected_cb=reconnected_cb,
+        allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+        connect_timeout=2, ping_interval=2, max_outstanding_pings=2,
+    )
+    if token is not None:
+        options["token"] = token
+    if creds is not None:
+        options["user_credentials"] = creds
+    # With reconnection for ever, nats-py's first connect would retry for
+    # ever too: it runs as a task that a refusal or the deadline cancels.
+    connecting = asyncio.ensure_future(nc.connect(**options))
+    done, _ = await asyncio.wait({connecting, failure}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    if connecting in done:
+        connecting.result()
+        return nc
+    connecting.cancel()
+    await asyncio.gather(connecting, return_exceptions=True)
+    try:
+        await nc.close()
+    except Exception as exc:  # a half-open client may fail to close; it is dropped anyway
+        log.debug("cluster: closing the failed client: %s", exc)
+    if failure.done():
+        raise ClusterConnectError(url, f"the broker refused our credentials ({failure.result()})")
+    raise ClusterConnectError(url, f"no broker answered within {timeout} s")
+
+
 class Transport:
     """The transport of node ``node`` on the NATS servers ``servers``.
 
@@ -251,51 +305,16 @@ class Transport:
         log.info("cluster: node %s (incarnation %d) joined %s", self.node, self.incarnation, self.url)
 
     async def _connect(self) -> Any:
-        nc = nats.NATS()
-        failure: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
-
-        async def error_cb(exc: Exception) -> None:
-            if not failure.done() and _is_auth_error(exc):
-                failure.set_result(exc)
-            self._warn.warning("bus", "cluster: bus %s: %s", self.url, exc)
-
-        async def disconnected_cb() -> None:
-            if not self._stopping:
-                log.warning("cluster: disconnected from %s; reconnecting", self.url)
-
-        async def reconnected_cb() -> None:
-            log.warning("cluster: reconnected to %s", self.url)
+        async def reconnected() -> None:
             if self._names is not None:
                 try:
                     await self._names.rewatch()
                 except Exception as exc:
                     self._warn.warning("names", "cluster: global names: cannot watch again: %s", exc)
 
-        options: dict[str, Any] = dict(
-            servers=self.servers, name=f"wsrelay {self.node}", error_cb=error_cb,
-            disconnected_cb=disconnected_cb, reconnected_cb=reconnected_cb,
-            allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
-            connect_timeout=2, ping_interval=2, max_outstanding_pings=2,
-        )
-        if self._token is not None:
-            options["token"] = self._token
-        if self._creds is not None:
-            options["user_credentials"] = self._creds
-        connecting = asyncio.ensure_future(nc.connect(**options))
-        done, _ = await asyncio.wait({connecting, failure}, timeout=self._connect_timeout,
-                                     return_when=asyncio.FIRST_COMPLETED)
-        if connecting in done:
-            connecting.result()
-            return nc
-        connecting.cancel()
-        await asyncio.gather(connecting, return_exceptions=True)
-        try:
-            await nc.close()
-        except Exception as exc:  # a half-open client may fail to close; it is dropped anyway
-            log.debug("cluster: closing the failed client: %s", exc)
-        if failure.done():
-            raise ClusterConnectError(self.url, f"the broker refused our credentials ({failure.result()})")
-        raise ClusterConnectError(self.url, f"no broker answered within {self._connect_timeout} s")
+        return await connect_bus(self.servers, token=self._token, creds=self._creds, name=f"wsrelay {self.node}",
+                                 timeout=self._connect_timeout, on_reconnected=reconnected,
+                                 quiet=lambda: self._stopping)
 
     async def _allocate_incarnation(self, js: Any) -> int:
         kv = await js.create_key_value(bucket=_NODES_BUCKET, history=1)
@@ -850,4 +869,4 @@ class Transport:
         return {} if self._names is None else self._names.names()
 
 
-__all__ = ["COUNTERS", "Counters", "Hooks", "Transport", "display_urls"]
+__all__ = ["COUNTERS", "Counters", "Hooks", "Transport", "connect_bus", "display_urls"]
