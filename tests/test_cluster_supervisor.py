@@ -13,12 +13,14 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+import nats
 import psutil
 import pytest
 import websockets
 
 from tests.cluster_support import ROOT
 from tests.ops_support import clean_env, http_get, serve_command, write_app
+from wsrelay.cluster import wire
 from wsrelay.cluster.broker import Broker
 
 
@@ -167,9 +169,19 @@ async def test_workers_share_one_port_and_name_their_nodes(supervised: Any) -> N
     assert body["peers"] == {({"web-0", "web-1"} - {body["node"]}).pop(): "up"}
     assert isinstance(body["incarnation"], int) and body["incarnation"] > 0
     host, port = s.host_port
-    listeners = {c.laddr.port for w in (s.worker(0), s.worker(1)) for c in w.net_connections("tcp")
-                 if c.status == psutil.CONN_LISTEN}
-    assert port in listeners
+    for index in (0, 1):
+        listening = {c.laddr.port for c in s.worker(index).net_connections("tcp") if c.status == psutil.CONN_LISTEN}
+        assert port in listening
+    # Each worker answers a metrics request on the bus with its own exposition.
+    env = s.worker(0).environ()
+    nc = await nats.connect(env["WSRELAY_CLUSTER_URL"], token=env["WSRELAY_CLUSTER_TOKEN"])
+    try:
+        for node in ("web-0", "web-1"):
+            reply = await nc.request(wire.rpc_subject(node), wire.rpc_request(wire.METRICS), timeout=5)
+            name, _, body = wire.parse_rpc_reply(reply.data)
+            assert name == node and b"# TYPE wsrelay_connections_total counter" in body
+    finally:
+        await nc.close()
     s.proc.send_signal(signal.SIGTERM)
     assert s.finish() == 0
 

@@ -463,3 +463,23 @@ async def _until(predicate: Any, timeout: float = 5.0) -> bool:
             return False
         await asyncio.sleep(0.01)
     return True
+
+
+def test_merged_metrics_label_every_series_with_its_node() -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from wsrelay.cluster.metrics import merge_expositions
+
+    body = ("# HELP wsrelay_connections_total WebSocket connections accepted\n"
+            "# TYPE wsrelay_connections_total counter\nwsrelay_connections_total {n}\n"
+            "# HELP wsrelay_handshake_failures_total Refused upgrade requests\n"
+            "# TYPE wsrelay_handshake_failures_total counter\n"
+            'wsrelay_handshake_failures_total{{reason="origin"}} {n}\n')
+    merged = merge_expositions({"w-0": body.format(n=3).encode(), "w-1": body.format(n=5).encode(), "w-2": None})
+    families = {f.name: f for f in text_string_to_metric_families(merged.decode())}
+    assert {(s.labels["node"], s.value) for s in families["wsrelay_connections"].samples} == {("w-0", 3), ("w-1", 5)}
+    assert {(s.labels["node"], s.labels["reason"]) for s in families["wsrelay_handshake_failures"].samples} == {
+        ("w-0", "origin"), ("w-1", "origin")}
+    assert {(s.labels["node"], s.value) for s in families["wsrelay_cluster_node_up"].samples} == {
+        ("w-0", 1), ("w-1", 1), ("w-2", 0)}
+    assert merged.count(b"# TYPE wsrelay_connections_total counter") == 1

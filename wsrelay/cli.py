@@ -127,6 +127,11 @@ async def _serve(app, addr: Optional[str], worker: Optional[int] = None) -> int:
             print(f"wsrelay: {exc}", file=sys.stderr)
             return exc.status
     gateway = Gateway(app, addr=addr, reuse_port=worker is not None, cluster=cluster)
+    if cluster is not None:
+        from .metrics import render
+
+        # What this node answers when another one gathers the machine's metrics.
+        cluster.metrics = lambda: render(gateway)[0]
     try:
         await gateway.start()
     except OSError as exc:
