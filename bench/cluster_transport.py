@@ -4,7 +4,9 @@ nats-server, next to the same hop inside one process through asyncio.Queue.
     python -m bench.cluster_transport [--quick] [--size 256] [--messages 200000]
 
 - round trip: node A sends a message to a PID of node B, B's hooks send it
-  back; one at a time; p50 and p99 of the round-trip time.
+  back; one at a time; p50 and p99 of the round-trip time. Its peer, in the
+  same run: the same round trip with bare nats-py clients (publish, a
+  subscription's callback publishes back), the floor under the transport.
 - one way: A sends ``--messages`` messages of ``--size`` bytes to B as fast as
   it can, with a window (B acknowledges every 5,000; A stops sending while
   50,000 are unacknowledged, as relay credit would); messages per second
@@ -27,6 +29,7 @@ import sys
 import time
 from typing import Any, Optional
 
+import nats
 import psutil
 import uvloop
 
@@ -34,6 +37,8 @@ from wsrelay._core.pid import Pid
 from wsrelay.cluster.broker import Broker
 from wsrelay.cluster.transport import Transport
 
+RAW_PING = "bench.raw.ping"
+RAW_PONG = "bench.raw.pong"
 ACK_EVERY = 5_000
 WINDOW = 50_000
 
@@ -111,12 +116,25 @@ async def _child(node: str, url: str) -> None:
     hooks = _Echo(t)
     t.attach(hooks)
     await t.start()
+    raw = await nats.connect(url, token=os.environ["WSRELAY_CLUSTER_TOKEN"])
+
+    async def echo(msg: Any) -> None:
+        await raw.publish(RAW_PONG, msg.data)
+
+    await raw.subscribe(RAW_PING, cb=echo)
+    await raw.flush()
     print("ready", flush=True)
     # Until the parent closes our stdin.
     reader = asyncio.StreamReader()
     await asyncio.get_running_loop().connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     await reader.read()
+    await raw.close()
     await t.stop()
+
+
+def _percentiles(times: list[float]) -> tuple[float, float]:
+    times.sort()
+    return statistics.median(times), times[int(len(times) * 0.99)]
 
 
 async def _round_trips(hooks: _Driver, dest: Pid, count: int) -> tuple[float, float]:
@@ -125,8 +143,30 @@ async def _round_trips(hooks: _Driver, dest: Pid, count: int) -> tuple[float, fl
         start = time.perf_counter()
         await hooks.ask(dest, "ping", i)
         times.append(time.perf_counter() - start)
-    times.sort()
-    return statistics.median(times), times[int(len(times) * 0.99)]
+    return _percentiles(times)
+
+
+async def _raw_round_trips(url: str, token: str, count: int, size: int) -> tuple[float, float]:
+    """The peer: the same round trip with nats-py alone."""
+    nc = await nats.connect(url, token=token)
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[None] = loop.create_future()
+
+    async def pong(msg: Any) -> None:
+        waiter.set_result(None)
+
+    await nc.subscribe(RAW_PONG, cb=pong)
+    await nc.flush()
+    payload = os.urandom(size)
+    times = []
+    for _ in range(count):
+        waiter = loop.create_future()
+        start = time.perf_counter()
+        await nc.publish(RAW_PING, payload)
+        await waiter
+        times.append(time.perf_counter() - start)
+    await nc.close()
+    return _percentiles(times)
 
 
 async def _one_way(hooks: _Driver, dest: Pid, messages: int, size: int,
@@ -191,18 +231,23 @@ async def _main(args: argparse.Namespace, broker: Broker) -> None:
             await asyncio.sleep(0.01)
         dest = Pid("bench:p", (hooks.peer_incarnation << 32) | 1, "bench-b")
         rtts: list[tuple[float, float]] = []
+        raw_rtts: list[tuple[float, float]] = []
         rates: list[tuple[float, float, float, float]] = []
         server = psutil.Process(broker.pid)
         local: list[tuple[float, float]] = []
         for _ in range(args.repeat):
             rtts.append(await _round_trips(hooks, dest, args.round_trips))
+            raw_rtts.append(await _raw_round_trips(broker.url, broker.token, args.round_trips, args.size))
             rates.append(await _one_way(hooks, dest, args.messages, args.size, server))
             local.append(await _local_hop(args.messages, args.size))
         p50, p99 = min(rtts)
+        raw_p50, raw_p99 = min(raw_rtts)
         rate, cpu_a, cpu_b, cpu_server = max(rates)
         local_rate, local_cpu = max(local)
         print(f"round trip, {args.round_trips} one at a time: p50 {p50 * 1e6:.0f} us, p99 {p99 * 1e6:.0f} us"
               f"   (target: p50 <= 300 us)")
+        print(f"  bare nats-py, same broker: p50 {raw_p50 * 1e6:.0f} us, p99 {raw_p99 * 1e6:.0f} us; "
+              f"the transport's p50 is x{p50 / raw_p50:.2f} of it")
         print(f"one way, {args.messages} x {args.size} B: {rate:,.0f} msg/s   (target: >= 200,000)")
         print(f"  CPU per message: sender {cpu_a * 1e6:.2f} us, receiver {cpu_b * 1e6:.2f} us"
               f"   (target: <= 3 us each); nats-server {cpu_server * 1e6:.2f} us")

@@ -172,9 +172,12 @@ async def _join_cluster(settings):
                                  "pip install 'wsrelay[cluster]'", 2) from None
     from .cluster.supervisor import default_node_name
 
-    transport = Transport(settings.node_name or default_node_name(), list(settings.cluster_url),
-                          token=settings.cluster_token, creds=settings.cluster_creds,
-                          down_after=settings.cluster_down_after)
+    try:
+        transport = Transport(settings.node_name or default_node_name(), list(settings.cluster_url),
+                              token=settings.cluster_token, creds=settings.cluster_creds,
+                              down_after=settings.cluster_down_after)
+    except ValueError as exc:
+        raise _ClusterStartError(f"bad environment variable WSRELAY_NODE: {exc}", 2) from None
     try:
         await transport.start()
     except ClusterError as exc:

@@ -208,6 +208,8 @@ async def connect_bus(servers: Union[str, Sequence[str]], *, token: Optional[str
         disconnected_cb=disconnected_cb, reconnected_cb=reconnected_cb,
         allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
         connect_timeout=2, ping_interval=2, max_outstanding_pings=2,
+        # Our subjects are built from node names checked to be [A-Za-z0-9_-].
+        skip_subject_validation=True,
     )
     if token is not None:
         options["token"] = token
@@ -246,7 +248,8 @@ class Transport:
                  creds: Optional[str] = None, hooks: Optional[Hooks] = None, down_after: float = 5.0,
                  machine: Optional[str] = None, metrics: Optional[Callable[[], bytes]] = None,
                  connect_timeout: float = 10.0) -> None:
-        Pid("check", 0, node)  # a node name must be a valid PID part
+        if not wire.NODE_NAME.fullmatch(node):
+            raise ValueError(f"node name {node!r}: a cluster node name is made of letters, digits, '_' and '-'")
         self.node = node
         self.servers = [servers] if isinstance(servers, str) else list(servers)
         self.url = display_urls(self.servers)
@@ -265,7 +268,7 @@ class Transport:
         self._peers: dict[str, _Peer] = {}
         self._dirty: list[_Peer] = []
         self._wake: Optional[asyncio.Future[None]] = None
-        self._flush_lock: Optional[asyncio.Lock] = None
+        self._flushed: Optional[asyncio.Event] = None
         self._tasks: list[asyncio.Task[None]] = []
         self._pids: dict[str, Pid] = {}
         self._names: Optional[GlobalNames] = None
@@ -292,7 +295,7 @@ class Transport:
             raise ClusterConnectError(self.url, f"JetStream is needed (node incarnations, global names): {exc}") \
                 from None
         self._wake = self._loop.create_future()
-        self._flush_lock = asyncio.Lock()
+        self._flushed = asyncio.Event()
         await self._nc.subscribe(wire.inbox_subject(self.node), cb=self._on_batch_msg,
                                  pending_msgs_limit=1 << 20, pending_bytes_limit=256 << 20)
         await self._nc.subscribe(wire.HEARTBEAT_SUBJECT, cb=self._on_notice_msg)
@@ -341,11 +344,18 @@ class Transport:
         if self._nc is None or self._stopping:
             return
         self._stopping = True
+        assert self._flushed is not None
+        self._flushed.clear()
         for peer in self._peers.values():
             if peer.state != DOWN:
                 peer.flags |= wire.FLAG_BYE
                 self._schedule(peer)
-        await self._flush_batches()
+        if self._dirty:
+            # The publisher sends them after what was queued before.
+            try:
+                await asyncio.wait_for(self._flushed.wait(), 5.0)
+            except asyncio.TimeoutError:
+                log.warning("cluster: goodbyes not published within 5 s; leaving without them")
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -418,17 +428,13 @@ class Transport:
         """One task publishes every batch, so batches leave in the order they
         were made; it runs once per loop iteration that queued something."""
         loop = asyncio.get_running_loop()
+        assert self._flushed is not None
         while True:
             assert self._wake is not None
             await self._wake
             self._wake = loop.create_future()
-            await self._flush_batches()
-
-    async def _flush_batches(self) -> None:
-        # stop() flushes too: one flush at a time keeps the batches in order.
-        assert self._flush_lock is not None
-        async with self._flush_lock:
             await self._flush_dirty()
+            self._flushed.set()
 
     async def _flush_dirty(self) -> None:
         while self._dirty:

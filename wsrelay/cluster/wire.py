@@ -21,12 +21,16 @@ gap, and both nodes then start it afresh (transport.py).
 
 from __future__ import annotations
 
+import re
 import struct
 from typing import Any, NamedTuple
 
 from .codec import decode, encode
 
 VERSION = 1
+
+# Node names are NATS subject tokens: no '.', '*', '>' or white space.
+NODE_NAME = re.compile(r"[A-Za-z0-9_-]+")
 
 HEARTBEAT_SUBJECT = "wsrelay.hb"
 
@@ -113,6 +117,8 @@ def parse_batch(data: bytes) -> tuple[Header, list[Any]]:
             and type(destination_inc) is int and type(session) is int and type(seq) is int
             and type(flags) is int):
         raise Malformed("a batch header has a field of the wrong type")
+    if not NODE_NAME.fullmatch(source):
+        raise Malformed(f"invalid source node name {source!r}")
     return Header(source, source_inc, destination, destination_inc, session, seq, flags), items
 
 
@@ -152,6 +158,8 @@ def parse_notice(data: bytes) -> list[Any]:
     if type(msg) is not list or len(msg) < 2 or msg[0] != VERSION:
         raise Malformed("a notice must be an array starting with the version")
     body = msg[1:]
+    if len(body) > 1 and type(body[1]) is str and not NODE_NAME.fullmatch(body[1]):
+        raise Malformed(f"invalid node name {body[1]!r}")
     if body[0] == HB and len(body) == 5 and type(body[1]) is str and type(body[2]) is int \
             and type(body[3]) is str and type(body[4]) is int:
         return body
