@@ -315,3 +315,19 @@ def test_a_missing_nats_server_exits_non_zero_with_the_install_hint(app: Path, b
     assert "apt-get install nats-server" in result.stderr
     assert "github.com/nats-io/nats-server/releases" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("variable, value", [("WSRELAY_WORKERS", "2"), ("WSRELAY_CLUSTER_URL", "nats://127.0.0.1:1")])
+def test_without_the_cluster_extra_exits_2_saying_how_to_install_it(app: Path, tmp_path: Path, variable: str,
+                                                                     value: str) -> None:
+    # A nats package that cannot be imported, first on the path: as if nats-py
+    # were not installed.
+    blocked = tmp_path / "blocked" / "nats"
+    blocked.mkdir(parents=True)
+    (blocked / "__init__.py").write_text("raise ImportError('not installed', name='nats')\n")
+    env = clean_env(WSRELAY_ADDR="127.0.0.1:0", **{variable: value})
+    env["PYTHONPATH"] = f"{blocked.parent}{os.pathsep}{env['PYTHONPATH']}"
+    result = subprocess.run(serve_command(app), env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert f"{variable} needs the cluster extra (nats is missing): pip install 'wsrelay[cluster]'" in result.stderr
+    assert "Traceback" not in result.stderr

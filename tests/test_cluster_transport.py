@@ -159,6 +159,32 @@ async def test_graceful_stop_is_seen_at_once_after_its_messages(broker: Broker) 
             child.close()
 
 
+async def test_leaving_ends_our_view_of_peers_but_not_their_names(broker: Broker) -> None:
+    async with transports(broker, "b") as [(b, hb)]:
+        ha = Recorder()
+        a = Transport("a", broker.url, token=broker.token, hooks=ha, down_after=DOWN_AFTER)
+        await a.start()
+        try:
+            await ha.wait_for(last("up", "b"))
+            await hb.wait_for(last("up", "a"))
+            assert await b.register_global("kept", pid(b, 1))
+            assert await _until(lambda: a.whereis_global("kept") == pid(b, 1))
+        finally:
+            await a.stop()
+        # a's core hears that b is out of reach, b hears a leave at once.
+        assert ha.events[-1] == ("down", "b", b.incarnation, "noconnection")
+        await hb.wait_for(last("down", "a"))
+        assert a.send(pid(b, 1), "t", 1, pid(a, 1)) is False
+        # b's name is b's: a's leaving did not release it.
+        nc = await nats.connect(broker.url, token=broker.token)
+        try:
+            kv = await nc.jetstream().key_value("wsrelay_names")
+            keys = await kv.keys()
+        finally:
+            await nc.close()
+        assert len(keys) == 1 and b.whereis_global("kept") == pid(b, 1)
+
+
 async def test_order_between_processes_and_echo(broker: Broker) -> None:
     async with transports(broker, "a") as [(a, ha)]:
         child = ChildNode("e1", broker.url, broker.token, DOWN_AFTER)

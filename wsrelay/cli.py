@@ -77,8 +77,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               f"{len(app.functions)} process function(s))")
         return 0
     if settings.workers and args.worker is None:
-        from .cluster.supervisor import supervise
-
+        try:
+            from .cluster.supervisor import supervise
+        except ImportError as exc:
+            print(f"wsrelay: WSRELAY_WORKERS needs the cluster extra ({exc.name} is missing): "
+                  "pip install 'wsrelay[cluster]'", file=sys.stderr)
+            return 2
         return supervise(app, args.file, args.addr, settings)
     return _run(app, args.addr, args.worker)
 

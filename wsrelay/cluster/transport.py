@@ -359,11 +359,12 @@ class Transport:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Gone from the cluster, we can reach none of its PIDs: the core's
+        # monitors and links of them end as for a lost node.
+        for peer in self._peers.values():
+            self._set_state(peer, DOWN)
         if self._names is not None:
             await self._names.stop()
-        for peer in self._peers.values():
-            if peer.timer is not None:
-                peer.timer.cancel()
         try:
             await self._nc.drain()
         except Exception as exc:  # closing while the broker is away: nothing left to flush to
@@ -441,17 +442,17 @@ class Transport:
             dirty, self._dirty = self._dirty, []
             for peer in dirty:
                 peer.queued = False
-                records, peer.records, peer.size = peer.records, [], 0
+                records, size, peer.records, peer.size = peer.records, peer.size, [], 0
                 flags, peer.flags = peer.flags, 0
                 if peer.state == DOWN:
                     self.counters.undeliverable += len(records)
                     continue
-                for data, count in self._batches(peer, records, flags):
+                for data, count in self._batches(peer, records, size, flags):
                     await self._publish(peer.subject, data, count)
 
-    def _batches(self, peer: _Peer, records: list[bytes], flags: int) -> list[tuple[bytes, int]]:
+    def _batches(self, peer: _Peer, records: list[bytes], size: int, flags: int) -> list[tuple[bytes, int]]:
         limit = self._batch_limit
-        if sum(map(len, records)) <= limit:
+        if size <= limit:
             return [(self._batch(peer, records, flags), len(records))]
         out: list[tuple[bytes, int]] = []
         batch: list[bytes] = []
@@ -743,7 +744,8 @@ class Transport:
         if old == UP:
             self.counters.node_down_events += 1
             log.info("cluster: node %s (incarnation %d) is down", peer.node, peer.incarnation)
-            if self._names is not None:
+            if self._names is not None and not self._stopping:
+                # (When we are the one leaving, its names are still its own.)
                 self._names.node_lost(peer.node, peer.incarnation)
             if self.hooks is not None:
                 try:
@@ -844,10 +846,13 @@ class Transport:
             return
         if not msg.reply:
             return
+        body: Any = None
         if request == wire.METRICS:
-            body: Any = self.metrics() if self.metrics is not None else b""
-        else:
-            body = None
+            try:
+                body = self.metrics() if self.metrics is not None else b""
+            except Exception:
+                # Answered with None: the asking node reports us down.
+                log.exception("cluster: the metrics provider raised")
         try:
             await self._nc.publish(msg.reply, wire.rpc_reply(self.node, self.incarnation, body))
         except nats.errors.Error as exc:
