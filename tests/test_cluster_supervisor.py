@@ -18,10 +18,11 @@ import psutil
 import pytest
 import websockets
 
-from tests.cluster_support import ROOT
+from tests.cluster_support import ROOT, Recorder, last
 from tests.ops_support import clean_env, http_get, serve_command, write_app
 from wsrelay.cluster import wire
 from wsrelay.cluster.broker import Broker
+from wsrelay.cluster.transport import Transport
 
 
 class Supervised:
@@ -216,6 +217,37 @@ async def test_a_killed_worker_is_restarted_with_back_off(supervised: Any) -> No
     exited = s.wait_for(rf"worker 1 \(pid {victim.pid}\) exited with signal SIGKILL after [\d.]+ s: "
                         r"restarting in ([\d.]+) s", start=mark)
     assert float(exited.group(1)) == 0.1
+    s.proc.send_signal(signal.SIGTERM)
+    assert s.finish() == 0
+
+
+@pytest.mark.timeout(90)
+async def test_a_dead_worker_is_announced_at_once(supervised: Any) -> None:
+    # Silence alone would take 30 s to notice.
+    s = supervised(WSRELAY_WORKERS="2", WSRELAY_NODE="ann", WSRELAY_CLUSTER_DOWN_AFTER="30s")
+    s.wait_serving()
+    env = s.worker(0).environ()
+    hooks = Recorder()
+    observer = Transport("observer", env["WSRELAY_CLUSTER_URL"], token=env["WSRELAY_CLUSTER_TOKEN"], hooks=hooks,
+                         down_after=30.0)
+    await observer.start()
+    try:
+        first = await hooks.wait_for(last("up", "ann-1"))
+        victim = s.worker(1)
+        victim.send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        assert await hooks.wait_for(last("down", "ann-1"), timeout=10) == ("down", "ann-1", first[2], "noconnection")
+        # Announced by the supervisor when it reaped the worker: before its
+        # successor (0.1 s of back-off, then a Python start, about 0.3 s
+        # here) could show up as a new incarnation.
+        assert time.monotonic() - killed < 0.3
+        again = await hooks.wait_for(lambda ev: [e for e in ev if e[:2] == ("up", "ann-1") and e[2] != first[2]])
+        assert again[0][2] > first[2]
+        s.wait_for(r"worker 1 \(pid \d+\) exited with signal SIGKILL")
+        assert s.err.decode().index("exited with signal SIGKILL") < s.err.decode().index("worker 1 (ann-1) started",
+                                                                                       s.err.decode().index("exited"))
+    finally:
+        await observer.stop()
     s.proc.send_signal(signal.SIGTERM)
     assert s.finish() == 0
 

@@ -63,7 +63,7 @@ class _StartFailed(Exception):
 
 
 class _Worker:
-    __slots__ = ("index", "node", "proc", "restarts", "ready")
+    __slots__ = ("index", "node", "proc", "restarts", "ready", "incarnation")
 
     def __init__(self, index: int, node: str) -> None:
         self.index = index
@@ -71,6 +71,8 @@ class _Worker:
         self.proc: Optional[asyncio.subprocess.Process] = None
         self.restarts = 0
         self.ready = False
+        # The latest incarnation its heartbeats showed: what a death notice names.
+        self.incarnation = 0
 
 
 class Supervisor:
@@ -81,6 +83,7 @@ class Supervisor:
         self.settings = settings
         base = settings.node_name or default_node_name()
         self.workers = [_Worker(i, f"{base}-{i}") for i in range(settings.workers)]
+        self._by_node = {w.node: w for w in self.workers}
         self.broker: Optional[Broker] = None
         self.url = ""
         self.token: Optional[str] = None
@@ -103,6 +106,7 @@ class Supervisor:
             self._start_broker()
             self._nc = await connect_bus(self.url, token=self.token, creds=self.settings.cluster_creds,
                                          name="wsrelay supervisor", quiet=lambda: self._stopping)
+            await self._nc.subscribe(wire.HEARTBEAT_SUBJECT, cb=self._on_notice)
             tasks = [asyncio.ensure_future(self._keep(w)) for w in self.workers]
             stop = asyncio.ensure_future(self._stop.wait())
             await asyncio.wait({self._serving, stop}, return_when=asyncio.FIRST_COMPLETED)
@@ -193,7 +197,7 @@ class Supervisor:
                 log.error("worker %d exited with %s before it was serving: stopping", worker.index,
                           _describe(code))
                 return
-            await self._announce_death(worker, proc.pid)
+            await self._announce_death(worker)
             if loop.time() - started >= STABLE_AFTER:
                 worker.restarts = 0
             delay = min(BACKOFF_MAX, BACKOFF_FIRST * (2 ** worker.restarts))
@@ -223,9 +227,21 @@ class Supervisor:
             sys.stdout.write(line)
             sys.stdout.flush()
 
-    async def _announce_death(self, worker: _Worker, pid: int) -> None:
+    async def _on_notice(self, msg: Any) -> None:
         try:
-            await self._nc.publish(wire.HEARTBEAT_SUBJECT, wire.down_notice(worker.node, pid))
+            notice = wire.parse_notice(msg.data)
+        except wire.Malformed:
+            return  # the workers count and log what is malformed on the bus
+        if notice[0] == wire.HB:
+            worker = self._by_node.get(notice[1])
+            if worker is not None and notice[2] > worker.incarnation:
+                worker.incarnation = notice[2]
+
+    async def _announce_death(self, worker: _Worker) -> None:
+        if not worker.incarnation:
+            return  # it died before its first heartbeat: nobody knows it yet
+        try:
+            await self._nc.publish(wire.HEARTBEAT_SUBJECT, wire.down_notice(worker.node, worker.incarnation))
         except Exception as exc:  # the bus may be away: its peers will notice the silence instead
             log.warning("cannot announce the death of worker %d: %s", worker.index, exc)
 

@@ -114,7 +114,7 @@ COUNTERS = (
 
 class _Peer:
     __slots__ = ("node", "incarnation", "state", "session", "out_seq", "in_seq", "subject", "records", "size",
-                 "flags", "queued", "sent", "last_heard", "timer", "machine", "os_pid", "dead_os_pid",
+                 "flags", "queued", "sent", "last_heard", "timer", "machine", "dead_incarnation",
                  "fragments")
 
     def __init__(self, node: str, incarnation: int) -> None:
@@ -133,8 +133,9 @@ class _Peer:
         self.last_heard = 0.0
         self.timer: Optional[asyncio.TimerHandle] = None
         self.machine = ""
-        self.os_pid = 0
-        self.dead_os_pid = 0
+        # An incarnation known to be dead (goodbye, or its supervisor said so)
+        # whose last heartbeats may still be on their way.
+        self.dead_incarnation = 0
         self.fragments: list[bytes] = []
 
 
@@ -526,8 +527,7 @@ class Transport:
         if count:
             self._dispatch(peer, items)
         if header.flags & wire.FLAG_BYE:
-            # Its last heartbeats may still be on their way: ignore them.
-            peer.dead_os_pid = peer.os_pid
+            peer.dead_incarnation = peer.incarnation
             self._set_state(peer, DOWN)
 
     def _accept(self, h: wire.Header) -> Optional[_Peer]:
@@ -668,10 +668,10 @@ class Transport:
             _, node, incarnation, machine, os_pid = notice
             self._on_heartbeat(node, incarnation, machine, os_pid)
         else:
-            _, node, os_pid = notice
+            _, node, incarnation = notice
             peer = self._peers.get(node)
-            if peer is not None and peer.os_pid == os_pid:
-                peer.dead_os_pid = os_pid
+            if peer is not None and peer.incarnation == incarnation:
+                peer.dead_incarnation = incarnation
                 self._set_state(peer, DOWN)
 
     def _on_heartbeat(self, node: str, incarnation: int, machine: str, os_pid: int) -> None:
@@ -687,10 +687,9 @@ class Transport:
             if incarnation < peer.incarnation:
                 return
             self._new_incarnation(peer, incarnation)
-        if os_pid == peer.dead_os_pid:
-            return  # a heartbeat sent before its supervisor saw it die
+        if incarnation == peer.dead_incarnation:
+            return
         peer.machine = machine
-        peer.os_pid = os_pid
         peer.last_heard = self._loop.time()  # type: ignore[union-attr]
         if peer.state == DOWN and not self._stopping:
             self._open_session(peer, peer.session + 1)
@@ -703,7 +702,7 @@ class Transport:
             self._set_state(peer, DOWN)
         peer.incarnation = incarnation
         peer.session = 0
-        peer.dead_os_pid = 0
+        peer.dead_incarnation = 0
 
     def _open_session(self, peer: _Peer, session: int) -> None:
         """Number ``session`` for the pair, both directions from the start.

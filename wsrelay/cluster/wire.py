@@ -60,8 +60,8 @@ MONITOR, DEMONITOR, LINK, UNLINK, EXIT, LINK_EXIT, KILL, CREDIT = range(1, len(S
 FLAG_BYE = 1  # the source is stopping: this is its last batch to us
 
 # Heartbeat-subject messages: [VERSION, HB, node, incarnation, machine, os pid]
-# every interval; [VERSION, DOWN, node, os pid] from a supervisor that saw a
-# worker die.
+# every interval; [VERSION, DOWN, node, incarnation] from a supervisor that
+# saw a worker die.
 HB = "hb"
 DOWN = "down"
 
@@ -144,13 +144,13 @@ def heartbeat(node: str, incarnation: int, machine: str, os_pid: int) -> bytes:
     return encode([VERSION, HB, node, incarnation, machine, os_pid])
 
 
-def down_notice(node: str, os_pid: int) -> bytes:
-    return encode([VERSION, DOWN, node, os_pid])
+def down_notice(node: str, incarnation: int) -> bytes:
+    return encode([VERSION, DOWN, node, incarnation])
 
 
 def parse_notice(data: bytes) -> list[Any]:
     """A heartbeat-subject message, checked: [HB, node, incarnation, machine,
-    os pid] or [DOWN, node, os pid]."""
+    os pid] or [DOWN, node, incarnation]."""
     try:
         msg = decode(data)
     except (ValueError, TypeError) as exc:
