@@ -68,7 +68,7 @@ def test_no_pickle_on_arrival() -> None:
 
 
 def test_batch_layout() -> None:
-    header = wire.Header("a", 1, "b", 2, 3, 4, 0)
+    header = wire.Header("a", 1, "b", 2, 3, 4, 5, 0)
     records = [wire.record_send(7, "h", str(PID), "t", i) for i in range(40)]
     parsed, items = wire.parse_batch(wire.batch(header, records))
     assert parsed == header

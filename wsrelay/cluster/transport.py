@@ -60,6 +60,10 @@ DOWN = "down"
 
 NOCONNECTION = "noconnection"
 
+# At most this often, a batch of the new session to a peer still sending in
+# the old one.
+_NUDGE_INTERVAL = 0.05
+
 
 class Hooks(Protocol):
     """What the transport calls on the node's core, on the loop's thread."""
@@ -113,8 +117,9 @@ COUNTERS = (
 
 
 class _Peer:
-    __slots__ = ("node", "incarnation", "state", "session", "out_seq", "in_seq", "subject", "records", "size",
-                 "flags", "queued", "sent", "last_heard", "timer", "machine", "dead_incarnation",
+    __slots__ = ("node", "incarnation", "state", "session", "out_seq", "in_seq", "out_records", "in_records",
+                 "subject", "records", "size",
+                 "flags", "queued", "sent", "last_heard", "nudged", "timer", "machine", "dead_incarnation",
                  "fragments")
 
     def __init__(self, node: str, incarnation: int) -> None:
@@ -124,6 +129,9 @@ class _Peer:
         self.session = 0
         self.out_seq = 0
         self.in_seq = 1
+        # Records sent and received in the session.
+        self.out_records = 0
+        self.in_records = 0
         self.subject = wire.inbox_subject(node)
         self.records: list[bytes] = []
         self.size = 0
@@ -131,6 +139,7 @@ class _Peer:
         self.queued = False
         self.sent = False
         self.last_heard = 0.0
+        self.nudged = 0.0
         self.timer: Optional[asyncio.TimerHandle] = None
         self.machine = ""
         # An incarnation known to be dead (goodbye, or its supervisor said so)
@@ -465,9 +474,7 @@ class Transport:
                     batch, size = [], 0
                 # A record larger than a NATS message goes in pieces, each in
                 # a batch of its own, reassembled by the receiver in order.
-                pieces = wire.fragments(record, limit - 64)
-                out.extend((self._batch(peer, [piece], 0), 0) for piece in pieces[:-1])
-                out.append((self._batch(peer, [pieces[-1]], 0), 1))
+                out.extend((self._batch(peer, [piece], 0), 1) for piece in wire.fragments(record, limit - 64))
                 continue
             if size + len(record) > limit and batch:
                 out.append((self._batch(peer, batch, 0), len(batch)))
@@ -481,7 +488,8 @@ class Transport:
         peer.out_seq += 1
         peer.sent = True
         header = wire.Header(self.node, self.incarnation, peer.node, peer.incarnation, peer.session,
-                             peer.out_seq, flags)
+                             peer.out_seq, peer.out_records, flags)
+        peer.out_records += len(records)
         return wire.batch(header, records)
 
     async def _publish(self, subject: str, data: bytes, count: int) -> None:
@@ -523,6 +531,7 @@ class Transport:
         if peer is None:
             c.undeliverable += count
             return
+        peer.in_records += count
         c.messages_in += count
         if count:
             self._dispatch(peer, items)
@@ -540,9 +549,16 @@ class Transport:
             if h.source_incarnation < peer.incarnation:
                 return None  # from a predecessor of the peer we know
             self._new_incarnation(peer, h.source_incarnation)
-        peer.last_heard = self._loop.time()  # type: ignore[union-attr]
+        now = peer.last_heard = self._loop.time()  # type: ignore[union-attr]
         if h.session < peer.session:
-            return None  # a session that has since been replaced
+            # A session that has since been replaced. If we are waiting for
+            # the peer in the new one, it has not heard of it (our first batch
+            # was lost, as when the bus restarts): tell it again now, rather
+            # than at the next heartbeat, while its messages are being dropped.
+            if peer.state == JOINING and now - peer.nudged >= _NUDGE_INTERVAL:
+                peer.nudged = now
+                self._schedule(peer)
+            return None
         if h.session > peer.session:
             # The peer opened a session (first contact, or after a gap it
             # saw): what both of us held about the other is gone.
@@ -550,7 +566,9 @@ class Transport:
                 self._set_state(peer, DOWN)
             self._open_session(peer, h.session)
             if h.seq != 1:
-                self._reset(peer)  # its first batches in the session were lost
+                # Its first batches in the session were lost.
+                self.counters.undeliverable += h.sent
+                self._reset(peer)
                 return None
             peer.in_seq = 2
             self._set_state(peer, UP)
@@ -558,6 +576,7 @@ class Transport:
         if peer.state == DOWN:
             return None
         if h.seq != peer.in_seq:
+            self.counters.undeliverable += max(0, h.sent - peer.in_records)
             self._reset(peer)
             return None
         peer.in_seq += 1
@@ -572,6 +591,7 @@ class Transport:
             return
         pids = self._pids
         on_send = hooks.on_send
+        i = 1
         try:
             for i in range(1, len(items)):
                 record = items[i]
@@ -592,6 +612,7 @@ class Transport:
             # Records after this one would be delivered with one missing:
             # the stream is broken, as after a gap.
             self._malformed(f"batch from {peer.node} dropped at a malformed record: {exc}")
+            self.counters.undeliverable += len(items) - i
             self._reset(peer)
 
     def _dispatch_other(self, peer: _Peer, hooks: Hooks, record: list[Any]) -> None:
@@ -714,6 +735,8 @@ class Transport:
         peer.session = session
         peer.out_seq = 0
         peer.in_seq = 1
+        peer.out_records = 0
+        peer.in_records = 0
         # Our first batch in it, at once, even empty: the peer comes up on it.
         self._schedule(peer)
 
@@ -737,6 +760,7 @@ class Transport:
             if peer.timer is not None:
                 peer.timer.cancel()
                 peer.timer = None
+            self.counters.undeliverable += len(peer.records)
             peer.records, peer.size, peer.fragments = [], 0, []
         elif peer.timer is None:
             self._watch_silence(peer)

@@ -7,7 +7,8 @@ encoded on its own at the call that made it (so a payload that cannot be
 carried fails there, not later):
 
     [[VERSION, source node, source incarnation, destination node,
-      destination incarnation, session, sequence, flags], record, record, ...]
+      destination incarnation, session, sequence, records before, flags],
+     record, record, ...]
 
     record: [SEND, destination id, destination host, sender, topic, payload]
             [SIGNAL, kind, destination, source, reason]     (PIDs as text)
@@ -15,8 +16,10 @@ carried fails there, not later):
             [FRAGMENT, chunk, last]    (a record larger than a NATS message)
 
 Sequence numbers count the batches of one session of one (source ->
-destination) stream from 1; a session is renumbered by the node that saw a
-gap, and both nodes then start it afresh (transport.py).
+destination) stream from 1, and "records before" the records sent in the
+session before this batch, so a receiver that sees a gap knows how many
+records were lost. A session is renumbered by the node that saw a gap, and
+both nodes then start it afresh (transport.py).
 """
 
 from __future__ import annotations
@@ -81,6 +84,7 @@ class Header(NamedTuple):
     destination_incarnation: int
     session: int
     seq: int
+    sent: int
     flags: int
 
 
@@ -108,18 +112,18 @@ def parse_batch(data: bytes) -> tuple[Header, list[Any]]:
     if type(items) is not list or not items:
         raise Malformed("a batch must be a non-empty array")
     head = items[0]
-    if type(head) is not list or len(head) != 8:
-        raise Malformed("a batch header must be an array of 8")
+    if type(head) is not list or len(head) != 9:
+        raise Malformed("a batch header must be an array of 9")
     if head[0] != VERSION:
         raise Malformed(f"unknown version {head[0]!r}")
-    _, source, source_inc, destination, destination_inc, session, seq, flags = head
+    _, source, source_inc, destination, destination_inc, session, seq, sent, flags = head
     if not (type(source) is str and type(destination) is str and type(source_inc) is int
             and type(destination_inc) is int and type(session) is int and type(seq) is int
-            and type(flags) is int):
+            and type(sent) is int and type(flags) is int):
         raise Malformed("a batch header has a field of the wrong type")
     if not NODE_NAME.fullmatch(source):
         raise Malformed(f"invalid source node name {source!r}")
-    return Header(source, source_inc, destination, destination_inc, session, seq, flags), items
+    return Header(source, source_inc, destination, destination_inc, session, seq, sent, flags), items
 
 
 def record_send(dest_id: int, dest_host: str, sender: str, topic: Any, payload: Any) -> bytes:
