@@ -524,8 +524,10 @@ class Transport:
         c.batches_in += 1
         c.bytes_in += len(data)
         count = len(items) - 1
-        if header.destination_incarnation != self.incarnation:
-            c.undeliverable += count  # meant for our predecessor: its PIDs are dead
+        if header.destination_incarnation != self.incarnation or self._stopping:
+            # Meant for our predecessor (its PIDs are dead), or arriving as we
+            # leave (our core is shutting down).
+            c.undeliverable += count
             return
         peer = self._accept(header)
         if peer is None:
