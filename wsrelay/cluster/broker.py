@@ -163,13 +163,6 @@ class Broker:
             proc.kill()
             proc.wait()
 
-    def kill(self) -> None:
-        """SIGKILL, as a crash would (tests)."""
-        proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
     def close(self) -> None:
         self.stop()
         if self.dir is not None:
