@@ -26,6 +26,10 @@ from .lifeline import die_with_parent
 # lacks the sbin directories.
 _EXTRA_DIRS = ("/usr/sbin", "/usr/local/sbin", "/usr/local/bin")
 _READY_POLL = 0.01
+_DIR_PREFIX = "wsrelay-nats-"
+_PID_FILE = "nats.pid"
+# A private directory younger than this may belong to a broker still starting.
+_STALE_AFTER = 60.0
 
 
 def find_nats_server(name: str = "nats-server") -> str:
@@ -46,6 +50,48 @@ def _free_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def _sweep_stale_dirs() -> None:
+    """Remove the private directories of brokers that are gone. A supervisor
+    killed by SIGKILL takes its broker with it, but cannot remove the
+    directory: the next broker started on the machine does."""
+    root = tempfile.gettempdir()
+    now = time.time()
+    for name in os.listdir(root):
+        path = os.path.join(root, name)
+        if not name.startswith(_DIR_PREFIX) or not os.path.isdir(path) or os.path.islink(path):
+            continue
+        try:
+            info = os.stat(path)
+            if info.st_uid != os.getuid() or now - info.st_mtime < _STALE_AFTER:
+                continue
+            if _serving(path):
+                continue
+        except OSError:
+            continue  # removed meanwhile, or not ours to look into
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _serving(path: str) -> bool:
+    """Whether the nats-server whose pid file is in ``path`` still runs (and
+    is that server, not another process given the same pid since)."""
+    try:
+        with open(os.path.join(path, _PID_FILE)) as f:
+            pid = int(f.read().strip())
+    except (OSError, ValueError):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return path.encode() in f.read()
+    except OSError:
+        return True  # no /proc to tell: alive is enough to keep it
 
 
 class Broker:
@@ -76,7 +122,8 @@ class Broker:
         if self.proc is not None and self.proc.poll() is None:
             raise BrokerError("the broker is already running")
         if self.dir is None:
-            self.dir = tempfile.mkdtemp(prefix="wsrelay-nats-")
+            _sweep_stale_dirs()
+            self.dir = tempfile.mkdtemp(prefix=_DIR_PREFIX)
         chosen = self.port == 0
         for _attempt in range(3 if chosen else 1):
             if chosen:
@@ -98,6 +145,7 @@ class Broker:
             f'authorization {{ token: "{self.token}" }}',
             f'jetstream {{ store_dir: "{os.path.join(self.dir, "js")}" }}',
             f'log_file: "{self.log_path}"',
+            f'pid_file: "{os.path.join(self.dir, _PID_FILE)}"',
         ]
         if self.max_payload is not None:
             lines.append(f"max_payload: {self.max_payload}")
