@@ -54,6 +54,15 @@ BAD = [
     ("WSRELAY_NODE", "gw|1"),
     ("WSRELAY_GC_THRESHOLD", "-3"),
     ("WSRELAY_GC_THRESHOLD", "often"),
+    ("WSRELAY_WORKERS", "0"),
+    ("WSRELAY_WORKERS", "many"),
+    ("WSRELAY_CLUSTER_URL", "http://127.0.0.1:4222"),
+    ("WSRELAY_CLUSTER_URL", "nats://127.0.0.1:99999"),
+    ("WSRELAY_CLUSTER_TOKEN", "two words"),
+    ("WSRELAY_CLUSTER_CREDS", "/nonexistent/user.creds"),
+    ("WSRELAY_CLUSTER_DOWN_AFTER", "0"),
+    ("WSRELAY_CLUSTER_DOWN_AFTER", "later"),
+    ("WSRELAY_NATS_SERVER", "nats\tserver"),
 ]
 
 EXTRA = [

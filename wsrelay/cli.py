@@ -3,6 +3,11 @@
 Settings and the file are read and checked before anything binds; a bad value
 exits with status 2 and a message naming the variable, entry or field.
 SIGTERM and SIGINT drain the gateway (SPEC §5) and exit 0.
+
+With ``WSRELAY_WORKERS``, ``serve`` is a supervisor (wsrelay/cluster/
+supervisor.py) running ``serve FILE --worker I`` children; with
+``WSRELAY_CLUSTER_URL`` (which the supervisor gives its workers) the process
+joins the cluster before it serves, and leaves it after draining.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the application described by a YAML file")
     serve.add_argument("file", help="the application's YAML file")
     serve.add_argument("--addr", help="bind address of the (first) service, host:port or :port")
+    serve.add_argument("--worker", type=int, metavar="I",
+                       help="set by the supervisor: run as its worker I, sharing the port with the others")
     check = sub.add_parser("check", help="validate a YAML file and the environment, then exit")
     check.add_argument("file")
     check.add_argument("--addr", help="also validate this bind address")
@@ -70,7 +77,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"{args.file}: ok ({len(app.services)} service(s), {len(app.routers)} router(s), "
               f"{len(app.functions)} process function(s))")
         return 0
-    return run(app, args.addr)
+    if settings.workers and args.worker is None:
+        try:
+            from .cluster.supervisor import supervise
+        except ImportError as exc:
+            print(f"wsrelay: WSRELAY_WORKERS needs the cluster extra ({exc.name} is missing): "
+                  "pip install 'wsrelay[cluster]'", file=sys.stderr)
+            return 2
+        return supervise(app, args.file, args.addr, settings)
+    return _run(app, args.addr, args.worker)
 
 
 def run(app, addr: Optional[str] = None) -> int:
@@ -79,11 +94,15 @@ def run(app, addr: Optional[str] = None) -> int:
     The Python twin of ``wsrelay serve FILE``. Like it, it owns the process,
     so it also sets the garbage collector up for a server (WSRELAY_GC_THRESHOLD).
     """
+    return _run(app, addr, None)
+
+
+def _run(app, addr: Optional[str], worker: Optional[int]) -> int:
     from .settings import settings
 
     _warn_unknown_variables()
     tune_gc(settings().gc_threshold)
-    return uvloop.run(_serve(app, addr))
+    return uvloop.run(_serve(app, addr, worker))
 
 
 def _warn_unknown_variables() -> None:
@@ -109,14 +128,29 @@ def tune_gc(threshold: int) -> None:
     gc.freeze()
 
 
-async def _serve(app, addr: Optional[str]) -> int:
+async def _serve(app, addr: Optional[str], worker: Optional[int] = None) -> int:
     from .gateway import Gateway
+    from .settings import settings
 
-    gateway = Gateway(app, addr=addr)
+    cluster = None
+    if settings().cluster_url:
+        try:
+            cluster = await _join_cluster(settings())
+        except _ClusterStartError as exc:
+            print(f"wsrelay: {exc}", file=sys.stderr)
+            return exc.status
+    gateway = Gateway(app, addr=addr, reuse_port=worker is not None, cluster=cluster)
+    if cluster is not None:
+        from .metrics import render
+
+        # What this node answers when another one gathers the machine's metrics.
+        cluster.metrics = lambda: render(gateway)[0]
     try:
         await gateway.start()
     except OSError as exc:
         log.error("cannot listen: %s", exc)
+        if cluster is not None:
+            await cluster.stop()
         return 1
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -130,4 +164,35 @@ async def _serve(app, addr: Optional[str]) -> int:
     from ._core.runtime import node
 
     node().terminate_all("shutdown")
+    if cluster is not None:
+        await cluster.stop()
     return 0
+
+
+class _ClusterStartError(Exception):
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+async def _join_cluster(settings):
+    """The started cluster transport of this node (WSRELAY_CLUSTER_*)."""
+    try:
+        from .cluster.errors import ClusterError
+        from .cluster.transport import Transport
+    except ImportError as exc:
+        raise _ClusterStartError(f"WSRELAY_CLUSTER_URL needs the cluster extra ({exc.name} is missing): "
+                                 "pip install 'wsrelay[cluster]'", 2) from None
+    from .cluster.supervisor import default_node_name
+
+    try:
+        transport = Transport(settings.node_name or default_node_name(), list(settings.cluster_url),
+                              token=settings.cluster_token, creds=settings.cluster_creds,
+                              down_after=settings.cluster_down_after)
+    except ValueError as exc:
+        raise _ClusterStartError(f"bad environment variable WSRELAY_NODE: {exc}", 2) from None
+    try:
+        await transport.start()
+    except ClusterError as exc:
+        raise _ClusterStartError(str(exc), 1) from None
+    return transport

@@ -167,7 +167,13 @@ class ServiceRuntime:
             "status": "ok" if self.accepting else "draining",
             "connections": len(self.relay.connections),
             "processes": get_node().process_count(),
+            "node": self.gateway.settings.node_name,
         }
+        cluster = self.gateway.cluster
+        if cluster is not None:
+            body["node"] = cluster.node
+            body["incarnation"] = cluster.incarnation
+            body["peers"] = cluster.peers()
         res = Response().status(200 if self.accepting else 503)
         res.header("Content-Type", "application/json")
         return res.write(orjson.dumps(body))
@@ -182,8 +188,14 @@ class ServiceRuntime:
 class Gateway:
     """Runs an App: ``await gateway.start()``, then ``await gateway.shutdown()``."""
 
-    def __init__(self, app: App, settings: Optional[Settings] = None, addr: Optional[str] = None) -> None:
+    def __init__(self, app: App, settings: Optional[Settings] = None, addr: Optional[str] = None, *,
+                 reuse_port: bool = False, cluster: Any = None) -> None:
         self.app = app
+        # A worker under a supervisor shares the service's port with the other
+        # workers (SO_REUSEPORT): the kernel spreads connections over them.
+        self.reuse_port = reuse_port
+        # The cluster transport (wsrelay.cluster.transport.Transport), if any.
+        self.cluster = cluster
         self.settings = settings or current_settings()
         self.addr_override = addr or self.settings.addr
         self.services: dict[str, ServiceRuntime] = {}
@@ -203,7 +215,7 @@ class Gateway:
             # Each socket starts with the handshake guard, which hands it to
             # picows once the request head is in (wsrelay._core.handshake).
             rt.server = await loop.create_server(rt.handshakes.protocol, host, port, reuse_address=True,
-                                                 backlog=4096)
+                                                 reuse_port=self.reuse_port, backlog=4096)
             rt.relay.start()
             self.services[service.id] = rt
             log.info("%s listening on %s", service.id, self.url("", service.id, scheme="http"))

@@ -39,6 +39,14 @@ class Settings:
     node_name: Optional[str] = None
     # Allocations between young-generation collections; 0 keeps Python's.
     gc_threshold: int = 50_000
+    # -- cluster (docs: wsrelay/cluster) --
+    # Worker processes under a supervisor; 0: a single process.
+    workers: int = 0
+    cluster_url: Optional[tuple[str, ...]] = None
+    cluster_token: Optional[str] = dataclasses.field(default=None, repr=False)
+    cluster_creds: Optional[str] = None
+    cluster_down_after: float = 5.0
+    nats_server: str = "nats-server"
 
 
 def _int_in(low: int, high: int) -> Callable[[str], int]:
@@ -102,6 +110,61 @@ def _node(text: str) -> str:
     return text
 
 
+def _workers(text: str) -> int:
+    if text.strip().lower() == "auto":
+        return os.cpu_count() or 1
+    return _int_in(1, 1024)(text)
+
+
+_CLUSTER_SCHEMES = ("nats", "tls", "ws", "wss")
+
+
+def _cluster_urls(text: str) -> tuple[str, ...]:
+    import urllib.parse
+
+    urls = tuple(u.strip() for u in text.split(",") if u.strip())
+    if not urls:
+        raise ValueError("expected comma-separated URLs like nats://host:4222")
+    for url in urls:
+        try:
+            parts = urllib.parse.urlsplit(url)
+            parts.port  # noqa: B018 -- raises ValueError on a bad port
+        except ValueError:
+            raise ValueError("a URL has a bad port") from None
+        if parts.scheme not in _CLUSTER_SCHEMES or not parts.hostname:
+            raise ValueError(f"each URL must look like nats://host:4222 ({', '.join(_CLUSTER_SCHEMES)} schemes)")
+    return urls
+
+
+def _token(text: str) -> str:
+    if any(ch.isspace() for ch in text):
+        raise ValueError("must not contain white space")
+    return text
+
+
+def _readable_file(text: str) -> str:
+    if not os.path.isfile(text) or not os.access(text, os.R_OK):
+        raise ValueError("is not a readable file")
+    return text
+
+
+def _command(text: str) -> str:
+    if any(ord(ch) < 32 for ch in text):
+        raise ValueError("must be a command name or a path, without control characters")
+    return text
+
+
+def _shown(variable: str, raw: str) -> str:
+    """``raw`` as an error message may show it: never a token, nor the
+    credentials a URL may carry."""
+    if variable == "WSRELAY_CLUSTER_TOKEN":
+        return "(hidden)"
+    if variable == "WSRELAY_CLUSTER_URL":
+        import re
+
+        return re.sub(r"//[^/@,]*@", "//", raw)
+    return raw
+
 _VARIABLES: dict[str, tuple[str, Callable[[str], object]]] = {
     "WSRELAY_ADDR": ("addr", _addr),
     "WSRELAY_MAX_MESSAGE_SIZE": ("max_message_size", _int_in(1, _GiB)),
@@ -119,6 +182,12 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], object]]] = {
     "WSRELAY_STALL_TIMEOUT": ("stall_timeout", _seconds),
     "WSRELAY_NODE": ("node_name", _node),
     "WSRELAY_GC_THRESHOLD": ("gc_threshold", _int_in(0, 1 << 30)),
+    "WSRELAY_WORKERS": ("workers", _workers),
+    "WSRELAY_CLUSTER_URL": ("cluster_url", _cluster_urls),
+    "WSRELAY_CLUSTER_TOKEN": ("cluster_token", _token),
+    "WSRELAY_CLUSTER_CREDS": ("cluster_creds", _readable_file),
+    "WSRELAY_CLUSTER_DOWN_AFTER": ("cluster_down_after", _positive_seconds),
+    "WSRELAY_NATS_SERVER": ("nats_server", _command),
 }
 
 VARIABLES = tuple(_VARIABLES)
@@ -151,8 +220,11 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         try:
             values[field] = parse(raw)
         except ValueError as exc:
-            raise SettingsError(variable, raw, str(exc)) from None
+            raise SettingsError(variable, _shown(variable, raw), str(exc)) from None
     result = Settings(**values)  # type: ignore[arg-type]
+    if result.cluster_token is not None and result.cluster_creds is not None:
+        raise SettingsError("WSRELAY_CLUSTER_CREDS", result.cluster_creds,
+                            "cannot be combined with WSRELAY_CLUSTER_TOKEN: choose one")
     if result.ping_interval and result.ping_timeout > result.ping_interval:
         raise SettingsError(
             "WSRELAY_PING_TIMEOUT", str(result.ping_timeout),

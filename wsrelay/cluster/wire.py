@@ -1,0 +1,200 @@
+"""What travels on the bus, and nothing about how: subjects, the batch
+format between two nodes, heartbeats and RPC requests.
+
+A batch is one NATS message from one node to another: a MessagePack array
+whose first element is the header and whose other elements are records, each
+encoded on its own at the call that made it (so a payload that cannot be
+carried fails there, not later):
+
+    [[VERSION, source node, source incarnation, destination node,
+      destination incarnation, session, sequence, records before, flags],
+     record, record, ...]
+
+    record: [SEND, destination id, destination host, sender, topic, payload]
+            [SIGNAL, kind, destination, source, reason]     (PIDs as text)
+            [FRAMES, [connection id, ...], frame]
+            [FRAGMENT, chunk, last]    (a record larger than a NATS message)
+
+Sequence numbers count the batches of one session of one (source ->
+destination) stream from 1, and "records before" the records sent in the
+session before this batch, so a receiver that sees a gap knows how many
+records were lost. A session is renumbered by the node that saw a gap, and
+both nodes then start it afresh (transport.py).
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from typing import Any, NamedTuple
+
+from .codec import decode, encode
+
+VERSION = 1
+
+# Node names are NATS subject tokens: no '.', '*', '>' or white space.
+NODE_NAME = re.compile(r"[A-Za-z0-9_-]+")
+
+HEARTBEAT_SUBJECT = "wsrelay.hb"
+
+
+def inbox_subject(node: str) -> str:
+    """The node's one ordered inbox: every batch addressed to it."""
+    return f"wsrelay.node.{node}"
+
+
+def rpc_subject(node: str) -> str:
+    """Requests to the node (ping, metrics), answered by the node itself."""
+    return f"wsrelay.node.{node}.rpc"
+
+
+# Record kinds.
+SEND = 0
+SIGNAL = 1
+FRAMES = 2
+FRAGMENT = 3
+
+# Signal kinds between processes, as the core names them; CREDIT carries
+# relay backpressure acknowledgements.
+SIGNAL_KINDS = ("MONITOR", "DEMONITOR", "LINK", "UNLINK", "EXIT", "LINK_EXIT", "KILL", "CREDIT")
+MONITOR, DEMONITOR, LINK, UNLINK, EXIT, LINK_EXIT, KILL, CREDIT = range(1, len(SIGNAL_KINDS) + 1)
+
+# Header flags.
+FLAG_BYE = 1  # the source is stopping: this is its last batch to us
+
+# Heartbeat-subject messages: [VERSION, HB, node, incarnation, machine, os pid]
+# every interval; [VERSION, DOWN, node, incarnation] from a supervisor that
+# saw a worker die.
+HB = "hb"
+DOWN = "down"
+
+# RPC operations: request [VERSION, op]; reply [VERSION, node, incarnation, body].
+PING = "ping"
+METRICS = "metrics"
+
+
+class Malformed(ValueError):
+    """Bytes from the bus that are not what a node of this version writes."""
+
+
+class Header(NamedTuple):
+    source: str
+    source_incarnation: int
+    destination: str
+    destination_incarnation: int
+    session: int
+    seq: int
+    sent: int
+    flags: int
+
+
+def array_header(count: int) -> bytes:
+    """The MessagePack header of an array of ``count`` elements."""
+    if count < 16:
+        return bytes((0x90 | count,))
+    if count < 0x10000:
+        return b"\xdc" + struct.pack(">H", count)
+    return b"\xdd" + struct.pack(">I", count)
+
+
+def batch(header: Header, records: list[bytes]) -> bytes:
+    head = encode([VERSION, *header])
+    return b"".join([array_header(len(records) + 1), head, *records])
+
+
+def parse_batch(data: bytes) -> tuple[Header, list[Any]]:
+    """(header, items): the records are ``items[1:]``, decoded but not yet
+    checked. Malformed when the bytes or the header are not ours."""
+    try:
+        items = decode(data)
+    except (ValueError, TypeError) as exc:
+        raise Malformed(f"undecodable batch ({exc})") from None
+    if type(items) is not list or not items:
+        raise Malformed("a batch must be a non-empty array")
+    head = items[0]
+    if type(head) is not list or len(head) != 9:
+        raise Malformed("a batch header must be an array of 9")
+    if head[0] != VERSION:
+        raise Malformed(f"unknown version {head[0]!r}")
+    _, source, source_inc, destination, destination_inc, session, seq, sent, flags = head
+    if not (type(source) is str and type(destination) is str and type(source_inc) is int
+            and type(destination_inc) is int and type(session) is int and type(seq) is int
+            and type(sent) is int and type(flags) is int):
+        raise Malformed("a batch header has a field of the wrong type")
+    if not NODE_NAME.fullmatch(source):
+        raise Malformed(f"invalid source node name {source!r}")
+    return Header(source, source_inc, destination, destination_inc, session, seq, sent, flags), items
+
+
+def record_send(dest_id: int, dest_host: str, sender: str, topic: Any, payload: Any) -> bytes:
+    return encode([SEND, dest_id, dest_host, sender, topic, payload])
+
+
+def record_signal(kind: int, dest: str, src: str, reason: Any) -> bytes:
+    return encode([SIGNAL, kind, dest, src, reason])
+
+
+def record_frames(conn_ids: list[int], frame: bytes) -> bytes:
+    return encode([FRAMES, conn_ids, frame])
+
+
+def fragments(record: bytes, size: int) -> list[bytes]:
+    """``record`` cut into FRAGMENT records of at most ``size`` bytes of it each."""
+    chunks = [record[i:i + size] for i in range(0, len(record), size)]
+    return [encode([FRAGMENT, chunk, i == len(chunks) - 1]) for i, chunk in enumerate(chunks)]
+
+
+def heartbeat(node: str, incarnation: int, machine: str, os_pid: int) -> bytes:
+    return encode([VERSION, HB, node, incarnation, machine, os_pid])
+
+
+def down_notice(node: str, incarnation: int) -> bytes:
+    return encode([VERSION, DOWN, node, incarnation])
+
+
+def parse_notice(data: bytes) -> list[Any]:
+    """A heartbeat-subject message, checked: [HB, node, incarnation, machine,
+    os pid] or [DOWN, node, incarnation]."""
+    try:
+        msg = decode(data)
+    except (ValueError, TypeError) as exc:
+        raise Malformed(f"undecodable notice ({exc})") from None
+    if type(msg) is not list or len(msg) < 2 or msg[0] != VERSION:
+        raise Malformed("a notice must be an array starting with the version")
+    body = msg[1:]
+    if len(body) > 1 and type(body[1]) is str and not NODE_NAME.fullmatch(body[1]):
+        raise Malformed(f"invalid node name {body[1]!r}")
+    if body[0] == HB and len(body) == 5 and type(body[1]) is str and type(body[2]) is int \
+            and type(body[3]) is str and type(body[4]) is int:
+        return body
+    if body[0] == DOWN and len(body) == 3 and type(body[1]) is str and type(body[2]) is int:
+        return body
+    raise Malformed(f"unknown notice {body[0]!r}")
+
+
+def rpc_request(op: str) -> bytes:
+    return encode([VERSION, op])
+
+
+def decode_rpc_request(data: bytes) -> str:
+    try:
+        msg = decode(data)
+    except (ValueError, TypeError) as exc:
+        raise Malformed(f"undecodable request ({exc})") from None
+    if type(msg) is not list or len(msg) != 2 or msg[0] != VERSION or msg[1] not in (PING, METRICS):
+        raise Malformed("a request must be [version, 'ping' or 'metrics']")
+    return msg[1]
+
+
+def rpc_reply(node: str, incarnation: int, body: Any) -> bytes:
+    return encode([VERSION, node, incarnation, body])
+
+
+def parse_rpc_reply(data: bytes) -> tuple[str, int, Any]:
+    try:
+        msg = decode(data)
+    except (ValueError, TypeError) as exc:
+        raise Malformed(f"undecodable reply ({exc})") from None
+    if type(msg) is not list or len(msg) != 4 or msg[0] != VERSION:
+        raise Malformed("a reply must be [version, node, incarnation, body]")
+    return msg[1], msg[2], msg[3]
