@@ -5,7 +5,9 @@ import sys
 
 from setuptools import Extension, setup
 
-CORE = ["pid", "message", "mailbox", "stats", "runtime", "relay", "group"]
+CORE = ["pid", "message", "mailbox", "stats", "runtime", "relay", "group", "deflate"]
+# C libraries a module links with (libz.so.1 is on manylinux's allowed list).
+LIBRARIES = {"deflate": ["z"]}
 
 
 def extensions():
@@ -16,7 +18,8 @@ def extensions():
     if sys.platform != "win32":
         flags.append("-Wno-unreachable-code")
     modules = [
-        Extension(f"wsrelay._core.{name}", [f"wsrelay/_core/{name}.pyx"], extra_compile_args=flags)
+        Extension(f"wsrelay._core.{name}", [f"wsrelay/_core/{name}.pyx"], extra_compile_args=flags,
+                  libraries=LIBRARIES.get(name, []))
         for name in CORE
     ]
     return cythonize(

@@ -104,10 +104,13 @@ sdist: $(VENV)/.wheel-tools $(WHEEL_DIR)/build_ext.cfg
 	  || { grep -v "^WARNING: Location" $(WHEEL_DIR)/sdist-wheel.log | tail -n 25 >&2; \
 	       echo "sdist: FAILED: pip cannot build a wheel from $(WHEEL_DIR)/sdist/$$(basename $(WHEEL_DIR)/sdist/*.tar.gz)" \
 	            "(full log: $(WHEEL_DIR)/sdist-wheel.log)" >&2; exit 1; }
-	$(BIN)/python -c "import glob, sys, zipfile; (w,) = glob.glob('$(WHEEL_DIR)/sdist-wheel/*.whl'); \
-	  core = [n for n in zipfile.ZipFile(w).namelist() if n.startswith('wsrelay/_core/') and n.endswith('.so')]; \
+	$(BIN)/python -c "import ast, glob, sys, zipfile; (w,) = glob.glob('$(WHEEL_DIR)/sdist-wheel/*.whl'); \
+	  want = sorted(next(ast.literal_eval(n.value) for n in ast.parse(open('setup.py').read()).body \
+	                     if isinstance(n, ast.Assign) and [getattr(t, 'id', '') for t in n.targets] == ['CORE'])); \
+	  core = sorted(n.split('/')[-1].split('.')[0] for n in zipfile.ZipFile(w).namelist() \
+	                if n.startswith('wsrelay/_core/') and n.endswith('.so')); \
 	  print('sdist: the wheel built from it: %s, %d compiled core modules' % (w.split('/')[-1], len(core))); \
-	  sys.exit(0 if len(core) == 7 else 'sdist: expected 7 compiled core modules')"
+	  sys.exit(0 if core == want else 'sdist: compiled core modules %s, expected those of setup.py CORE %s' % (core, want))"
 	mkdir -p dist && cp $(WHEEL_DIR)/sdist/*.tar.gz dist/
 	@echo "sdist: OK: dist/$$(basename $(WHEEL_DIR)/sdist/*.tar.gz)"
 
