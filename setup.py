@@ -6,8 +6,10 @@ import sys
 from setuptools import Extension, setup
 
 # In dependency order: each module cimports only those before it.
-CORE = ["errors", "units", "stats", "pid", "message", "mailbox", "runtime", "frames", "writer", "relayspec",
-        "relay", "group", "handshake"]
+CORE = ["errors", "units", "stats", "pid", "message", "mailbox", "runtime", "deflate", "frames", "writer",
+        "relayspec", "relay", "group", "handshake"]
+# C libraries a module links with (libz.so.1 is on manylinux's allowed list).
+LIBRARIES = {"deflate": ["z"]}
 
 
 def extensions():
@@ -18,7 +20,8 @@ def extensions():
     if sys.platform != "win32":
         flags.append("-Wno-unreachable-code")
     modules = [
-        Extension(f"wsrelay._core.{name}", [f"wsrelay/_core/{name}.pyx"], extra_compile_args=flags)
+        Extension(f"wsrelay._core.{name}", [f"wsrelay/_core/{name}.pyx"], extra_compile_args=flags,
+                  libraries=LIBRARIES.get(name, []))
         for name in CORE
     ]
     return cythonize(

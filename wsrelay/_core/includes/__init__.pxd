@@ -1,0 +1,1 @@
+# C declarations of the libraries the core links with (not a Python package).
