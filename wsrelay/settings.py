@@ -39,6 +39,10 @@ class Settings:
     node_name: Optional[str] = None
     # Allocations between young-generation collections; 0 keeps Python's.
     gc_threshold: int = 50_000
+    # permessage-deflate offered by clients is accepted (RFC 7692).
+    compression: bool = False
+    # Messages shorter than this go out uncompressed on a compressed connection.
+    compression_min_size: int = 128
     # -- cluster (docs: wsrelay/cluster) --
     # Worker processes under a supervisor; 0: a single process.
     workers: int = 0
@@ -108,6 +112,13 @@ def _node(text: str) -> str:
 
     Pid("check", 0, text)
     return text
+
+
+def _on_off(text: str) -> bool:
+    value = text.strip().lower()
+    if value not in ("on", "off"):
+        raise ValueError("must be 'on' or 'off'")
+    return value == "on"
 
 
 def _workers(text: str) -> int:
@@ -182,6 +193,8 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], object]]] = {
     "WSRELAY_STALL_TIMEOUT": ("stall_timeout", _seconds),
     "WSRELAY_NODE": ("node_name", _node),
     "WSRELAY_GC_THRESHOLD": ("gc_threshold", _int_in(0, 1 << 30)),
+    "WSRELAY_COMPRESSION": ("compression", _on_off),
+    "WSRELAY_COMPRESSION_MIN_SIZE": ("compression_min_size", _int_in(0, _GiB)),
     "WSRELAY_WORKERS": ("workers", _workers),
     "WSRELAY_CLUSTER_URL": ("cluster_url", _cluster_urls),
     "WSRELAY_CLUSTER_TOKEN": ("cluster_token", _token),
