@@ -9,9 +9,20 @@ like, so its memory is that of its bytes: a message in a million 1-byte
 fragments costs what it would in one frame. A message may have at most as
 many frames as the size limit has bytes, so an endless run of empty
 continuation frames ends, as any over-long message does, with 1009.
+
+permessage-deflate (RFC 7692, deflate.pyx): on a connection that negotiated
+it, RSV1 on the first frame of a message marks it compressed. Its fragments
+are inflated as they come, the size limit counted on the inflated bytes (a
+small frame that would inflate past it fails with 1009 having inflated at
+most the limit), text validated as it is inflated; the target gets the same
+message as if it had come uncompressed. Data that is not valid DEFLATE fails
+the connection with 1007: the frames were well formed, their payload is not
+what the message's type says (RFC 6455 §7.4.1). Outgoing messages are
+compressed whole, once, by the worker's compressor, and sent with RSV1.
 """
 
 cimport cython
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF, Py_XDECREF
@@ -21,7 +32,10 @@ from libc.string cimport memcpy
 
 from picows.picows cimport WSFrame
 
+from .deflate cimport Inflater, acquire_inflater, compress_buffer, inflate_buffer, release_inflater
 from .includes.capi cimport _PyBytes_Resize
+
+from .deflate import CorruptMessage, MessageTooBig
 
 cdef enum:
     # The buffer of a fragmented message starts at this, then grows by a
@@ -35,6 +49,8 @@ cdef enum:
     OP_CLOSE = 0x8
     OP_PING = 0x9
     OP_PONG = 0xA
+    # RSV1 in a frame's first byte: the message is compressed.
+    RSV1_BIT = 0x40
 
 
 # -- client frames -> messages -------------------------------------------------------
@@ -43,7 +59,7 @@ cdef enum:
 cdef int problem_code(Problem problem) noexcept:
     if problem == Problem.TOO_BIG:
         return 1009
-    if problem == Problem.INVALID_UTF8 or problem == Problem.UTF8_CUT:
+    if problem == Problem.INVALID_UTF8 or problem == Problem.UTF8_CUT or problem == Problem.CORRUPT_DEFLATE:
         return 1007
     return 1002
 
@@ -63,14 +79,23 @@ cdef str problem_text(Problem problem):
         return "text message ends inside a UTF-8 sequence"
     if problem == Problem.INVALID_CLOSE_CODE:
         return "invalid close code"
+    if problem == Problem.MISPLACED_RSV1:
+        return "RSV1 set on a frame that does not start a data message"
+    if problem == Problem.CORRUPT_DEFLATE:
+        return "compressed message is not valid DEFLATE data"
     return ""
 
 
-cdef Problem check_frame(int opcode, bint fin, int rsv, int fragmented_opcode) noexcept:
+cdef Problem check_frame(int opcode, bint fin, int rsv, int fragmented_opcode, bint deflate) noexcept:
     """What RFC 6455 forbids in a frame that picows' parser lets through.
-    ``fragmented_opcode`` is the opcode of the message in progress (0: none)."""
+    ``fragmented_opcode`` is the opcode of the message in progress (0: none);
+    ``deflate``: the connection negotiated permessage-deflate, whose RSV1 may
+    mark the first frame of a message, never a continuation (RFC 7692 §6.1)."""
     if rsv:
-        return Problem.RESERVED_BITS
+        if rsv != RSV1 or not deflate:
+            return Problem.RESERVED_BITS
+        if opcode != OP_TEXT and opcode != OP_BINARY:
+            return Problem.MISPLACED_RSV1
     if opcode == OP_TEXT or opcode == OP_BINARY:
         if fragmented_opcode:
             return Problem.NEW_MESSAGE_INSIDE_FRAGMENTED
@@ -93,6 +118,20 @@ cdef object decode_message(int opcode, const char* data, Py_ssize_t size, Py_ssi
             problem[0] = Problem.INVALID_UTF8
             return None
     return PyBytes_FromStringAndSize(data, size)
+
+
+cdef object inflate_message(int opcode, const char* data, Py_ssize_t size, Py_ssize_t limit, Problem* problem):
+    """A whole message from one compressed frame, as decode_message."""
+    cdef bytearray out = bytearray()
+    try:
+        inflate_buffer(<const unsigned char*>data, size, out, limit)
+    except MessageTooBig:
+        problem[0] = Problem.TOO_BIG
+        return None
+    except CorruptMessage:
+        problem[0] = Problem.CORRUPT_DEFLATE
+        return None
+    return decode_message(opcode, PyByteArray_AS_STRING(out), PyByteArray_GET_SIZE(out), limit, problem)
 
 
 @cython.boundscheck(False)
@@ -153,9 +192,11 @@ cdef class Assembler:
     def __dealloc__(self):
         Py_XDECREF(self.buffer)
 
-    cdef Problem add(self, const char* data, Py_ssize_t size) except *:
+    cdef Problem add(self, const char* data, Py_ssize_t size, bint fin) except *:
         cdef Py_ssize_t need = self.size + size
         self.frames += 1
+        if self.inflater is not None:
+            return self._inflate(data, size, fin)
         if need > self.limit or self.frames > self.limit:
             return Problem.TOO_BIG
         if self.opcode == OP_TEXT and not utf8_feed(&self.utf8, <const unsigned char*>data, size):
@@ -166,6 +207,32 @@ cdef class Assembler:
             memcpy(PyBytes_AS_STRING(<object>self.buffer) + self.size, data, size)
             self.size = need
         return Problem.OK
+
+    cdef Problem _inflate(self, const char* data, Py_ssize_t size, bint fin) except *:
+        cdef Py_ssize_t before = self.size
+        if self.frames > self.limit:
+            return Problem.TOO_BIG
+        self.received += size
+        try:
+            self.inflater._feed(<const unsigned char*>data, size, self.inflated, self.limit, fin)
+        except MessageTooBig:
+            return Problem.TOO_BIG
+        except CorruptMessage:
+            return Problem.CORRUPT_DEFLATE
+        self.size = PyByteArray_GET_SIZE(self.inflated)
+        if self.opcode == OP_TEXT and not utf8_feed(
+                &self.utf8, <const unsigned char*>PyByteArray_AS_STRING(self.inflated) + before, self.size - before):
+            return Problem.INVALID_UTF8
+        return Problem.OK
+
+    cdef int release(self) except -1:
+        """Give the inflater back to the worker's spares (a compressed message
+        ends, or is dropped)."""
+        cdef Inflater inflater = self.inflater
+        if inflater is not None:
+            self.inflater = None
+            release_inflater(inflater)
+        return 0
 
     cdef int _grow(self, Py_ssize_t need) except -1:
         cdef Py_ssize_t capacity = max(need, FIRST_CAPACITY, self.capacity + self.capacity // 4)
@@ -185,9 +252,18 @@ cdef class Assembler:
     cdef object finish(self, Problem* problem):
         """The whole message; the buffer is handed over (binary) or freed."""
         cdef Py_ssize_t size = self.size
+        cdef const char* inflated
+        self.release()
         if self.opcode == OP_TEXT and self.utf8.need:
             problem[0] = Problem.UTF8_CUT
             return None
+        if self.inflated is not None:
+            inflated = PyByteArray_AS_STRING(self.inflated)
+            message = (PyUnicode_DecodeUTF8(inflated, size, NULL) if self.opcode == OP_TEXT
+                       else PyBytes_FromStringAndSize(inflated, size))
+            self.inflated = None
+            self.size = 0
+            return message
         if self.buffer == NULL:
             return "" if self.opcode == OP_TEXT else b""
         if self.opcode == OP_TEXT:
@@ -214,10 +290,11 @@ cdef class FrameReader:
     """A connection's data frames, in order, made into messages: one per
     connection; it holds only the message in progress, if any."""
 
-    def __init__(self, Py_ssize_t limit):
+    def __init__(self, Py_ssize_t limit, bint deflate=False):
         if limit < 1:
             raise ValueError("the message size limit must be at least 1")
         self.limit = limit
+        self.deflate = deflate
 
     cdef object read(self, int opcode, bint fin, int rsv, const char* data, Py_ssize_t size,
                      Py_ssize_t* nbytes, Problem* problem):
@@ -225,26 +302,40 @@ cdef class FrameReader:
         ``nbytes``), or None: a fragment was kept, or ``problem`` is set (and
         the message in progress dropped)."""
         cdef Assembler partial = self.partial
-        cdef Problem p = check_frame(opcode, fin, rsv, 0 if partial is None else partial.opcode)
+        cdef Problem p = check_frame(opcode, fin, rsv, 0 if partial is None else partial.opcode, self.deflate)
         if p == Problem.OK:
             if opcode != OP_CONTINUATION:
                 if fin:
                     nbytes[0] = size
+                    if rsv:
+                        return inflate_message(opcode, data, size, self.limit, problem)
                     return decode_message(opcode, data, size, self.limit, problem)
                 partial = self.partial = new_assembler(opcode, self.limit)
-            p = partial.add(data, size)
+                if rsv:
+                    partial.inflated = bytearray()
+                    partial.inflater = acquire_inflater()
+            p = partial.add(data, size, fin)
             if p == Problem.OK:
                 if not fin:
                     return None
                 self.partial = None
-                nbytes[0] = partial.size
+                nbytes[0] = partial.size if partial.inflated is None else partial.received
                 return partial.finish(problem)
-        self.partial = None
+        self.drop_partial()
         problem[0] = p
         return None
 
-    cdef void reset(self) noexcept:
+    cdef int drop_partial(self) except -1:
+        cdef Assembler partial = self.partial
         self.partial = None
+        if partial is not None:
+            partial.release()
+        return 0
+
+    cdef void reset(self) noexcept:
+        # release() fails only on an inflater given back twice, which
+        # drop_partial's clearing of the pointer first rules out.
+        self.drop_partial()
 
     @property
     def in_progress(self):
@@ -259,7 +350,16 @@ cdef class FrameReader:
     @property
     def allocated(self):
         """Bytes allocated for them (the buffer grows ahead of its size)."""
-        return 0 if self.partial is None else self.partial.capacity
+        if self.partial is None:
+            return 0
+        if self.partial.inflated is not None:
+            return PyByteArray_GET_SIZE(self.partial.inflated)
+        return self.partial.capacity
+
+    @property
+    def inflating(self):
+        """Whether the message in progress is compressed (holds an inflater)."""
+        return self.partial is not None and self.partial.inflater is not None
 
     def feed(self, WSFrame frame not None):
         """Python-level ``read`` for the core's unit tests: a frame from
@@ -308,27 +408,67 @@ cdef bytes encode_frame(int opcode, const char* data, Py_ssize_t size):
     return frame
 
 
-cdef object encode_send(object payload, Py_ssize_t* size):
-    """The frame for a ``ws.send`` payload: one bytes object, or for a large
-    bytes payload a (header, payload) tuple that shares the caller's bytes.
-    ValueError when the payload is malformed. CPython keeps a str's UTF-8
-    form (an ASCII str is its own), so a str sent to many connections is
-    encoded once."""
-    cdef int opcode = check_send_payload(payload)
-    cdef const char* data
-    cdef bytes header
+cdef object send_data(object payload, int* opcode, const char** data, Py_ssize_t* size):
+    """The opcode and bytes of a ``ws.send`` payload; returns the object that
+    owns the bytes (the str, or bytes). ValueError when the payload is
+    malformed. CPython keeps a str's UTF-8 form (an ASCII str is its own), so
+    a str sent to many connections is encoded once."""
+    opcode[0] = check_send_payload(payload)
     value = (<dict>payload)["data"]
-    if opcode == OP_TEXT:
-        data = PyUnicode_AsUTF8AndSize(<str>value, size)
-        return encode_frame(opcode, data, size[0])
+    if opcode[0] == OP_TEXT:
+        data[0] = PyUnicode_AsUTF8AndSize(<str>value, size)
+        return value
     if type(value) is not bytes:
         value = bytes(value)
+    data[0] = PyBytes_AS_STRING(<bytes>value)
     size[0] = PyBytes_GET_SIZE(<bytes>value)
-    if size[0] <= COPY_LIMIT:
-        return encode_frame(opcode, PyBytes_AS_STRING(<bytes>value), size[0])
-    header = PyBytes_FromStringAndSize(NULL, _header_size(size[0]))
-    _write_header(<unsigned char*>PyBytes_AS_STRING(header), opcode, size[0])
-    return (header, value)
+    return value
+
+
+cdef object _frame_of(int first, object payload, const char* data, Py_ssize_t size):
+    """One bytes object, or for a large bytes ``payload`` a (header, payload)
+    tuple that shares it."""
+    cdef bytes header
+    if size <= COPY_LIMIT or type(payload) is not bytes:
+        return encode_frame(first, data, size)
+    header = PyBytes_FromStringAndSize(NULL, _header_size(size))
+    _write_header(<unsigned char*>PyBytes_AS_STRING(header), first, size)
+    return (header, payload)
+
+
+cdef object encode_data_frame(int opcode, object owner, const char* data, Py_ssize_t size, Py_ssize_t* wire):
+    """The uncompressed frame of a message from send_data; its payload size in ``wire``."""
+    wire[0] = size
+    return _frame_of(opcode, owner, data, size)
+
+
+cdef object encode_deflated_frame(int opcode, const char* data, Py_ssize_t size, int window_bits, Py_ssize_t* wire):
+    """The compressed frame (RSV1 set) of a message, with the worker's
+    compressor for ``window_bits``; its compressed payload size in ``wire``."""
+    cdef bytes compressed = compress_buffer(<const unsigned char*>data, size, window_bits)
+    wire[0] = PyBytes_GET_SIZE(compressed)
+    return _frame_of(opcode | RSV1_BIT, compressed, PyBytes_AS_STRING(compressed), wire[0])
+
+
+cdef object encode_send(object payload, Py_ssize_t* size):
+    """The frame for a ``ws.send`` payload: one bytes object, or for a large
+    bytes payload a (header, payload) tuple that shares the caller's bytes."""
+    cdef int opcode = 0
+    cdef const char* data = NULL
+    owner = send_data(payload, &opcode, &data, size)
+    return encode_data_frame(opcode, owner, data, size[0], size)
+
+
+cdef object encode_send_deflated(object payload, int window_bits, Py_ssize_t min_size, Py_ssize_t* size):
+    """encode_send for a connection that negotiated permessage-deflate: a
+    message of at least ``min_size`` bytes is compressed, a smaller one goes
+    as it is (RFC 7692 §6: per message). ``size``: the payload bytes of the frame."""
+    cdef int opcode = 0
+    cdef const char* data = NULL
+    owner = send_data(payload, &opcode, &data, size)
+    if size[0] < min_size:
+        return encode_data_frame(opcode, owner, data, size[0], size)
+    return encode_deflated_frame(opcode, data, size[0], window_bits, size)
 
 
 cdef int check_send_payload(object payload) except -1:
@@ -404,10 +544,14 @@ cdef bytes parse_close_payload(object payload, int* code):
 # -- Python views for the core's unit tests ------------------------------------------------
 
 
-def frame_for_send(payload):
-    """The bytes a ``ws.send`` payload becomes on the wire."""
+def frame_for_send(payload, int window_bits=0, Py_ssize_t min_size=0):
+    """The bytes a ``ws.send`` payload becomes on the wire; compressed with
+    ``window_bits`` (9-15) from ``min_size`` bytes, or plain (0)."""
     cdef Py_ssize_t size = 0
-    frame = encode_send(payload, &size)
+    if window_bits:
+        frame = encode_send_deflated(payload, window_bits, min_size, &size)
+    else:
+        frame = encode_send(payload, &size)
     return b"".join(frame) if type(frame) is tuple else frame
 
 

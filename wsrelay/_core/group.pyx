@@ -8,10 +8,10 @@ the write coalescing in relay.pyx); members leave the group by themselves
 when their connection ends.
 """
 
-from .frames cimport encode_send
 from .pid cimport to_pid
 from .relay cimport Connection
 from .runtime cimport Node, Process, calling_process
+from .writer cimport FanOut, fan_out
 
 
 cdef Connection _connection(Node node, object pid):
@@ -25,13 +25,13 @@ cdef Connection _connection(Node node, object pid):
 
 
 cdef int _broadcast(object connections, object payload) except -1:
-    """Queue one frame, encoded once, for each connection; how many took it."""
-    cdef Py_ssize_t size = 0
-    frame = encode_send(payload, &size)
+    """Queue one frame, encoded once (and compressed once for the members
+    that agreed to permessage-deflate), for each connection; how many took it."""
+    cdef FanOut out = fan_out(payload)
     cdef Connection conn
     cdef int sent = 0
     for conn in connections:
-        sent += conn.offer(frame, size)
+        sent += out.offer_to(conn)
     return sent
 
 

@@ -11,6 +11,8 @@ cdef class RelayService:
     cdef readonly str host
     cdef readonly Writer writer
     cdef readonly Py_ssize_t max_message_size
+    # WSRELAY_COMPRESSION: permessage-deflate offers are accepted.
+    cdef readonly bint compression
     cdef readonly double close_timeout
     cdef readonly double stall_timeout
     cdef readonly double ping_interval

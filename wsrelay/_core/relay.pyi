@@ -26,6 +26,7 @@ class RelayService:
     host: str
     writer: Writer
     max_message_size: int
+    compression: bool
     write_buffer_limit: int
     close_timeout: float
     stall_timeout: float
@@ -34,7 +35,8 @@ class RelayService:
     connections: set[Connection]
     def __init__(self, node: Node, host: str, loop: Any, *, max_message_size: int, write_buffer_limit: int,
                  close_timeout: float, stall_timeout: float = 0.0, ping_interval: float = 0.0,
-                 ping_timeout: float = 0.0) -> None: ...
+                 ping_timeout: float = 0.0, compression: bool = False,
+                 compression_min_size: int = 128) -> None: ...
     def start(self) -> None: ...
     def stop(self) -> None: ...
     def wait_empty(self) -> Any: ...

@@ -36,7 +36,7 @@ from libc.string cimport memcpy
 
 from picows.picows cimport MemoryBuffer, WSListener, WSTransport, WSFrame, WSCloseCode
 
-from .frames cimport (FrameReader, Problem, encode_send, parse_close_payload, problem_code, problem_text,
+from .frames cimport (RSV1, FrameReader, Problem, parse_close_payload, problem_code, problem_text,
                       valid_received_close_code)
 from .mailbox cimport RoomWaiter
 from .message cimport Message, new_message
@@ -85,7 +85,8 @@ cdef class RelayService:
 
     def __init__(self, Node node not None, str host not None, loop, *, Py_ssize_t max_message_size,
                  Py_ssize_t write_buffer_limit, double close_timeout, double stall_timeout=0.0,
-                 double ping_interval=0.0, double ping_timeout=0.0):
+                 double ping_interval=0.0, double ping_timeout=0.0, bint compression=False,
+                 Py_ssize_t compression_min_size=128):
         if max_message_size < 1:
             raise ValueError("max_message_size must be at least 1")
         if close_timeout <= 0:
@@ -95,8 +96,9 @@ cdef class RelayService:
         self.node = node
         self.host = host
         self.loop = loop
-        self.writer = Writer(loop, node.counters, write_buffer_limit)
+        self.writer = Writer(loop, node.counters, write_buffer_limit, compression_min_size)
         self.max_message_size = max_message_size
+        self.compression = compression
         self.close_timeout = close_timeout
         self.stall_timeout = stall_timeout
         self.ping_interval = ping_interval
@@ -404,8 +406,9 @@ cdef class Connection(Output):
         if self.reader is None:
             self.reader = FrameReader.__new__(FrameReader)
             self.reader.limit = self.service.max_message_size
-        if (fin and not rsv and self.state == ConnState.OPEN and self.target is not None
-                and self.target.mailbox.full()):
+            self.reader.deflate = self.deflate is not None
+        if (fin and (not rsv or (rsv == RSV1 and self.reader.deflate)) and self.state == ConnState.OPEN
+                and self.target is not None and self.target.mailbox.full()):
             # This frame completes a message the target has no room for.
             self.pause()
             return 1
@@ -715,10 +718,9 @@ cdef class Connection(Output):
     # -- anyone -> connection -------------------------------------------------------------
 
     cdef bint deliver(self, str topic, object payload, Pid sender) except -1:
-        cdef Py_ssize_t size = 0
         cdef int code = 0
         if topic == "ws.send":
-            return self.offer(encode_send(payload, &size), size)
+            return self.send(payload)
         if topic == "ws.close":
             text = parse_close_payload(payload, &code)
             if self.state >= ConnState.CLOSING or self.transport is None:

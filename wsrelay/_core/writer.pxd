@@ -1,5 +1,6 @@
 from picows.picows cimport WSTransport
 
+from .deflate cimport DeflateParams
 from .runtime cimport Process
 from .stats cimport Counters
 
@@ -17,6 +18,8 @@ cdef class Writer:
     cdef object loop
     cdef Counters counters
     cdef readonly Py_ssize_t limit
+    # Messages shorter than this go out uncompressed (WSRELAY_COMPRESSION_MIN_SIZE).
+    cdef readonly Py_ssize_t compression_min_size
     # Outputs with frames queued, in the order they are to be written;
     # dirty[flush_pos:] are still to be written.
     cdef list dirty
@@ -38,9 +41,31 @@ cdef class Output(Process):
     # since: never less than the truth, so the limit is only ever checked
     # against the transport when this estimate says it may be crossed.
     cdef Py_ssize_t unsent
+    # What permessage-deflate the client agreed to (shared by every
+    # connection that agreed the same), or None: uncompressed.
+    cdef DeflateParams deflate
 
+    cdef bint send(self, object payload) except -1
     cdef bint offer(self, object frame, Py_ssize_t size) except -1
     cdef int queue(self, object frame, Py_ssize_t size) except -1
     cdef int flush(self) except -1
     cdef bint backlogged(self) except -1
     cdef int on_slow_consumer(self) except -1
+
+
+cdef class FanOut:
+    cdef int opcode
+    cdef object owner
+    cdef const char* data
+    cdef Py_ssize_t size
+    cdef object plain
+    cdef Py_ssize_t plain_size
+    cdef object deflated
+    cdef int deflated_bits
+    cdef Py_ssize_t deflated_size
+    cdef dict other_windows
+    cdef bint offer_to(self, Output output) except -1
+    cdef object _deflated_for(self, int window_bits, Py_ssize_t* size)
+
+
+cdef FanOut fan_out(object payload)

@@ -1,5 +1,6 @@
-from typing import Any
+from typing import Any, Optional
 
+from .deflate import DeflateParams
 from .runtime import Process
 from .stats import Counters
 
@@ -7,7 +8,10 @@ class Writer:
     """The flush scheduler of one gateway service."""
 
     limit: int
-    def __init__(self, loop: Any, counters: Counters, limit: int) -> None: ...
+    compression_min_size: int
+    def __init__(self, loop: Any, counters: Counters, limit: int, compression_min_size: int = 128) -> None: ...
 
 class Output(Process):
     """A process that writes to a client socket (a relay connection)."""
+
+    deflate_params: Optional[DeflateParams]

@@ -13,11 +13,22 @@ still buffers count together toward WSRELAY_WRITE_BUFFER_LIMIT. A frame to be
 queued while more than the limit is unsent makes the connection a slow
 consumer (it is closed with 1008): one message larger than the limit alone
 goes out, a client that does not read what it was sent before does not.
+The bytes counted are those of the frames' payloads as written: for a
+compressed message, its compressed size.
+
+Compression (permessage-deflate): a ``ws.send`` to a connection that
+negotiated it is compressed when the message is at least
+WSRELAY_COMPRESSION_MIN_SIZE bytes. A fan-out (FanOut) builds the frame once
+uncompressed for the members that did not negotiate it, and compresses it
+once (per server window size agreed, normally one) for those that did, each
+only when a member first needs it.
 """
 
 cimport cython
 import logging
 
+from .deflate cimport DeflateParams
+from .frames cimport encode_data_frame, encode_deflated_frame, encode_send, encode_send_deflated, send_data
 from .stats cimport Counters, LimitedLog
 
 cdef enum:
@@ -33,12 +44,15 @@ cdef LimitedLog _log = LimitedLog("wsrelay.relay")
 cdef class Writer:
     """The flush scheduler of one gateway service."""
 
-    def __init__(self, loop, Counters counters not None, Py_ssize_t limit):
+    def __init__(self, loop, Counters counters not None, Py_ssize_t limit, Py_ssize_t compression_min_size=128):
         if limit < 1:
             raise ValueError("the write buffer limit must be at least 1")
+        if compression_min_size < 0:
+            raise ValueError("the compression threshold must not be negative")
         self.loop = loop
         self.counters = counters
         self.limit = limit
+        self.compression_min_size = compression_min_size
         self.dirty = []
         self.flush_pos = 0
         self.scheduled = False
@@ -81,6 +95,27 @@ cdef class Writer:
 
 cdef class Output(Process):
     """A process that writes to a client socket (a relay connection)."""
+
+    @property
+    def deflate_params(self):
+        """The permessage-deflate parameters agreed in the upgrade, or None."""
+        return self.deflate
+
+    @deflate_params.setter
+    def deflate_params(self, DeflateParams params):
+        # Both directions change meaning with it: only before the first frame.
+        if self.state != ConnState.PREPARED:
+            raise RuntimeError("permessage-deflate is agreed in the upgrade, before the connection opens")
+        self.deflate = params
+
+    cdef bint send(self, object payload) except -1:
+        """Queue a ``ws.send`` payload's frame (compressed when agreed and
+        the message is large enough); whether it was queued."""
+        cdef Py_ssize_t size = 0
+        if self.deflate is None:
+            return self.offer(encode_send(payload, &size), size)
+        return self.offer(encode_send_deflated(payload, self.deflate.server_max_window_bits,
+                                               self.writer.compression_min_size, &size), size)
 
     cdef bint offer(self, object frame, Py_ssize_t size) except -1:
         """Queue a frame (from frames.encode_send) unless the connection is
@@ -149,3 +184,47 @@ cdef class Output(Process):
 
     cdef int on_slow_consumer(self) except -1:
         return 0
+
+
+cdef class FanOut:
+    """One ``ws.send`` payload on its way to many connections: its frame
+    built once uncompressed and once compressed per server window size,
+    each when a member first needs it (no compression when no member agreed
+    to it)."""
+
+    cdef bint offer_to(self, Output output) except -1:
+        """Queue the frame that suits ``output``; whether it was queued."""
+        cdef DeflateParams params = output.deflate
+        cdef Py_ssize_t size = 0
+        if params is None or self.size < output.writer.compression_min_size:
+            if self.plain is None:
+                self.plain = encode_data_frame(self.opcode, self.owner, self.data, self.size, &self.plain_size)
+            return output.offer(self.plain, self.plain_size)
+        frame = self._deflated_for(params.server_max_window_bits, &size)
+        return output.offer(frame, size)
+
+    cdef object _deflated_for(self, int window_bits, Py_ssize_t* size):
+        if self.deflated is None:
+            self.deflated = encode_deflated_frame(self.opcode, self.data, self.size, window_bits,
+                                                  &self.deflated_size)
+            self.deflated_bits = window_bits
+        if window_bits == self.deflated_bits:
+            size[0] = self.deflated_size
+            return self.deflated
+        # A client that asked for a smaller window: rare, so a dict.
+        if self.other_windows is None:
+            self.other_windows = {}
+        found = self.other_windows.get(window_bits)
+        if found is None:
+            frame = encode_deflated_frame(self.opcode, self.data, self.size, window_bits, size)
+            self.other_windows[window_bits] = (frame, size[0])
+            return frame
+        size[0] = (<tuple>found)[1]
+        return (<tuple>found)[0]
+
+
+cdef FanOut fan_out(object payload):
+    """A FanOut for a ``ws.send`` payload; ValueError when it is malformed."""
+    cdef FanOut out = FanOut.__new__(FanOut)
+    out.owner = send_data(payload, &out.opcode, &out.data, &out.size)
+    return out
