@@ -52,6 +52,7 @@ class ServiceRuntime:
             max_message_size=s.max_message_size, write_buffer_limit=s.write_buffer_limit,
             close_timeout=s.close_timeout, stall_timeout=s.stall_timeout,
             ping_interval=s.ping_interval, ping_timeout=s.ping_timeout,
+            compression=s.compression, compression_min_size=s.compression_min_size,
         )
         self.handshakes = Handshakes(loop, functools.partial(
             WSProtocol,
@@ -62,7 +63,7 @@ class ServiceRuntime:
             s.handshake_timeout,
             False, 20, 20, WSAutoPingStrategy.PING_WHEN_IDLE,  # auto-ping off: the relay's sweep pings
             False,  # auto-pong off: the relay answers pings itself, after its RSV check
-            s.max_message_size,  # max frame size
+            _max_frame_size(s),
             None,  # extra headers (a client's)
             s.read_buffer_size,
         ), timeout=s.handshake_timeout, receive_buffer=s.socket_receive_buffer)
@@ -280,6 +281,16 @@ class Gateway:
 
     async def __aexit__(self, *exc: Any) -> None:
         await self.shutdown()
+
+
+def _max_frame_size(s: Settings) -> int:
+    """picows' bound on one frame. The relay bounds messages itself; with
+    compression on, a compressed frame of a message within the limit may be
+    a little larger than the message (DEFLATE's stored blocks cost 5 bytes
+    per 64 KiB of data that does not compress), so it gets that margin."""
+    if not s.compression:
+        return s.max_message_size
+    return s.max_message_size + s.max_message_size // 8192 + 64
 
 
 _PICOWS_LOGGER = logging.LoggerAdapter(logging.getLogger("wsrelay.wire"), {})

@@ -3,7 +3,10 @@
 Before the handler: the Origin rule, the upgrade request's validity and the
 connection limit. After it: the ``X-WS-Relay`` header, which names the target
 process and the relay's settings. The connection itself lives in the core
-(``wsrelay._core.relay``).
+(``wsrelay._core.relay``). With WSRELAY_COMPRESSION on, the client's
+``Sec-WebSocket-Extensions`` offers are answered here (permessage-deflate,
+``wsrelay._core.deflate``): an offer that cannot be honoured, or a malformed
+one, leaves the connection uncompressed; it never fails the upgrade.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import logging
 import re
 from typing import Any, Optional
 
+from ._core.deflate import negotiate
 from ._core.relay import Connection, RelayListener
 from ._core.relayspec import RELAY_HEADER, RelaySpec, parse_relay_header
 from .errors import RelayHeaderError
@@ -24,6 +28,7 @@ __all__ = ["RELAY_HEADER", "OriginPolicy", "RelaySpec", "WebSocketRelay", "check
 log = logging.getLogger("wsrelay.relay")
 
 ORIGINS_OPTION = "wsrelay.allowed.origins"
+EXTENSIONS_HEADER = "Sec-WebSocket-Extensions"
 _DEFAULT_PORTS = {"http": "80", "https": "443", "ws": "80", "wss": "443"}
 
 
@@ -175,6 +180,13 @@ class WebSocketRelay(Middleware):
             service.handshake_failed("bad_relay_header")
             _refuse(res, plain(500, f"500 Internal Server Error: {RELAY_HEADER} {exc}"), failed_upgrade=True)
             return None
+        if service.relay.compression:
+            offers = req.headers.getall(EXTENSIONS_HEADER, None)
+            if offers:
+                params, answer = negotiate(", ".join(offers), True)
+                if params is not None:
+                    conn.deflate_params = params
+                    res.headers[EXTENSIONS_HEADER] = answer
         return RelayListener(conn)
 
 
