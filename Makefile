@@ -34,8 +34,9 @@ $(VENV)/.built: $(VENV)/.deps setup.py pyproject.toml $(CORE)
 
 build: $(VENV)/.built
 
+# The demo runs with permessage-deflate on (browsers offer it); WSRELAY_COMPRESSION=off make run turns it off.
 run: build
-	$(BIN)/wsrelay serve examples/chat/app.yaml
+	WSRELAY_COMPRESSION=$${WSRELAY_COMPRESSION:-on} $(BIN)/wsrelay serve examples/chat/app.yaml
 
 lint: build
 	$(BIN)/ruff check wsrelay tests bench examples

@@ -51,8 +51,10 @@ def _browser_installed() -> None:
 
 @pytest.fixture
 def demo() -> Iterator[ServerProcess]:
-    """`.venv/bin/wsrelay serve examples/chat/app.yaml --addr 127.0.0.1:0`."""
-    with ServerProcess([WSRELAY, "serve", APP, "--addr", "127.0.0.1:0"], env={"WSRELAY_LOG_LEVEL": "INFO"}) as server:
+    """`.venv/bin/wsrelay serve examples/chat/app.yaml --addr 127.0.0.1:0`,
+    with compression on as `make run` has it."""
+    env = {"WSRELAY_LOG_LEVEL": "INFO", "WSRELAY_COMPRESSION": "on"}
+    with ServerProcess([WSRELAY, "serve", APP, "--addr", "127.0.0.1:0"], env=env) as server:
         status, body = get(server, "/health")
         assert status == 200 and b'"status":"ok"' in body, (status, body)
         yield server
@@ -160,6 +162,9 @@ def test_two_tabs_chat_in_the_same_room(demo: ServerProcess, browser: webdriver.
     join(browser, "alice", room)
     wait_for(browser, "alice connected", status_is("connected"))
     wait_for(browser, "alice's join", log_has(f"alice joined {room} (alice)"))
+    # Chromium offered permessage-deflate and the gateway accepted it.
+    assert browser.execute_script("return ws.extensions") == (
+        "permessage-deflate; server_no_context_takeover; client_no_context_takeover")
 
     browser.switch_to.new_window("window")
     bob = browser.current_window_handle
@@ -177,6 +182,21 @@ def test_two_tabs_chat_in_the_same_room(demo: ServerProcess, browser: webdriver.
     browser.switch_to.window(bob)
     wait_for(browser, "alice's message in bob's tab", log_has("alice: hello from alice"))
     assert _text(browser, "status") == "connected"
+
+    # A message long enough to be compressed both ways: Chromium compresses
+    # what it sends, the room's broadcast goes out compressed (RSV1), and
+    # both tabs show it as typed.
+    long_text = "a longer message that the browser and the room compress " * 4
+    sent_before = metrics(demo)("wsrelay_bytes_out_total")
+    fill(browser, "text", long_text)
+    browser.find_element(By.ID, "send").click()
+    wait_for(browser, "bob's long message", log_has(f"bob: {long_text.strip()}"))
+    browser.switch_to.window(alice)
+    wait_for(browser, "bob's long message in alice's tab", log_has(f"bob: {long_text.strip()}"))
+    # Two deliveries of a JSON event carrying the text: compressed, each is
+    # far smaller than the text itself.
+    assert metrics(demo)("wsrelay_bytes_out_total") - sent_before < len(long_text)
+    browser.switch_to.window(bob)
 
     # Bob closes his tab: the room tells alice.
     browser.close()
