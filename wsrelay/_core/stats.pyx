@@ -17,9 +17,11 @@ COUNTERS = (
     ("connections_opened", "wsrelay_connections", None, "WebSocket connections accepted"),
     ("connections_closed", "wsrelay_connections_closed", None, "WebSocket connections ended"),
     ("ws_messages_in", "wsrelay_messages_in", None, "Client messages relayed to targets"),
-    ("ws_bytes_in", "wsrelay_bytes_in", None, "Payload bytes of client messages relayed to targets"),
+    ("ws_bytes_in", "wsrelay_bytes_in", None,
+     "Payload bytes of client messages relayed to targets, as received (compressed size if compressed)"),
     ("ws_messages_out", "wsrelay_messages_out", None, "Frames written to clients"),
-    ("ws_bytes_out", "wsrelay_bytes_out", None, "Payload bytes of frames written to clients"),
+    ("ws_bytes_out", "wsrelay_bytes_out", None,
+     "Payload bytes of frames written to clients, as written (compressed size if compressed)"),
     ("frames_dropped_closing", "wsrelay_frames_dropped", ("reason", "closing"),
      "Frames for clients not written: the connection was closing (closing), over its write-buffer "
      "limit (slow_consumer), or gone before the queued frames were flushed (unwritten)"),
