@@ -19,7 +19,7 @@ import sys
 from typing import Any, Optional, Sequence
 
 from . import report
-from .servers import NODE_DIR, ROOT, SERVERS, add_baseline
+from .servers import DEFAULT_SERVERS, NODE_DIR, ROOT, SERVERS, add_baseline
 
 LOAD_SCENARIOS = ("echo", "broadcast", "connections", "churn")
 RESULTS = ROOT / "bench" / "results"
@@ -68,8 +68,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("scenario", choices=(*LOAD_SCENARIOS, "all", "setup", "report", "runtime"))
     p.add_argument("path", nargs="?", help="report: the results.json to render")
     g = p.add_argument_group("all load scenarios")
-    g.add_argument("--servers", type=_servers, default=list(SERVERS),
-                   help=f"comma-separated subset of {','.join(SERVERS)} (default: all)")
+    g.add_argument("--servers", type=_servers, default=list(DEFAULT_SERVERS),
+                   help=f"comma-separated subset of {','.join(SERVERS)} (default: {','.join(DEFAULT_SERVERS)}; "
+                        "the +deflate variants run with permessage-deflate on)")
     g.add_argument("--quick", action="store_true",
                    help="small sizes and short windows: a check that everything works, not a measurement")
     g.add_argument("--procs", type=int, default=2, help="load generator processes (default 2)")

@@ -30,6 +30,7 @@ import struct
 import sys
 import time
 import traceback
+import zlib
 from multiprocessing.connection import Connection, wait
 from typing import Any, Callable, Optional
 
@@ -38,7 +39,8 @@ now_ns = time.monotonic_ns
 
 # Every data message starts with (send time in ns, sequence number): 16 bytes
 # little-endian for binary, 40 ASCII digits for text. The rest is a fixed
-# filler, so the whole expected message can be rebuilt and compared.
+# filler, so the whole expected message can be rebuilt and compared: JSON
+# chat events (ASCII, so valid text too), which compress as such messages do.
 BIN_HEADER = struct.Struct("<qq")
 TEXT_HEADER_LEN = 40
 MIN_SIZE = TEXT_HEADER_LEN
@@ -67,6 +69,89 @@ def _raise_nofile() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
+_WORDS = ("the", "room", "meeting", "at", "ten", "see", "you", "there", "ok", "thanks", "lunch", "build",
+          "deploy", "green", "review", "please", "merged", "tomorrow", "ship", "it")
+
+
+def json_filler(size: int) -> bytes:
+    """``size`` bytes of JSON chat events, the same on every run."""
+    events = []
+    n = 0
+    total = 0
+    while total < size:
+        words = " ".join(_WORDS[(n * 7 + k * 3) % len(_WORDS)] for k in range(4 + n % 9))
+        event = (f'{{"event":"message","room":"team-{n % 5}","user":"user-{(n * 37) % 1000}",'
+                 f'"id":{100000 + n * 7919},"ts":{1700000000 + n * 61},"text":"{words}"}}')
+        events.append(event)
+        total += len(event) + 1
+        n += 1
+    return ("[" + ",".join(events) + "]").encode()[:size]
+
+
+# permessage-deflate (RFC 7692) on the client side, offered only to servers
+# run with compression on. The client compresses as a browser may: every
+# message on its own (a full flush resets the window between messages, which
+# any server accepts); it inflates with the server's context kept per
+# connection, unless the server agreed not to keep it (server_no_context_takeover),
+# when one inflater per worker does for every connection.
+DEFLATE_OFFER = "permessage-deflate; client_max_window_bits"
+_TAIL = b"\x00\x00\xff\xff"
+
+
+class Deflate:
+    """One connection's side of the agreement (``Deflate.agreed``)."""
+
+    __slots__ = ("compressor", "inflater")
+    _compressors: dict[int, Any] = {}
+    _shared_inflater: Any = None
+
+    def __init__(self, compressor: Any, inflater: Any) -> None:
+        self.compressor = compressor
+        self.inflater = inflater
+
+    @classmethod
+    def agreed(cls, transport: Any) -> Optional[Deflate]:
+        """The codec for a connection, from the server's answer; None when
+        it did not agree to permessage-deflate."""
+        answer = transport.response.headers.get("Sec-WebSocket-Extensions")
+        if not answer or not answer.lower().startswith("permessage-deflate"):
+            return None
+        params = {}
+        for part in answer.split(";")[1:]:
+            name, _, value = part.strip().partition("=")
+            params[name.lower()] = value.strip('"')
+        bits = int(params.get("client_max_window_bits") or 15)
+        compressor = cls._compressors.get(bits)
+        if compressor is None:
+            compressor = cls._compressors[bits] = zlib.compressobj(1, zlib.DEFLATED, -bits)
+        if "server_no_context_takeover" in params:
+            if cls._shared_inflater is None:
+                cls._shared_inflater = zlib.decompressobj(-15)
+            return cls(compressor, cls._shared_inflater)
+        return cls(compressor, zlib.decompressobj(-15))
+
+    def compress(self, data: Any) -> bytes:
+        c = self.compressor
+        return (c.compress(data) + c.flush(zlib.Z_FULL_FLUSH))[:-4]
+
+    def inflate(self, data: Any) -> bytes:
+        return self.inflater.decompress(bytes(data) + _TAIL)
+
+
+def send_message(transport: Any, deflate: Optional[Deflate], msg_type: Any, data: Any) -> None:
+    if deflate is None:
+        transport.send(msg_type, data)
+    else:
+        transport.send(msg_type, deflate.compress(data), True, True)
+
+
+def message_of(deflate: Optional[Deflate], frame: Any) -> Any:
+    """A data frame's message: its payload, inflated if RSV1 marks it compressed."""
+    if frame.rsv1:
+        return deflate.inflate(frame.get_payload_as_memoryview())  # type: ignore[union-attr]
+    return frame.get_payload_as_memoryview()
+
+
 class Payload:
     """Builds and checks benchmark messages of one size and type."""
 
@@ -75,7 +160,7 @@ class Payload:
             raise ValueError(f"message size must be at least {MIN_SIZE} bytes")
         self.size = size
         self.binary = binary
-        self.buf = bytearray(((i * 7 + 13) % 26) + 97 for i in range(size))  # ASCII: valid text too
+        self.buf = bytearray(json_filler(size))
 
     def make(self, ts: int, seq: int) -> bytearray:
         """The message for (ts, seq), built in place (send it at once)."""
@@ -203,12 +288,15 @@ class Worker:
         # No asyncio.wait_for around it (one task and timer less per
         # connection): picows times the handshake out itself, and a loopback
         # TCP connect either completes or is refused at once.
-        return await self.picows.ws_connect(
+        transport, listener = await self.picows.ws_connect(
             factory, self.p["url"] + path, socket_factory=self._socket_factory,
             websocket_handshake_timeout=self.timeout, max_frame_size=64 << 20,
             read_buffer_init_size=int(self.p.get("client_read_buffer", 16384)),
             use_aiofastnet=False,  # uvloop's transports, like the wsrelay gateway
+            extra_headers={"Sec-WebSocket-Extensions": DEFLATE_OFFER} if self.p.get("compression") else None,
         )
+        listener.deflate = Deflate.agreed(transport) if self.p.get("compression") else None
+        return transport, listener
 
     async def connect_many(self, n: int, path: str, factory: Callable[[], Any], concurrency: int,
                            handshake_lat: Optional[array.array] = None) -> list[Any]:
@@ -285,10 +373,11 @@ class Worker:
         class Collect(picows.WSListener):
             def __init__(self) -> None:
                 self.frames: asyncio.Queue[tuple[Any, bytes]] = asyncio.Queue()
+                self.deflate: Optional[Deflate] = None
 
             def on_ws_frame(self, transport: Any, frame: Any) -> None:
                 if frame.msg_type in (WSMsgType.TEXT, WSMsgType.BINARY):
-                    self.frames.put_nowait((frame.msg_type, frame.get_payload_as_bytes()))
+                    self.frames.put_nowait((frame.msg_type, bytes(message_of(self.deflate, frame))))
                 elif frame.msg_type == WSMsgType.CLOSE:
                     transport.disconnect()
 
@@ -303,8 +392,10 @@ class Worker:
             (WSMsgType.BINARY, os.urandom(200_000)),
         ]
         transport, client = await self.connect(self.p["paths"]["echo"], Collect)
+        if self.p.get("compression") and client.deflate is None:
+            problems.append("the server did not agree to permessage-deflate")
         for kind, data in samples:
-            transport.send(kind, data)
+            send_message(transport, client.deflate, kind, data)
             got_kind, got = await asyncio.wait_for(client.frames.get(), self.timeout)
             if got_kind != kind or got != data:
                 problems.append(f"echo of {kind.name} {len(data)} B came back as {got_kind.name} {len(got)} B"
@@ -312,12 +403,12 @@ class Worker:
         await self.close_all([(transport, client)])
         if self.p.get("broadcast"):
             subs = [await self.connect(self.p["paths"]["sub"], Collect) for _ in range(2)]
-            pub, _ = await self.connect(self.p["paths"]["pub"], Collect)
+            pub, pub_client = await self.connect(self.p["paths"]["pub"], Collect)
             # Subscriptions may complete just after the handshake: probe until both see one.
             deadline = time.monotonic() + self.timeout
             for _, sub in subs:
                 while True:
-                    pub.send(WSMsgType.TEXT, b"probe")
+                    send_message(pub, pub_client.deflate, WSMsgType.TEXT, b"probe")
                     try:
                         await asyncio.wait_for(sub.frames.get(), 0.2)
                         break
@@ -331,7 +422,7 @@ class Worker:
                     sub.frames.get_nowait()
             messages = [(WSMsgType.TEXT, "fan ✓".encode()), (WSMsgType.BINARY, os.urandom(3000))]
             for kind, data in messages:
-                pub.send(kind, data)
+                send_message(pub, pub_client.deflate, kind, data)
             for _, sub in subs:
                 for kind, data in messages:
                     try:
@@ -359,9 +450,10 @@ class Worker:
         size = payload.size
 
         class EchoClient(picows.WSListener):
-            __slots__ = ("transport", "next_seq", "expect_seq", "outstanding")
+            __slots__ = ("transport", "next_seq", "expect_seq", "outstanding", "deflate")
 
             def __init__(self) -> None:
+                self.deflate: Optional[Deflate] = None
                 self.transport = None
                 self.next_seq = 0
                 self.expect_seq = 0
@@ -371,7 +463,7 @@ class Worker:
                 self.transport = transport
 
             def send_one(self) -> None:
-                self.transport.send(msg_type, payload.make(now_ns(), self.next_seq))
+                send_message(self.transport, self.deflate, msg_type, payload.make(now_ns(), self.next_seq))
                 self.next_seq += 1
                 self.outstanding += 1
 
@@ -381,21 +473,23 @@ class Worker:
                 if kind is not msg_type:
                     worker.other_frame(transport, kind)
                     return
-                ts, seq = payload.parse(frame.get_payload_as_memoryview())
+                data = message_of(self.deflate, frame)
+                ts, seq = payload.parse(data)
                 if seq != self.expect_seq:
                     stats.error("out_of_order")
                 self.expect_seq = seq + 1
-                if frame.payload_size != size:
+                if len(data) != size:
                     stats.error("wrong_size")
                 elif (seq & SAMPLE_MASK) == 0:
                     counters["checked"] += 1
-                    if frame.get_payload_as_bytes() != payload.expected(ts, seq):
+                    if bytes(data) != payload.expected(ts, seq):
                         stats.error("wrong_content")
                 self.outstanding -= 1
                 counters["msgs"] += 1
                 if worker.t_measure <= now < worker.t_end:
                     lat.append(now - ts)
                     stats.window_msgs += 1
+                    stats.window_bytes += frame.payload_size
                 if not worker.stopping:
                     self.send_one()
 
@@ -423,7 +517,8 @@ class Worker:
         if lost:
             stats.error("reply_timeout", lost)
         await self.close_all(conns)
-        return {"window_msgs": stats.window_msgs, "lat": self._latencies(), "conns": len(conns)}
+        return {"window_msgs": stats.window_msgs, "window_bytes": stats.window_bytes, "lat": self._latencies(),
+                "conns": len(conns)}
 
     async def op_broadcast(self) -> dict[str, Any]:
         picows = self.picows
@@ -444,9 +539,10 @@ class Worker:
         publisher: list[Any] = []
 
         class SubClient(picows.WSListener):
-            __slots__ = ("expect_seq", "synced", "n")
+            __slots__ = ("expect_seq", "synced", "n", "deflate")
 
             def __init__(self) -> None:
+                self.deflate: Optional[Deflate] = None
                 self.expect_seq = 0
                 self.synced = False
                 self.n = 0
@@ -457,7 +553,8 @@ class Worker:
                 if kind is not msg_type:
                     worker.other_frame(transport, kind)
                     return
-                ts, seq = payload.parse(frame.get_payload_as_memoryview())
+                data = message_of(self.deflate, frame)
+                ts, seq = payload.parse(data)
                 if seq < 0:
                     if not self.synced:
                         self.synced = True
@@ -472,17 +569,18 @@ class Worker:
                     else:
                         stats.error("out_of_order")
                 self.expect_seq = seq + 1
-                if frame.payload_size != size:
+                if len(data) != size:
                     stats.error("wrong_size")
                 elif (seq & SAMPLE_MASK) == 0 and (self.n & 15) == 0:
                     counters["checked"] += 1
-                    if frame.get_payload_as_bytes() != payload.expected(ts, seq):
+                    if bytes(data) != payload.expected(ts, seq):
                         stats.error("wrong_content")
                 self.n += 1
                 counters["msgs"] += 1
                 if worker.t_measure <= now < worker.t_end:
                     lat.append(now - ts)
                     stats.window_msgs += 1
+                    stats.window_bytes += frame.payload_size
                 c = pending.get(seq, 0) + 1
                 if c >= n_subs:
                     pending.pop(seq, None)
@@ -513,6 +611,7 @@ class Worker:
 
         class PubClient(picows.WSListener):
             def __init__(self) -> None:
+                self.deflate: Optional[Deflate] = None
                 self.transport: Any = None
                 self.next_seq = 0
                 self.timer: Any = None
@@ -527,14 +626,14 @@ class Worker:
                     transport.disconnect()
 
             def probe(self) -> None:
-                self.transport.send(msg_type, payload.make(now_ns(), PROBE))
+                send_message(self.transport, self.deflate, msg_type, payload.make(now_ns(), PROBE))
 
             def pump(self) -> None:
                 if worker.stopping or self.transport.is_disconnected:
                     return
                 lo = min(done_arr[:])
                 while self.next_seq - lo <= window:
-                    self.transport.send(msg_type, payload.make(now_ns(), self.next_seq))
+                    send_message(self.transport, self.deflate, msg_type, payload.make(now_ns(), self.next_seq))
                     pub_last[0] = self.next_seq
                     self.next_seq += 1
                     counters["published"] += 1
@@ -584,8 +683,8 @@ class Worker:
             if missing:
                 stats.error("not_delivered", missing)
         await self.close_all(subs + pub_conn)
-        return {"window_msgs": stats.window_msgs, "lat": self._latencies(), "conns": len(subs),
-                "published": counters["published"]}
+        return {"window_msgs": stats.window_msgs, "window_bytes": stats.window_bytes, "lat": self._latencies(),
+                "conns": len(subs), "published": counters["published"]}
 
     async def op_connections(self) -> dict[str, Any]:
         """Open ``conns`` idle connections as fast as the server accepts them,
@@ -597,6 +696,7 @@ class Worker:
 
         class Idle(picows.WSListener):
             def __init__(self) -> None:
+                self.deflate: Optional[Deflate] = None
                 self.reply: Optional[asyncio.Future[bytes]] = None
                 self.closed_by_server = False
 
@@ -606,7 +706,7 @@ class Worker:
                     transport.disconnect()
                 elif frame.msg_type in (WSMsgType.TEXT, WSMsgType.BINARY):
                     if self.reply is not None and not self.reply.done():
-                        self.reply.set_result(frame.get_payload_as_bytes())
+                        self.reply.set_result(bytes(message_of(self.deflate, frame)))
 
         self.set_window(await self.command("go"))
         await asyncio.sleep(max(0.0, (self.t_measure - now_ns()) / 1e9))
@@ -625,7 +725,7 @@ class Worker:
                 continue
             client.reply = loop.create_future()
             data = b"still-here-%d" % id(client)
-            transport.send(WSMsgType.BINARY, data)
+            send_message(transport, client.deflate, WSMsgType.BINARY, data)
             try:
                 if await asyncio.wait_for(client.reply, self.timeout) != data:
                     bad += 1
@@ -659,6 +759,7 @@ class Worker:
 
         class Once(picows.WSListener):
             def __init__(self) -> None:
+                self.deflate: Optional[Deflate] = None
                 self.reply: asyncio.Future[bytes] = loop.create_future()
 
             def on_ws_frame(self, transport: Any, frame: Any) -> None:
@@ -666,7 +767,7 @@ class Worker:
                 if kind is WSMsgType.CLOSE:
                     transport.disconnect()
                 elif kind is msg_type and not self.reply.done():
-                    self.reply.set_result(frame.get_payload_as_bytes())
+                    self.reply.set_result(bytes(message_of(self.deflate, frame)))
 
         remaining = [0]
 
@@ -678,7 +779,7 @@ class Worker:
                 transport = None
                 try:
                     transport, client = await self.connect(path, Once)
-                    transport.send(msg_type, payload.make(t0, seq))
+                    send_message(transport, client.deflate, msg_type, payload.make(t0, seq))
                     expected = payload.expected(t0, seq)
                     seq += 1
                     got = await asyncio.wait_for(client.reply, self.timeout)

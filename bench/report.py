@@ -117,6 +117,13 @@ def _sort(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(rows, key=key)
 
 
+def _reference(group: list[dict[str, Any]], row: dict[str, Any]) -> Optional[dict[str, Any]]:
+    """The wsrelay row a row is compared with: wsrelay+deflate for the
+    compressed variants of the peers, wsrelay for the others."""
+    name = "wsrelay+deflate" if row["server"].endswith("+deflate") else "wsrelay"
+    return next((r for r in group if r["server"] == name and not r.get("failed")), None)
+
+
 def _groups(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> list[tuple[tuple[Any, ...], list[dict[str, Any]]]]:
     order: list[tuple[Any, ...]] = []
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
@@ -141,12 +148,12 @@ def _rate_table(rows: list[dict[str, Any]], group_by: tuple[str, ...], lead: lis
     columns (header, field), then the rate, its ratio to wsrelay's, latency,
     server CPU per unit and its ratio, and CPU use and errors."""
     header = [h for h, _ in lead] + ["server", rate[0], "wsrelay ÷ this", "p50 ms", "p99 ms", cpu[0],
-                                     "wsrelay ÷ this", "server CPU %", "loadgen CPU %", "errors"]
+                                     "wsrelay ÷ this", "wire B/msg", "server CPU %", "loadgen CPU %", "errors"]
     rate_key, cpu_key, cpu_digits = rate[1], cpu[1], cpu[2]
     lines = []
     for _, group in _groups(rows, group_by):
-        ref = next((r for r in group if r["server"] == "wsrelay" and not r.get("failed")), None)
         for r in group:
+            ref = _reference(group, r)
             is_ref = r is ref
             lines.append([_f(r[field]) for _, field in lead] + [
                 f"**{r['server']}**" if is_ref else r["server"],
@@ -154,6 +161,7 @@ def _rate_table(rows: list[dict[str, Any]], group_by: tuple[str, ...], lead: lis
                 "1" if is_ref else _ratio(ref and ref.get(rate_key), r.get(rate_key)),
                 _f(r.get("p50_ms"), 2), _f(r.get("p99_ms"), 2), _f(r.get(cpu_key), cpu_digits),
                 "1" if is_ref else _ratio(ref and ref.get(cpu_key), r.get(cpu_key)),
+                _f(r.get("wire_bytes_per_msg"), 0),
                 _f(r.get("server_cpu_pct"), 0), _f(r.get("client_cpu_pct"), 0), _errors(r),
             ])
     return _table(header, lines)
@@ -177,8 +185,8 @@ def table_connections(rows: list[dict[str, Any]]) -> str:
               "wsrelay ÷ this", "errors"]
     lines = []
     for _, group in _groups(rows, ("conns",)):
-        ref = next((r for r in group if r["server"] == "wsrelay" and not r.get("failed")), None)
         for r in group:
+            ref = _reference(group, r)
             is_ref = r is ref
             lines.append([
                 _f(r["conns"]), f"**{r['server']}**" if is_ref else r["server"], _f(r.get("connected")),

@@ -131,12 +131,12 @@ class Runner:
     def base_params(self, server: RunningServer, op: str, **extra: Any) -> dict[str, Any]:
         params = {"op": op, "url": server.url, "paths": server.spec.paths, "source_ips": self.ips,
                   "timeout": self.opts.timeout, "connect_concurrency": self.opts.connect_concurrency,
-                  "binary": self.opts.binary}
+                  "binary": self.opts.binary, "compression": server.spec.compression}
         params.update(extra)
         return params
 
     def start(self, spec: ServerSpec, tag: str) -> RunningServer:
-        return RunningServer(spec, self.logs / f"{spec.name}-{tag}.log")
+        return RunningServer(spec, self.logs / f"{spec.name}-{tag}.log", env=spec.env)
 
     def check(self, server: RunningServer, broadcast: bool) -> list[str]:
         """Run the correctness check of bench.loadgen (exact echo, fan-out)."""
@@ -259,6 +259,7 @@ class Runner:
             "connected": n_conns,
             "msgs_per_s": msgs / cpu["window_s"],
             "mib_per_s": msgs * point["size"] / cpu["window_s"] / 2**20,
+            "wire_bytes_per_msg": sum(r.get("window_bytes", 0) for r in results) / msgs if msgs else None,
             "p50_ms": _ms(percentile(lat, 50)),
             "p99_ms": _ms(percentile(lat, 99)),
             "cpu_us_per_msg": cpu["server_cpu_s"] * 1e6 / msgs if msgs else None,
@@ -301,6 +302,7 @@ class Runner:
         return {
             "connected": sum(r["conns"] for r in results),
             "deliveries_per_s": deliveries / cpu["window_s"],
+            "wire_bytes_per_msg": sum(r.get("window_bytes", 0) for r in results) / deliveries if deliveries else None,
             "p50_ms": _ms(percentile(lat, 50)),
             "p99_ms": _ms(percentile(lat, 99)),
             "cpu_us_per_delivery": cpu["server_cpu_s"] * 1e6 / deliveries if deliveries else None,

@@ -7,6 +7,11 @@ router's ``/ws`` prefix):
 - ``sub``: a subscriber of the one room;
 - ``pub``: a publisher: each message it sends goes to every subscriber.
 
+The ``+deflate`` variants are the same servers with permessage-deflate on
+(wsrelay: WSRELAY_COMPRESSION=on; websockets and aiohttp: their compression
+with its defaults); the load generator offers the extension to them alone,
+as a browser's ``permessage-deflate; client_max_window_bits``.
+
 ``RunningServer`` starts one, waits until it accepts connections, and reads
 its CPU time (user+sys) and RSS from /proc/<pid>.
 """
@@ -64,6 +69,10 @@ class ServerSpec:
     health: Optional[str] = None  # an HTTP path with a JSON body (wsrelay's /health)
     # Where it runs and imports from (another checkout, for a baseline).
     root: pathlib.Path = ROOT
+    # Started with these environment variables (the +deflate variants).
+    env: Optional[dict[str, str]] = None
+    # The load generator offers permessage-deflate.
+    compression: bool = False
 
     def unavailable(self) -> Optional[str]:
         """Why this server cannot run here, or None."""
@@ -116,6 +125,24 @@ SERVERS: dict[str, ServerSpec] = {
         ),
     )
 }
+
+
+def _deflate_variant(spec: ServerSpec, env: dict[str, str], how: str) -> ServerSpec:
+    return dataclasses.replace(spec, name=spec.name + "+deflate", description=f"{spec.description}; {how}",
+                               env=env, compression=True)
+
+
+# Measured unless --servers names others; the +deflate variants on demand.
+DEFAULT_SERVERS = tuple(SERVERS)
+for _spec, _how in (
+    (SERVERS["wsrelay"], "WSRELAY_COMPRESSION=on (no context takeover, one compressor per worker)"),
+    (SERVERS["websockets"], "compression='deflate', websockets' defaults (context takeover, 12-bit windows, "
+                            "memLevel 5)"),
+    (SERVERS["aiohttp"], "compress=True, aiohttp's defaults (context takeover, 15-bit windows)"),
+):
+    _variant = _deflate_variant(
+        _spec, {"WSRELAY_COMPRESSION": "on"} if _spec.name == "wsrelay" else {"BENCH_COMPRESSION": "on"}, _how)
+    SERVERS[_variant.name] = _variant
 
 
 def add_baseline(checkout: pathlib.Path) -> str:

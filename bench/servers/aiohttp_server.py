@@ -4,6 +4,7 @@ send_bytes; /pub sends each message to every /sub connection in a loop."""
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 
 from aiohttp import WSMsgType, web
@@ -11,10 +12,14 @@ from aiohttp import WSMsgType, web
 from bench.servers import run_server
 
 SUBSCRIBERS: set[web.WebSocketResponse] = set()
+# aiohttp's compress=True (its default) with BENCH_COMPRESSION=on, the
+# aiohttp+deflate variant; off otherwise, as the load generator offers
+# compression to the variant alone.
+COMPRESS = os.environ.get("BENCH_COMPRESSION") == "on"
 
 
 async def echo(request: web.Request) -> web.WebSocketResponse:
-    ws = web.WebSocketResponse()
+    ws = web.WebSocketResponse(compress=COMPRESS)
     await ws.prepare(request)
     async for msg in ws:
         if msg.type == WSMsgType.TEXT:
@@ -25,7 +30,7 @@ async def echo(request: web.Request) -> web.WebSocketResponse:
 
 
 async def sub(request: web.Request) -> web.WebSocketResponse:
-    ws = web.WebSocketResponse()
+    ws = web.WebSocketResponse(compress=COMPRESS)
     await ws.prepare(request)
     SUBSCRIBERS.add(ws)
     try:
@@ -37,7 +42,7 @@ async def sub(request: web.Request) -> web.WebSocketResponse:
 
 
 async def pub(request: web.Request) -> web.WebSocketResponse:
-    ws = web.WebSocketResponse()
+    ws = web.WebSocketResponse(compress=COMPRESS)
     await ws.prepare(request)
     async for msg in ws:
         if msg.type == WSMsgType.TEXT:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 
 from websockets.asyncio.server import ServerConnection, broadcast, serve
@@ -32,9 +33,11 @@ async def handler(ws: ServerConnection) -> None:
 
 
 async def main(host: str, port: int) -> None:
-    # Compression off: the load generator does not offer it, so this only
-    # makes the server's answer explicit. Backlog raised like every server here.
-    async with serve(handler, host, port, compression=None, backlog=4096, reuse_address=True) as server:
+    # Compression off unless BENCH_COMPRESSION=on (the websockets+deflate
+    # variant: "deflate" with websockets' own defaults). Backlog raised like
+    # every server here.
+    compression = "deflate" if os.environ.get("BENCH_COMPRESSION") == "on" else None
+    async with serve(handler, host, port, compression=compression, backlog=4096, reuse_address=True) as server:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, server.close)
         print(f"ready {host}:{port}", flush=True)
