@@ -47,7 +47,8 @@ MIN_SIZE = TEXT_HEADER_LEN
 # Probe messages (seq < 0) check that every subscriber is in the room before
 # the broadcast measurement starts.
 PROBE = -1
-SAMPLE_MASK = 63  # compare the whole content of one message in 64 (and the first ones)
+SAMPLE_MASK = 63
+VARIED_CORPUS = 256 << 10  # compare the whole content of one message in 64 (and the first ones)
 
 
 def source_ips(count: int, first: int = 2) -> list[str]:
@@ -155,15 +156,24 @@ def message_of(deflate: Optional[Deflate], frame: Any) -> Any:
 class Payload:
     """Builds and checks benchmark messages of one size and type."""
 
-    def __init__(self, size: int, binary: bool) -> None:
+    def __init__(self, size: int, binary: bool, varied: bool = False) -> None:
         if size < MIN_SIZE:
             raise ValueError(f"message size must be at least {MIN_SIZE} bytes")
         self.size = size
         self.binary = binary
         self.buf = bytearray(json_filler(size))
+        # For compressed runs, each message's filler is a different stretch of
+        # a longer run of events (chosen by its seq), as a chat's messages
+        # differ: a server that keeps its compression context across messages
+        # finds the structure again, not the same message.
+        self.corpus = json_filler(max(VARIED_CORPUS, 4 * size)) if varied else None
 
     def make(self, ts: int, seq: int) -> bytearray:
         """The message for (ts, seq), built in place (send it at once)."""
+        if self.corpus is not None:
+            head = BIN_HEADER.size if self.binary else TEXT_HEADER_LEN
+            start = (seq * 2654435761) % (len(self.corpus) - self.size)
+            self.buf[head:] = self.corpus[start:start + self.size - head]
         if self.binary:
             BIN_HEADER.pack_into(self.buf, 0, ts, seq)
         else:
@@ -440,7 +450,7 @@ class Worker:
         picows = self.picows
         WSMsgType = picows.WSMsgType
         p = self.p
-        payload = Payload(p["size"], p["binary"])
+        payload = Payload(p["size"], p["binary"], bool(p.get("compression")))
         msg_type = WSMsgType.BINARY if p["binary"] else WSMsgType.TEXT
         inflight = p["inflight"]
         stats = self.stats
@@ -524,7 +534,7 @@ class Worker:
         picows = self.picows
         WSMsgType = picows.WSMsgType
         p = self.p
-        payload = Payload(p["size"], p["binary"])
+        payload = Payload(p["size"], p["binary"], bool(p.get("compression")))
         msg_type = WSMsgType.BINARY if p["binary"] else WSMsgType.TEXT
         size = payload.size
         stats = self.stats
@@ -751,7 +761,7 @@ class Worker:
         stats = self.stats
         counters = stats.counters
         p = self.p
-        payload = Payload(p["size"], p["binary"])
+        payload = Payload(p["size"], p["binary"], bool(p.get("compression")))
         msg_type = WSMsgType.BINARY if p["binary"] else WSMsgType.TEXT
         loop = asyncio.get_running_loop()
         lat = stats.lat
