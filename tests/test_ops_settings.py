@@ -179,13 +179,15 @@ async def test_valid_values_reach_the_running_server(tmp_path):
         "WSRELAY_WRITE_BUFFER_LIMIT": "512KiB", "WSRELAY_PING_INTERVAL": "20s", "WSRELAY_PING_TIMEOUT": "10s",
         "WSRELAY_HANDSHAKE_TIMEOUT": "5s", "WSRELAY_MAX_CONNECTIONS": "1", "WSRELAY_DRAIN_TIMEOUT": "5s",
         "WSRELAY_READ_BUFFER_SIZE": "16KiB", "WSRELAY_LOG_LEVEL": "WARNING", "WSRELAY_CLOSE_TIMEOUT": "2s",
-        "WSRELAY_NODE": "opsnode",
+        "WSRELAY_NODE": "opsnode", "WSRELAY_COMPRESSION": "on", "WSRELAY_COMPRESSION_MIN_SIZE": "64",
     }
     async with ServerProcess(serve_command(write_app(tmp_path, "127.0.0.1:1")), env=env) as served:
         assert served.port == port
         res = await http_request(served, "/health")
         assert res.status == 200, res.body
         async with websockets.connect(served.url("/ws/echo"), max_size=None) as ws:
+            # WSRELAY_COMPRESSION=on: the client's permessage-deflate offer is accepted.
+            assert ws.response.headers["Sec-WebSocket-Extensions"].startswith("permessage-deflate;")
             # WSRELAY_MAX_CONNECTIONS=1: a second connection is refused with 503.
             with pytest.raises(HandshakeRefused) as refused:
                 await RawWebSocket.connect(served, "/ws/echo")
