@@ -13,7 +13,7 @@ with no context takeover (a fresh raw DEFLATE stream, sync-flushed):
   core, Python's ``zlib`` and ``isal_zlib``.
 
 Each figure is the median of ``--rounds`` rounds, the implementations
-interleaved within a round. See docs/compression-measurements.md.
+interleaved within a round. See docs/performance.md (permessage-deflate).
 """
 
 from __future__ import annotations
