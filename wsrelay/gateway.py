@@ -210,6 +210,9 @@ class Gateway:
         for index, service in enumerate(self.app.services.values()):
             routers = [r for r in self.app.routers.values() if r.service == service.id]
             rt = ServiceRuntime(self, service, routers)
+            if get_node().remote is not None:
+                # Frames from other nodes name its connections by id.
+                get_node().remote.add_connection_host(service.id)
             addr = self.addr_override if (index == 0 and self.addr_override) else service.addr
             host, port = parse_addr(addr)
             # Each socket starts with the handshake guard, which hands it to
