@@ -65,7 +65,10 @@ class ServiceRuntime:
             s.max_message_size,  # max frame size
             None,  # extra headers (a client's)
             s.read_buffer_size,
-        ), timeout=s.handshake_timeout, receive_buffer=s.socket_receive_buffer)
+        ), timeout=s.handshake_timeout, receive_buffer=s.socket_receive_buffer,
+            # In a cluster /metrics answers for every worker of the machine,
+            # gathered over the bus: it has to wait, so the guard answers it.
+            routes=None if gateway.cluster is None else {b"/metrics": self.machine_metrics})
         # Longest prefix first, so /ws/admin wins over /ws.
         self.routers = sorted((_RouterRuntime(r, self) for r in routers),
                               key=lambda rt: len(rt.router.prefix), reverse=True)
@@ -177,6 +180,19 @@ class ServiceRuntime:
         res = Response().status(200 if self.accepting else 503)
         res.header("Content-Type", "application/json")
         return res.write(orjson.dumps(body))
+
+    async def machine_metrics(self, query: str) -> tuple[int, str, bytes]:
+        """/metrics in a cluster: every node of this machine, each series
+        labelled with its node (a node that does not answer in time is
+        reported down); ``?local=1``: this node alone."""
+        from .cluster.metrics import merge_expositions
+        from .metrics import render
+
+        body, content_type = render(self.gateway)
+        if "local=1" in query.split("&"):
+            return 200, content_type, body
+        bodies = await self.gateway.cluster.gather_metrics(timeout=0.5)
+        return 200, content_type, merge_expositions(bodies)
 
     def metrics(self) -> Response:
         from .metrics import render
