@@ -34,7 +34,7 @@ $(VENV)/.built: $(VENV)/.deps setup.py pyproject.toml $(CORE)
 
 build: $(VENV)/.built
 
-run: build
+run: build $(if $(WSRELAY_WORKERS)$(WSRELAY_CLUSTER_URL),nats)
 	$(BIN)/wsrelay serve examples/chat/app.yaml
 
 lint: build
