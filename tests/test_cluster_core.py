@@ -384,3 +384,82 @@ async def test_metrics_answer_for_every_node_of_the_machine(app: Path, broker: B
         local = await local_metrics(a)
         assert not local.has("wsrelay_cluster_node_up")
         assert local("wsrelay_cluster_peers", state="up") == 1
+
+
+async def test_a_killed_worker_is_lost_to_its_peers_and_restarted(app: Path) -> None:
+    """WSRELAY_WORKERS=2: a monitor from worker 0 of a process on worker 1
+    fires with noconnection when worker 1 is SIGKILLed (the supervisor
+    announces the death at once), and the supervisor starts it again."""
+    import psutil
+
+    with ServerProcess(serve_command(app), env={"WSRELAY_WORKERS": "2", "WSRELAY_NODE": "w",
+                                                 "WSRELAY_ADDR": "127.0.0.1:0"}) as server:
+        controls: dict[str, Control] = {}
+        for _ in range(40):  # the kernel picks the worker of each new socket
+            control = await Control.open(server)
+            controls.setdefault(control.pid.split("@")[0][1:], control)
+            if len(controls) == 2:
+                break
+        assert set(controls) == {"w-0", "w-1"}, set(controls)
+        c0, c1 = controls["w-0"], controls["w-1"]
+        sleeper = await c1.call("spawn", fn="cl:echo")
+        await c0.call("monitor", pid=sleeper)
+        await c0.call("send", pid=sleeper, topic="ping")
+        await c0.event("echo")
+        (victim,) = [p for p in psutil.Process(server.pid).children() if p.cmdline()[-2:] == ["--worker", "1"]]
+        victim.kill()
+        killed = time.monotonic()
+        exited = await c0.event("@exit", timeout=10)
+        assert (exited["payload"]["pid"], exited["payload"]["reason"]) == (sleeper, "noconnection")
+        assert time.monotonic() - killed < 5.0  # WSRELAY_CLUSTER_DOWN_AFTER, the default
+        server.wait_text(r"worker 1 \(pid \d+\) ready", start=server.wait_text(r"worker 1 .* restarting").end())
+        assert server.stop() == 0
+
+
+async def test_a_broker_restart_under_traffic(app: Path, broker: Broker) -> None:
+    """Local traffic goes on while the broker is away; cross-node traffic
+    resumes when it is back; what was sent meanwhile arrives, or its loss is
+    counted and reported as the peer's loss (noconnection), never passed over."""
+    async with cluster(app, broker, "a", "b") as (a, b):
+        ca, cb = await Control.open(a), await Control.open(b)
+        remote_echo = await cb.call("spawn", fn="cl:echo")
+        await ca.call("monitor", pid=remote_echo)
+        local_target = await ca.call("spawn", fn="cl:relay_echo")
+        client = await RawWebSocket.connect(a, f"/ws/relay?to={local_target}")
+        await client.recv_text()
+        await asyncio.to_thread(broker.stop)
+        for n in range(20):
+            client.send_text(f"local {n}")
+            assert await client.recv_text() == f"local {n}"
+        during = await ca.call("send_many", pid=remote_echo, topic="n", count=10)
+        await asyncio.to_thread(broker.start)
+        # Cross-node traffic resumes: a round trip gets through (the first
+        # ones may be lost, counted, while the two nodes settle on a new
+        # session), then every one does.
+        await all_up([a, b], timeout=30)
+        cb2 = await Control.open(b)
+        fresh = await cb2.call("spawn", fn="cl:echo")
+        deadline = time.monotonic() + 30
+        for attempt in itertools.count():
+            assert time.monotonic() < deadline, "no cross-node round trip 30 s after the broker came back"
+            await ca.call("send", pid=fresh, topic="after", payload=attempt)
+            with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
+                await ca.event("echo", timeout=2, where=lambda m, n=attempt: m["payload"] == n)
+                break
+        for n in range(20):
+            assert await ca.call("send", pid=fresh, topic="steady", payload=f"s{n}") is True
+            assert (await ca.event("echo", timeout=5, where=lambda m, n=n: m["payload"] == f"s{n}"))["sender"] == fresh
+        # The 10 sends of the outage: all echoed, in order, or the stream's
+        # loss reported (the monitor fired) and counted.
+        echoed = [m["payload"] for m in ca.events if m.get("event") == "echo" and m["sender"] == remote_echo]
+        lost = [m for m in ca.events if m.get("event") == "@exit" and m["payload"]["pid"] == remote_echo]
+        if echoed != list(range(10)):
+            assert lost and lost[0]["payload"]["reason"] == "noconnection", (during, echoed, ca.events)
+            # Counted where they were lost: the sender or the receiver.
+            counted = 0.0
+            for node in (a, b):
+                counters = await local_metrics(node)
+                counted += sum(counters(f"wsrelay_cluster_{name}_total")
+                               for name in ("undeliverable", "refused", "stream_resets"))
+            assert counted > 0
+        await client.close_handshake()
