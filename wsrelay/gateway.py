@@ -191,7 +191,7 @@ class ServiceRuntime:
         body, content_type = render(self.gateway)
         if "local=1" in query.split("&"):
             return 200, content_type, body
-        bodies = await self.gateway.cluster.gather_metrics(timeout=0.5)
+        bodies = await self.gateway.cluster.gather_metrics(timeout=1.5)
         return 200, content_type, merge_expositions(bodies)
 
     def metrics(self) -> Response:
