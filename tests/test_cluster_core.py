@@ -339,6 +339,15 @@ async def test_groups_and_global_names_span_nodes(app: Path, broker: Broker) -> 
         # A send to the name from b reaches the room on a.
         assert await cb.call("send", pid="room", topic="count") is True
         assert (await cb.event("count"))["payload"] == 4
+        # A name is released when its PID ends.
+        short_lived = await ca.call("spawn", fn="cl:sleeper")
+        assert await ca.call("register_global", name="short", pid=short_lived) is True
+        await ca.call("terminate", pid=short_lived)
+        deadline = time.monotonic() + 10
+        while await cb.call("whereis_global", name="short") is not None:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        assert await cb.call("register_global", name="short", pid=await cb.call("spawn", fn="cl:sleeper")) is True
         # b is lost: its members leave by themselves, its names are released.
         holder = await cb.call("spawn", fn="cl:sleeper")
         assert await cb.call("register_global", name="b-name", pid=holder) is True
