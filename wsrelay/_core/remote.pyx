@@ -216,7 +216,9 @@ cdef class Cluster(Remote):
             frame = encode_send(payload, &size)
             if type(frame) is tuple:
                 frame = b"".join(<tuple>frame)
-            sent = self.transport.frames(dest.node, [dest.id], frame)
+            incarnation = self.transport.peer_incarnation(dest.node)
+            # (frames name connections by id, so the incarnation is checked here)
+            sent = incarnation == (dest.id >> 32) and self.transport.frames(dest.node, [dest.id], frame)
         else:
             if topic == "ws.close":
                 parse_close_payload(payload, &code)
@@ -297,8 +299,11 @@ cdef class Cluster(Remote):
             inbox.stop()
             self.dropped("noproc", len(inbox.held), f"messages of {client} held for {inbox.target.pid}")
             inbox = None
-        if target is None or target.mailbox is None:
+        if target is None:
             self.dropped(NOPROC, 1, f"relay message of {client} for {target_pid}")
+            return 0
+        if target.mailbox is None:
+            self.dropped("rejected", 1, f"relay message of {client} for {target_pid}, a connection")
             return 0
         msg = new_message(topic, payload, client)
         if topic == "ws.leave":
