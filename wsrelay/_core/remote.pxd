@@ -30,6 +30,7 @@ cdef class Cluster(Remote):
     cdef dict relay_in
     cdef dict _credits
     cdef dict _by_id
+    cdef dict _pids
     cdef set _conn_hosts
     cdef set _global_holders
     cdef object loop
@@ -40,4 +41,5 @@ cdef class Cluster(Remote):
     cdef int relay(self, Pid target, Pid client, object topic, object payload) except -1
     cdef int dropped(self, str reason, Py_ssize_t count, str what) except -1
     cdef Process connection(self, long long ident)
+    cdef Pid local_pid(self, str host, long long ident)
 

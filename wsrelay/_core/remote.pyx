@@ -171,6 +171,7 @@ cdef class Cluster(Remote):
         self.relay_in = {}
         self._credits = {}
         self._by_id = {}
+        self._pids = {}
         self._conn_hosts = set()
         self._global_holders = set()
 
@@ -263,7 +264,7 @@ cdef class Cluster(Remote):
         if proc is not None:
             return proc
         for host in self._conn_hosts:
-            proc = self.node.lookup(make_pid(self.node.name, host, ident))
+            proc = self.node.lookup(self.local_pid(host, ident))
             if proc is not None:
                 self._by_id[ident] = proc
                 return proc
@@ -332,8 +333,18 @@ cdef class Cluster(Remote):
 
     # -- what arrives (the transport's hooks) -----------------------------------------------
 
+    cdef Pid local_pid(self, str host, long long ident):
+        """A PID of this node (cached: most traffic goes to few processes)."""
+        key = (host, ident)
+        cdef Pid pid = self._pids.get(key)
+        if pid is None:
+            if len(self._pids) >= 65536:
+                self._pids.clear()
+            pid = self._pids[key] = make_pid(self.node.name, host, ident)
+        return pid
+
     def on_send(self, long long dest_id, str dest_host, topic, payload, Pid sender):
-        cdef Process proc = self.node.lookup(make_pid(self.node.name, dest_host, dest_id))
+        cdef Process proc = self.node.lookup(self.local_pid(dest_host, dest_id))
         if proc is None:
             self.dropped(NOPROC, 1, f"{topic!r} from {sender} to {{{self.node.name}@{dest_host}|{dest_id:#x}}}")
             return
