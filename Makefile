@@ -35,7 +35,7 @@ $(VENV)/.built: $(VENV)/.deps setup.py pyproject.toml $(CORE)
 build: $(VENV)/.built
 
 # The demo runs with permessage-deflate on (browsers offer it); WSRELAY_COMPRESSION=off make run turns it off.
-run: build
+run: build $(if $(WSRELAY_WORKERS)$(WSRELAY_CLUSTER_URL),nats)
 	WSRELAY_COMPRESSION=$${WSRELAY_COMPRESSION:-on} $(BIN)/wsrelay serve examples/chat/app.yaml
 
 lint: build

@@ -6,8 +6,8 @@ import sys
 from setuptools import Extension, setup
 
 # In dependency order: each module cimports only those before it.
-CORE = ["errors", "units", "stats", "pid", "message", "mailbox", "runtime", "deflate", "frames", "writer",
-        "relayspec", "relay", "group", "handshake"]
+CORE = ["errors", "units", "stats", "pid", "message", "mailbox", "runtime", "deflate", "frames", "relayspec",
+        "remote", "writer", "relay", "group", "handshake"]
 # C libraries a module links with (libz.so.1 is on manylinux's allowed list).
 LIBRARIES = {"deflate": ["z"]}
 

@@ -62,7 +62,7 @@ class ServerProcess:
         self.stdout: list[str] = []
         self.stderr: list[str] = []
         self._changed = threading.Condition()
-        self._stdout_closed = False
+        self._closed: set[str] = set()
         self.proc = subprocess.Popen(
             self.argv, cwd=cwd, env=clean_env(**(env or {})), stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace",
@@ -82,8 +82,7 @@ class ServerProcess:
                     lines.append(line.rstrip("\n"))
                     self._changed.notify_all()
         with self._changed:
-            if lines is self.stdout:
-                self._stdout_closed = True
+            self._closed.add("stdout" if lines is self.stdout else "stderr")
             self._changed.notify_all()
 
     # -- what it says ----------------------------------------------------------------------
@@ -102,7 +101,7 @@ class ServerProcess:
                 if found:
                     return True
             scanned = len(self.stdout)
-            return self._stdout_closed
+            return "stdout" in self._closed
 
         with self._changed:
             self._changed.wait_for(seen, timeout)
@@ -110,6 +109,35 @@ class ServerProcess:
             state = "running" if self.proc.poll() is None else f"exit {self.proc.returncode}"
             raise AssertionError(f"{self.argv}: no line matching {pattern!r} ({state}):\n{self.output()}")
         return found
+
+    def wait_text(self, pattern: str, stream: str = "stderr", start: int = 0,
+                  timeout: float = START_TIMEOUT) -> re.Match[str]:
+        """The first match of ``pattern`` (a multi-line regex) in everything
+        ``stream`` printed, from character ``start`` on (a match's ``end()``
+        is where to look for the next); an AssertionError with the output
+        when the stream ends or time runs out first."""
+        regex = re.compile(pattern, re.M)
+        found: Optional[re.Match[str]] = None
+
+        def seen() -> bool:
+            nonlocal found
+            found = regex.search(self._text(stream), start)
+            return found is not None or stream in self._closed
+
+        with self._changed:
+            self._changed.wait_for(seen, timeout)
+        if found is None:
+            state = "running" if self.proc.poll() is None else f"exit {self.proc.returncode}"
+            raise AssertionError(f"{self.argv}: no {pattern!r} in its {stream} ({state}):\n{self.output()}")
+        return found
+
+    def text(self, stream: str = "stderr") -> str:
+        """Everything ``stream`` printed so far."""
+        with self._changed:
+            return self._text(stream)
+
+    def _text(self, stream: str) -> str:
+        return "".join(line + "\n" for line in (self.stdout if stream == "stdout" else self.stderr))
 
     def output(self) -> str:
         with self._changed:

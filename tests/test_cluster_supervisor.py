@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import selectors
 import signal
 import subprocess
 import time
@@ -19,90 +17,30 @@ import pytest
 import websockets
 
 from tests.cluster_support import ROOT, Recorder, last
-from tests.ops_support import clean_env, http_get, serve_command, write_app
+from tests.harness import ServerProcess, clean_env, serve_command
+from tests.ops_support import write_app
+from tests.wsclient import http_request
 from wsrelay.cluster import wire
 from wsrelay.cluster.broker import Broker
 from wsrelay.cluster.transport import Transport
 
 
-class Supervised:
-    """``wsrelay serve`` with WSRELAY_WORKERS, its output read line by line
-    from the raw pipes (so the selector sees every line)."""
+def supervised_server(app: Path, **env: str) -> ServerProcess:
+    """``wsrelay serve`` with WSRELAY_WORKERS (or any cluster setting): the
+    one subprocess harness of the suite (tests/harness.py)."""
+    return ServerProcess(serve_command(app), env={"WSRELAY_ADDR": "127.0.0.1:0",
+                                                   "WSRELAY_CLUSTER_DOWN_AFTER": "2s", **env})
 
-    def __init__(self, app: Path, **env: str) -> None:
-        env = {"WSRELAY_ADDR": "127.0.0.1:0", "WSRELAY_CLUSTER_DOWN_AFTER": "2s", **env}
-        self.proc = subprocess.Popen(serve_command(app), env=clean_env(**env), cwd=ROOT,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        self.out = b""
-        self.err = b""
-        self._pending = {"out": b"", "err": b""}
-        self._selector = selectors.DefaultSelector()
-        assert self.proc.stdout is not None and self.proc.stderr is not None
-        self._selector.register(self.proc.stdout.fileno(), selectors.EVENT_READ, "out")
-        self._selector.register(self.proc.stderr.fileno(), selectors.EVENT_READ, "err")
-        self.url = ""
 
-    def _read(self, timeout: float) -> bool:
-        events = self._selector.select(timeout)
-        for key, _ in events:
-            chunk = os.read(key.fd, 65536)
-            if not chunk:
-                self._selector.unregister(key.fd)
-                continue
-            if key.data == "out":
-                self.out += chunk
-            else:
-                self.err += chunk
-        return bool(events)
+def children(server: ServerProcess) -> list[psutil.Process]:
+    return psutil.Process(server.pid).children()
 
-    def wait_for(self, pattern: str, stream: str = "err", timeout: float = 30.0, start: int = 0) -> re.Match[str]:
-        """The first match of ``pattern`` in the stream's text from ``start``."""
-        deadline = time.monotonic() + timeout
-        while True:
-            text = (self.out if stream == "out" else self.err).decode(errors="replace")
-            match = re.compile(pattern, re.M).search(text, start)
-            if match:
-                return match
-            if time.monotonic() > deadline or (not self._read(max(0.0, deadline - time.monotonic()))
-                                                and self.proc.poll() is not None):
-                raise AssertionError(f"no {pattern!r} within {timeout} s; exit {self.proc.poll()}\n"
-                                     f"stdout:\n{self.out.decode()}\nstderr:\n{self.err.decode()}")
 
-    def wait_serving(self, timeout: float = 60.0) -> str:
-        self.url = self.wait_for(r"^wsrelay: serving (\S+)$", "out", timeout).group(1)
-        return self.url
-
-    def finish(self, timeout: float = 30.0) -> int:
-        deadline = time.monotonic() + timeout
-        while self.proc.poll() is None or self._selector.get_map():
-            if time.monotonic() > deadline:
-                self.proc.kill()
-                raise AssertionError(f"still running after {timeout} s:\n{self.err.decode()}")
-            if not self._read(0.1) and self.proc.poll() is not None:
-                break
-        return self.proc.wait()
-
-    @property
-    def host_port(self) -> tuple[str, int]:
-        host, port = self.url.rsplit("//", 1)[1].rsplit(":", 1)
-        return host, int(port)
-
-    def children(self) -> list[psutil.Process]:
-        return psutil.Process(self.proc.pid).children()
-
-    def worker(self, index: int) -> psutil.Process:
-        for child in self.children():
-            if child.cmdline()[-2:] == ["--worker", str(index)]:
-                return child
-        raise AssertionError(f"no worker {index} among {[c.cmdline() for c in self.children()]}")
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        for stream in (self.proc.stdout, self.proc.stderr):
-            if stream is not None:
-                stream.close()
+def worker(server: ServerProcess, index: int) -> psutil.Process:
+    for child in children(server):
+        if child.cmdline()[-2:] == ["--worker", str(index)]:
+            return child
+    raise AssertionError(f"no worker {index} among {[c.cmdline() for c in children(server)]}")
 
 
 def gone(pids: list[int], timeout: float = 10.0) -> list[int]:
@@ -135,30 +73,29 @@ def app(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def supervised(app: Path) -> Any:
-    started: list[Supervised] = []
+    started: list[ServerProcess] = []
 
-    def start(**env: str) -> Supervised:
-        s = Supervised(app, **env)
-        started.append(s)
-        return s
+    def start(**env: str) -> ServerProcess:
+        server = supervised_server(app, **env)
+        started.append(server)
+        server.start()
+        return server
 
     yield start
-    for s in started:
-        s.close()
+    for server in started:
+        server.kill()
 
 
-async def health(s: Supervised) -> dict[str, Any]:
-    host, port = s.host_port
-    status, _, body = await http_get(host, port, "/health")
-    assert status == 200, body
-    return json.loads(body)
+async def health(s: ServerProcess) -> dict[str, Any]:
+    res = await http_request(s, "/health")
+    assert res.status == 200, res.body
+    return json.loads(res.body)
 
 
 @pytest.mark.timeout(90)
 async def test_workers_share_one_port_and_name_their_nodes(supervised: Any) -> None:
     s = supervised(WSRELAY_WORKERS="2", WSRELAY_NODE="web")
-    s.wait_serving()
-    assert s.out.decode().count("wsrelay: serving") == 1
+    assert s.text("stdout").count("wsrelay: serving") == 1
     # The kernel spreads connections over both workers on the one port; each
     # names itself and, once their session is open (a few ms after both
     # serve), sees the other up. Polled: /health is the only view of it.
@@ -173,12 +110,12 @@ async def test_workers_share_one_port_and_name_their_nodes(supervised: Any) -> N
     assert set(seen) == {"web-0", "web-1"}
     assert seen["web-0"]["peers"] == {"web-1": "up"} and seen["web-1"]["peers"] == {"web-0": "up"}
     assert all(isinstance(b["incarnation"], int) and b["incarnation"] > 0 for b in seen.values())
-    host, port = s.host_port
+    host, port = s.address()
     for index in (0, 1):
-        listening = {c.laddr.port for c in s.worker(index).net_connections("tcp") if c.status == psutil.CONN_LISTEN}
+        listening = {c.laddr.port for c in worker(s, index).net_connections("tcp") if c.status == psutil.CONN_LISTEN}
         assert port in listening
     # Each worker answers a metrics request on the bus with its own exposition.
-    env = s.worker(0).environ()
+    env = worker(s, 0).environ()
     nc = await nats.connect(env["WSRELAY_CLUSTER_URL"], token=env["WSRELAY_CLUSTER_TOKEN"])
     try:
         for node in ("web-0", "web-1"):
@@ -187,23 +124,21 @@ async def test_workers_share_one_port_and_name_their_nodes(supervised: Any) -> N
             assert name == node and b"# TYPE wsrelay_connections_total counter" in body
     finally:
         await nc.close()
-    s.proc.send_signal(signal.SIGTERM)
-    assert s.finish() == 0
+    assert s.stop() == 0
 
 
 @pytest.mark.timeout(120)
 async def test_a_killed_worker_is_restarted_with_back_off(supervised: Any) -> None:
     s = supervised(WSRELAY_WORKERS="2")
-    s.wait_serving()
     delays = []
     mark = 0
     for _ in range(3):
-        victim = s.worker(1)
+        victim = worker(s, 1)
         victim.send_signal(signal.SIGKILL)
-        exited = s.wait_for(rf"worker 1 \(pid {victim.pid}\) exited with signal SIGKILL after [\d.]+ s: "
+        exited = s.wait_text(rf"worker 1 \(pid {victim.pid}\) exited with signal SIGKILL after [\d.]+ s: "
                             r"restarting in ([\d.]+) s", start=mark)
         delays.append(float(exited.group(1)))
-        ready = s.wait_for(r"worker 1 \(pid (\d+)\) ready", start=exited.end())
+        ready = s.wait_text(r"worker 1 \(pid (\d+)\) ready", start=exited.end())
         mark = ready.end()
         assert int(ready.group(1)) != victim.pid
         assert gone([victim.pid]) == []
@@ -212,28 +147,26 @@ async def test_a_killed_worker_is_restarted_with_back_off(supervised: Any) -> No
     await health(s)
     # Up for longer than STABLE_AFTER (10 s): the back-off starts again.
     time.sleep(10.5)
-    victim = s.worker(1)
+    victim = worker(s, 1)
     victim.send_signal(signal.SIGKILL)
-    exited = s.wait_for(rf"worker 1 \(pid {victim.pid}\) exited with signal SIGKILL after [\d.]+ s: "
+    exited = s.wait_text(rf"worker 1 \(pid {victim.pid}\) exited with signal SIGKILL after [\d.]+ s: "
                         r"restarting in ([\d.]+) s", start=mark)
     assert float(exited.group(1)) == 0.1
-    s.proc.send_signal(signal.SIGTERM)
-    assert s.finish() == 0
+    assert s.stop() == 0
 
 
 @pytest.mark.timeout(90)
 async def test_a_dead_worker_is_announced_at_once(supervised: Any) -> None:
     # Silence alone would take 30 s to notice.
     s = supervised(WSRELAY_WORKERS="2", WSRELAY_NODE="ann", WSRELAY_CLUSTER_DOWN_AFTER="30s")
-    s.wait_serving()
-    env = s.worker(0).environ()
+    env = worker(s, 0).environ()
     hooks = Recorder()
     observer = Transport("observer", env["WSRELAY_CLUSTER_URL"], token=env["WSRELAY_CLUSTER_TOKEN"], hooks=hooks,
                          down_after=30.0)
     await observer.start()
     try:
         first = await hooks.wait_for(last("up", "ann-1"))
-        victim = s.worker(1)
+        victim = worker(s, 1)
         victim.send_signal(signal.SIGKILL)
         killed = time.monotonic()
         assert await hooks.wait_for(last("down", "ann-1"), timeout=10) == ("down", "ann-1", first[2], "noconnection")
@@ -243,58 +176,52 @@ async def test_a_dead_worker_is_announced_at_once(supervised: Any) -> None:
         assert time.monotonic() - killed < 0.3
         again = await hooks.wait_for(lambda ev: [e for e in ev if e[:2] == ("up", "ann-1") and e[2] != first[2]])
         assert again[0][2] > first[2]
-        s.wait_for(r"worker 1 \(pid \d+\) exited with signal SIGKILL")
-        assert s.err.decode().index("exited with signal SIGKILL") < s.err.decode().index("worker 1 (ann-1) started",
-                                                                                       s.err.decode().index("exited"))
+        s.wait_text(r"worker 1 \(pid \d+\) exited with signal SIGKILL")
+        err = s.text()
+        assert err.index("exited with signal SIGKILL") < err.index("worker 1 (ann-1) started", err.index("exited"))
     finally:
         await observer.stop()
-    s.proc.send_signal(signal.SIGTERM)
-    assert s.finish() == 0
+    assert s.stop() == 0
 
 
 @pytest.mark.timeout(90)
 async def test_sigterm_drains_every_worker_and_leaves_no_process(supervised: Any) -> None:
     s = supervised(WSRELAY_WORKERS="2")
-    s.wait_serving()
-    host, port = s.host_port
+    host, port = s.address()
     clients = [await websockets.connect(f"ws://{host}:{port}/ws/echo") for _ in range(6)]
     for ws in clients:
         await ws.send("hi")
         assert await ws.recv() == "hi"
-    pids = [c.pid for c in s.children()]
+    pids = [c.pid for c in children(s)]
     assert len(pids) == 3  # two workers and the broker
-    s.proc.send_signal(signal.SIGTERM)
+    s.signal(signal.SIGTERM)
     for ws in clients:
         with pytest.raises(websockets.ConnectionClosed):
             await ws.recv()
         assert ws.close_code == 1001
-    assert s.finish() == 0
+    assert s.wait() == 0
     assert gone(pids, timeout=1.0) == []
-    assert "stopped" in s.err.decode()
+    assert "stopped" in s.text()
 
 
 @pytest.mark.timeout(90)
 async def test_sigkill_of_the_supervisor_takes_its_children(supervised: Any) -> None:
     s = supervised(WSRELAY_WORKERS="2")
-    s.wait_serving()
-    pids = [c.pid for c in s.children()]
+    pids = [c.pid for c in children(s)]
     assert len(pids) == 3
-    s.proc.send_signal(signal.SIGKILL)
-    s.proc.wait()
+    s.kill()
     assert gone(pids, timeout=10.0) == []
 
 
 @pytest.mark.timeout(90)
 async def test_the_token_is_never_printed(supervised: Any) -> None:
     s = supervised(WSRELAY_WORKERS="2", WSRELAY_LOG_LEVEL="DEBUG")
-    s.wait_serving()
-    token = s.worker(0).environ()["WSRELAY_CLUSTER_TOKEN"]
+    token = worker(s, 0).environ()["WSRELAY_CLUSTER_TOKEN"]
     assert len(token) >= 32
-    for child in s.children():
+    for child in children(s):
         assert token not in " ".join(child.cmdline())
-    s.proc.send_signal(signal.SIGTERM)
-    assert s.finish() == 0
-    assert token.encode() not in s.out + s.err
+    assert s.stop() == 0
+    assert token not in s.output()
 
 
 @pytest.fixture
@@ -318,23 +245,12 @@ def test_a_refused_token_exits_non_zero_naming_the_url(app: Path, broker: Broker
 
 
 def test_a_single_node_joins_an_existing_cluster(app: Path, broker: Broker) -> None:
-    env = clean_env(WSRELAY_ADDR="127.0.0.1:0", WSRELAY_CLUSTER_URL=broker.url, WSRELAY_CLUSTER_TOKEN=broker.token,
-                    WSRELAY_NODE="solo")
-    proc = subprocess.Popen(serve_command(app), env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert line.startswith("wsrelay: serving "), proc.stderr.read() if proc.stderr else ""
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=30)
-        assert proc.returncode == 0, err
-        assert "node solo (incarnation " in err and f"joined {broker.url}" in err
-        assert broker.token not in err
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    with ServerProcess(serve_command(app), env={"WSRELAY_ADDR": "127.0.0.1:0", "WSRELAY_CLUSTER_URL": broker.url,
+                                                "WSRELAY_CLUSTER_TOKEN": broker.token, "WSRELAY_NODE": "solo"}) as node:
+        assert node.stop() == 0, node.output()
+    err = node.text()
+    assert "node solo (incarnation " in err and f"joined {broker.url}" in err
+    assert broker.token not in node.output()
 
 
 @pytest.mark.parametrize("binary", ["/nonexistent/nats-server", "no-such-nats-server"])

@@ -127,14 +127,17 @@ async def test_node_down_within_down_after_on_sigkill(broker: Broker) -> None:
         try:
             up = await ha.wait_for(last("up", "k1"))
             assert up[2] == child.incarnation
-            assert a.send(Pid("app:p", 1, "k1"), "t", 1, pid(a, 1))
+            k1_pid = Pid("app:p", (child.incarnation << 32) | 1, "k1")
+            # A PID of k1's run is sent to; one of an earlier run of k1 is dead.
+            assert a.send(k1_pid, "t", 1, pid(a, 1))
+            assert a.send(Pid("app:p", 1, "k1"), "t", 1, pid(a, 1)) is False
             child.proc.send_signal(signal.SIGKILL)
             killed = time.monotonic()
             down = await ha.wait_for(last("down", "k1"), timeout=DOWN_AFTER * 3)
             elapsed = time.monotonic() - killed
             assert down == ("down", "k1", child.incarnation, "noconnection")
             assert elapsed <= DOWN_AFTER + 0.3, elapsed
-            assert a.send(Pid("app:p", 1, "k1"), "t", 1, pid(a, 1)) is False
+            assert a.send(k1_pid, "t", 1, pid(a, 1)) is False
             assert a.peers()["k1"] == "down"
         finally:
             child.close()

@@ -306,3 +306,53 @@ def test_page_from_another_origin_is_refused(demo: ServerProcess, browser: webdr
         conn.close()
     assert origin_failures() == 2
     assert demo.stop() == 0, demo.output()
+
+
+def test_two_pages_on_different_workers_chat_in_one_room(browser: webdriver.Chrome) -> None:
+    """`WSRELAY_WORKERS=2 make run`: the kernel spreads the tabs' sockets over
+    two workers; a room is one process for the whole cluster, so tabs on
+    either worker chat in it (SPEC §8)."""
+    with ServerProcess([WSRELAY, "serve", APP, "--addr", "127.0.0.1:0"],
+                       env={"WSRELAY_WORKERS": "2", "WSRELAY_NODE": "web"}) as server:
+        room = "room_" + uuid.uuid4().hex[:8]
+        browser.get(server.url("/", "http"))
+        alice = browser.current_window_handle
+        join(browser, "alice", room)
+        line = wait_for(browser, "alice's join", joined_line("alice", room))
+        alice_node = line.rsplit(" via ", 1)[1]
+        # New tabs until one lands on the other worker (each is a new socket;
+        # the kernel's choice is a hash of it).
+        for attempt in range(20):
+            browser.switch_to.new_window("window")
+            browser.get(server.url("/", "http"))
+            user = f"bob{attempt}"
+            join(browser, user, room)
+            line = wait_for(browser, f"{user}'s join", joined_line(user, room))
+            if not line.endswith(f" via {alice_node}"):
+                break
+            browser.close()
+            browser.switch_to.window(alice)
+        else:
+            raise AssertionError(f"20 tabs in a row landed on {alice_node}")
+        bob = browser.current_window_handle
+        fill(browser, "text", f"hello from {user}")
+        browser.find_element(By.ID, "send").click()
+        browser.switch_to.window(alice)
+        wait_for(browser, "bob's message in alice's tab", log_has(f"{user}: hello from {user}"))
+        fill(browser, "text", "hello from alice")
+        browser.find_element(By.ID, "send").click()
+        browser.switch_to.window(bob)
+        wait_for(browser, "alice's message in bob's tab", log_has("alice: hello from alice"))
+        assert server.stop() == 0
+
+
+def joined_line(user: str, room: str) -> Callable[[webdriver.Chrome], object]:
+    """The log line of ``user`` joining ``room`` (with the worker it came
+    through), once there."""
+    def find(d: webdriver.Chrome) -> object:
+        for line in _text(d, "log").splitlines():
+            if line.startswith(f"{user} joined {room} (") and " via " in line:
+                return line
+        return None
+
+    return find

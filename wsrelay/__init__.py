@@ -29,8 +29,10 @@ __version__ = "0.1.0"
 
 
 def _make_node() -> Node:
+    from .settings import node_name
+
     s = _settings()
-    return Node(s.node_name, s.mailbox_capacity)
+    return Node(node_name(s), s.mailbox_capacity)
 
 
 # The core makes its node on first use; its settings come from this layer.

@@ -139,6 +139,8 @@ async def _serve(app, addr: Optional[str], worker: Optional[int] = None) -> int:
         except _ClusterStartError as exc:
             print(f"wsrelay: {exc}", file=sys.stderr)
             return exc.status
+    if cluster is not None:
+        _attach_core(cluster)
     gateway = Gateway(app, addr=addr, reuse_port=worker is not None, cluster=cluster)
     if cluster is not None:
         from .metrics import render
@@ -167,6 +169,17 @@ async def _serve(app, addr: Optional[str], worker: Optional[int] = None) -> int:
     if cluster is not None:
         await cluster.stop()
     return 0
+
+
+def _attach_core(transport) -> None:
+    """Make this node a node of the cluster: its PIDs carry the transport's
+    incarnation, and what arrives goes to the core (wsrelay._core.remote)."""
+    from ._core.remote import Cluster
+    from ._core.runtime import node
+
+    core = Cluster(node(), transport, asyncio.get_running_loop())
+    node().join_cluster(core, transport.incarnation)
+    transport.attach(core)
 
 
 class _ClusterStartError(Exception):

@@ -66,7 +66,10 @@ class ServiceRuntime:
             _max_frame_size(s),
             None,  # extra headers (a client's)
             s.read_buffer_size,
-        ), timeout=s.handshake_timeout, receive_buffer=s.socket_receive_buffer)
+        ), timeout=s.handshake_timeout, receive_buffer=s.socket_receive_buffer,
+            # In a cluster /metrics answers for every worker of the machine,
+            # gathered over the bus: it has to wait, so the guard answers it.
+            routes=None if gateway.cluster is None else {b"/metrics": self.machine_metrics})
         # Longest prefix first, so /ws/admin wins over /ws.
         self.routers = sorted((_RouterRuntime(r, self) for r in routers),
                               key=lambda rt: len(rt.router.prefix), reverse=True)
@@ -179,6 +182,19 @@ class ServiceRuntime:
         res.header("Content-Type", "application/json")
         return res.write(orjson.dumps(body))
 
+    async def machine_metrics(self, query: str) -> tuple[int, str, bytes]:
+        """/metrics in a cluster: every node of this machine, each series
+        labelled with its node (a node that does not answer in time is
+        reported down); ``?local=1``: this node alone."""
+        from .cluster.metrics import merge_expositions
+        from .metrics import render
+
+        body, content_type = render(self.gateway)
+        if "local=1" in query.split("&"):
+            return 200, content_type, body
+        bodies = await self.gateway.cluster.gather_metrics(timeout=1.5)
+        return 200, content_type, merge_expositions(bodies)
+
     def metrics(self) -> Response:
         from .metrics import render
 
@@ -211,6 +227,9 @@ class Gateway:
         for index, service in enumerate(self.app.services.values()):
             routers = [r for r in self.app.routers.values() if r.service == service.id]
             rt = ServiceRuntime(self, service, routers)
+            if get_node().remote is not None:
+                # Frames from other nodes name its connections by id.
+                get_node().remote.add_connection_host(service.id)
             addr = self.addr_override if (index == 0 and self.addr_override) else service.addr
             host, port = parse_addr(addr)
             # Each socket starts with the handshake guard, which hands it to

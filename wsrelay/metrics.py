@@ -53,6 +53,17 @@ class _GatewayCollector:
                                 value=sum(rt.handshakes.pending for rt in services))
         yield GaugeMetricFamily("wsrelay_processes_alive", "Live processes, connections and the system process",
                                 value=node().process_count())
+        cluster = getattr(self.gateway, "cluster", None)
+        if cluster is not None:
+            from .cluster.transport import COUNTERS as CLUSTER_COUNTERS
+
+            for field, metric, doc in CLUSTER_COUNTERS:
+                yield CounterMetricFamily(metric, doc, value=getattr(cluster.counters, field))
+            peers = GaugeMetricFamily("wsrelay_cluster_peers", "Other nodes heard of, by state", labels=["state"])
+            states = Counter(cluster.peers().values())
+            for state in ("up", "joining", "down"):
+                peers.add_metric([state], states.get(state, 0))
+            yield peers
         failures = CounterMetricFamily("wsrelay_handshake_failures", "Refused upgrade requests", labels=["reason"])
         totals: Counter[str] = Counter()
         for rt in services:

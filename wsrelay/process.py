@@ -6,7 +6,10 @@ them. Calls made outside any process act as the node's system process.
 
 from __future__ import annotations
 
+from typing import Any, Optional
+
 from ._core.group import broadcast
+from ._core.pid import Pid
 from ._core.runtime import (
     inbox,
     is_alive,
@@ -33,6 +36,7 @@ __all__ = [
     "link",
     "monitor",
     "register",
+    "register_global",
     "registry",
     "self",
     "send",
@@ -45,7 +49,40 @@ __all__ = [
     "unmonitor",
     "unregister",
     "whereis",
+    "whereis_global",
 ]
+
+
+async def register_global(name: str, pid: Any = None) -> bool:
+    """Claim ``name`` for ``pid`` (the caller by default) across the cluster,
+    atomically: True, or False when another live PID holds it. The name is
+    released when its PID ends or its node is lost. On a single node it is a
+    node-local name (``register``), so the same code runs either way."""
+    from ._core.runtime import node
+
+    target = self() if pid is None else (pid if isinstance(pid, Pid) else Pid.parse(pid))
+    cluster = node().remote
+    if cluster is None:
+        holder = whereis(name)
+        if holder is not None and holder != target:
+            return False
+        register(name, target)
+        return True
+    if not await cluster.transport.register_global(name, target):
+        return False
+    cluster.note_global(target)
+    return True
+
+
+def whereis_global(name: str) -> Optional[Pid]:
+    """The PID holding the cluster-wide ``name``, as this node sees it now
+    (kept current by a watch); the node-local name on a single node."""
+    from ._core.runtime import node
+
+    cluster = node().remote
+    if cluster is None:
+        return whereis(name)
+    return cluster.transport.whereis_global(name)
 
 
 class _Registry:

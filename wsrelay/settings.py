@@ -208,6 +208,17 @@ VARIABLES = tuple(_VARIABLES)
 BUILD_VARIABLES = ("WSRELAY_DEBUG_BUILD", "WSRELAY_ANNOTATE")
 
 
+def node_name(value: Settings) -> Optional[str]:
+    """This node's name: WSRELAY_NODE, or in a cluster the host name made a
+    node name ([A-Za-z0-9_-]); None on a single node without one."""
+    if value.node_name or not (value.cluster_url or value.workers):
+        return value.node_name
+    import re
+    import socket
+
+    return re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname()) or "wsrelay"
+
+
 def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
     """A warning for each WSRELAY_* variable wsrelay does not know (a typo
     would otherwise be silently ignored), naming the closest known one."""

@@ -5,5 +5,6 @@ cdef class Handshakes:
     cdef readonly Py_ssize_t receive_buffer
     cdef readonly dict failures
     cdef object make_protocol
+    cdef dict routes
     cdef object loop
     cdef int count_failure(self, str reason) except -1

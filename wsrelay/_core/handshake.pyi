@@ -1,5 +1,5 @@
 import asyncio
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable, Optional
 
 class Handshakes:
     """The handshakes of one service: their bounds, and their counts."""
@@ -10,7 +10,8 @@ class Handshakes:
     receive_buffer: int
     failures: dict[str, int]
     def __init__(self, loop: Any, make_protocol: Callable[[], asyncio.BufferedProtocol], *, timeout: float,
-                 max_head: int = 16384, receive_buffer: int = 0) -> None: ...
+                 max_head: int = 16384, receive_buffer: int = 0,
+                 routes: Optional[dict[bytes, Callable[[str], Awaitable[tuple[int, str, bytes]]]]] = None) -> None: ...
     def protocol(self) -> asyncio.BufferedProtocol: ...
     def failed(self, reason: str) -> None: ...
 

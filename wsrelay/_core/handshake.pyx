@@ -14,10 +14,15 @@ answers as usual. What the guard adds (SPEC §6):
   most that long, and cost established connections nothing;
 - every refusal is counted, by reason, for /metrics;
 - the socket's receive buffer is set (WSRELAY_SOCKET_RECEIVE_BUFFER), which
-  bounds the read buffer picows grows for a client that floods.
+  bounds the read buffer picows grows for a client that floods;
+- a GET of one of ``routes`` (a path) is answered here, by a coroutine, for
+  an answer that has to wait for something (the machine's /metrics, gathered
+  from every worker over the bus): picows' request handling cannot wait.
 """
 
 import asyncio
+import logging
+from http import HTTPStatus
 from socket import SOL_SOCKET, SO_RCVBUF
 
 cdef enum:
@@ -33,7 +38,7 @@ cdef class Handshakes:
     """The handshakes of one service: their bounds, and their counts."""
 
     def __init__(self, loop, make_protocol, *, double timeout, Py_ssize_t max_head=16384,
-                 Py_ssize_t receive_buffer=0):
+                 Py_ssize_t receive_buffer=0, dict routes=None):
         if timeout <= 0:
             raise ValueError("the handshake timeout must be greater than 0")
         if max_head < 1024:
@@ -43,6 +48,7 @@ cdef class Handshakes:
         self.timeout = timeout
         self.max_head = max_head
         self.receive_buffer = receive_buffer
+        self.routes = routes or {}
         self.pending = 0
         self.failures = {}
 
@@ -136,6 +142,21 @@ cdef class HandshakeGuard(_GuardBase, asyncio.BufferedProtocol):
             self._finish()
             self.transport.abort()
 
+    async def _answer(self, route, str query):
+        """The response of an async route: (status, content type, body)."""
+        transport = self.transport
+        try:
+            status, content_type, body = await route(query)
+        except Exception as exc:
+            logging.getLogger("wsrelay.gateway").exception("async route failed")
+            status, content_type, body = 500, "text/plain; charset=utf-8", f"500 Internal Server Error: {exc}\n".encode()
+        if transport.is_closing():
+            return
+        transport.write(b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+                        % (status, HTTPStatus(status).phrase.encode(), content_type.encode(), len(body)) + body)
+        transport.close()
+        self.transport = None
+
     cdef _refuse(self):
         self.owner.count_failure("headers_too_large")
         self._finish()
@@ -151,6 +172,15 @@ cdef class HandshakeGuard(_GuardBase, asyncio.BufferedProtocol):
         cdef Py_ssize_t fed = 0, n
         self._finish()
         transport = self.transport
+        if self.owner.routes:
+            line = bytes(self.buffer[:self.buffer.find(b"\r\n")]).split(b" ")
+            if len(line) == 3 and line[0] == b"GET":
+                path, _, query = line[1].partition(b"?")
+                route = self.owner.routes.get(path)
+                if route is not None:
+                    self.refused = True  # nothing more is read from it
+                    self.owner.loop.create_task(self._answer(route, query.decode("latin-1")))
+                    return
         data = memoryview(self.buffer)[:self.used]
         protocol = self.owner.make_protocol()
         transport.set_protocol(protocol)

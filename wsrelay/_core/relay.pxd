@@ -75,6 +75,11 @@ cdef class Connection(Output):
     cdef bint awaiting_pong
     # The member sets of the Groups this connection belongs to.
     cdef list groups
+    # The target is on another node: messages sent to it and not yet
+    # acknowledged, and all acknowledged so far.
+    cdef bint remote_target
+    cdef Py_ssize_t unacked
+    cdef unsigned long long credited
 
     cdef int connected(self, WSTransport transport) except -1
     cdef int disconnected(self) except -1
@@ -100,6 +105,9 @@ cdef class Connection(Output):
     cdef int stop_heartbeat(self) except -1
     cdef int schedule_heartbeat(self) except -1
     cdef int count_dropped(self, Py_ssize_t count, str reason) except -1
+    cdef bint target_full(self) except -1
+    cdef bint send_remote(self, str topic, dict payload, bint counted) except -1
+    cdef unsigned long long progress(self) noexcept
 
 
 cdef class RelayListener(WSListener):

@@ -42,6 +42,7 @@ from .mailbox cimport RoomWaiter
 from .message cimport Message, new_message
 from .pid cimport Pid
 from .relayspec cimport RelaySpec, parse_control
+from .remote cimport Cluster, RemoteProcess
 from .runtime cimport Node, Process
 from .stats cimport Counters, LimitedLog
 from .writer cimport ConnState, Output, Writer
@@ -236,7 +237,7 @@ cdef class Connection(Output):
         """A connection for the spec's target, attached when the upgrade
         completes. ProcessLookupError when the target is not alive,
         ValueError when it is a connection."""
-        cdef Process target = service.node.lookup(spec.target_pid)
+        cdef Process target = _find_target(service.node, spec.target_pid)
         if target is None:
             raise ProcessLookupError(f"target process {spec.target_pid} is not alive")
         if isinstance(target, Connection):
@@ -250,6 +251,7 @@ cdef class Connection(Output):
         conn.metadata = spec.metadata
         conn.heartbeat_interval = spec.heartbeat_interval
         conn.state = ConnState.PREPARED
+        conn.remote_target = isinstance(target, RemoteProcess)
         return conn
 
     @property
@@ -315,15 +317,22 @@ cdef class Connection(Output):
         return 0
 
     cdef int watch(self, Process target) except -1:
-        """Monitor ``target`` (one way: a connection only ever watches its
-        target, so it keeps no set of its own)."""
+        """Monitor ``target``: one way when it is local (a connection only
+        ever watches its target, so it keeps no set of its own); the full
+        way for another node's, whose node must be told."""
+        if self.remote_target:
+            return self.service.node.add_monitor(self, target)
         if target.monitored_by is None:
             target.monitored_by = set()
         target.monitored_by.add(self)
         return 0
 
     cdef int unwatch(self) except -1:
-        if self.target is not None and self.target.monitored_by is not None:
+        if self.target is None:
+            return 0
+        if self.remote_target:
+            return self.service.node.remove_monitor(self, self.target)
+        if self.target.monitored_by is not None:
             self.target.monitored_by.discard(self)
         return 0
 
@@ -408,7 +417,7 @@ cdef class Connection(Output):
             self.reader.limit = self.service.max_message_size
             self.reader.deflate = self.deflate is not None
         if (fin and (not rsv or (rsv == RSV1 and self.reader.deflate)) and self.state == ConnState.OPEN
-                and self.target is not None and self.target.mailbox.full()):
+                and self.target is not None and self.target_full()):
             # This frame completes a message the target has no room for.
             self.pause()
             return 1
@@ -426,7 +435,10 @@ cdef class Connection(Output):
             return self.count_dropped(1, "target_gone")
         payload = {"client_pid": self.pid, "type": "text" if type(data) is str else "binary",
                    "data": data, "metadata": self.metadata}
-        if not self.target.mailbox.push(new_message(self.message_topic, payload, self.pid)):
+        if self.remote_target:
+            if not self.send_remote(self.message_topic, payload, True):
+                return self.count_dropped(1, "target_gone")
+        elif not self.target.mailbox.push(new_message(self.message_topic, payload, self.pid)):
             # Closing: the connection is not paused any more.
             return self.count_dropped(1, "closing")
         counters.messages_sent += 1
@@ -451,8 +463,13 @@ cdef class Connection(Output):
 
     cdef bint push_join(self) except -1:
         """ws.join to the target, if it has room."""
-        if not self.target.mailbox.push(new_message("ws.join", {"client_pid": self.pid, "metadata": self.metadata},
-                                                    self.pid)):
+        cdef dict payload = {"client_pid": self.pid, "metadata": self.metadata}
+        if self.remote_target:
+            if self.target_full():
+                return False
+            # Not sent: its node is down, and the monitor says so at once.
+            self.send_remote("ws.join", payload, True)
+        elif not self.target.mailbox.push(new_message("ws.join", payload, self.pid)):
             return False
         self.service.node.counters.messages_sent += 1
         self.joined = True
@@ -470,10 +487,38 @@ cdef class Connection(Output):
 
     cdef int leave(self, str reason, object code) except -1:
         # One per connection that joined: bounded, so it may pass a full mailbox.
-        self.target.mailbox.push_force(new_message(
-            "ws.leave", {"client_pid": self.pid, "metadata": self.metadata, "reason": reason, "code": code},
-            self.pid))
+        cdef dict payload = {"client_pid": self.pid, "metadata": self.metadata, "reason": reason, "code": code}
+        if self.remote_target:
+            self.send_remote("ws.leave", payload, False)
+        else:
+            self.target.mailbox.push_force(new_message("ws.leave", payload, self.pid))
         self.joined = False
+        return 0
+
+    cdef bint target_full(self) except -1:
+        """Whether the target can take no more now: its mailbox is full, or,
+        on another node, as many messages as a mailbox holds are not yet
+        acknowledged."""
+        if self.remote_target:
+            return self.unacked >= self.service.node.mailbox_capacity
+        return self.target.mailbox.full()
+
+    cdef bint send_remote(self, str topic, dict payload, bint counted) except -1:
+        """A message to a target on another node; ``counted`` ones wait for
+        its node's acknowledgement (credit)."""
+        if not (<RemoteProcess>self.target).relay(self.pid, topic, payload):
+            return False
+        if counted:
+            self.unacked += 1
+        return True
+
+    cdef int credit(self, Py_ssize_t count) except -1:
+        """The target's node put ``count`` more of our messages in its mailbox."""
+        self.unacked -= count
+        self.credited += count
+        if (self.state == ConnState.PAUSED and self.remote_target
+                and self.unacked <= self.service.node.mailbox_capacity // 2):
+            self.bp.on_room()
         return 0
 
     # -- backpressure ------------------------------------------------------------------
@@ -487,10 +532,18 @@ cdef class Connection(Output):
         self.state = ConnState.PAUSED
         self.service.node.counters.relay_backpressure_pauses += 1
         bp.since = self.loop.time()
-        bp.mark = self.target.mailbox.taken
+        bp.mark = self.progress()
         self.set_reading(False)
-        self.target.mailbox.wait_for_room(bp)
+        if not self.remote_target:
+            self.target.mailbox.wait_for_room(bp)
         return 0
+
+    cdef unsigned long long progress(self) noexcept:
+        """What the target has taken so far, of everyone's messages (local)
+        or of ours (another node's, as its acknowledgements say)."""
+        if self.remote_target:
+            return self.credited
+        return self.target.mailbox.taken
 
     def _resume(self):
         """The one place a paused connection goes on: its target has room."""
@@ -656,7 +709,7 @@ cdef class Connection(Output):
         if self.state >= ConnState.CLOSING or self.transport is None:
             return 0
         if self.state == ConnState.PAUSED and service.stall_timeout > 0:
-            taken = self.target.mailbox.taken
+            taken = self.progress()
             if taken != bp.mark:
                 bp.mark = taken
                 bp.since = now
@@ -705,14 +758,17 @@ cdef class Connection(Output):
         self.heartbeat_handle = None
         if not self.alive or self.target is None or self.state >= ConnState.CLOSING:
             return
-        if self.state == ConnState.PAUSED or self.target.mailbox.full():
+        if self.state == ConnState.PAUSED or self.target_full():
             # The target has not caught up: the next heartbeat will say it all.
             self.service.node.counters.heartbeats_skipped += 1
         else:
-            self.target.mailbox.push(new_message("ws.heartbeat", {
-                "client_pid": self.pid, "uptime": self.loop.time() - self.started_at,
-                "message_count": self.message_count, "metadata": self.metadata}, self.pid))
-            self.service.node.counters.messages_sent += 1
+            payload = {"client_pid": self.pid, "uptime": self.loop.time() - self.started_at,
+                       "message_count": self.message_count, "metadata": self.metadata}
+            if self.remote_target:
+                self.send_remote("ws.heartbeat", payload, True)
+            else:
+                self.target.mailbox.push(new_message("ws.heartbeat", payload, self.pid))
+                self.service.node.counters.messages_sent += 1
         self.schedule_heartbeat()
 
     # -- anyone -> connection -------------------------------------------------------------
@@ -749,7 +805,7 @@ cdef class Connection(Output):
         cdef dict changes = parse_control(payload)
         cdef Process new_target = self.target
         if "target_pid" in changes:
-            new_target = self.service.node.lookup(changes["target_pid"])
+            new_target = _find_target(self.service.node, changes["target_pid"])
             if isinstance(new_target, Connection):
                 raise ValueError(f"ws.control target_pid {changes['target_pid']} is a WebSocket connection, "
                                  "not a process")
@@ -783,6 +839,8 @@ cdef class Connection(Output):
             self.leave(TRANSFERRED, None)
         self.unwatch()
         self.target = new_target
+        self.remote_target = isinstance(new_target, RemoteProcess)
+        self.unacked = 0
         self.message_topic = topic
         self.metadata = metadata
         self.watch(new_target)
@@ -795,6 +853,17 @@ cdef class Connection(Output):
         else:
             self.deliver_join()
         return 0
+
+
+cdef Process _find_target(Node node, Pid pid):
+    """The process ``pid`` names for a relay: a live local one, another
+    node's whose node is up (as a RemoteProcess), or None."""
+    cdef Process target = node.lookup(pid)
+    if target is not None or pid.node == node.name or node.remote is None:
+        return target
+    if not (<Cluster>node.remote).transport.is_up(pid.node):
+        return None
+    return node.remote.process(pid)
 
 
 cdef class RelayListener(WSListener):

@@ -30,7 +30,27 @@ cdef class Process:
     cdef bint deliver(self, str topic, object payload, Pid sender) except -1
     cdef int signal(self, Message msg) except -1
     cdef int kill(self, str reason, object error) except -1
+    cdef int link_exit(self, Process other, str reason, object error) except -1
     cdef int on_exit(self, str reason, object error) except -1
+    # What another node's process (RemoteProcess, remote.pyx) has to tell
+    # its node when a local process monitors or links it.
+    cdef int on_monitored(self, Process watcher) except -1
+    cdef int on_demonitored(self, Process watcher) except -1
+    cdef int on_linked(self, Process other) except -1
+    cdef int on_unlinked(self, Process other) except -1
+    # A ready frame for a connection (a group send from another node), and
+    # a relay connection's credit from its remote target.
+    cdef bint offer(self, object frame, Py_ssize_t size) except -1
+    cdef int credit(self, Py_ssize_t count) except -1
+
+
+cdef class Remote:
+    """This node's side of the cluster (remote.pyx); a Node without one is a
+    single node."""
+    cdef Process process(self, Pid pid)
+    cdef bint send(self, Pid dest, str topic, object payload, Pid sender) except -1
+    cdef Pid global_name(self, str name)
+    cdef int forget(self, Process proc) except -1
 
 
 cdef class Inbox:
@@ -48,6 +68,10 @@ cdef class Node:
     cdef dict functions
     cdef set hosts
     cdef uint64_t _next_id
+    # Of this node's run in the cluster (0 on a single node): the high 32
+    # bits of its PIDs' ids, so no PID of an earlier run names a process of this one.
+    cdef readonly unsigned long incarnation
+    cdef readonly Remote remote
     # The thread running the loop the runtime belongs to (0: not bound yet).
     cdef unsigned long thread_id
     cdef object transport
@@ -66,6 +90,8 @@ cdef class Node:
     cdef bint send_from(self, object dest, str topic, object payload, Pid sender) except -1
 
 
+cdef int link_processes(Process a, Process b) except -1
+cdef int unlink_processes(Process a, Process b) except -1
 cdef Node get_node()
 cdef Process current_process()
 cdef Process calling_process(str what)

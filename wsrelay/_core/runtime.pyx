@@ -90,7 +90,48 @@ cdef class Process:
             task.cancel()
         return 0
 
+    cdef int link_exit(self, Process other, str reason, object error) except -1:
+        """``other``, linked to this process, ended: a normal exit changes
+        nothing, another one kills this process unless it traps exits."""
+        if reason == NORMAL:
+            return 0
+        if self.trapping:
+            return self.signal(exit_event(LINK_DOWN, other.pid, reason, error))
+        return self.kill(reason, error)
+
     cdef int on_exit(self, str reason, object error) except -1:
+        return 0
+
+    cdef int on_monitored(self, Process watcher) except -1:
+        return 0
+
+    cdef int on_demonitored(self, Process watcher) except -1:
+        return 0
+
+    cdef int on_linked(self, Process other) except -1:
+        return 0
+
+    cdef int on_unlinked(self, Process other) except -1:
+        return 0
+
+    cdef bint offer(self, object frame, Py_ssize_t size) except -1:
+        return False
+
+    cdef int credit(self, Py_ssize_t count) except -1:
+        return 0
+
+
+cdef class Remote:
+    cdef Process process(self, Pid pid):
+        return None
+
+    cdef bint send(self, Pid dest, str topic, object payload, Pid sender) except -1:
+        return False
+
+    cdef Pid global_name(self, str name):
+        return None
+
+    cdef int forget(self, Process proc) except -1:
         return 0
 
 
@@ -305,7 +346,25 @@ cdef class Node:
     cdef Pid new_pid(self, str host):
         cdef uint64_t ident = self._next_id
         self._next_id += 1
-        return make_pid(self.name, host, ident)
+        return make_pid(self.name, host, (<uint64_t>self.incarnation << 32) | ident)
+
+    def join_cluster(self, Remote remote not None, unsigned long incarnation):
+        """Become incarnation ``incarnation`` of this node in a cluster, with
+        ``remote`` as its side of it. Only before anything was spawned: the
+        system process is given a PID of the new incarnation."""
+        if self.name is None:
+            raise ValueError("a node in a cluster needs a name (WSRELAY_NODE)")
+        if len(self.table) != 1:
+            raise RuntimeError("join the cluster before spawning processes or accepting connections")
+        if incarnation == 0 or incarnation > 0xFFFFFFFF:
+            raise ValueError(f"incarnation {incarnation} is not a 32-bit number above 0")
+        del self.table[self.system.pid]
+        self.incarnation = incarnation
+        self.attach(self.system, self.new_pid("system"))
+        self.remote = remote
+
+    def leave_cluster(self):
+        self.remote = None
 
     cdef int attach(self, Process proc, Pid pid, bint with_mailbox=True) except -1:
         """Give ``proc`` its PID (and a mailbox, unless it handles every
@@ -397,7 +456,7 @@ cdef class Node:
         if monitor:
             self.add_monitor(caller, proc)
         if link:
-            _link(caller, proc)
+            link_processes(caller, proc)
         proc.task = loop.create_task(_main(proc, fn, args))
         if self._journal is not None and caller is self.system:
             self._journal.append(proc.pid)
@@ -452,8 +511,10 @@ cdef class Node:
             return 0
         proc.alive = False
         proc.exit_reason = reason
-        del self.table[proc.pid]
-        self.counters.processes_exited += 1
+        if self.table.pop(proc.pid, None) is not None:
+            self.counters.processes_exited += 1
+            if self.remote is not None:
+                self.remote.forget(proc)
         if proc.names is not None:
             for name in proc.names:
                 if self.names.get(name) is proc:
@@ -461,8 +522,9 @@ cdef class Node:
             proc.names = None
         if proc.monitoring is not None:
             for other in proc.monitoring:
-                if other.monitored_by is not None:
+                if other.monitored_by is not None and proc in other.monitored_by:
                     other.monitored_by.discard(proc)
+                    other.on_demonitored(proc)
             proc.monitoring = None
         monitored_by = proc.monitored_by
         links = proc.links
@@ -485,12 +547,7 @@ cdef class Node:
                 try:
                     if other.links is not None:
                         other.links.discard(proc)
-                    if reason == NORMAL:
-                        continue
-                    if other.trapping:
-                        other.signal(exit_event(LINK_DOWN, proc.pid, reason, error))
-                    else:
-                        other.kill(reason, error)
+                    other.link_exit(proc, reason, error)
                 except Exception as exc:
                     self.bookkeeping_error("exit_signal", f"breaking the link {proc.pid} - {other.pid}", exc)
         if proc.mailbox is not None:
@@ -516,13 +573,14 @@ cdef class Node:
             target.monitored_by = set()
         watcher.monitoring.add(target)
         target.monitored_by.add(watcher)
-        return 0
+        return target.on_monitored(watcher)
 
     cdef int remove_monitor(self, Process watcher, Process target) except -1:
         if watcher.monitoring is not None:
             watcher.monitoring.discard(target)
-        if target.monitored_by is not None:
+        if target.monitored_by is not None and watcher in target.monitored_by:
             target.monitored_by.discard(watcher)
+            target.on_demonitored(watcher)
         return 0
 
     # -- sending -----------------------------------------------------------------
@@ -539,11 +597,19 @@ cdef class Node:
         cdef Process proc
         if isinstance(dest, str) and not (<str>dest).startswith("{"):
             proc = self.names.get(dest)
-            if proc is None:
+            if proc is not None:
+                return proc.deliver(topic, payload, sender)
+            # Not a local name: a cluster-wide one, then.
+            pid = None if self.remote is None else self.remote.global_name(dest)
+            if pid is None:
                 return False
-            return proc.deliver(topic, payload, sender)
+            if pid.node == self.name:
+                return self.send_from(pid, topic, payload, sender)
+            return self.remote.send(pid, topic, payload, sender)
         pid = to_pid(dest)
         if pid.node != self.name:
+            if self.remote is not None:
+                return self.remote.send(pid, topic, payload, sender)
             if self.transport is None:
                 raise NoTransport(pid)
             return bool(self.transport.send(pid, topic, payload, sender))
@@ -667,8 +733,8 @@ cdef Process _caller(Node n, str what):
     return n.system
 
 
-cdef int _link(Process a, Process b) except -1:
-    if a is b:
+cdef int link_processes(Process a, Process b) except -1:
+    if a is b or (a.links is not None and b in a.links):
         return 0
     if a.links is None:
         a.links = set()
@@ -676,17 +742,34 @@ cdef int _link(Process a, Process b) except -1:
         b.links = set()
     a.links.add(b)
     b.links.add(a)
+    a.on_linked(b)
+    b.on_linked(a)
     return 0
 
 
-cdef Process _local_target(Node n, object pid):
+cdef int unlink_processes(Process a, Process b) except -1:
+    if a.links is None or b not in a.links:
+        return 0
+    a.links.discard(b)
+    if b.links is not None:
+        b.links.discard(a)
+    a.on_unlinked(b)
+    b.on_unlinked(a)
+    return 0
+
+
+cdef Process _target(Node n, object pid):
+    """The process ``pid`` names: a live local one, another node's (as a
+    RemoteProcess), or None (a local PID that is not alive)."""
     cdef Process proc = n.lookup(pid)
     cdef Pid parsed
     if proc is not None:
         return proc
     parsed = to_pid(pid)
     if parsed.node != n.name:
-        raise NoTransport(parsed)
+        if n.remote is None:
+            raise NoTransport(parsed)
+        return n.remote.process(parsed)
     return None
 
 
@@ -734,7 +817,7 @@ def monitor(pid):
     """The caller gets an EXIT event when ``pid`` ends; at once (reason
     ``noproc``) when it is already gone."""
     cdef Process caller = calling_process("process.monitor")
-    cdef Process target = _local_target(caller.node, pid)
+    cdef Process target = _target(caller.node, pid)
     if target is None:
         caller.signal(exit_event(EXIT, to_pid(pid), "noproc", None))
         return
@@ -743,7 +826,7 @@ def monitor(pid):
 
 def unmonitor(pid):
     cdef Process caller = calling_process("process.unmonitor")
-    cdef Process target = _local_target(caller.node, pid)
+    cdef Process target = _target(caller.node, pid)
     if target is not None:
         caller.node.remove_monitor(caller, target)
 
@@ -752,21 +835,18 @@ def link(pid):
     """Link the caller and ``pid`` both ways. Raises ProcessLookupError when
     ``pid`` is not alive."""
     cdef Process caller = calling_process("process.link")
-    cdef Process target = _local_target(caller.node, pid)
+    cdef Process target = _target(caller.node, pid)
     if target is None:
         raise ProcessLookupError(f"cannot link to {pid}: it is not alive")
-    _link(caller, target)
+    link_processes(caller, target)
 
 
 def unlink(pid):
     cdef Process caller = calling_process("process.unlink")
-    cdef Process target = _local_target(caller.node, pid)
+    cdef Process target = _target(caller.node, pid)
     if target is None:
         return
-    if caller.links is not None:
-        caller.links.discard(target)
-    if target.links is not None:
-        target.links.discard(caller)
+    unlink_processes(caller, target)
 
 
 def trap_exits(bint flag=True):
@@ -783,7 +863,7 @@ def trap_exits(bint flag=True):
 def terminate(pid, str reason="terminated"):
     """End another process with ``reason``; False when it was already gone."""
     cdef Process caller = calling_process("process.terminate")
-    cdef Process target = _local_target(caller.node, pid)
+    cdef Process target = _target(caller.node, pid)
     if reason is None or not reason:
         raise ValueError("terminate() needs a non-empty reason")
     if target is None:

@@ -28,6 +28,11 @@ cdef class Counters:
     cdef public counter_t target_stalled_closes
     cdef public counter_t ping_timeouts
     cdef public counter_t heartbeats_skipped
+    cdef public counter_t cluster_dropped_noproc
+    cdef public counter_t cluster_dropped_mailbox_full
+    cdef public counter_t cluster_dropped_unreachable
+    cdef public counter_t cluster_dropped_rejected
+    cdef public counter_t cluster_node_losses
 
 
 cdef class LimitedLog:

@@ -44,6 +44,15 @@ COUNTERS = (
     ("heartbeats_skipped", "wsrelay_heartbeats_skipped", None,
      "Heartbeats not sent because the target's mailbox was full"),
     ("system_events_dropped", "wsrelay_system_events_dropped", None, "Events dropped at the full system inbox"),
+    ("cluster_dropped_noproc", "wsrelay_cluster_dropped", ("reason", "noproc"),
+     "Cross-node traffic not delivered: its destination was not alive here (noproc), a send from another node "
+     "found a full mailbox (mailbox_full), its destination's node was down or unknown (unreachable), or it was "
+     "not what its destination takes (rejected: a frame for a process that is no connection, a refused ws.* payload)"),
+    ("cluster_dropped_mailbox_full", "wsrelay_cluster_dropped", ("reason", "mailbox_full"), None),
+    ("cluster_dropped_unreachable", "wsrelay_cluster_dropped", ("reason", "unreachable"), None),
+    ("cluster_dropped_rejected", "wsrelay_cluster_dropped", ("reason", "rejected"), None),
+    ("cluster_node_losses", "wsrelay_cluster_node_losses", None,
+     "Other nodes found lost (down, unreachable, or a gap in their stream): their monitors and links fired"),
     ("runtime_errors", "wsrelay_runtime_errors", None,
      "Errors caught in the runtime's own bookkeeping (the exit cascade, the sweep), logged and survived"),
     ("processes_spawned", "wsrelay_processes_spawned", None, "Processes spawned"),

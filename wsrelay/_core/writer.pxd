@@ -65,6 +65,7 @@ cdef class FanOut:
     cdef Py_ssize_t deflated_size
     cdef dict other_windows
     cdef bint offer_to(self, Output output) except -1
+    cdef object plain_frame(self, Py_ssize_t* size)
     cdef object _deflated_for(self, int window_bits, Py_ssize_t* size)
 
 

@@ -197,11 +197,17 @@ cdef class FanOut:
         cdef DeflateParams params = output.deflate
         cdef Py_ssize_t size = 0
         if params is None or self.size < output.writer.compression_min_size:
-            if self.plain is None:
-                self.plain = encode_data_frame(self.opcode, self.owner, self.data, self.size, &self.plain_size)
-            return output.offer(self.plain, self.plain_size)
-        frame = self._deflated_for(params.server_max_window_bits, &size)
+            frame = self.plain_frame(&size)
+        else:
+            frame = self._deflated_for(params.server_max_window_bits, &size)
         return output.offer(frame, size)
+
+    cdef object plain_frame(self, Py_ssize_t* size):
+        """The uncompressed frame, built on first use."""
+        if self.plain is None:
+            self.plain = encode_data_frame(self.opcode, self.owner, self.data, self.size, &self.plain_size)
+        size[0] = self.plain_size
+        return self.plain
 
     cdef object _deflated_for(self, int window_bits, Py_ssize_t* size):
         if self.deflated is None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
 import signal
 import socket
 import sys
@@ -48,7 +47,9 @@ SERVING = "wsrelay: serving "
 
 def default_node_name() -> str:
     """The host name, as a node name ([A-Za-z0-9_-])."""
-    return re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname()) or "wsrelay"
+    from ..settings import node_name
+
+    return node_name(Settings(workers=1)) or "wsrelay"
 
 
 def supervise(app: Any, file: str, addr: Optional[str], settings: Settings) -> int:

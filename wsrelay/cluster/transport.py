@@ -389,7 +389,8 @@ class Transport:
         cannot be carried."""
         record = wire.record_send(dest.id, dest.host, str(sender), topic, payload)
         peer = self._peers.get(dest.node)  # type: ignore[arg-type]
-        if peer is None or peer.state != UP:
+        if peer is None or peer.state != UP or dest.id >> 32 != peer.incarnation:
+            # Down, unknown, or a PID of an earlier run of that node.
             self.counters.refused += 1
             return False
         self._append(peer, record)
@@ -400,7 +401,7 @@ class Transport:
         order with the messages from the same node."""
         record = wire.record_signal(kind, str(dest), str(src), reason)
         peer = self._peers.get(dest.node)  # type: ignore[arg-type]
-        if peer is None or peer.state != UP:
+        if peer is None or peer.state != UP or dest.id >> 32 != peer.incarnation:
             self.counters.refused += 1
             return False
         self._append(peer, record)

@@ -54,10 +54,11 @@ SIGNAL = 1
 FRAMES = 2
 FRAGMENT = 3
 
-# Signal kinds between processes, as the core names them; CREDIT carries
-# relay backpressure acknowledgements.
-SIGNAL_KINDS = ("MONITOR", "DEMONITOR", "LINK", "UNLINK", "EXIT", "LINK_EXIT", "KILL", "CREDIT")
-MONITOR, DEMONITOR, LINK, UNLINK, EXIT, LINK_EXIT, KILL, CREDIT = range(1, len(SIGNAL_KINDS) + 1)
+# Signal kinds between processes, as the core names them (remote.pyx):
+# CREDIT carries relay backpressure acknowledgements, RELAY a relay
+# connection's message to its target ([topic, payload] as the reason).
+SIGNAL_KINDS = ("MONITOR", "DEMONITOR", "LINK", "UNLINK", "EXIT", "LINK_EXIT", "KILL", "CREDIT", "RELAY")
+MONITOR, DEMONITOR, LINK, UNLINK, EXIT, LINK_EXIT, KILL, CREDIT, RELAY = range(1, len(SIGNAL_KINDS) + 1)
 
 # Header flags.
 FLAG_BYE = 1  # the source is stopping: this is its last batch to us

@@ -1,0 +1,45 @@
+from .mailbox cimport RoomWaiter
+from .message cimport Message
+from .pid cimport Pid
+from .runtime cimport Node, Process, Remote
+
+
+cdef class RemoteProcess(Process):
+    # The Groups this remote connection belongs to (group.pyx), and whether
+    # the node watches it for them.
+    cdef list groups
+    cdef bint watched
+    cdef Cluster cluster
+
+    cdef bint relay(self, Pid client, str topic, object payload) except -1
+    cdef int watch_for_groups(self) except -1
+
+
+cdef class RelayInbox(RoomWaiter):
+    cdef Cluster cluster
+    cdef Pid client
+    cdef Process target
+    cdef object held
+    cdef int stop(self) except -1
+
+
+cdef class Cluster(Remote):
+    cdef Node node
+    cdef readonly object transport
+    cdef dict proxies
+    cdef dict relay_in
+    cdef dict _credits
+    cdef dict _by_id
+    cdef dict _pids
+    cdef set _conn_hosts
+    cdef set _global_holders
+    cdef object loop
+
+    cdef RemoteProcess proxy(self, Pid pid)
+    cdef int drop_proxy_if_idle(self, RemoteProcess proxy) except -1
+    cdef int ack(self, Pid client, Pid target, Py_ssize_t count) except -1
+    cdef int relay(self, Pid target, Pid client, object topic, object payload) except -1
+    cdef int dropped(self, str reason, Py_ssize_t count, str what) except -1
+    cdef Process connection(self, long long ident)
+    cdef Pid local_pid(self, str host, long long ident)
+

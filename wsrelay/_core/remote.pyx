@@ -1,0 +1,472 @@
+# cython: language_level=3
+"""Processes of other nodes, and this node's side of the cluster.
+
+A PID of another node is represented here by a RemoteProcess when a local
+process monitors or links it, or relays to it: the proxy sits in the local
+sets of monitors and links like any process, so the exit cascade keeps one
+code path. What a local process does to it (monitor, link, terminate, an
+exit it must hear of) becomes a signal to its node; what its node says (its
+end, a link broken) reaches the local processes through the proxy; and when
+its node is lost, the proxy ends with reason ``noconnection``, which fires
+every monitor and link of it at once (SPEC §8).
+
+``Cluster`` is the node's half of the transport (wsrelay.cluster.transport):
+the core calls it synchronously to send, and the transport calls its
+``on_*`` methods with what arrives, in order per sending node.
+
+A relay connection whose target is on another node sends its messages as
+RELAY signals and counts them until the target's node acknowledges them
+(CREDIT, once the message is in the target's mailbox); it stops reading
+while more than the mailbox capacity is unacknowledged, so the receiving
+node holds at most that many per connection while the target is full.
+"""
+
+import logging
+from collections import deque
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+
+from .frames cimport encode_send, parse_close_payload
+from .message cimport Message, new_message
+from .mailbox cimport Mailbox, RoomWaiter
+from .pid cimport Pid, make_pid
+from .relayspec cimport parse_control
+from .runtime cimport Node, Process, Remote, exit_event
+from .stats cimport Counters, LimitedLog
+
+from .errors import MailboxFull
+
+cdef LimitedLog _log = LimitedLog("wsrelay.cluster")
+
+# Signal kinds of the cluster's wire (wsrelay/cluster/wire.py, SIGNAL_KINDS).
+cdef enum:
+    MONITOR = 1
+    DEMONITOR = 2
+    LINK = 3
+    UNLINK = 4
+    EXIT = 5
+    LINK_EXIT = 6
+    KILL = 7
+    CREDIT = 8
+    RELAY = 9
+
+NOCONNECTION = "noconnection"
+NOPROC = "noproc"
+
+
+cdef Py_ssize_t _payload_size(bytes frame) noexcept:
+    """The payload length in a server frame's header (frames.pyx writes them)."""
+    cdef const unsigned char* data = <const unsigned char*>PyBytes_AS_STRING(frame)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(frame)
+    if n < 2:
+        return 0
+    if data[1] < 126:
+        return data[1]
+    if data[1] == 126:
+        return n - 4
+    return n - 10
+
+
+cdef class RemoteProcess(Process):
+    """A process of another node (see the module's docstring)."""
+
+    def __repr__(self):
+        return f"<RemoteProcess {self.pid}>"
+
+    cdef bint deliver(self, str topic, object payload, Pid sender) except -1:
+        return self.cluster.send(self.pid, topic, payload, sender)
+
+    cdef int signal(self, Message msg) except -1:
+        # A local process this one monitors ended: tell its node.
+        if msg.topic == "@exit":
+            self.cluster.transport.signal(EXIT, self.pid, msg.sender, (<dict>msg.payload)["reason"])
+        return self.cluster.drop_proxy_if_idle(self)
+
+    cdef int link_exit(self, Process other, str reason, object error) except -1:
+        # Its node applies the rules (normal or not, trapping or not).
+        self.cluster.transport.signal(LINK_EXIT, self.pid, other.pid, reason)
+        self.cluster.drop_proxy_if_idle(self)
+        return 0
+
+    cdef int kill(self, str reason, object error) except -1:
+        if not self.cluster.transport.signal(KILL, self.pid, self.node.system.pid, reason):
+            self.cluster.dropped("unreachable", 1, f"terminate({self.pid})")
+        return 0
+
+    cdef int on_monitored(self, Process watcher) except -1:
+        if not self.cluster.transport.signal(MONITOR, self.pid, watcher.pid, None):
+            # Its node is down or unknown: the monitor fires at once.
+            self.node.finish(self, NOCONNECTION, None)
+        return 0
+
+    cdef int on_demonitored(self, Process watcher) except -1:
+        self.cluster.transport.signal(DEMONITOR, self.pid, watcher.pid, None)
+        return self.cluster.drop_proxy_if_idle(self)
+
+    cdef int on_linked(self, Process other) except -1:
+        if not self.cluster.transport.signal(LINK, self.pid, other.pid, None):
+            self.node.finish(self, NOCONNECTION, None)
+        return 0
+
+    cdef int on_unlinked(self, Process other) except -1:
+        self.cluster.transport.signal(UNLINK, self.pid, other.pid, None)
+        return self.cluster.drop_proxy_if_idle(self)
+
+    cdef int on_exit(self, str reason, object error) except -1:
+        cdef object members
+        self.cluster.proxies.pop(self.pid, None)
+        if self.groups is not None:
+            for members in self.groups:
+                members.discard(self)
+            self.groups = None
+        return 0
+
+    cdef bint relay(self, Pid client, str topic, object payload) except -1:
+        """A relay connection's message for this (its target)."""
+        return self.cluster.transport.signal(RELAY, self.pid, client, [topic, payload])
+
+    cdef int watch_for_groups(self) except -1:
+        """Hear of its end, to take it out of the groups it is in."""
+        if not self.watched:
+            self.watched = True
+            if not self.cluster.transport.signal(MONITOR, self.pid, self.node.system.pid, None):
+                self.node.finish(self, NOCONNECTION, None)
+        return 0
+
+
+cdef class RelayInbox(RoomWaiter):
+    """Messages of a connection of another node for a local target whose
+    mailbox was full: at most the mailbox capacity, because the connection
+    stops at that many unacknowledged."""
+
+    cdef int on_room(self) except -1:
+        cdef Mailbox mailbox = self.target.mailbox
+        cdef Py_ssize_t pushed = 0
+        while self.held and mailbox is not None and mailbox.push(<Message>self.held[0]):
+            self.held.popleft()
+            pushed += 1
+        self.cluster.node.counters.messages_sent += pushed
+        if pushed:
+            self.cluster.ack(self.client, self.target.pid, pushed)
+        if self.held and mailbox is not None:
+            mailbox.wait_for_room(self)
+        elif self.cluster.relay_in.get(self.client) is self:
+            del self.cluster.relay_in[self.client]
+        return 0
+
+    cdef int stop(self) except -1:
+        if self.waiting_on is not None:
+            self.waiting_on.withdraw(self)
+        return 0
+
+
+cdef class Cluster(Remote):
+    """The node's side of the cluster; ``transport`` carries what it sends."""
+
+    def __init__(self, Node node not None, transport, loop):
+        self.node = node
+        self.transport = transport
+        self.loop = loop
+        self.proxies = {}
+        self.relay_in = {}
+        self._credits = {}
+        self._by_id = {}
+        self._pids = {}
+        self._conn_hosts = set()
+        self._global_holders = set()
+
+    def add_connection_host(self, str host not None):
+        """A host whose processes are connections (a service): frames from
+        other nodes name connections by id, and are looked for on these."""
+        self._conn_hosts.add(host)
+
+    # -- what the core asks ---------------------------------------------------------------
+
+    cdef RemoteProcess proxy(self, Pid pid):
+        cdef RemoteProcess proxy = self.proxies.get(pid)
+        if proxy is None:
+            proxy = RemoteProcess.__new__(RemoteProcess)
+            proxy.pid = pid
+            proxy.node = self.node
+            proxy.cluster = self
+            proxy.alive = True
+            proxy.trapping = False
+            self.proxies[pid] = proxy
+        return proxy
+
+    cdef Process process(self, Pid pid):
+        incarnation = self.transport.peer_incarnation(pid.node)
+        if incarnation is not None and incarnation != (pid.id >> 32):
+            # A PID of an earlier run of a node that is up again: dead to all.
+            return None
+        return self.proxy(pid)
+
+    cdef int drop_proxy_if_idle(self, RemoteProcess proxy) except -1:
+        if not (proxy.monitored_by or proxy.monitoring or proxy.links or proxy.groups):
+            if self.proxies.get(proxy.pid) is proxy:
+                del self.proxies[proxy.pid]
+        return 0
+
+    cdef bint send(self, Pid dest, str topic, object payload, Pid sender) except -1:
+        """A message for a process of another node; ws.* payloads are checked
+        here, at the sending call, and a ws.send is shipped as its ready
+        frame, so the receiving node encodes nothing."""
+        cdef Py_ssize_t size = 0
+        cdef int code = 0
+        if topic == "ws.send":
+            frame = encode_send(payload, &size)
+            if type(frame) is tuple:
+                frame = b"".join(<tuple>frame)
+            incarnation = self.transport.peer_incarnation(dest.node)
+            # (frames name connections by id, so the incarnation is checked here)
+            sent = incarnation == (dest.id >> 32) and self.transport.frames(dest.node, [dest.id], frame)
+        else:
+            if topic == "ws.close":
+                parse_close_payload(payload, &code)
+            elif topic == "ws.control":
+                parse_control(payload)
+            sent = self.transport.send(dest, topic, payload, sender)
+        if not sent:
+            self.dropped("unreachable", 1, f"{topic!r} to {dest}")
+        return sent
+
+    cdef Pid global_name(self, str name):
+        return self.transport.whereis_global(name)
+
+    def note_global(self, Pid pid not None):
+        """``pid`` holds a cluster-wide name: released when it ends."""
+        self._global_holders.add(pid)
+
+    cdef int forget(self, Process proc) except -1:
+        if proc.pid in self._global_holders:
+            self._global_holders.discard(proc.pid)
+            self.transport.release_globals(proc.pid)
+        if self._by_id:
+            self._by_id.pop(proc.pid.id, None)
+        return 0
+
+    cdef int dropped(self, str reason, Py_ssize_t count, str what) except -1:
+        cdef Counters counters = self.node.counters
+        if reason == NOPROC:
+            counters.cluster_dropped_noproc += count
+        elif reason == "mailbox_full":
+            counters.cluster_dropped_mailbox_full += count
+        elif reason == "unreachable":
+            counters.cluster_dropped_unreachable += count
+        else:
+            counters.cluster_dropped_rejected += count
+        if _log.allow("dropped_" + reason):
+            _log.write(logging.WARNING, f"cluster: {what} not delivered ({reason})")
+        return 0
+
+    cdef Process connection(self, long long ident):
+        cdef Process proc = self._by_id.get(ident)
+        if proc is not None:
+            return proc
+        for host in self._conn_hosts:
+            proc = self.node.lookup(self.local_pid(host, ident))
+            if proc is not None:
+                self._by_id[ident] = proc
+                return proc
+        return None
+
+    # -- relay credit ---------------------------------------------------------------------
+
+    cdef int ack(self, Pid client, Pid target, Py_ssize_t count) except -1:
+        """``count`` more messages of ``client`` went into ``target``'s
+        mailbox; the acknowledgements of one loop iteration go together."""
+        cdef list pending = self._credits.get(client)
+        if pending is None:
+            if not self._credits:
+                self.loop.call_soon(self._send_credits)
+            self._credits[client] = [target, count]
+        else:
+            pending[1] += count
+        return 0
+
+    def _send_credits(self):
+        credits, self._credits = self._credits, {}
+        for client, (target, count) in credits.items():
+            self.transport.signal(CREDIT, client, target, count)
+
+    cdef int relay(self, Pid target_pid, Pid client, object topic, object payload) except -1:
+        cdef Process target = self.node.lookup(target_pid)
+        cdef RelayInbox inbox = self.relay_in.get(client)
+        cdef Message msg
+        if inbox is not None and inbox.target is not target:
+            # The connection moved on; what was held for the old target can
+            # no longer reach it (it ended, or this is its ws.leave's wake).
+            del self.relay_in[client]
+            inbox.stop()
+            self.dropped("noproc", len(inbox.held), f"messages of {client} held for {inbox.target.pid}")
+            inbox = None
+        if target is None:
+            self.dropped(NOPROC, 1, f"relay message of {client} for {target_pid}")
+            return 0
+        if target.mailbox is None:
+            self.dropped("rejected", 1, f"relay message of {client} for {target_pid}, a connection")
+            return 0
+        msg = new_message(topic, payload, client)
+        if topic == "ws.leave":
+            # Bounded (one per connection), like a local ws.leave; what was
+            # held goes before it.
+            if inbox is not None:
+                del self.relay_in[client]
+                inbox.stop()
+                while inbox.held:
+                    target.mailbox.push_force(inbox.held.popleft())
+            target.mailbox.push_force(msg)
+            return 0
+        if inbox is None and target.mailbox.push(msg):
+            self.node.counters.messages_sent += 1
+            return self.ack(client, target_pid, 1)
+        if inbox is None:
+            inbox = RelayInbox.__new__(RelayInbox)
+            inbox.cluster = self
+            inbox.client = client
+            inbox.target = target
+            inbox.held = deque()
+            self.relay_in[client] = inbox
+            target.mailbox.wait_for_room(inbox)
+        inbox.held.append(msg)
+        return 0
+
+    # -- what arrives (the transport's hooks) -----------------------------------------------
+
+    cdef Pid local_pid(self, str host, long long ident):
+        """A PID of this node (cached: most traffic goes to few processes)."""
+        key = (host, ident)
+        cdef Pid pid = self._pids.get(key)
+        if pid is None:
+            if len(self._pids) >= 65536:
+                self._pids.clear()
+            pid = self._pids[key] = make_pid(self.node.name, host, ident)
+        return pid
+
+    def on_send(self, long long dest_id, str dest_host, topic, payload, Pid sender):
+        cdef Process proc = self.node.lookup(self.local_pid(dest_host, dest_id))
+        if proc is None:
+            self.dropped(NOPROC, 1, f"{topic!r} from {sender} to {{{self.node.name}@{dest_host}|{dest_id:#x}}}")
+            return
+        try:
+            proc.deliver(topic, payload, sender)
+        except MailboxFull:
+            # The sender is on another node: MailboxFull cannot reach it.
+            self.dropped("mailbox_full", 1, f"{topic!r} from {sender} to {proc.pid}")
+        except ValueError as exc:
+            # A connection refused it (a topic it does not take): nobody to
+            # raise it to, the sender is on another node.
+            self.dropped("rejected", 1, f"{topic!r} from {sender} to {proc.pid}: {exc}")
+
+    def on_frames(self, list ids, bytes frame):
+        cdef Py_ssize_t size = _payload_size(frame)
+        cdef Process conn
+        cdef Py_ssize_t missing = 0
+        for ident in ids:
+            conn = self.connection(ident)
+            if conn is None:
+                missing += 1
+            else:
+                # A connection that is closing or a slow consumer counts its drop.
+                conn.offer(frame, size)
+        if missing:
+            self.dropped(NOPROC, missing, f"a frame for {missing} connection(s)")
+
+    def on_signal(self, int kind, Pid dest, Pid src, reason):
+        cdef Node node = self.node
+        cdef Process local = node.lookup(dest)
+        cdef RemoteProcess proxy
+        if kind == RELAY:
+            topic, payload = reason
+            return self.relay(dest, src, topic, payload)
+        if kind == CREDIT:
+            if local is not None and type(reason) is int:
+                local.credit(reason)
+            return
+        if kind == EXIT:
+            proxy = self.proxies.get(src)
+            if proxy is None:
+                return
+            if dest == node.system.pid and proxy.watched:
+                proxy.watched = False
+                if proxy.groups is not None:
+                    for members in proxy.groups:
+                        members.discard(proxy)
+                    proxy.groups = None
+            if local is not None and proxy.monitored_by is not None and local in proxy.monitored_by:
+                proxy.monitored_by.discard(local)
+                if local.monitoring is not None:
+                    local.monitoring.discard(proxy)
+                local.signal(exit_event("@exit", src, reason, None))
+            return self.drop_proxy_if_idle(proxy)
+        if kind == LINK_EXIT:
+            proxy = self.proxies.get(src)
+            if proxy is None or local is None or proxy.links is None or local not in proxy.links:
+                return
+            proxy.links.discard(local)
+            local.links.discard(proxy)
+            self.drop_proxy_if_idle(proxy)
+            return local.link_exit(proxy, reason, None)
+        if local is None:
+            # A monitor or link of a process that is not alive here.
+            if kind == MONITOR:
+                self.transport.signal(EXIT, src, dest, NOPROC)
+            elif kind == LINK:
+                self.transport.signal(LINK_EXIT, src, dest, NOPROC)
+            return
+        if kind == MONITOR:
+            proxy = self.proxy(src)
+            if local.monitored_by is None:
+                local.monitored_by = set()
+            if proxy.monitoring is None:
+                proxy.monitoring = set()
+            local.monitored_by.add(proxy)
+            proxy.monitoring.add(local)
+        elif kind == DEMONITOR:
+            proxy = self.proxies.get(src)
+            if proxy is not None:
+                if local.monitored_by is not None:
+                    local.monitored_by.discard(proxy)
+                if proxy.monitoring is not None:
+                    proxy.monitoring.discard(local)
+                self.drop_proxy_if_idle(proxy)
+        elif kind == LINK:
+            proxy = self.proxy(src)
+            if local.links is None:
+                local.links = set()
+            if proxy.links is None:
+                proxy.links = set()
+            local.links.add(proxy)
+            proxy.links.add(local)
+        elif kind == UNLINK:
+            proxy = self.proxies.get(src)
+            if proxy is not None and proxy.links is not None and local in proxy.links:
+                proxy.links.discard(local)
+                local.links.discard(proxy)
+                self.drop_proxy_if_idle(proxy)
+        elif kind == KILL:
+            if local is node.system:
+                self.dropped("rejected", 1, f"terminate of the system process from {src}")
+            else:
+                local.kill(reason, None)
+
+    def on_node_up(self, str name, long incarnation):
+        return None
+
+    def on_node_down(self, str name, long incarnation, str reason):
+        """Everything of that node's run ends for us, with ``reason``
+        (noconnection): monitors and links fire, its group members leave."""
+        cdef RemoteProcess proxy
+        cdef RelayInbox inbox
+        self.node.counters.cluster_node_losses += 1
+        for proxy in [p for p in self.proxies.values() if (<RemoteProcess>p).pid.node == name]:
+            self.node.finish(proxy, reason, None)
+        for client in [c for c in self.relay_in if (<Pid>c).node == name]:
+            inbox = self.relay_in.pop(client)
+            inbox.stop()
+            self.dropped("unreachable", len(inbox.held), f"messages of {client} held for {inbox.target.pid}")
+        for client in [c for c in self._credits if (<Pid>c).node == name]:
+            del self._credits[client]
+
+    def counters(self):
+        return {"proxies": len(self.proxies), "relay_inboxes": len(self.relay_in)}
