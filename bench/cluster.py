@@ -18,10 +18,8 @@ Scenarios (all of them when none is named):
 - ``hop``: the cluster transport's node-to-node hop (bench/cluster_transport.py)
   next to the same between two processes of one node.
 - ``broadcast``: one publisher, subscribers spread over 4 workers (60k) in one
-  room found by its global name, against the single process at 15k. Pending
-  until remote PIDs, groups across nodes and global names are wired into the
-  core: without ``process.register_global`` it is recorded as pending, not run
-  (``--run-pending`` runs it anyway).
+  room found by its global name (a Group with members on every worker: the
+  frame is shipped once per worker), against the single process at 15k.
 
 Results go to bench/results/cluster-<time>/ (results.json, results.md, PNG
 plots), as for the other scenarios; docs/performance.md, section "Cluster".
@@ -470,25 +468,14 @@ class ClusterRunner(Runner):
             "procs": procs,
         }
 
-    # -- broadcast (pending) ---------------------------------------------------------------------
+    # -- broadcast --------------------------------------------------------------------------------
 
-    def broadcast(self, subscribers: int, baseline: int, workers: int, size: int, window: int,
-                  run_pending: bool) -> list[dict[str, Any]]:
+    def broadcast(self, subscribers: int, baseline: int, workers: int, size: int,
+                  window: int) -> list[dict[str, Any]]:
         """Subscribers spread over ``workers`` workers in one room, found by
         its global name (bench/servers/wsrelay_cluster_app), against the single
         process with ``baseline`` subscribers (bench/servers/wsrelay_app)."""
-        from wsrelay import process
-
-        missing = [name for name in ("register_global", "whereis_global") if not hasattr(process, name)]
         point = {"subscribers": subscribers, "size": size, "window": window, "binary": self.opts.binary}
-        if missing and not run_pending:
-            reason = (f"needs remote PIDs, groups across nodes and global names in the core "
-                      f"(wsrelay.process has no {' / '.join(missing)} yet); --run-pending runs it anyway")
-            log(f"broadcast: {reason}")
-            return [{"scenario": "broadcast", "server": server_spec(workers).name, "workers": workers, **point,
-                     "pending": reason},
-                    {"scenario": "broadcast", "server": "wsrelay", "workers": 0, **point, "subscribers": baseline,
-                     "pending": reason}]
         rows = self.run("broadcast", "broadcast", [{**point, "subscribers": baseline}], [server_spec(0)],
                         self._broadcast_one)
         rows += self.run("broadcast", "broadcast", [point], [server_spec(workers, GLOBAL_APP)], self._broadcast_one)
@@ -628,12 +615,10 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--hop-round-trips", type=int, help="round trips (default 2000, quick 300)")
     g.add_argument("--hop-repeat", type=int, help="runs, best kept (default 3, quick 1)")
     g.add_argument("--hop-size", type=int, default=256, help="bytes per one-way message (default 256)")
-    g = p.add_argument_group("broadcast (pending)")
+    g = p.add_argument_group("broadcast")
     g.add_argument("--broadcast-workers", type=int, default=4, help="WSRELAY_WORKERS (default 4)")
     g.add_argument("--subscribers", type=_ints, help="subscribers over the workers (default 60k, quick 8k)")
     g.add_argument("--baseline-subscribers", type=_ints, help="subscribers of the single process (default 15k)")
-    g.add_argument("--run-pending", action="store_true",
-                   help="run broadcast even though global names are not wired yet (it fails until they are)")
     return p
 
 
@@ -706,7 +691,7 @@ def main(argv: Sequence[str]) -> int:
                 b = d("broadcast")
                 rows = runner.broadcast((args.subscribers or [b["subscribers"]])[0],
                                         (args.baseline_subscribers or [b["baseline"]])[0],
-                                        args.broadcast_workers, 64, 4, args.run_pending)
+                                        args.broadcast_workers, 64, 4)
             data["rows"].extend(rows)
             save()
     except KeyboardInterrupt:
