@@ -19,7 +19,7 @@ def _label(r: dict[str, Any]) -> str:
 def _ref(rows: list[dict[str, Any]], r: dict[str, Any], match: tuple[str, ...]) -> Optional[dict[str, Any]]:
     """The single-process row measured alike (the same ``match`` fields), or
     the single-process row with the most connections when none is."""
-    singles = [x for x in rows if not x.get("workers") and not x.get("failed") and not x.get("pending")]
+    singles = [x for x in rows if not x.get("workers") and not x.get("failed")]
     same = [x for x in singles if all(x.get(k) == r.get(k) for k in match)]
     if same:
         return same[0]
@@ -156,9 +156,6 @@ def table_broadcast(rows: list[dict[str, Any]]) -> str:
               "÷ 1 process", "server CPU %", "loadgen CPU %", "errors"]
     lines = []
     for r in rows:
-        if r.get("pending"):
-            lines.append([_f(r["subscribers"]), _label(r), "pending"] + [""] * (len(header) - 3))
-            continue
         lines.append([
             _f(r["subscribers"]), _label(r), _f(r.get("deliveries_per_s")) + _spread(r),
             _vs(rows, r, "deliveries_per_s", ()), _f(r.get("p50_ms"), 2), _f(r.get("p99_ms"), 2),
@@ -242,8 +239,8 @@ def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         many = next((r for r in bc if r.get("workers")), None)
         one = next((r for r in bc if not r.get("workers")), None)
         target = "broadcast over workers: server CPU per delivery ≤ 1.3× the single process at its count"
-        if many is None or one is None or many.get("pending"):
-            add(target, "-", (many or one or {}).get("pending", "not run"), None)
+        if many is None or one is None:
+            add(target, "-", "not run", None)
         elif many.get("cpu_us_per_delivery") and one.get("cpu_us_per_delivery"):
             ratio = many["cpu_us_per_delivery"] / one["cpu_us_per_delivery"]
             add(target, f"{many['subscribers']:,} over {many['workers']} workers vs {one['subscribers']:,}",
@@ -255,7 +252,7 @@ def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def table_targets(items: list[dict[str, Any]]) -> str:
-    lines = [[t["target"], t["at"], t["measured"], {True: "met", False: "**missed**", None: "pending"}[t["met"]]]
+    lines = [[t["target"], t["at"], t["measured"], {True: "met", False: "**missed**", None: "not run"}[t["met"]]]
              for t in items]
     return _table(["target", "measured at", "measured (this run)", "result"], lines)
 
@@ -414,9 +411,6 @@ def write(data: dict[str, Any], out: pathlib.Path, images: Optional[pathlib.Path
         if not sub:
             continue
         lines += [f"## {scenario}", "", NOTES[scenario], "", render(sub), ""]
-        pending = [r for r in sub if r.get("pending")]
-        if pending:
-            lines += [f"**Pending**: {pending[0]['pending']}.", ""]
         if scenario == "idle":
             biggest = max((r for r in sub if r.get("workers") and r.get("processes_open")),
                           key=lambda r: r["conns"], default=None)
@@ -438,7 +432,7 @@ def write(data: dict[str, Any], out: pathlib.Path, images: Optional[pathlib.Path
     if data.get("targets"):
         lines += ["## targets", "", table_targets(data["targets"]), ""]
     failed_checks = {name: v for name, v in (data.get("checks") or {}).items() if v}
-    if data.get("checks") is not None and any(r["scenario"] != "hop" and not r.get("pending") for r in rows):
+    if data.get("checks") is not None and any(r["scenario"] != "hop" for r in rows):
         lines += ["## correctness checks", "",
                   "Every server started was checked first (exact echo of text and binary messages of 17 B to "
                   "200 KB): " + ("all passed." if not failed_checks else
