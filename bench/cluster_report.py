@@ -310,7 +310,7 @@ def _point_series(rows: list[dict[str, Any]], keys: tuple[str, ...], metric: str
 
 
 def plots(data: dict[str, Any], out: pathlib.Path) -> list[pathlib.Path]:
-    rows = [r for r in data["rows"] if not r.get("failed") and not r.get("pending")]
+    rows = [r for r in data["rows"] if not r.get("failed")]
     made = []
     idle = [r for r in rows if r["scenario"] == "idle"]
     if idle:
