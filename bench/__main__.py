@@ -3,7 +3,8 @@
 Scenarios: echo, broadcast, connections, churn (load, against wsrelay and its
 peers), all (the four in a row), setup (npm ci for the Node peer), report
 (rebuild the Markdown and plots of a results.json), runtime (the
-process-runtime microbenchmark, bench/runtime.py).
+process-runtime microbenchmark, bench/runtime.py), cluster (WSRELAY_WORKERS
+against the single process, bench/cluster.py: ``python -m bench cluster -h``).
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def _servers(text: str) -> list[str]:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("scenario", choices=(*LOAD_SCENARIOS, "all", "setup", "report", "runtime"))
+    p.add_argument("scenario", choices=(*LOAD_SCENARIOS, "all", "setup", "report", "runtime", "cluster"))
     p.add_argument("path", nargs="?", help="report: the results.json to render")
     g = p.add_argument_group("all load scenarios")
     g.add_argument("--servers", type=_servers, default=list(DEFAULT_SERVERS),
@@ -110,6 +111,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "runtime":
         return _runtime(argv[1:])
+    if argv and argv[0] == "cluster":
+        from .cluster import main as cluster_main
+
+        return cluster_main(argv[1:])
     args = parser().parse_args(argv)
     if args.scenario == "setup":
         return setup()

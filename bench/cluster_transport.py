@@ -1,7 +1,11 @@
 """The cluster transport's hop between two processes over a private
-nats-server, next to the same hop inside one process through asyncio.Queue.
+nats-server, next to the same hop on one node: between two wsrelay processes
+(``process.send``), and through asyncio.Queue.
 
-    python -m bench.cluster_transport [--quick] [--size 256] [--messages 200000]
+    python -m bench.cluster_transport [--quick] [--size 256] [--messages 200000] [--json]
+
+``python -m bench cluster hop`` runs this module (``--json``) and puts its
+figures into the cluster results (results.json, results.md, a plot).
 
 - round trip: node A sends a message to a PID of node B, B's hooks send it
   back; one at a time; p50 and p99 of the round-trip time. Its peer, in the
@@ -13,6 +17,12 @@ nats-server, next to the same hop inside one process through asyncio.Queue.
   from the first send to B's count of the last, and the CPU time of each
   process divided by the messages (both processes measure their own; the
   broker's from /proc).
+- on one node, in this process: the same round trip between two wsrelay
+  processes (``process.send`` to an echo process, ``inbox.receive`` of its
+  answer), and the same one-way stream of ``--size`` bytes from one process
+  to another (64 sends per turn of the loop, the receiver taking what is
+  queued with ``receive_many``); sender and receiver share one CPU time.
+  asyncio.Queue between two tasks, for reference.
 
 Each process is a real node: a Transport on the bus, hooks standing in for
 the core. The machine is shared: figures are the best of ``--repeat`` runs.
@@ -22,17 +32,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import statistics
 import subprocess
 import sys
 import time
-from typing import Any, Optional
+from typing import Any, Awaitable, Callable, Optional
 
 import nats
 import psutil
 import uvloop
 
+import wsrelay
+from wsrelay import process
 from wsrelay._core.pid import Pid
 from wsrelay.cluster.broker import Broker
 from wsrelay.cluster.transport import Transport
@@ -216,7 +229,86 @@ async def _local_hop(messages: int, size: int) -> tuple[float, float]:
     return messages / elapsed, (time.process_time() - cpu0) / messages
 
 
-async def _main(args: argparse.Namespace, broker: Broker) -> None:
+# -- the same on one node: two wsrelay processes ----------------------------------------
+
+# Sends per turn of the loop in the one-node stream: a receiving process takes
+# at most 64 queued messages before it yields (the runtime's fairness budget),
+# so a larger burst would only fill its mailbox (bench/runtime.py: WINDOW).
+LOCAL_BURST = 64
+
+
+@wsrelay.register("bench:hop_echo")
+async def _hop_echo() -> None:
+    async for msg in process.inbox():
+        if msg.topic == "stop":
+            return
+        process.send(msg.sender, "pong", msg.payload)
+
+
+@wsrelay.register("bench:hop_sink")
+async def _hop_sink(count: int, observer: Pid) -> None:
+    inbox = process.inbox()
+    left = count
+    while left:
+        left -= len(await inbox.receive_many())
+    process.send(observer, "done")
+
+
+@wsrelay.register("bench:hop_driver")
+async def _hop_driver(work: Callable[[], Awaitable[Any]], done: asyncio.Future) -> None:
+    """Run a case inside a wsrelay process, as an application would."""
+    try:
+        result = await work()
+    except BaseException as exc:
+        done.set_exception(exc)
+        raise
+    done.set_result(result)
+
+
+async def _in_process(work: Callable[[], Awaitable[Any]]) -> Any:
+    done = asyncio.get_running_loop().create_future()
+    process.spawn("bench:hop_driver", None, work, done)
+    return await done
+
+
+async def _wsrelay_round_trips(count: int) -> tuple[float, float]:
+    async def work() -> tuple[float, float]:
+        echo = process.spawn("bench:hop_echo")
+        inbox = process.inbox()
+        times = []
+        for i in range(count):
+            start = time.perf_counter()
+            process.send(echo, "ping", i)
+            await inbox.receive()
+            times.append(time.perf_counter() - start)
+        process.send(echo, "stop")
+        return _percentiles(times)
+
+    return await _in_process(work)
+
+
+async def _wsrelay_one_way(messages: int, size: int) -> tuple[float, float]:
+    async def work() -> tuple[float, float]:
+        payload = os.urandom(size)
+        sink = process.spawn("bench:hop_sink", None, messages, process.self())
+        inbox = process.inbox()
+        cpu0 = time.process_time()
+        start = time.perf_counter()
+        sent = 0
+        send = process.send
+        while sent < messages:
+            for _ in range(min(LOCAL_BURST, messages - sent)):
+                send(sink, "data", payload)
+                sent += 1
+            await asyncio.sleep(0)
+        await inbox.receive()
+        elapsed = time.perf_counter() - start
+        return messages / elapsed, (time.process_time() - cpu0) / messages
+
+    return await _in_process(work)
+
+
+async def _main(args: argparse.Namespace, broker: Broker) -> dict[str, Any]:
     child = subprocess.Popen([sys.executable, "-m", "bench.cluster_transport", "--child", "bench-b", broker.url],
                              env={**os.environ, "WSRELAY_CLUSTER_TOKEN": broker.token},
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -235,31 +327,65 @@ async def _main(args: argparse.Namespace, broker: Broker) -> None:
         rates: list[tuple[float, float, float, float]] = []
         server = psutil.Process(broker.pid)
         local: list[tuple[float, float]] = []
+        local_rtts: list[tuple[float, float]] = []
+        local_rates: list[tuple[float, float]] = []
         for _ in range(args.repeat):
             rtts.append(await _round_trips(hooks, dest, args.round_trips))
             raw_rtts.append(await _raw_round_trips(broker.url, broker.token, args.round_trips, args.size))
             rates.append(await _one_way(hooks, dest, args.messages, args.size, server))
+            local_rtts.append(await _wsrelay_round_trips(args.round_trips))
+            local_rates.append(await _wsrelay_one_way(args.messages, args.size))
             local.append(await _local_hop(args.messages, args.size))
         p50, p99 = min(rtts)
         raw_p50, raw_p99 = min(raw_rtts)
         rate, cpu_a, cpu_b, cpu_server = max(rates)
         local_rate, local_cpu = max(local)
-        print(f"round trip, {args.round_trips} one at a time: p50 {p50 * 1e6:.0f} us, p99 {p99 * 1e6:.0f} us"
-              f"   (target: p50 <= 300 us)")
-        print(f"  bare nats-py, same broker: p50 {raw_p50 * 1e6:.0f} us, p99 {raw_p99 * 1e6:.0f} us; "
-              f"the transport's p50 is x{p50 / raw_p50:.2f} of it")
-        print(f"one way, {args.messages} x {args.size} B: {rate:,.0f} msg/s   (target: >= 200,000)")
-        print(f"  CPU per message: sender {cpu_a * 1e6:.2f} us, receiver {cpu_b * 1e6:.2f} us"
-              f"   (target: <= 3 us each); nats-server {cpu_server * 1e6:.2f} us")
-        print(f"  batches: {t.counters.batches_out:,} out for {t.counters.messages_out:,} messages "
-              f"({t.counters.messages_out / max(1, t.counters.batches_out):.0f} per batch)")
-        print(f"same hop in one process (asyncio.Queue): {local_rate:,.0f} msg/s, {local_cpu * 1e6:.2f} us CPU "
-              f"per message; the cluster hop is x{local_rate / rate:.1f} slower")
+        wl_p50, wl_p99 = min(local_rtts)
+        wl_rate, wl_cpu = max(local_rates)
+        counters = t.counters
+        result = {
+            "size": args.size, "messages": args.messages, "round_trips": args.round_trips, "repeat": args.repeat,
+            "cluster": {"rtt_p50_us": p50 * 1e6, "rtt_p99_us": p99 * 1e6, "msgs_per_s": rate,
+                        "cpu_us_sender": cpu_a * 1e6, "cpu_us_receiver": cpu_b * 1e6,
+                        "cpu_us_broker": cpu_server * 1e6, "cpu_us_total": (cpu_a + cpu_b + cpu_server) * 1e6,
+                        "per_batch": counters.messages_out / max(1, counters.batches_out)},
+            "nats": {"rtt_p50_us": raw_p50 * 1e6, "rtt_p99_us": raw_p99 * 1e6},
+            "wsrelay_local": {"rtt_p50_us": wl_p50 * 1e6, "rtt_p99_us": wl_p99 * 1e6, "msgs_per_s": wl_rate,
+                              "cpu_us_total": wl_cpu * 1e6},
+            "asyncio_queue": {"msgs_per_s": local_rate, "cpu_us_total": local_cpu * 1e6},
+        }
         await t.stop()
+        return result
     finally:
         if child.stdin is not None:
             child.stdin.close()
         child.wait(10)
+
+
+def measure(size: int = 256, messages: int = 200_000, round_trips: int = 2000, repeat: int = 3) -> dict[str, Any]:
+    """The figures of one run, as ``--json`` prints them."""
+    args = argparse.Namespace(size=size, messages=messages, round_trips=round_trips, repeat=repeat)
+    with Broker() as broker:
+        return uvloop.run(_main(args, broker))
+
+
+def text(r: dict[str, Any]) -> str:
+    c, raw, wl, q = r["cluster"], r["nats"], r["wsrelay_local"], r["asyncio_queue"]
+    return "\n".join([
+        f"round trip, {r['round_trips']} one at a time: p50 {c['rtt_p50_us']:.0f} us, p99 {c['rtt_p99_us']:.0f} us"
+        f"   (target: p50 <= 300 us)",
+        f"  bare nats-py, same broker: p50 {raw['rtt_p50_us']:.0f} us, p99 {raw['rtt_p99_us']:.0f} us; "
+        f"the transport's p50 is x{c['rtt_p50_us'] / raw['rtt_p50_us']:.2f} of it",
+        f"  one node, two wsrelay processes: p50 {wl['rtt_p50_us']:.1f} us, p99 {wl['rtt_p99_us']:.1f} us",
+        f"one way, {r['messages']} x {r['size']} B: {c['msgs_per_s']:,.0f} msg/s   (target: >= 200,000)",
+        f"  CPU per message: sender {c['cpu_us_sender']:.2f} us, receiver {c['cpu_us_receiver']:.2f} us"
+        f"   (target: <= 3 us each); nats-server {c['cpu_us_broker']:.2f} us",
+        f"  batches: {c['per_batch']:.0f} messages per batch",
+        f"  one node, two wsrelay processes: {wl['msgs_per_s']:,.0f} msg/s, {wl['cpu_us_total']:.2f} us CPU per "
+        f"message (both sides); the cluster hop is x{wl['msgs_per_s'] / c['msgs_per_s']:.1f} slower and costs "
+        f"x{c['cpu_us_total'] / wl['cpu_us_total']:.1f} the CPU (both sides and the broker)",
+        f"  asyncio.Queue between two tasks: {q['msgs_per_s']:,.0f} msg/s, {q['cpu_us_total']:.2f} us CPU per message",
+    ])
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -269,6 +395,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--messages", type=int, default=200_000)
     parser.add_argument("--round-trips", type=int, default=2000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     parser.add_argument("--child", nargs=2, metavar=("NODE", "URL"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -276,8 +403,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 0
     if args.quick:
         args.messages, args.round_trips, args.repeat = 20_000, 300, 1
-    with Broker() as broker:
-        uvloop.run(_main(args, broker))
+    result = measure(args.size, args.messages, args.round_trips, args.repeat)
+    print(json.dumps(result) if args.json else text(result))
     return 0
 
 

@@ -401,6 +401,10 @@ def _health_notes(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def write(data: dict[str, Any], out: pathlib.Path, images: Optional[pathlib.Path] = None) -> pathlib.Path:
+    if data.get("suite") == "cluster":
+        from . import cluster_report
+
+        return cluster_report.write(data, out, images)
     rows = data["rows"]
     made = plots(data, out)
     if images is not None:

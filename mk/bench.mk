@@ -9,6 +9,13 @@
 #   make bench-issue3       echo, 50 conns x 4 in flight x 256 B binary, 3 runs
 #   make bench-echo | bench-broadcast | bench-connections | bench-churn
 #   make bench-setup        npm ci of the Node peer (bench/node, lock file committed)
+#   make bench-cluster      WSRELAY_WORKERS against the single process, same run:
+#                           100k idle connections over 6 workers, echo and
+#                           handshakes with 2 workers, the node-to-node hop
+#                           (broadcast over workers: recorded as pending until
+#                           global names are wired); 3 runs each (medians;
+#                           the hop: the best of 3)
+#   make bench-cluster-quick  the same, small and short
 #
 # BENCH_ARGS is passed to `python -m bench`, e.g.
 #   make bench-load BENCH_ARGS="--repeat 3 --servers wsrelay,picows,websockets"
@@ -18,7 +25,8 @@ BENCH_ARGS   ?=
 BENCH_NODE   := bench/node
 BENCH_NODE_STAMP := $(BENCH_NODE)/node_modules/.package-lock.json
 
-.PHONY: bench-load bench-quick bench-setup bench-issue3 bench-echo bench-broadcast bench-connections bench-churn
+.PHONY: bench-load bench-quick bench-setup bench-issue3 bench-echo bench-broadcast bench-connections bench-churn \
+        bench-cluster bench-cluster-quick
 
 bench: bench-load
 
@@ -43,3 +51,10 @@ bench-issue3: build
 
 bench-echo bench-broadcast bench-connections bench-churn: bench-%: build bench-setup
 	$(BIN)/python -m bench $* $(BENCH_ARGS)
+
+# nats (mk/nats.mk): the private broker of WSRELAY_WORKERS is Debian's nats-server.
+bench-cluster: build nats
+	$(BIN)/python -m bench cluster --repeat 3 $(BENCH_ARGS)
+
+bench-cluster-quick: build nats
+	$(BIN)/python -m bench cluster --quick $(BENCH_ARGS)

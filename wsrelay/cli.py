@@ -141,6 +141,10 @@ async def _serve(app, addr: Optional[str], worker: Optional[int] = None) -> int:
             return exc.status
     if cluster is not None:
         _attach_core(cluster)
+        if settings().gc_threshold > 0:
+            # The cluster's modules (nats-py...) were imported just now:
+            # exempt them from collection too, as tune_gc did the rest.
+            gc.freeze()
     gateway = Gateway(app, addr=addr, reuse_port=worker is not None, cluster=cluster)
     if cluster is not None:
         from .metrics import render

@@ -76,6 +76,8 @@ cdef class Node:
     cdef unsigned long thread_id
     cdef object transport
     cdef object _kill_queue
+    # Text forms of other nodes' PIDs, parsed (cluster mode).
+    cdef dict _parsed
     cdef bint _finishing
     cdef list _journal
 

@@ -334,6 +334,7 @@ cdef class Node:
         self._next_id = 1
         self.transport = None
         self._kill_queue = deque()
+        self._parsed = {}
         self._finishing = False
         self._journal = None
         cdef _SystemProcess system = _SystemProcess.__new__(_SystemProcess)
@@ -606,7 +607,16 @@ cdef class Node:
             if pid.node == self.name:
                 return self.send_from(pid, topic, payload, sender)
             return self.remote.send(pid, topic, payload, sender)
-        pid = to_pid(dest)
+        if self.remote is not None and type(dest) is str:
+            # Another node's PID in its text form: parsed once, not per send.
+            pid = self._parsed.get(dest)
+            if pid is None:
+                pid = to_pid(dest)
+                if len(self._parsed) >= 65536:
+                    self._parsed.clear()
+                self._parsed[dest] = pid
+        else:
+            pid = to_pid(dest)
         if pid.node != self.name:
             if self.remote is not None:
                 return self.remote.send(pid, topic, payload, sender)
