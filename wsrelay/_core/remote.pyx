@@ -415,22 +415,15 @@ cdef class Cluster(Remote):
                 self.transport.signal(LINK_EXIT, src, dest, NOPROC)
             return
         if kind == MONITOR:
-            proxy = self.proxy(src)
-            if local.monitored_by is None:
-                local.monitored_by = set()
-            if proxy.monitoring is None:
-                proxy.monitoring = set()
-            local.monitored_by.add(proxy)
-            proxy.monitoring.add(local)
+            # (local is this node's: its on_monitored tells nobody.)
+            node.add_monitor(self.proxy(src), local)
         elif kind == DEMONITOR:
             proxy = self.proxies.get(src)
             if proxy is not None:
-                if local.monitored_by is not None:
-                    local.monitored_by.discard(proxy)
-                if proxy.monitoring is not None:
-                    proxy.monitoring.discard(local)
+                node.remove_monitor(proxy, local)
                 self.drop_proxy_if_idle(proxy)
         elif kind == LINK:
+            # By hand: link_processes would tell the proxy's node, which asked.
             proxy = self.proxy(src)
             if local.links is None:
                 local.links = set()
