@@ -73,7 +73,6 @@ def _register() -> None:
 
 async def _join(node: str, url: str, token: str) -> Any:
     from wsrelay._core.remote import Cluster
-
     from wsrelay._core.runtime import node as get_node
     from wsrelay.cluster.transport import Transport
 
