@@ -14,7 +14,7 @@ import base64
 import logging
 from typing import Any, Awaitable, Callable, Optional
 
-from nats.js.errors import APIError, KeyWrongLastSequenceError
+from nats.js.errors import APIError, BadRequestError, KeyWrongLastSequenceError
 
 from .._core.pid import Pid
 from .codec import decode, encode
@@ -49,6 +49,17 @@ class _Holder:
         self.revision = revision
 
 
+async def bucket(js: Any, name: str) -> Any:
+    """The key-value bucket ``name``, made if it is missing. A bucket that
+    exists already is used as it is: the server may refuse to "create" it
+    again (seen with nats-server 2.9 as "subjects overlap with an existing
+    stream", the options nats-py asks for differing from those it stored)."""
+    try:
+        return await js.create_key_value(bucket=name, history=1)
+    except BadRequestError:
+        return await js.key_value(name)
+
+
 class GlobalNames:
     def __init__(self, js: Any, node: str, incarnation: int, alive: Liveness,
                  probe: Callable[[str, int], Awaitable[bool]]) -> None:
@@ -64,7 +75,7 @@ class GlobalNames:
         self._tasks: set[asyncio.Task[Any]] = set()
 
     async def start(self) -> None:
-        self._kv = await self._js.create_key_value(bucket=BUCKET, history=1)
+        self._kv = await bucket(self._js, BUCKET)
         await self.rewatch()
         # Names of our own earlier incarnations are dead: nobody else may have
         # seen that incarnation go.

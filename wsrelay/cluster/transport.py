@@ -44,7 +44,7 @@ from .._core.pid import Pid
 from . import wire
 from .codec import decode
 from .errors import ClusterConnectError
-from .names import GlobalNames
+from .names import GlobalNames, bucket
 
 log = logging.getLogger("wsrelay.cluster")
 
@@ -330,7 +330,7 @@ class Transport:
                                  quiet=lambda: self._stopping)
 
     async def _allocate_incarnation(self, js: Any) -> int:
-        kv = await js.create_key_value(bucket=_NODES_BUCKET, history=1)
+        kv = await bucket(js, _NODES_BUCKET)
         floor = int(time.time()) - _INCARNATION_EPOCH
         while True:
             try:
