@@ -251,39 +251,46 @@ class ClusterServer(RunningServer):
         return super().stop(timeout)
 
 
+_KERNEL_FILES = (
+    ("conntrack", "/proc/sys/net/netfilter/nf_conntrack_count"),
+    ("conntrack_max", "/proc/sys/net/netfilter/nf_conntrack_max"),
+    ("somaxconn", "/proc/sys/net/core/somaxconn"),
+    ("tcp_max_syn_backlog", "/proc/sys/net/ipv4/tcp_max_syn_backlog"),
+    ("netdev_max_backlog", "/proc/sys/net/core/netdev_max_backlog"),
+    ("ip_local_port_range", "/proc/sys/net/ipv4/ip_local_port_range"),
+    ("file_nr", "/proc/sys/fs/file-nr"), ("file_max", "/proc/sys/fs/file-max"),
+    ("tcp_mem", "/proc/sys/net/ipv4/tcp_mem"),
+)
+
+
+def _proc_lines(path: str) -> list[str]:
+    """The lines of a /proc file, none if this kernel has no such file (no
+    conntrack module, a container hiding /proc/sys): the report leaves that
+    key out rather than fail a benchmark over it."""
+    try:
+        with open(path) as f:
+            return f.read().splitlines()
+    except OSError:
+        return []
+
+
 def kernel_state() -> dict[str, Any]:
     """What the kernel holds and allows, machine-wide: TCP sockets in use,
     conntrack entries, open files, memory available, the limits that matter."""
     out: dict[str, Any] = {}
-    try:
-        with open("/proc/net/sockstat") as f:
-            for line in f:
-                if line.startswith("TCP:"):
-                    parts = line.split()[1:]
-                    out["tcp"] = {parts[i]: int(parts[i + 1]) for i in range(0, len(parts) - 1, 2)}
-    except OSError:
-        pass
-    for key, path in (("conntrack", "/proc/sys/net/netfilter/nf_conntrack_count"),
-                      ("conntrack_max", "/proc/sys/net/netfilter/nf_conntrack_max"),
-                      ("somaxconn", "/proc/sys/net/core/somaxconn"),
-                      ("tcp_max_syn_backlog", "/proc/sys/net/ipv4/tcp_max_syn_backlog"),
-                      ("netdev_max_backlog", "/proc/sys/net/core/netdev_max_backlog"),
-                      ("ip_local_port_range", "/proc/sys/net/ipv4/ip_local_port_range"),
-                      ("file_nr", "/proc/sys/fs/file-nr"), ("file_max", "/proc/sys/fs/file-max"),
-                      ("tcp_mem", "/proc/sys/net/ipv4/tcp_mem")):
-        try:
-            with open(path) as f:
-                text = f.read().split()
+    for line in _proc_lines("/proc/net/sockstat"):
+        if line.startswith("TCP:"):
+            parts = line.split()[1:]
+            out["tcp"] = {parts[i]: int(parts[i + 1]) for i in range(0, len(parts) - 1, 2)}
+    for key, path in _KERNEL_FILES:
+        # these files hold whitespace-separated integers: anything else is a
+        # kernel we do not know, and the ValueError says so
+        text = " ".join(_proc_lines(path)).split()
+        if text:
             out[key] = int(text[0]) if len(text) == 1 else [int(x) for x in text]
-        except (OSError, ValueError):
-            pass
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    out["mem_available"] = int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    for line in _proc_lines("/proc/meminfo"):
+        if line.startswith("MemAvailable:"):
+            out["mem_available"] = int(line.split()[1]) * 1024
     return out
 
 

@@ -49,7 +49,7 @@ async def _flood(ws: RawWebSocket, chunk: bytes, total: int) -> int:
             await ws.drain()
             sent += len(chunk)
     except ConnectionError:
-        pass  # the server closed on us: what the caller checks next
+        return sent  # the server closed on us: what the caller checks next
     return sent
 
 

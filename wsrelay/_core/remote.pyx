@@ -31,7 +31,7 @@ from .message cimport Message, new_message
 from .mailbox cimport Mailbox, RoomWaiter
 from .pid cimport Pid, make_pid
 from .relayspec cimport parse_control
-from .runtime cimport Node, Process, Remote, exit_event
+from .runtime cimport Node, Process, Remote, exit_event, join_links, part_links
 from .stats cimport Counters, LimitedLog
 
 from .errors import MailboxFull
@@ -423,19 +423,11 @@ cdef class Cluster(Remote):
                 node.remove_monitor(proxy, local)
                 self.drop_proxy_if_idle(proxy)
         elif kind == LINK:
-            # By hand: link_processes would tell the proxy's node, which asked.
-            proxy = self.proxy(src)
-            if local.links is None:
-                local.links = set()
-            if proxy.links is None:
-                proxy.links = set()
-            local.links.add(proxy)
-            proxy.links.add(local)
+            # (Not link_processes: its hooks would tell the proxy's node, which asked.)
+            join_links(local, self.proxy(src))
         elif kind == UNLINK:
             proxy = self.proxies.get(src)
-            if proxy is not None and proxy.links is not None and local in proxy.links:
-                proxy.links.discard(local)
-                local.links.discard(proxy)
+            if proxy is not None and part_links(local, proxy):
                 self.drop_proxy_if_idle(proxy)
         elif kind == KILL:
             if local is node.system:

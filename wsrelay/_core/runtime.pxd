@@ -92,6 +92,8 @@ cdef class Node:
     cdef bint send_from(self, object dest, str topic, object payload, Pid sender) except -1
 
 
+cdef bint join_links(Process a, Process b) except -1
+cdef bint part_links(Process a, Process b) except -1
 cdef int link_processes(Process a, Process b) except -1
 cdef int unlink_processes(Process a, Process b) except -1
 cdef Node get_node()

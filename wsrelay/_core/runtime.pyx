@@ -743,28 +743,43 @@ cdef Process _caller(Node n, str what):
     return n.system
 
 
-cdef int link_processes(Process a, Process b) except -1:
+cdef bint join_links(Process a, Process b) except -1:
+    """Put ``a`` and ``b`` in each other's link set, telling nobody: whether
+    they were not linked yet. (A link another node asked for is made so: the
+    hooks would tell that node again.)"""
     if a is b or (a.links is not None and b in a.links):
-        return 0
+        return False
     if a.links is None:
         a.links = set()
     if b.links is None:
         b.links = set()
     a.links.add(b)
     b.links.add(a)
-    a.on_linked(b)
-    b.on_linked(a)
+    return True
+
+
+cdef bint part_links(Process a, Process b) except -1:
+    """Take ``a`` and ``b`` out of each other's link set, telling nobody:
+    whether they were linked."""
+    if a.links is None or b not in a.links:
+        return False
+    a.links.discard(b)
+    if b.links is not None:
+        b.links.discard(a)
+    return True
+
+
+cdef int link_processes(Process a, Process b) except -1:
+    if join_links(a, b):
+        a.on_linked(b)
+        b.on_linked(a)
     return 0
 
 
 cdef int unlink_processes(Process a, Process b) except -1:
-    if a.links is None or b not in a.links:
-        return 0
-    a.links.discard(b)
-    if b.links is not None:
-        b.links.discard(a)
-    a.on_unlinked(b)
-    b.on_unlinked(a)
+    if part_links(a, b):
+        a.on_unlinked(b)
+        b.on_unlinked(a)
     return 0
 
 

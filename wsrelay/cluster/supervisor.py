@@ -205,10 +205,17 @@ class Supervisor:
             worker.restarts += 1
             log.warning("worker %d (pid %d) exited with %s after %.1f s: restarting in %.2f s",
                         worker.index, proc.pid, _describe(code), loop.time() - started, delay)
-            try:
-                await asyncio.wait_for(self._stop.wait(), delay)
-            except asyncio.TimeoutError:
-                pass  # the back-off is over: restart
+            if await self._stop_within(delay):
+                return
+
+    async def _stop_within(self, delay: float) -> bool:
+        """Wait ``delay`` seconds, or less if the supervisor is told to stop
+        meanwhile: whether it was (a worker is not restarted then)."""
+        stop = asyncio.ensure_future(self._stop.wait())
+        done, _ = await asyncio.wait({stop}, timeout=delay)
+        if not done:
+            stop.cancel()
+        return bool(done)
 
     async def _relay_output(self, worker: _Worker, proc: asyncio.subprocess.Process) -> None:
         """Read the worker's stdout until it closes: its serving line marks it

@@ -388,30 +388,29 @@ class Transport:
         False when its node is down or unknown; TypeError when the payload
         cannot be carried."""
         record = wire.record_send(dest.id, dest.host, str(sender), topic, payload)
-        peer = self._peers.get(dest.node)  # type: ignore[arg-type]
-        if peer is None or peer.state != UP or dest.id >> 32 != peer.incarnation:
-            # Down, unknown, or a PID of an earlier run of that node.
-            self.counters.refused += 1
-            return False
-        self._append(peer, record)
-        return True
+        return self._append_for(dest, record)
 
     def signal(self, kind: int, dest: Pid, src: Pid, reason: Any) -> bool:
         """Queue a signal (wire.MONITOR ... wire.CREDIT) for ``dest``; in
         order with the messages from the same node."""
         record = wire.record_signal(kind, str(dest), str(src), reason)
-        peer = self._peers.get(dest.node)  # type: ignore[arg-type]
-        if peer is None or peer.state != UP or dest.id >> 32 != peer.incarnation:
-            self.counters.refused += 1
-            return False
-        self._append(peer, record)
-        return True
+        return self._append_for(dest, record)
 
     def frames(self, node: str, conn_ids: list[int], frame: bytes) -> bool:
         """Queue one ready WebSocket frame for connections of ``node``."""
         record = wire.record_frames(conn_ids, frame)
         peer = self._peers.get(node)
         if peer is None or peer.state != UP:
+            self.counters.refused += 1
+            return False
+        self._append(peer, record)
+        return True
+
+    def _append_for(self, dest: Pid, record: bytes) -> bool:
+        """Queue ``record`` for the node of ``dest``: False, counted, when that
+        node is down, unknown, or ``dest`` is of an earlier run of it."""
+        peer = self._peers.get(dest.node)  # type: ignore[arg-type]
+        if peer is None or peer.state != UP or dest.id >> 32 != peer.incarnation:
             self.counters.refused += 1
             return False
         self._append(peer, record)
