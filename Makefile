@@ -12,42 +12,56 @@ PYTEST_ARGS ?=
 TEST_PREREQS :=
 TEST_STEPS   :=
 
-.PHONY: all build run test test-unit lint bench clean
+.PHONY: all build dev run test test-unit lint bench clean
 
 all: build
 
 include $(sort $(wildcard mk/*.mk))
 
+# The venv's own pip is recent enough; setuptools comes from requirements-run.txt.
 $(VENV)/.created:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
 	touch $@
 
-$(VENV)/.deps: $(VENV)/.created requirements-dev.txt
+# What the demo needs (`make run`), then the rest for tests and benchmarks.
+$(VENV)/.deps-run: $(VENV)/.created requirements-run.txt
+	$(BIN)/pip install -q --disable-pip-version-check -r requirements-run.txt
+	touch $@
+
+$(VENV)/.deps: $(VENV)/.deps-run requirements-dev.txt
 	$(BIN)/pip install -q --disable-pip-version-check -r requirements-dev.txt
 	touch $@
 
-$(VENV)/.built: $(VENV)/.deps setup.py pyproject.toml $(CORE)
-	$(BIN)/pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e .
+# The package and the `wsrelay` command, as an editable install that compiles
+# nothing (setup.py: WSRELAY_SKIP_EXTENSIONS); .built compiles the core in place,
+# in parallel (one job per core) and only what changed.
+$(VENV)/.installed: $(VENV)/.deps-run setup.py pyproject.toml
+	WSRELAY_SKIP_EXTENSIONS=1 $(BIN)/pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e .
+	touch $@
+
+$(VENV)/.built: $(VENV)/.installed $(CORE)
 	$(BIN)/python setup.py -q build_ext --inplace
 	touch $@
 
 build: $(VENV)/.built
 
+# build, plus what tests and benchmarks use
+dev: build $(VENV)/.deps
+
 # The demo runs with permessage-deflate on (browsers offer it); WSRELAY_COMPRESSION=off make run turns it off.
 run: build $(if $(WSRELAY_WORKERS)$(WSRELAY_CLUSTER_URL),nats)
 	WSRELAY_COMPRESSION=$${WSRELAY_COMPRESSION:-on} $(BIN)/wsrelay serve examples/chat/app.yaml
 
-lint: build
+lint: dev
 	$(BIN)/ruff check wsrelay tests bench examples
 
-test-unit: build $(TEST_PREREQS)
+test-unit: dev $(TEST_PREREQS)
 	$(BIN)/ruff check wsrelay tests bench examples
 	$(BIN)/python -m pytest -q tests $(PYTEST_ARGS)
 
 test: test-unit $(TEST_STEPS)
 
-bench: build
+bench: dev
 	$(BIN)/python -m bench runtime
 
 clean:

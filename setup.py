@@ -4,6 +4,12 @@ import os
 import sys
 
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+# Cython and the C compiler run one job per core (WSRELAY_BUILD_JOBS overrides):
+# the modules are independent once cythonized, and a serial build was most of
+# a fresh `make run`.
+JOBS = int(os.environ.get("WSRELAY_BUILD_JOBS") or os.cpu_count() or 1)
 
 # In dependency order: each module cimports only those before it.
 CORE = ["errors", "units", "stats", "pid", "message", "mailbox", "runtime", "deflate", "frames", "relayspec",
@@ -30,7 +36,19 @@ def extensions():
         # Bounds checking stays on but where a function turns it off itself.
         compiler_directives={"cdivision": True, "embedsignature": True},
         annotate=os.environ.get("WSRELAY_ANNOTATE") == "1",
+        nthreads=JOBS if JOBS > 1 else 0,
     )
 
 
-setup(ext_modules=extensions())
+class ParallelBuildExt(build_ext):
+    def finalize_options(self):
+        super().finalize_options()
+        if not self.parallel and JOBS > 1:
+            self.parallel = JOBS
+
+
+# The Makefile builds the modules in place (incrementally) and then installs the
+# tree as editable with WSRELAY_SKIP_EXTENSIONS=1: that install links the
+# package and the command, and compiles nothing a second time.
+SKIP = os.environ.get("WSRELAY_SKIP_EXTENSIONS") == "1"
+setup(ext_modules=[] if SKIP else extensions(), cmdclass={"build_ext": ParallelBuildExt})

@@ -39,22 +39,22 @@ $(BENCH_NODE_STAMP): $(BENCH_NODE)/package.json $(BENCH_NODE)/package-lock.json
 
 bench-setup: $(BENCH_NODE_STAMP)
 
-bench-load: build bench-setup
+bench-load: dev bench-setup
 	$(BIN)/python -m bench all $(BENCH_ARGS)
 
-bench-quick: build bench-setup
+bench-quick: dev bench-setup
 	$(BIN)/python -m bench all --quick $(BENCH_ARGS)
 
-bench-issue3: build
+bench-issue3: dev
 	$(BIN)/python -m bench echo --conns 50 --inflight 4 --size 256 --binary \
 	  --servers wsrelay,picows,websockets --repeat 3 $(BENCH_ARGS)
 
-bench-echo bench-broadcast bench-connections bench-churn: bench-%: build bench-setup
+bench-echo bench-broadcast bench-connections bench-churn: bench-%: dev bench-setup
 	$(BIN)/python -m bench $* $(BENCH_ARGS)
 
 # nats (mk/nats.mk): the private broker of WSRELAY_WORKERS is Debian's nats-server.
-bench-cluster: build nats
+bench-cluster: dev nats
 	$(BIN)/python -m bench cluster --repeat 3 $(BENCH_ARGS)
 
-bench-cluster-quick: build nats
+bench-cluster-quick: dev nats
 	$(BIN)/python -m bench cluster --quick $(BENCH_ARGS)

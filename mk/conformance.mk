@@ -6,5 +6,5 @@
 
 .PHONY: conformance-deflate
 
-conformance-deflate: build
+conformance-deflate: dev
 	AUTOBAHN_CASES="12.*,13.*" AUTOBAHN_TIMEOUT=10800 $(BIN)/python -m pytest -q tests/test_conformance.py::test_autobahn_fuzzingclient
