@@ -205,7 +205,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], object]]] = {
 
 VARIABLES = tuple(_VARIABLES)
 # Read by setup.py when the core is compiled, not by the gateway.
-BUILD_VARIABLES = ("WSRELAY_DEBUG_BUILD", "WSRELAY_ANNOTATE")
+BUILD_VARIABLES = ("WSRELAY_DEBUG_BUILD", "WSRELAY_ANNOTATE", "WSRELAY_BUILD_JOBS", "WSRELAY_SKIP_EXTENSIONS")
 
 
 def node_name(value: Settings) -> Optional[str]:
