@@ -71,7 +71,7 @@ class Trouble:
         self._log.warning("malformed", f"cluster: {what}")
 
     def hook_failed(self, name: str) -> None:
-        # Not rate-limited: a hook that raises is a bug of the core, and its
-        # traceback is what fixes it.
+        # Each with its traceback, not rate-limited: a hook that raises is a
+        # bug in the core, not trouble from the bus.
         self.counters.hook_errors += 1
         log.exception("cluster: hooks.%s raised", name)
