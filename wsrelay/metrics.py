@@ -55,7 +55,7 @@ class _GatewayCollector:
                                 value=node().process_count())
         cluster = getattr(self.gateway, "cluster", None)
         if cluster is not None:
-            from .cluster.transport import COUNTERS as CLUSTER_COUNTERS
+            from .cluster.stats import COUNTERS as CLUSTER_COUNTERS
 
             for field, metric, doc in CLUSTER_COUNTERS:
                 yield CounterMetricFamily(metric, doc, value=getattr(cluster.counters, field))
