@@ -6,7 +6,7 @@ import sys
 from setuptools import Extension, setup
 
 # In dependency order: each module cimports only those before it.
-CORE = ["errors", "units", "stats", "pid", "message", "mailbox", "runtime", "deflate", "frames", "relayspec",
+CORE = ["errors", "vocab", "signals", "units", "stats", "pid", "message", "mailbox", "runtime", "deflate", "frames", "relayspec",
         "remote", "writer", "relay", "group", "handshake"]
 # C libraries a module links with (libz.so.1 is on manylinux's allowed list).
 LIBRARIES = {"deflate": ["z"]}

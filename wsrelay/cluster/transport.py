@@ -41,6 +41,7 @@ import nats
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from .._core.pid import Pid
+from .._core.remote import Outbound
 from . import wire
 from .codec import decode
 from .errors import ClusterConnectError
@@ -243,7 +244,7 @@ async def connect_bus(servers: Union[str, Sequence[str]], *, token: Optional[str
     raise ClusterConnectError(url, f"no broker answered within {timeout} s")
 
 
-class Transport:
+class Transport(Outbound):
     """The transport of node ``node`` on the NATS servers ``servers``.
 
     ``await start()`` connects (ClusterConnectError names the URL when the
