@@ -140,3 +140,14 @@ async def test_global_names_go_through_the_transport() -> None:
         assert fake.names == {"svc": me}
         assert process.whereis_global("svc") == me
         assert await process.register_global("svc", REMOTE) is False
+
+
+async def test_each_drop_is_counted_under_its_reason() -> None:
+    with joined_node(transport=_fake()) as (cluster, _):
+        counters = node().counters
+        cluster.on_send(12345, "local", "hello", None, REMOTE)  # nobody of that id here
+        cluster.on_signal(Signal.KILL, node().system.pid, REMOTE, "bye")  # the system process is not killed
+        cluster.on_frames([12345], b"\x81\x02hi")  # no such connection
+        assert process.send(Pid("app", 5, "z"), "hello") is False  # node z is not up
+        assert (counters.cluster_dropped_noproc, counters.cluster_dropped_rejected,
+                counters.cluster_dropped_unreachable, counters.cluster_dropped_mailbox_full) == (2, 1, 1, 0)
