@@ -67,7 +67,7 @@ cdef class Outbound:
         raise NotImplementedError
 
     def signal(self, int kind, Pid dest, Pid src, reason):
-        """A signal (vocab.Signal) from ``src`` for ``dest``."""
+        """A signal (signals.Signal, as a plain int) from ``src`` for ``dest``."""
         raise NotImplementedError
 
     def frames(self, str node, list conn_ids, bytes frame):
@@ -75,6 +75,7 @@ cdef class Outbound:
         raise NotImplementedError
 
     def is_up(self, str node):
+        """Whether ``node`` is up: what is sent to it now is accepted."""
         raise NotImplementedError
 
     def peer_incarnation(self, str node):
