@@ -4,10 +4,8 @@ tests play the other nodes by calling the Cluster's hooks."""
 
 from __future__ import annotations
 
-import pytest
-
 from tests.fake_transport import FakeTransport, joined_node
-from wsrelay import EXIT, LINK_DOWN, Group, NoTransport, Pid, node, process
+from wsrelay import EXIT, LINK_DOWN, Group, Pid, node, process
 from wsrelay._core.signals import Signal
 from wsrelay._core.vocab import NOCONNECTION, NOPROC
 
@@ -38,11 +36,6 @@ async def test_a_send_to_a_node_that_is_down_is_counted_unreachable() -> None:
         assert process.send(Pid("app", 5, "z"), "hello") is False
         assert fake.sent == []
         assert node().counters.cluster_dropped_unreachable == 1
-
-
-async def test_without_a_cluster_a_remote_pid_is_no_transport() -> None:
-    with pytest.raises(NoTransport, match="node 'b'"):
-        process.send(REMOTE, "hello")
 
 
 async def test_monitor_and_link_of_a_remote_pid_signal_its_node() -> None:
