@@ -72,16 +72,13 @@ def _register() -> None:
 
 
 async def _join(node: str, url: str, token: str) -> Any:
-    from wsrelay._core.remote import Cluster
-    from wsrelay._core.runtime import node as get_node
+    import wsrelay
     from wsrelay.cluster.transport import Transport
 
     transport = Transport(node, url, token=token)
     await transport.start()
-    core = Cluster(get_node(), transport, asyncio.get_running_loop())
-    get_node().join_cluster(core, transport.incarnation)
-    get_node().bind_thread()
-    transport.attach(core)
+    wsrelay.join_cluster(transport)
+    wsrelay.node().bind_thread()
     return transport
 
 

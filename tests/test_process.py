@@ -10,6 +10,7 @@ import pytest
 
 import wsrelay
 from tests import procs  # noqa: F401  (registers the process functions)
+from tests.fake_transport import FakeTransport, joined_node
 from wsrelay import EXIT, LINK_DOWN, MailboxFull, NoTransport, Pid, process
 
 
@@ -486,19 +487,9 @@ async def test_send_to_another_node_goes_to_the_transport():
     remote = Pid("app:processes", 5, "node2")
     with pytest.raises(NoTransport, match="node2"):
         process.send(remote, "hello")
-    sent = []
-
-    class Transport:
-        def send(self, pid, topic, payload, sender):
-            sent.append((pid, topic, payload, sender))
-            return True
-
-    wsrelay.set_transport(Transport())
-    try:
+    with joined_node(transport=FakeTransport(up={"node2": 0})) as (_, fake):
         assert process.send(str(remote), "hello", 1) is True
-    finally:
-        wsrelay.set_transport(None)
-    assert sent == [(remote, "hello", 1, process.self())]
+        assert fake.sent == [(remote, "hello", 1, process.self())]
 
 
 # -- resources -----------------------------------------------------------------------

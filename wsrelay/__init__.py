@@ -9,7 +9,9 @@ from . import relay as relay  # registers the websocket_relay middleware
 from ._core.group import Group
 from ._core.message import Message
 from ._core.pid import Pid
-from ._core.runtime import EXIT, LINK_DOWN, Inbox, Node, node, set_node_factory
+from ._core.remote import join_cluster
+from ._core.runtime import Inbox, Node, node, set_node_factory
+from ._core.vocab import EXIT, LINK_DOWN
 from .app import App
 from .cli import run
 from .errors import (
@@ -52,11 +54,6 @@ def register(id: str) -> Callable[[F], F]:
     return decorate
 
 
-def set_transport(transport: Any) -> None:
-    """Route sends to other nodes' PIDs through ``transport`` (cluster seam)."""
-    node().set_transport(transport)
-
-
 __all__ = [
     "App",
     "Gateway",
@@ -76,9 +73,9 @@ __all__ = [
     "RelaySettingsError",
     "SettingsError",
     "WrongThread",
+    "join_cluster",
     "node",
     "process",
     "register",
     "run",
-    "set_transport",
 ]

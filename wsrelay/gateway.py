@@ -69,7 +69,7 @@ class ServiceRuntime:
         ), timeout=s.handshake_timeout, receive_buffer=s.socket_receive_buffer,
             # In a cluster /metrics answers for every worker of the machine,
             # gathered over the bus: it has to wait, so the guard answers it.
-            routes=None if gateway.cluster is None else {b"/metrics": self.machine_metrics})
+            routes=None if gateway.transport is None else {b"/metrics": self.machine_metrics})
         # Longest prefix first, so /ws/admin wins over /ws.
         self.routers = sorted((_RouterRuntime(r, self) for r in routers),
                               key=lambda rt: len(rt.router.prefix), reverse=True)
@@ -173,11 +173,11 @@ class ServiceRuntime:
             "processes": get_node().process_count(),
             "node": self.gateway.settings.node_name,
         }
-        cluster = self.gateway.cluster
-        if cluster is not None:
-            body["node"] = cluster.node
-            body["incarnation"] = cluster.incarnation
-            body["peers"] = cluster.peers()
+        transport = self.gateway.transport
+        if transport is not None:
+            body["node"] = transport.node
+            body["incarnation"] = transport.incarnation
+            body["peers"] = transport.peers()
         res = Response().status(200 if self.accepting else 503)
         res.header("Content-Type", "application/json")
         return res.write(orjson.dumps(body))
@@ -192,7 +192,7 @@ class ServiceRuntime:
         body, content_type = render(self.gateway)
         if "local=1" in query.split("&"):
             return 200, content_type, body
-        bodies = await self.gateway.cluster.gather_metrics(timeout=1.5)
+        bodies = await self.gateway.transport.gather_metrics(timeout=1.5)
         return 200, content_type, merge_expositions(bodies)
 
     def metrics(self) -> Response:
@@ -206,13 +206,14 @@ class Gateway:
     """Runs an App: ``await gateway.start()``, then ``await gateway.shutdown()``."""
 
     def __init__(self, app: App, settings: Optional[Settings] = None, addr: Optional[str] = None, *,
-                 reuse_port: bool = False, cluster: Any = None) -> None:
+                 reuse_port: bool = False, transport: Any = None) -> None:
         self.app = app
         # A worker under a supervisor shares the service's port with the other
         # workers (SO_REUSEPORT): the kernel spreads connections over them.
         self.reuse_port = reuse_port
-        # The cluster transport (wsrelay.cluster.transport.Transport), if any.
-        self.cluster = cluster
+        # The cluster's transport (wsrelay.cluster.transport.Transport) when
+        # this node is in one; the core's side of it is get_node().remote.
+        self.transport = transport
         self.settings = settings or current_settings()
         self.addr_override = addr or self.settings.addr
         self.services: dict[str, ServiceRuntime] = {}

@@ -42,7 +42,7 @@ from .mailbox cimport RoomWaiter
 from .message cimport Message, new_message
 from .pid cimport Pid
 from .relayspec cimport RelaySpec, parse_control
-from .remote cimport Cluster, RemoteProcess
+from .remote cimport RemoteProcess
 from .runtime cimport Node, Process
 from .stats cimport Counters, LimitedLog
 from .writer cimport ConnState, Output, Writer
@@ -861,9 +861,7 @@ cdef Process _find_target(Node node, Pid pid):
     cdef Process target = node.lookup(pid)
     if target is not None or pid.node == node.name or node.remote is None:
         return target
-    if not (<Cluster>node.remote).transport.is_up(pid.node):
-        return None
-    return node.remote.process(pid)
+    return node.remote.reachable(pid)
 
 
 cdef class RelayListener(WSListener):

@@ -22,17 +22,13 @@ from cpython.ref cimport Py_INCREF
 from libc.stdint cimport uint64_t
 
 from .includes.capi cimport TypeSlots, PyExc_StopIteration, PyErr_SetObject
-from .pid cimport Pid, make_pid, to_pid
+from .pid cimport Pid, PidCache, make_pid, to_pid
 from .message cimport Message, new_message
 from .mailbox cimport Mailbox
 from .stats cimport Counters, LimitedLog
 
 from .errors import MailboxFull, NoTransport, WrongThread
-
-EXIT = "@exit"
-LINK_DOWN = "@link_down"
-
-NORMAL = "normal"
+from .vocab import ERROR, EXIT, LINK_DOWN, NOPROC, NORMAL, SHUTDOWN, TERMINATED
 
 cdef enum:
     # Messages a process may take from its mailbox in a row before it lets
@@ -122,10 +118,25 @@ cdef class Process:
 
 
 cdef class Remote:
+    """What a node asks of its side of the cluster (remote.Cluster is the one
+    there is): the defaults below are those of a node that reaches no other."""
+
     cdef Process process(self, Pid pid):
         return None
 
+    cdef Process reachable(self, Pid pid):
+        return None
+
+    cdef Process proxy_of(self, Pid pid):
+        return None
+
+    cdef int drop_proxy_if_idle(self, Process proxy) except -1:
+        return 0
+
     cdef bint send(self, Pid dest, str topic, object payload, Pid sender) except -1:
+        return False
+
+    cdef bint ship_frames(self, str node, list ids, bytes frame) except -1:
         return False
 
     cdef Pid global_name(self, str name):
@@ -133,6 +144,20 @@ cdef class Remote:
 
     cdef int forget(self, Process proc) except -1:
         return 0
+
+    def whereis_global(self, str name not None):
+        """The PID holding the cluster-wide ``name``, as this node sees it now."""
+        return self.global_name(name)
+
+    async def register_global(self, str name not None, Pid pid not None):
+        """Claim ``name`` for ``pid`` across the cluster: True, or False when
+        another live PID holds it; released when ``pid`` ends."""
+        raise NotImplementedError
+
+    def add_connection_host(self, str host not None):
+        """A host whose processes are connections: frames from other nodes
+        name connections by id, and are looked for on these."""
+        raise NotImplementedError
 
 
 cdef class _SystemProcess(Process):
@@ -332,9 +357,8 @@ cdef class Node:
         self.functions = {}
         self.hosts = {default_host, "system"}
         self._next_id = 1
-        self.transport = None
         self._kill_queue = deque()
-        self._parsed = {}
+        self._parsed = PidCache()
         self._finishing = False
         self._journal = None
         cdef _SystemProcess system = _SystemProcess.__new__(_SystemProcess)
@@ -349,10 +373,11 @@ cdef class Node:
         self._next_id += 1
         return make_pid(self.name, host, (<uint64_t>self.incarnation << 32) | ident)
 
-    def join_cluster(self, Remote remote not None, unsigned long incarnation):
+    cdef int enter_cluster(self, Remote remote, unsigned long incarnation) except -1:
         """Become incarnation ``incarnation`` of this node in a cluster, with
-        ``remote`` as its side of it. Only before anything was spawned: the
-        system process is given a PID of the new incarnation."""
+        ``remote`` as its side of it (remote.join_cluster wires the rest).
+        Only before anything was spawned: the system process is given a PID
+        of the new incarnation."""
         if self.name is None:
             raise ValueError("a node in a cluster needs a name (WSRELAY_NODE)")
         if len(self.table) != 1:
@@ -363,9 +388,7 @@ cdef class Node:
         self.incarnation = incarnation
         self.attach(self.system, self.new_pid("system"))
         self.remote = remote
-
-    def leave_cluster(self):
-        self.remote = None
+        return 0
 
     cdef int attach(self, Process proc, Pid pid, bint with_mailbox=True) except -1:
         """Give ``proc`` its PID (and a mailbox, unless it handles every
@@ -415,11 +438,6 @@ cdef class Node:
         gateway's loop); calls from any other thread raise WrongThread."""
         self.thread_id = PyThread_get_thread_ident()
 
-    def set_transport(self, transport):
-        """Route sends to PIDs of other nodes through ``transport.send(pid,
-        topic, payload, sender) -> bool``: the seam for cluster mode."""
-        self.transport = transport
-
     # -- process functions ------------------------------------------------
 
     def register_function(self, str ident not None, fn):
@@ -431,12 +449,6 @@ cdef class Node:
         if old is not None and old is not fn:
             raise ValueError(f"process function id {ident!r} is already registered to {old!r}")
         self.functions[ident] = fn
-
-    def function(self, str ident not None):
-        fn = self.functions.get(ident)
-        if fn is None:
-            raise LookupError(f"no process function is registered as {ident!r}")
-        return fn
 
     # -- spawning ----------------------------------------------------------
 
@@ -557,7 +569,7 @@ cdef class Node:
         proc._inbox = None
         return 0
 
-    def terminate_all(self, str reason="shutdown"):
+    def terminate_all(self, str reason=SHUTDOWN):
         """Terminate every process but the system process."""
         for proc in list(self.table.values()):
             if proc is not self.system and (<Process>proc).alive:
@@ -577,10 +589,7 @@ cdef class Node:
         return target.on_monitored(watcher)
 
     cdef int remove_monitor(self, Process watcher, Process target) except -1:
-        if watcher.monitoring is not None:
-            watcher.monitoring.discard(target)
-        if target.monitored_by is not None and watcher in target.monitored_by:
-            target.monitored_by.discard(watcher)
+        if part_monitor(watcher, target):
             target.on_demonitored(watcher)
         return 0
 
@@ -611,18 +620,13 @@ cdef class Node:
             # Another node's PID in its text form: parsed once, not per send.
             pid = self._parsed.get(dest)
             if pid is None:
-                pid = to_pid(dest)
-                if len(self._parsed) >= 65536:
-                    self._parsed.clear()
-                self._parsed[dest] = pid
+                pid = self._parsed.put(dest, to_pid(dest))
         else:
             pid = to_pid(dest)
         if pid.node != self.name:
-            if self.remote is not None:
-                return self.remote.send(pid, topic, payload, sender)
-            if self.transport is None:
+            if self.remote is None:
                 raise NoTransport(pid)
-            return bool(self.transport.send(pid, topic, payload, sender))
+            return self.remote.send(pid, topic, payload, sender)
         return False
 
     # -- names ---------------------------------------------------------------------
@@ -664,17 +668,17 @@ async def _main(Process proc, object fn, tuple args):
         await fn(*args)
     except _CancelledError:
         if proc.alive:
-            proc.node.finish(proc, "terminated", None)
+            proc.node.finish(proc, TERMINATED, None)
         return
     except Exception as exc:
         if proc.alive:
             proc.node.counters.processes_crashed += 1
             _log.error("process %s crashed", proc.pid, exc_info=exc)
-            proc.node.finish(proc, "error", exc)
+            proc.node.finish(proc, ERROR, exc)
         return
     except BaseException as exc:
         if proc.alive:
-            proc.node.finish(proc, "error", exc)
+            proc.node.finish(proc, ERROR, exc)
         raise
     if proc.alive:
         proc.node.finish(proc, NORMAL, None)
@@ -741,6 +745,18 @@ cdef Process _caller(Node n, str what):
         raise RuntimeError(f"wsrelay.{what}() needs a running event loop: call it from "
                            f"a coroutine, a process or an HTTP handler")
     return n.system
+
+
+cdef bint part_monitor(Process watcher, Process target) except -1:
+    """Take ``watcher``'s monitor of ``target`` out of both their sets,
+    telling nobody: whether it was there. (A monitor that fired on another
+    node ends so: that node has nothing more to hear of it.)"""
+    if watcher.monitoring is not None:
+        watcher.monitoring.discard(target)
+    if target.monitored_by is None or watcher not in target.monitored_by:
+        return False
+    target.monitored_by.discard(watcher)
+    return True
 
 
 cdef bint join_links(Process a, Process b) except -1:
@@ -844,7 +860,7 @@ def monitor(pid):
     cdef Process caller = calling_process("process.monitor")
     cdef Process target = _target(caller.node, pid)
     if target is None:
-        caller.signal(exit_event(EXIT, to_pid(pid), "noproc", None))
+        caller.signal(exit_event(EXIT, to_pid(pid), NOPROC, None))
         return
     caller.node.add_monitor(caller, target)
 
@@ -885,7 +901,7 @@ def trap_exits(bint flag=True):
     return old
 
 
-def terminate(pid, str reason="terminated"):
+def terminate(pid, str reason=TERMINATED):
     """End another process with ``reason``; False when it was already gone."""
     cdef Process caller = calling_process("process.terminate")
     cdef Process target = _target(caller.node, pid)

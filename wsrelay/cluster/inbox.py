@@ -10,17 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._core.pid import Pid
+from .._core.pid import Pid, PidCache
 from . import wire
 from .bus import Bus
 from .codec import decode
 from .hooks import Hooks
 from .peers import Peer, Peers
 from .stats import Counters, Trouble
-
-# PIDs parsed from their text, kept for the next records naming them; the
-# cache starts again past this many.
-_PID_CACHE = 65536
 
 
 class Inbox:
@@ -29,7 +25,8 @@ class Inbox:
         self._peers = peers
         self._counters = counters
         self._trouble = trouble
-        self._pids: dict[str, Pid] = {}
+        # PIDs parsed from their text, for the next records naming them.
+        self._pids = PidCache()
 
     async def on_batch_msg(self, msg: Any) -> None:
         self.receive(msg.data)
@@ -130,8 +127,5 @@ class Inbox:
         if pid is None:
             if type(text) is not str:
                 raise wire.Malformed("a PID must be text")
-            pid = Pid.parse(text)
-            if len(self._pids) >= _PID_CACHE:
-                self._pids.clear()
-            self._pids[text] = pid
+            pid = self._pids.put(text, Pid.parse(text))
         return pid

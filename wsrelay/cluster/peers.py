@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 from typing import Callable, Optional
 
+from .._core.vocab import NOCONNECTION
 from . import wire
 from .hooks import Hooks
 from .names import GlobalNames
@@ -30,7 +31,6 @@ JOINING = "joining"
 UP = "up"
 DOWN = "down"
 
-NOCONNECTION = "noconnection"
 
 # At most this often, a batch of the new session to a peer still sending in
 # the old one.

@@ -31,6 +31,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 import nats
 
 from .._core.pid import Pid
+from .._core.remote import Outbound
 from . import wire
 from .bus import Bus, allocate_incarnation, connect_bus, display_urls
 from .errors import ClusterConnectError
@@ -44,7 +45,7 @@ from .rpc import Rpc
 from .stats import COUNTERS, Counters, Trouble, log
 
 
-class Transport:
+class Transport(Outbound):
     """The transport of node ``node`` on the NATS servers ``servers``.
 
     ``await start()`` connects (ClusterConnectError names the URL when the
