@@ -7,7 +7,7 @@ from setuptools import Extension, setup
 
 # In dependency order: each module cimports only those before it.
 CORE = ["errors", "units", "stats", "pid", "message", "mailbox", "runtime", "deflate", "frames", "relayspec",
-        "remote", "writer", "relay", "group", "handshake"]
+        "remote", "picows_private", "writer", "relay", "group", "handshake"]
 # C libraries a module links with (libz.so.1 is on manylinux's allowed list).
 LIBRARIES = {"deflate": ["z"]}
 
