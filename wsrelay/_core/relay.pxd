@@ -66,7 +66,7 @@ cdef class Connection(Output):
     # The transport reads (what pause_reading/resume_reading last said).
     cdef bint reading
     cdef object close_timer
-    # Set once, on leaving OPEN or PAUSED: the reason of ws.leave and EXIT.
+    # Set once, as closing begins: the reason of ws.leave and of the EXIT.
     cdef str leave_reason
     cdef object leave_code
     # Idle ping bookkeeping: frames seen, and what the last sweep saw.

@@ -13,15 +13,19 @@ moves a connection between them (LEGAL below is the same table)::
 
     PREPARED --upgrade (connected)--> OPEN <--room (_resume)-- PAUSED
                                        |  --target full (pause)-->  |
-                                       +------------+---------------+
-        begin_close: ws.close, target exit,         | end_input: the client's close frame,
-        stall, ping timeout, slow consumer,         | a frame we fail on (fail), or picows
-        shutdown, terminate                         | failed the socket itself (wire_failed)
-                  +---------------------------------+------------------+
-                  v                                                    v
-               CLOSING --the client's close frame, fail, wire_failed--> DISCONNECTING
-                  |                                                    |
-                  +----------socket gone (disconnected)----------------+--> CLOSED
+                                       +-------------+--------------+
+                                                     |
+        begin_close (our close frame first):         |  end_input (nothing the client sends
+        ws.close, target exit, stall, ping           |  counts any more): its close frame,
+        timeout, slow consumer, shutdown,            |  a frame we fail on (fail), or picows
+        terminate                                    |  failed the socket (wire_failed)
+                  +----------------------------------+---------------------+
+                  v                                                        v
+               CLOSING --its close frame (the answer), a frame we fail on--> DISCONNECTING
+                  |                                                        |
+                  | socket gone (disconnected): the close or ping          | socket gone
+                  | timeout, picows or the peer dropped it                 | (disconnected)
+                  +-------------------------> CLOSED <---------------------+
 
 ``Connection._enter`` is the one place a state changes; it refuses (with
 RuntimeError) any move not in the table. One place stops reading for
@@ -47,8 +51,8 @@ The flags beside the state, and where they mean something:
 - ``awaiting_pong``: OPEN and PAUSED (the sweep skips every other state).
 - ``remote_target`` (the target is another node's): whenever ``target`` is
   not None.
-- ``leave_reason`` / ``leave_code``: set once, on leaving OPEN or PAUSED; the
-  reason of ws.leave and of the EXIT.
+- ``leave_reason`` / ``leave_code``: set once, as closing begins (OPEN or
+  PAUSED to CLOSING or DISCONNECTING); the reason of ws.leave and of the EXIT.
 
 Bounds (SPEC §6): a paused connection stops reading; frames picows had
 already read (and, while it waits for the pong of a ping, at most
