@@ -17,17 +17,20 @@ from picows import WSMsgType
 
 from tests.wsclient import BINARY, PING, PONG, TEXT, RawWebSocket, encode_frame
 from wsrelay._core.handshake import Handshakes
-from wsrelay._core.picows_private import _release_upgrade, _write_buffer_capacity, server_protocol_factory
+from wsrelay._core.picows_private import (
+    CHECKED_AGAINST,
+    _release_upgrade,
+    _write_buffer_capacity,
+    server_protocol_factory,
+)
 
-# The picows these reliances were checked against (picows_private says the same).
-CHECKED = "2.3.1"
 PATH = "/picows"
 # The write buffer the relay gives each transport (relay.pyx, CONTROL_FRAME_BUFFER).
 CONTROL_FRAME_BUFFER = 160
 
 
 def broke(what: str) -> str:
-    return f"picows {picows.__version__} (checked against {CHECKED}) changed: {what}"
+    return f"picows {picows.__version__} (checked against {CHECKED_AGAINST}) changed: {what}"
 
 
 class Recorder(picows.WSListener):

@@ -1,6 +1,6 @@
 # Where wsrelay relies on more of picows than its public API promises: each
-# reliance is here, with why it is needed. Checked against picows 2.3.1;
-# tests/test_picows_private.py fails, naming the reliance, when an upgrade
+# reliance is here, with why it is needed. Checked against the picows that
+# CHECKED_AGAINST names (picows_private.pyx); tests/test_picows_private.py fails, naming the reliance, when an upgrade
 # breaks one (a missing attribute already fails the build of the modules that
 # cimport this one).
 #

@@ -6,7 +6,7 @@ upgrade request and response, frames written beside picows' own) are inline
 functions in picows_private.pxd; this module holds the one made from Python:
 picows' server protocol, built the way ``ws_create_server`` builds it, so
 that the handshake guard (handshake.pyx) can hand it a socket whose request
-head it has already read. Checked against picows 2.3.1;
+head it has already read. Checked against the picows CHECKED_AGAINST names;
 tests/test_picows_private.py fails, naming the reliance, when an upgrade
 breaks one.
 """
@@ -18,12 +18,15 @@ from picows.picows import WSProtocol
 
 from picows.picows cimport WSTransport
 
+# The picows release every reliance here was last checked against.
+CHECKED_AGAINST = "2.3.1"
+
 
 def server_protocol_factory(listener_factory, logger, handshake_timeout, max_frame_size, read_buffer_size):
     """A factory of server-side picows protocols (no argument).
 
     ``WSProtocol`` is not public and its constructor takes its 15 arguments
-    by position (in 2.3.1: host_port, ws_path, is_client_side,
+    by position (in CHECKED_AGAINST: host_port, ws_path, is_client_side,
     ws_listener_factory, logger, disconnect_on_exception,
     websocket_handshake_timeout, enable_auto_ping, auto_ping_idle_timeout,
     auto_ping_reply_timeout, auto_ping_strategy, enable_auto_pong,
