@@ -1,16 +1,23 @@
 """A connection's life as a state machine (wsrelay/_core/relay.pyx): the table
 of legal moves, checked without sockets through the core's test hooks. Every
 move the table has is made through Connection._enter; every other one is
-refused and leaves the state as it was. The behaviour along these moves is
-tested over real sockets (test_relay_ws, test_core_regressions, test_hostile)."""
+refused and leaves the state as it was. One real connection is then walked
+along the main path; the behaviour along every move is tested over real
+sockets elsewhere (test_relay_ws, test_core_regressions, test_hostile)."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections import deque
 
 import pytest
 
+import wsrelay
+from tests import relay_procs  # noqa: F401  (process functions)
+from tests.support import expect, relay_app, relay_handler, running, until
+from tests.wsclient import RawWebSocket
+from wsrelay import process
 from wsrelay._core.relay import STATES, Connection, _enter_for_test, _legal_moves
 
 # The life as the top of relay.pyx draws it, written out again here so that a
@@ -89,3 +96,33 @@ def test_an_illegal_move_is_refused_and_the_state_kept(before, after):
 def test_an_unknown_state_name_is_refused():
     with pytest.raises(ValueError):
         _enter_for_test(Connection.__new__(Connection), "half-open")
+
+
+async def test_a_connection_over_a_socket_goes_open_paused_open_closing_closed():
+    gate = asyncio.Event()
+    counters = wsrelay.node().counters
+    app = relay_app(relay_handler("relay:gated", process.self(), gate))
+    async with running(app, close_timeout=30) as gw:
+        ws = await RawWebSocket.connect(gw, "/ws/chat")
+        _, target = await expect("ready")
+        (conn,) = gw.services["test:gateway"].relay.connections
+        assert conn.state_name == "open"
+        # Its ws.join takes a slot of the stuck target's mailbox; one more message than fits.
+        pauses = counters.relay_backpressure_pauses
+        for n in range(wsrelay.node().mailbox_capacity):
+            ws.send_text(str(n))
+        await ws.drain()
+        await until(lambda: counters.relay_backpressure_pauses > pauses, what="the connection pausing")
+        assert conn.state_name == "paused"
+        gate.set()
+        await expect("backlog")
+        await until(lambda: conn.state_name == "open", what="the connection resuming")
+        client = conn.pid
+        process.monitor(client)
+        assert process.send(client, "ws.close", {"code": 1000}) is True
+        assert conn.state_name == "closing"
+        close = await ws.answer_close()
+        assert close.close_code == 1000
+        assert (await expect(wsrelay.EXIT))["reason"] == "server_closed"
+        await until(lambda: conn.state_name == "closed", what="the socket going")
+        process.send(target, "exit")
