@@ -4,7 +4,6 @@ its router and endpoint, with /health and /metrics on every service."""
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from collections import Counter
@@ -12,10 +11,10 @@ from typing import Any, Optional
 
 import orjson
 import picows
-from picows import WSAutoPingStrategy, WSUpgradeResponseWithListener
-from picows.picows import WSProtocol
+from picows import WSUpgradeResponseWithListener
 
 from ._core.handshake import Handshakes
+from ._core.picows_private import server_protocol_factory
 from ._core.relay import RelayListener, RelayService
 from ._core.runtime import node as get_node
 from ._core.runtime import terminate
@@ -54,18 +53,8 @@ class ServiceRuntime:
             ping_interval=s.ping_interval, ping_timeout=s.ping_timeout,
             compression=s.compression, compression_min_size=s.compression_min_size,
         )
-        self.handshakes = Handshakes(loop, functools.partial(
-            WSProtocol,
-            None, None, False,  # host:port and path (a client's), is_client_side
-            self.listener_factory,
-            _PICOWS_LOGGER,
-            True,  # disconnect_on_exception
-            s.handshake_timeout,
-            False, 20, 20, WSAutoPingStrategy.PING_WHEN_IDLE,  # auto-ping off: the relay's sweep pings
-            False,  # auto-pong off: the relay answers pings itself, after its RSV check
-            _max_frame_size(s),
-            None,  # extra headers (a client's)
-            s.read_buffer_size,
+        self.handshakes = Handshakes(loop, server_protocol_factory(
+            self.listener_factory, _PICOWS_LOGGER, s.handshake_timeout, _max_frame_size(s), s.read_buffer_size,
         ), timeout=s.handshake_timeout, receive_buffer=s.socket_receive_buffer,
             # In a cluster /metrics answers for every worker of the machine,
             # gathered over the bus: it has to wait, so the guard answers it.
