@@ -1,16 +1,24 @@
-"""Test harness: every ``async def`` test runs on a fresh uvloop loop, and must
-leave no process behind (the node's table holds only the system process)."""
+"""Every ``async def`` test runs on a fresh uvloop loop, and must leave no
+process behind (the node's table holds only the system process). Every
+process function of tests/procs.py is registered for every test, and the
+fixtures shared by several files are defined here, once.
+
+How to start a gateway: tests/harness.py; the apps: tests/apps.py; the raw
+client: tests/wsclient.py; the cluster's nodes: tests/cluster_support.py."""
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+from typing import Iterator
 
 import pytest
 import uvloop
 
 import wsrelay
-from tests.support import drain_inbox
+from tests import procs  # noqa: F401  (registers the process functions of every test)
+from tests.harness import drain_inbox
+from wsrelay.cluster.broker import Broker
 
 DEFAULT_TIMEOUT = 60.0
 
@@ -46,3 +54,11 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function):
     if leaked:
         pytest.fail(f"test left processes running: {leaked}")
     return True
+
+
+@pytest.fixture
+def broker() -> Iterator[Broker]:
+    """A private nats-server of the test's own (wsrelay/cluster/broker.py), for
+    the cluster tests; stopped after the test."""
+    with Broker() as b:
+        yield b

@@ -19,8 +19,8 @@ import pytest
 import websockets
 
 import wsrelay
-from tests import procs, relay_procs  # noqa: F401  (process functions)
-from tests.support import expect, relay_app, relay_handler, running, scrape, until
+from tests.apps import relay_app, relay_handler
+from tests.harness import expect, running, scrape, until
 from tests.wsclient import BINARY, CONT, PING, RSV1, RSV2, TEXT, HandshakeRefused, RawWebSocket
 from wsrelay import Group, process
 
@@ -140,7 +140,7 @@ async def test_with_compression_on_a_client_that_offers_nothing_is_uncompressed(
 async def test_the_websockets_client_negotiates_and_round_trips():
     """An independent implementation on the other end (websockets compresses
     with context takeover unless told not to: our answer tells it not to)."""
-    async with running(relay_app(relay_handler("test:ws_echo")), compression=True,
+    async with running(relay_app(relay_handler("relay:tagged_echo")), compression=True,
                        compression_min_size=0) as gw:
         async with websockets.connect(gw.url(PATH)) as ws:
             assert ws.response.headers[EXTENSIONS] == AGREED

@@ -27,8 +27,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.harness import REPO, WSRELAY, ServerProcess
-from tests.support import Metrics
+from tests.harness import REPO, WSRELAY, Metrics, ServerProcess
 
 APP = "examples/chat/app.yaml"
 PAGE = REPO / "examples" / "chat" / "index.html"

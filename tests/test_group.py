@@ -12,7 +12,8 @@ import pytest
 import websockets
 
 import wsrelay
-from tests.support import expect, relay_app, running
+from tests.apps import relay_app
+from tests.harness import expect, running
 from wsrelay import Group, process
 
 

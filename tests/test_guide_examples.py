@@ -27,8 +27,7 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.harness import REPO, START_TIMEOUT, WSRELAY, ServerProcess, clean_env, serve_command
-from tests.support import scrape
+from tests.harness import REPO, START_TIMEOUT, WSRELAY, ServerProcess, clean_env, scrape, serve_command
 from tests.wsclient import HTTPResponse, http_request
 
 GUIDE = REPO / "docs" / "guide.md"

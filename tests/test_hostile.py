@@ -14,9 +14,8 @@ import resource
 
 import pytest
 
-from tests.harness import RssSampler, ServerProcess, serve_command
-from tests.ops_support import write_app
-from tests.support import scrape
+from tests.apps import write_app
+from tests.harness import RssSampler, ServerProcess, scrape, serve_command
 from tests.wsclient import BINARY, CONT, PING, TEXT, RawWebSocket, encode_frame, http_request
 
 MiB = 1 << 20

@@ -12,8 +12,8 @@ import time
 import pytest
 import websockets
 
+from tests.apps import read_report, write_app
 from tests.harness import ServerProcess, serve_command
-from tests.ops_support import read_report, write_app
 from tests.wsclient import CLOSE, RawWebSocket
 
 CLIENTS = 5

@@ -31,8 +31,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 import wsrelay
-from tests import ops_procs  # noqa: F401  (registers the ops:* process functions)
-from tests.support import drain_inbox, relay_app
+from tests.apps import relay_app
+from tests.harness import drain_inbox
 from tests.wsclient import (
     BINARY,
     CLOSE,
@@ -304,7 +304,7 @@ class FuzzGateway:
         self.observer = wsrelay.node().system.pid
 
         def handler(req, res):
-            pid = process.spawn("ops:recorder", None, self.observer)
+            pid = process.spawn("relay:forward", None, self.observer)
             res.header("X-WS-Relay", json.dumps({"target_pid": str(pid)}))
 
         config = dataclasses.replace(current_settings(), max_message_size=MAX_MESSAGE, ping_interval=0,

@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import re
 import socket
 import subprocess
 
 import pytest
 import websockets
 
-from tests.harness import REPO, WSRELAY, ServerProcess, clean_env, serve_command
-from tests.ops_support import write_app
+from tests.apps import write_app
+from tests.harness import REPO, SERVING, WSRELAY, ServerProcess, clean_env, serve_command
 from tests.wsclient import HandshakeRefused, RawWebSocket, http_request
 from wsrelay.settings import VARIABLES, load_settings
 
@@ -110,7 +111,7 @@ def _assert_refused(result: subprocess.CompletedProcess, variable: str) -> None:
     assert variable in result.stderr, out
     assert "wsrelay: bad environment variable" in result.stderr, out
     assert "Traceback" not in out, out
-    assert "cannot listen" not in out and "serving" not in out, out
+    assert "cannot listen" not in out and not re.search(SERVING, out), out
 
 
 @pytest.mark.parametrize("index", range(len(BAD)), ids=[f"{v}={x}" for v, x in BAD])
@@ -199,3 +200,12 @@ async def test_valid_values_reach_the_running_server(tmp_path):
                 await asyncio.wait_for(ws.recv(), 10)
             assert ws.close_code == 1009
         assert await served.stopped(timeout=15) == 0, served.output()
+
+
+def test_a_misspelt_variable_is_named_with_the_closest_known_one(tmp_path):
+    app = tmp_path / "app.yaml"
+    app.write_text('version: "1.0"\nnamespace: t\nentries:\n  - {name: gw, kind: http.service, addr: ":0"}\n')
+    with ServerProcess([WSRELAY, "check", app], env={"WSRELAY_MAX_CONECTIONS": "5"}, ready=None) as checked:
+        assert checked.wait() == 0
+    warning = "unknown environment variable WSRELAY_MAX_CONECTIONS is ignored; did you mean WSRELAY_MAX_CONNECTIONS?"
+    assert any(warning in line for line in checked.stderr), checked.output()

@@ -12,8 +12,8 @@ from typing import Any, Callable, Optional
 import pytest
 
 import wsrelay
-from tests import procs, relay_procs  # noqa: F401  (process functions)
-from tests.support import expect, relay_app, running
+from tests.apps import relay_app, relay_handler
+from tests.harness import expect, running
 from tests.wsclient import HandshakeRefused, RawWebSocket, http_request
 from wsrelay import process
 
@@ -483,3 +483,16 @@ async def test_upgrade_header_listing_websocket_among_others_upgrades_or_refuses
         assert (await expect("target"))[0] == "ws.leave"
         assert not process.is_alive(target)
         assert count() == before
+
+
+@pytest.mark.parametrize("prefix, path", [("/", "/chat"), ("", "/chat"), ("/ws/", "/ws/chat")])
+async def test_a_router_prefix_of_slash_is_the_root(prefix, path):
+    app = wsrelay.App("test")
+    app.service("gateway", "127.0.0.1:0")
+    router = app.router("root", "gateway", prefix, post_middleware=["websocket_relay"])
+    router.endpoint("GET", "/chat", relay_handler("relay:recorder", process.self()))
+    async with running(app) as gw:
+        ws = await RawWebSocket.connect(gw, path)
+        await expect("ready")
+        assert (await expect("target"))[0] == "ws.join"
+        await ws.close_handshake()

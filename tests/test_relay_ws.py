@@ -15,8 +15,8 @@ import pytest
 import websockets
 
 import wsrelay
-from tests import procs, relay_procs  # noqa: F401  (process functions)
-from tests.support import expect, relay_app, relay_handler, running
+from tests.apps import relay_app, relay_handler
+from tests.harness import expect, running
 from tests.wsclient import (
     BINARY,
     CLOSE,
@@ -537,17 +537,17 @@ async def test_ws_send_and_ws_close_from_another_process():
     observer = process.self()
     async with running(app_for()) as gw:
         s = await connect(gw, monitor=True)
-        process.spawn("relay:try_send", None, observer, s.client, "ws.send", {"type": "binary", "data": b"hi"})
+        process.spawn("test:try_send", None, observer, s.client, "ws.send", {"type": "binary", "data": b"hi"})
         assert await expect("tried") == ("sent", True)
         assert await s.ws.recv_binary() == b"hi"
         # A malformed one raises ValueError inside the sending process.
-        process.spawn("relay:try_send", None, observer, s.client, "ws.send", {"type": "text", "data": b"hi"})
+        process.spawn("test:try_send", None, observer, s.client, "ws.send", {"type": "text", "data": b"hi"})
         outcome, kind, text = await expect("tried")
         assert (outcome, kind) == ("raised", "ValueError") and "str" in text
-        process.spawn("relay:try_send", None, observer, str(s.client), "ws.close", {"code": 1006})
+        process.spawn("test:try_send", None, observer, str(s.client), "ws.close", {"code": 1006})
         outcome, kind, text = await expect("tried")
         assert (outcome, kind) == ("raised", "ValueError") and "1006" in text
-        process.spawn("relay:try_send", None, observer, s.client, "ws.close", {"code": 1001, "reason": "bye"})
+        process.spawn("test:try_send", None, observer, s.client, "ws.close", {"code": 1001, "reason": "bye"})
         assert await expect("tried") == ("sent", True)
         close = await s.ws.answer_close()
         assert (close.close_code, close.close_reason) == (1001, b"bye")
@@ -750,7 +750,7 @@ async def test_linked_process_that_traps_exits_gets_link_down(end):
 async def test_a_crashing_linked_process_closes_the_client_with_1011():
     async with running(app_for()) as gw:
         s = await connect(gw, monitor=True)
-        other = process.spawn("relay:link_crash", None, process.self(), s.client)
+        other = process.spawn("test:link_crash", None, process.self(), s.client)
         assert await expect("linked") == other
         process.send(other, "crash")
         close = await s.ws.answer_close()
@@ -992,3 +992,20 @@ async def test_active_client_is_not_pinged():
         await s.ws.close_handshake()
         while (await from_target())[0] != "ws.leave":
             pass
+
+
+async def test_ws_control_takes_what_the_header_takes():
+    """One parser for the relay settings: ``metadata: null`` is {} in
+    X-WS-Relay and in ws.control alike."""
+    app = relay_app(relay_handler("relay:recorder", process.self(), metadata=None))
+    async with running(app) as gw:
+        ws = await RawWebSocket.connect(gw, PATH)
+        await expect("ready")
+        join = (await expect("target"))[1]
+        assert join["metadata"] == {}
+        client = join["client_pid"]
+        assert process.send(client, "ws.control", {"metadata": {"room": 1}}) is True
+        assert process.send(client, "ws.control", {"metadata": None}) is True
+        ws.send_text("hi")
+        assert (await expect("target"))[1]["metadata"] == {}
+        await ws.close_handshake()
