@@ -75,6 +75,14 @@ async def cluster(app: Path, broker: Broker, *names: str, **env: str) -> AsyncIt
             node.kill()
 
 
+@contextlib.asynccontextmanager
+async def controlled_cluster(app: Path, broker: Broker, *names: str,
+                             **env: str) -> AsyncIterator[list[tuple[ServerProcess, Control]]]:
+    """cluster(), and a control connection to each node: (node, control) pairs."""
+    async with cluster(app, broker, *names, **env) as nodes:
+        yield [(node, await Control.open(node)) for node in nodes]
+
+
 class Control:
     """A control connection: runs process API calls in its node."""
 

@@ -34,8 +34,10 @@ from typing import IO, Any, AsyncIterator, Callable, Mapping, Optional, Sequence
 
 from prometheus_client.parser import text_string_to_metric_families
 
+import wsrelay
+from tests.procs import REPORT_ENV
 from tests.wsclient import http_request
-from wsrelay import App, Gateway, process
+from wsrelay import App, Gateway, Pid, process
 from wsrelay.cluster.supervisor import SERVING as SERVING_LINE
 from wsrelay.settings import Settings
 from wsrelay.settings import settings as current_settings
@@ -96,6 +98,26 @@ async def drain_inbox() -> None:
         pass
 
 
+def leaked_processes() -> list[Pid]:
+    """The processes running besides the node's system process (the test's own)."""
+    node = wsrelay.node()
+    return [pid for pid in node.pids() if pid != node.system.pid]
+
+
+def end_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Tear down a test's loop: every process but the system one terminated,
+    every task left cancelled, the test's inbox emptied, the loop closed."""
+    wsrelay.node().terminate_all("test_teardown")
+    pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    for task in pending:
+        task.cancel()
+    if pending:
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+    loop.run_until_complete(drain_inbox())
+    loop.run_until_complete(loop.shutdown_asyncgens())
+    loop.close()
+
+
 # -- what a gateway says of itself (either kind) -------------------------------------------------
 
 
@@ -140,10 +162,10 @@ async def scrape(target: Any, path: str = "/metrics") -> Metrics:
 
 
 def clean_env(**overrides: str) -> dict[str, str]:
-    """The environment of a child: no inherited WSRELAY_* variable (nor OPS_*,
-    read by tests/procs.py), the repository importable, output unbuffered,
-    and ``overrides`` on top."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WSRELAY_", "OPS_"))}
+    """The environment of a child: no inherited WSRELAY_* variable (nor the
+    REPORT_ENV of tests/procs.py), the repository importable, output
+    unbuffered, and ``overrides`` on top."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WSRELAY_") and k != REPORT_ENV}
     env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env["PYTHONUNBUFFERED"] = "1"
     env.update(overrides)
@@ -219,8 +241,7 @@ class ServerProcess:
         with self._changed:
             self._changed.wait_for(seen, timeout)
         if found is None:
-            state = "running" if self.proc.poll() is None else f"exit {self.proc.returncode}"
-            raise AssertionError(f"{self.argv}: no line matching {pattern!r} ({state}):\n{self.output()}")
+            raise self._missing(f"no line matching {pattern!r}")
         return found
 
     def next_line(self, index: int, timeout: float = START_TIMEOUT) -> str:
@@ -231,8 +252,7 @@ class ServerProcess:
             self._changed.wait_for(lambda: len(self.stdout) > index or "stdout" in self._closed, timeout)
             if len(self.stdout) > index:
                 return self.stdout[index]
-        state = "running" if self.proc.poll() is None else f"exit {self.proc.returncode}"
-        raise AssertionError(f"{self.argv}: no line {index} within {timeout} s ({state}):\n{self.output()}")
+        raise self._missing(f"no line {index} within {timeout} s")
 
     def wait_text(self, pattern: str, stream: str = "stderr", start: int = 0,
                   timeout: float = START_TIMEOUT) -> re.Match[str]:
@@ -251,9 +271,14 @@ class ServerProcess:
         with self._changed:
             self._changed.wait_for(seen, timeout)
         if found is None:
-            state = "running" if self.proc.poll() is None else f"exit {self.proc.returncode}"
-            raise AssertionError(f"{self.argv}: no {pattern!r} in its {stream} ({state}):\n{self.output()}")
+            raise self._missing(f"no {pattern!r} in its {stream}")
         return found
+
+    def _missing(self, what: str) -> AssertionError:
+        """The error of a wait for output that did not come: ``what``, whether
+        the child still runs, and all it printed."""
+        state = "running" if self.proc.poll() is None else f"exit {self.proc.returncode}"
+        return AssertionError(f"{self.argv}: {what} ({state}):\n{self.output()}")
 
     def text(self, stream: str = "stderr") -> str:
         """Everything ``stream`` printed so far."""

@@ -25,7 +25,7 @@ from typing import Any
 import wsrelay
 from wsrelay import Group, process
 
-REPORT_ENV = "OPS_REPORT_FILE"
+REPORT_ENV = "TESTS_REPORT_FILE"
 
 
 def _report(*words: object) -> None:

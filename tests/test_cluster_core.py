@@ -16,7 +16,16 @@ from pathlib import Path
 import pytest
 
 from tests.apps import write_cluster_app
-from tests.cluster_support import DOWN_AFTER, CallError, Control, all_up, cluster, local_metrics, node_process
+from tests.cluster_support import (
+    DOWN_AFTER,
+    CallError,
+    Control,
+    all_up,
+    cluster,
+    controlled_cluster,
+    local_metrics,
+    node_process,
+)
 from tests.harness import ServerProcess, scrape, serve_command
 from tests.wsclient import RawWebSocket
 from wsrelay.cluster.broker import Broker
@@ -30,8 +39,7 @@ def app(tmp_path: Path) -> Path:
 
 
 async def test_send_monitor_and_terminate_across_nodes(app: Path, broker: Broker) -> None:
-    async with cluster(app, broker, "a", "b") as (a, b):
-        ca, cb = await Control.open(a), await Control.open(b)
+    async with controlled_cluster(app, broker, "a", "b") as ((a, ca), (b, cb)):
         echo = await cb.call("spawn", fn="test:echo")
         assert echo.startswith("{b@")
         await ca.call("monitor", pid=echo)
@@ -47,8 +55,7 @@ async def test_send_monitor_and_terminate_across_nodes(app: Path, broker: Broker
 
 
 async def test_messages_and_the_exit_keep_their_order(app: Path, broker: Broker) -> None:
-    async with cluster(app, broker, "a", "b") as (a, b):
-        ca, cb = await Control.open(a), await Control.open(b)
+    async with controlled_cluster(app, broker, "a", "b") as ((a, ca), (b, cb)):
         echo = await cb.call("spawn", fn="test:echo")
         await ca.call("monitor", pid=echo)
         assert await ca.call("send_many", pid=echo, topic="n", count=200) == [True] * 200
@@ -62,8 +69,7 @@ async def test_messages_and_the_exit_keep_their_order(app: Path, broker: Broker)
 
 
 async def test_links_across_nodes(app: Path, broker: Broker) -> None:
-    async with cluster(app, broker, "a", "b") as (a, b):
-        ca, cb = await Control.open(a), await Control.open(b)
+    async with controlled_cluster(app, broker, "a", "b") as ((a, ca), (b, cb)):
         doomed = await cb.call("spawn", fn="test:echo")
         await ca.call("link", pid=doomed)
         # Once its echo is back, the link (sent before, on the same stream) is in place.
@@ -86,8 +92,7 @@ async def test_links_across_nodes(app: Path, broker: Broker) -> None:
 
 
 async def test_a_dead_or_unknown_remote_pid(app: Path, broker: Broker) -> None:
-    async with cluster(app, broker, "a", "b") as (a, b):
-        ca, cb = await Control.open(a), await Control.open(b)
+    async with controlled_cluster(app, broker, "a", "b") as ((a, ca), (b, cb)):
         echo = await cb.call("spawn", fn="test:echo")
         await cb.call("monitor", pid=echo)
         await cb.call("send", pid=echo, topic="stop")
@@ -107,8 +112,7 @@ async def test_a_dead_or_unknown_remote_pid(app: Path, broker: Broker) -> None:
 
 
 async def test_a_lost_node_fires_monitors_and_links_with_noconnection(app: Path, broker: Broker) -> None:
-    async with cluster(app, broker, "a", "b") as (a, b):
-        ca, cb = await Control.open(a), await Control.open(b)
+    async with controlled_cluster(app, broker, "a", "b") as ((a, ca), (b, cb)):
         watched = await cb.call("spawn", fn="test:echo")
         linked = await cb.call("spawn", fn="test:echo")
         await ca.call("monitor", pid=watched)
@@ -128,8 +132,7 @@ async def test_a_lost_node_fires_monitors_and_links_with_noconnection(app: Path,
 
 
 async def test_a_restarted_node_is_a_new_incarnation(app: Path, broker: Broker) -> None:
-    async with cluster(app, broker, "a", "b") as (a, b):
-        ca, cb = await Control.open(a), await Control.open(b)
+    async with controlled_cluster(app, broker, "a", "b") as ((a, ca), (b, cb)):
         old = await cb.call("spawn", fn="test:echo")
         b.stop()
         again = node_process(app, broker, "b")
@@ -202,8 +205,7 @@ async def test_a_remote_target_found_dead_after_the_upgrade_closes_with_1011(app
 
 
 async def test_groups_and_global_names_span_nodes(app: Path, broker: Broker) -> None:
-    async with cluster(app, broker, "a", "b") as (a, b):
-        ca, cb = await Control.open(a), await Control.open(b)
+    async with controlled_cluster(app, broker, "a", "b") as ((a, ca), (b, cb)):
         room = await ca.call("spawn", fn="relay:room")
         assert await ca.call("register_global", name="room", pid=room) is True
         assert await cb.call("register_global", name="room", pid=await cb.call("spawn", fn="test:sleeper")) is False
@@ -320,8 +322,7 @@ async def test_a_broker_restart_under_traffic(app: Path, broker: Broker) -> None
     """Local traffic goes on while the broker is away; cross-node traffic
     resumes when it is back; what was sent meanwhile arrives, or its loss is
     counted and reported as the peer's loss (noconnection), never passed over."""
-    async with cluster(app, broker, "a", "b") as (a, b):
-        ca, cb = await Control.open(a), await Control.open(b)
+    async with controlled_cluster(app, broker, "a", "b") as ((a, ca), (b, cb)):
         remote_echo = await cb.call("spawn", fn="test:echo")
         await ca.call("monitor", pid=remote_echo)
         local_target = await ca.call("spawn", fn="relay:joined_echo")

@@ -1,4 +1,5 @@
-"""permessage-deflate over real sockets (SPEC §7): the offer answered in the
+"""permessage-deflate over real sockets (docs/guide.md section 5,
+"Compression"): the offer answered in the
 upgrade, compressed client messages relayed as the same ``ws.message``,
 ``ws.send`` and group sends compressed from WSRELAY_COMPRESSION_MIN_SIZE, and
 the connection failed on what RFC 7692 and the limits forbid.

@@ -1,10 +1,10 @@
-"""SPEC §6 from outside: hostile clients against a real ``wsrelay serve``,
+"""Hostile input and stuck peers (docs/configuration.md) from outside:
+hostile clients against a real ``wsrelay serve``,
 with the server's RSS, open files, close codes and /metrics measured while
 they do their worst.
 
 Each bound is stated next to what the same attack cost before the connection
-core was rebuilt (issue "The connection core, rebuilt"), so a regression
-shows as a number, not as a feeling.
+core was rebuilt, so a regression shows as a number, not as a feeling.
 """
 
 from __future__ import annotations

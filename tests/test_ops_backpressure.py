@@ -1,4 +1,5 @@
-"""SPEC §3 bounds: a relay target that stalls while its client floods. The
+"""Bounded mailboxes (docs/guide.md section 3, "When the target falls
+behind"): a relay target that stalls while its client floods. The
 connection stops reading (TCP backpressure) instead of buffering: afterwards
 every message has arrived once and in order, and the gateway's own RSS (a
 ``wsrelay serve`` subprocess) stayed under a stated bound the whole time."""

@@ -1,4 +1,4 @@
-"""SPEC §3: a process that raises, one that blocks the loop for a while and
+"""Processes are isolated (docs/guide.md section 9): a process that raises, one that blocks the loop for a while and
 one that floods sends into MailboxFull cannot take the gateway down; other
 clients keep being served while it happens and afterwards."""
 

@@ -1,4 +1,4 @@
-"""SPEC §5 limits: WSRELAY_MAX_CONNECTIONS (503 beyond it),
+"""Limits (docs/configuration.md): WSRELAY_MAX_CONNECTIONS (503 beyond it),
 WSRELAY_HANDSHAKE_TIMEOUT (a client that never finishes its upgrade request is
 dropped) and WSRELAY_PING_INTERVAL / WSRELAY_PING_TIMEOUT (idle clients that do
 not answer pings are dropped with reason ``timeout``)."""

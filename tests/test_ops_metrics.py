@@ -1,4 +1,4 @@
-"""SPEC §5: GET /health and GET /metrics (Prometheus text format, parsed with
+"""GET /health and GET /metrics (docs/configuration.md, "Health and metrics") (Prometheus text format, parsed with
 prometheus_client's own parser) on every service, and the numbers move as
 traffic flows."""
 

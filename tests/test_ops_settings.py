@@ -1,4 +1,4 @@
-"""SPEC §5: every WSRELAY_* variable is read and validated in one place at
+"""Settings (docs/configuration.md): every WSRELAY_* variable is read and validated in one place at
 start; a bad value makes ``wsrelay serve`` exit non-zero naming the variable,
 before it binds anything. Real subprocesses."""
 

@@ -1,4 +1,5 @@
-"""SPEC §5: a client that stops reading while its process keeps sending is
+"""Slow consumers (docs/configuration.md, `WSRELAY_WRITE_BUFFER_LIMIT`): a
+client that stops reading while its process keeps sending is
 closed with 1008 (reason ``slow_consumer``) once its unsent bytes pass
 WSRELAY_WRITE_BUFFER_LIMIT, instead of growing the gateway's memory; the
 target gets ws.leave with that reason, and other clients are unaffected."""

@@ -1,4 +1,5 @@
-"""The process runtime, row by row of SPEC §3."""
+"""The process runtime, behaviour by behaviour of docs/guide.md section 9,
+"Processes"."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The websocket_relay middleware at the handshake (SPEC §4.1, §4.2), over real
+"""The websocket_relay middleware at the handshake (docs/guide.md sections 3,
+7 and 8), over real
 sockets against a running gateway: origins, the handler's response, the
 X-WS-Relay header and every way it can be wrong, and invalid upgrades."""
 
@@ -73,7 +74,7 @@ async def refused(gw: Any, headers: Any = None, path: str = PATH, **kw: Any) -> 
     return info.value.response
 
 
-# -- §4.1 origins -----------------------------------------------------------------------
+# -- origins (guide section 7) -------------------------------------------------------------------------------
 
 ORIGIN_CASES = [
     # (configured patterns, Origin, allowed)
@@ -180,7 +181,7 @@ async def test_rejected_origin_is_refused_before_the_handler_and_before_any_spaw
         assert handler.calls == []
 
 
-# -- §4.2 the handler's answer -------------------------------------------------------------
+# -- the handler's answer (guide section 3, "The X-WS-Relay header") -----------------------------------------
 
 
 async def test_no_relay_header_sends_the_handlers_own_response():
