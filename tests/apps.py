@@ -14,10 +14,10 @@ and process function they name is in tests/procs.py.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from tests.procs import relay_to
 from wsrelay import App, process
 
 
@@ -27,7 +27,7 @@ def relay_handler(process_id: str, *args: Any, **fields: Any) -> Callable[[Any, 
 
     def handler(req: Any, res: Any) -> None:
         pid = process.spawn(process_id, None, *args)
-        res.header("X-WS-Relay", json.dumps({"target_pid": str(pid), **fields}))
+        relay_to(res, pid, **fields)
 
     return handler
 

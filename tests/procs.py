@@ -35,6 +35,13 @@ def _report(*words: object) -> None:
             f.write(" ".join(str(w) for w in words) + "\n")
 
 
+def relay_to(res: Any, pid: Any, **fields: Any) -> None:
+    """Answer an upgrade request by relaying the connection to ``pid``;
+    ``fields`` go into X-WS-Relay too (docs/guide.md section 3, "The
+    X-WS-Relay header")."""
+    res.header("X-WS-Relay", json.dumps({"target_pid": str(pid), **fields}))
+
+
 def _say(client: Any, message: dict[str, Any]) -> None:
     """A JSON text message to the client ``client``."""
     process.send(client, "ws.send", {"type": "text", "data": json.dumps(message)})
@@ -537,17 +544,71 @@ async def room() -> None:
             process.send(msg.sender, "count", len(members))
 
 
+@wsrelay.register("relay:burst_room")
+async def burst_room(observer) -> None:
+    """Members join on ws.join. ``burst`` (count, rounds) sends ``count``
+    messages per round to the group, yielding to the loop between rounds so
+    later rounds meet the earlier rounds' slices still being written; a
+    ws.message is echoed to its sender alone; ``membership`` reports the group."""
+    group = Group()
+    async for msg in process.inbox():
+        if msg.topic == "ws.join":
+            client = msg.payload["client_pid"]
+            assert group.add(client) is True
+            assert group.add(client) is True  # already a member: no change
+            process.send(observer, "joined", (client, len(group)))
+        elif msg.topic == "ws.leave":
+            process.send(observer, "left", (msg.payload["client_pid"], len(group)))
+        elif msg.topic == "ws.message":
+            process.send(msg.payload["client_pid"], "ws.send", {"type": "text", "data": "echo:" + msg.payload["data"]})
+        elif msg.topic == "burst":
+            count, rounds = msg.payload
+            written = 0
+            for r in range(rounds):
+                for i in range(count):
+                    written += group.send({"type": "text", "data": f"m{r * count + i}"})
+                await asyncio.sleep(0)
+            process.send(observer, "burst_done", written)
+        elif msg.topic == "membership":
+            process.send(observer, "membership", (len(group), sorted(map(str, group.pids())),
+                                                  [pid in group for pid in msg.payload]))
+        elif msg.topic == "discard":
+            process.send(observer, "discarded", [group.discard(pid) for pid in msg.payload])
+        elif msg.topic == "add":
+            try:
+                result: Any = group.add(msg.payload)
+            except ValueError as exc:
+                result = str(exc)
+            process.send(observer, "added", result)
+        elif msg.topic == "stop":
+            return
+
+
+@wsrelay.register("relay:say_room")
+async def say_room(observer) -> None:
+    """A Group of every client; ``say`` sends one payload to all of them."""
+    group = Group()
+    async for msg in process.inbox():
+        if msg.topic == "ws.join":
+            group.add(msg.payload["client_pid"])
+            process.send(observer, "joined", len(group))
+        elif msg.topic == "say":
+            process.send(observer, "said", group.send(msg.payload))
+        elif msg.topic == "ws.leave":
+            group.discard(msg.payload["client_pid"])
+
+
 # -- handlers of the YAML apps (tests/apps.py) ---------------------------------------------------
 
 
 def echo_endpoint(req, res) -> None:
     pid = process.spawn("relay:echo")
-    res.header("X-WS-Relay", json.dumps({"target_pid": str(pid)}))
+    relay_to(res, pid)
 
 
 def sizer_endpoint(req, res) -> None:
     pid = process.spawn("relay:sizer")
-    res.header("X-WS-Relay", json.dumps({"target_pid": str(pid)}))
+    relay_to(res, pid)
 
 
 def stuck_endpoint(req, res) -> None:
@@ -556,17 +617,17 @@ def stuck_endpoint(req, res) -> None:
     if pid is None:
         pid = process.spawn("relay:stuck")
         process.register("relay:stuck", pid)
-    res.header("X-WS-Relay", json.dumps({"target_pid": str(pid)}))
+    relay_to(res, pid)
 
 
 def check_endpoint(req, res) -> None:
     pid = process.spawn("relay:check", None, float(req.query("stall", "2")))
-    res.header("X-WS-Relay", json.dumps({"target_pid": str(pid)}))
+    relay_to(res, pid)
 
 
 def control_endpoint(req: Any, res: Any) -> None:
     pid = process.spawn("relay:control")
-    res.header("X-WS-Relay", json.dumps({"target_pid": str(pid)}))
+    relay_to(res, pid)
 
 
 def relay_endpoint(req: Any, res: Any) -> None:
@@ -578,4 +639,4 @@ def room_endpoint(req: Any, res: Any) -> None:
     if pid is None:
         res.status(404).write("no room")
         return
-    res.header("X-WS-Relay", json.dumps({"target_pid": str(pid)}))
+    relay_to(res, pid)

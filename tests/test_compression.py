@@ -22,8 +22,9 @@ import websockets
 import wsrelay
 from tests.apps import relay_app, relay_handler
 from tests.harness import expect, running, scrape, until
+from tests.procs import relay_to
 from tests.wsclient import BINARY, CONT, PING, RSV1, RSV2, TEXT, HandshakeRefused, RawWebSocket
-from wsrelay import Group, process
+from wsrelay import process
 
 PATH = "/ws/chat"
 EXTENSIONS = "Sec-WebSocket-Extensions"
@@ -296,25 +297,11 @@ async def test_bytes_out_count_the_compressed_payload():
         await left(target)
 
 
-@wsrelay.register("compression:room")
-async def room(observer) -> None:
-    """A Group of every client; ``say`` sends one payload to all of them."""
-    group = Group()
-    async for msg in process.inbox():
-        if msg.topic == "ws.join":
-            group.add(msg.payload["client_pid"])
-            process.send(observer, "joined", len(group))
-        elif msg.topic == "say":
-            process.send(observer, "said", group.send(msg.payload))
-        elif msg.topic == "ws.leave":
-            group.discard(msg.payload["client_pid"])
-
-
 async def test_a_group_send_compresses_for_the_members_that_agreed_and_frames_plain_for_the_others():
-    room_pid = process.spawn("compression:room", None, process.self())
+    room_pid = process.spawn("relay:say_room", None, process.self())
 
     def handler(req: Any, res: Any) -> None:
-        res.header("X-WS-Relay", json.dumps({"target_pid": str(room_pid)}))
+        relay_to(res, room_pid)
 
     offers = ["permessage-deflate", None, "permessage-deflate", "permessage-deflate; server_max_window_bits=10",
               None]

@@ -9,12 +9,12 @@ docs/guide.md section 3, "When the target falls behind", and section 4,
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 
 import wsrelay
 from tests.apps import relay_app, relay_handler
 from tests.harness import expect, running, until
+from tests.procs import relay_to
 from tests.wsclient import RawWebSocket
 from wsrelay import process
 from wsrelay.http import register_middleware
@@ -132,7 +132,7 @@ async def test_a_target_that_never_reads_grows_by_at_most_one_event_per_peer_tha
     await expect("ready")
 
     def handler(req, res):
-        res.header("X-WS-Relay", json.dumps({"target_pid": str(target)}))
+        relay_to(res, target)
 
     async with running(relay_app(handler), stall_timeout=0.3) as gw:
         for _ in range(1500):

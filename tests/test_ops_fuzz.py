@@ -33,6 +33,7 @@ from hypothesis import strategies as st
 import wsrelay
 from tests.apps import relay_app
 from tests.harness import end_loop, leaked_processes, running
+from tests.procs import relay_to
 from tests.wsclient import (
     BINARY,
     CLOSE,
@@ -304,7 +305,7 @@ class FuzzGateway:
 
         def handler(req, res):
             pid = process.spawn("relay:forward", None, self.observer)
-            res.header("X-WS-Relay", json.dumps({"target_pid": str(pid)}))
+            relay_to(res, pid)
 
         self._running = running(relay_app(handler), max_message_size=MAX_MESSAGE, ping_interval=0,
                                 close_timeout=5.0)

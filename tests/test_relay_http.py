@@ -15,6 +15,7 @@ import pytest
 import wsrelay
 from tests.apps import relay_app, relay_handler
 from tests.harness import expect, running
+from tests.procs import relay_to
 from tests.wsclient import HandshakeRefused, RawWebSocket, http_request
 from wsrelay import process
 
@@ -351,7 +352,7 @@ async def test_handler_may_relay_to_a_process_it_did_not_spawn():
     def handler(req: Any, res: Any) -> None:
         target = process.spawn("relay:recorder", None, observer)
         spawned.append(target)
-        res.header("X-WS-Relay", json.dumps({"target_pid": str(target)}))
+        relay_to(res, target)
 
     async with running(relay_app(handler)) as gw:
         ws = await RawWebSocket.connect(gw, PATH)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 from typing import Any, Optional
 
@@ -17,6 +16,7 @@ import websockets
 import wsrelay
 from tests.apps import relay_app, relay_handler
 from tests.harness import expect, running
+from tests.procs import relay_to
 from tests.wsclient import (
     BINARY,
     CLOSE,
@@ -368,7 +368,7 @@ async def test_target_already_gone_when_the_upgrade_completes():
     def handler(req: Any, res: Any) -> None:
         pid = process.spawn("relay:recorder", None, observer)
         process.send(pid, "exit")
-        res.header("X-WS-Relay", json.dumps({"target_pid": str(pid)}))
+        relay_to(res, pid)
 
     async with running(relay_app(handler)) as gw:
         ws = await RawWebSocket.connect(gw, PATH)
