@@ -177,6 +177,15 @@ def serve_command(app_file: Union[str, Path], *args: str) -> list[str]:
     return [sys.executable, "-m", "wsrelay", "serve", str(app_file), *args]
 
 
+def run_to_exit(argv: Sequence[Union[str, Path]], *, env: Optional[Mapping[str, str]] = None,
+                timeout: float = START_TIMEOUT) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` as ServerProcess runs it (``env`` added to clean_env(),
+    from the repository's root) until it exits by itself: ``wsrelay check``,
+    or a gateway refused at start. Its exit code and whole output."""
+    return subprocess.run([str(arg) for arg in argv], cwd=REPO, env=clean_env(**(env or {})),
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+
+
 class ServerProcess:
     """A child process started at once; ``with`` or ``async with`` waits for
     its ``ready`` line (a regex whose groups are the host and the port; None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -18,7 +17,7 @@ import websockets
 
 from tests.apps import write_app
 from tests.cluster_support import Recorder, last
-from tests.harness import REPO, SERVING, ServerProcess, clean_env, health, serve_command
+from tests.harness import SERVING, ServerProcess, clean_env, health, run_to_exit, serve_command
 from wsrelay.cluster import wire
 from wsrelay.cluster.broker import Broker
 from wsrelay.cluster.transport import Transport
@@ -232,8 +231,7 @@ def test_a_refused_token_exits_non_zero_naming_the_url(app: Path, broker: Broker
            "WSRELAY_CLUSTER_TOKEN": "wrong-token-123"}
     if workers:
         env["WSRELAY_WORKERS"] = workers
-    result = subprocess.run(serve_command(app), env=clean_env(**env), cwd=REPO, capture_output=True, text=True,
-                            timeout=60)
+    result = run_to_exit(serve_command(app), env=env)
     assert result.returncode == 1, result.stderr
     assert f"cannot join the cluster at {broker.url}" in result.stderr
     assert "wrong-token-123" not in result.stdout + result.stderr
@@ -251,9 +249,8 @@ def test_a_single_node_joins_an_existing_cluster(app: Path, broker: Broker) -> N
 
 @pytest.mark.parametrize("binary", ["/nonexistent/nats-server", "no-such-nats-server"])
 def test_a_missing_nats_server_exits_non_zero_with_the_install_hint(app: Path, binary: str) -> None:
-    result = subprocess.run(serve_command(app), env=clean_env(WSRELAY_ADDR="127.0.0.1:0", WSRELAY_WORKERS="2",
-                                                              WSRELAY_NATS_SERVER=binary),
-                            cwd=REPO, capture_output=True, text=True, timeout=60)
+    result = run_to_exit(serve_command(app), env={"WSRELAY_ADDR": "127.0.0.1:0", "WSRELAY_WORKERS": "2",
+                                                  "WSRELAY_NATS_SERVER": binary})
     assert result.returncode == 1, result.stderr
     assert "nats-server not found" in result.stderr
     assert "apt-get install nats-server" in result.stderr
@@ -269,9 +266,9 @@ def test_without_the_cluster_extra_exits_2_saying_how_to_install_it(app: Path, t
     blocked = tmp_path / "blocked" / "nats"
     blocked.mkdir(parents=True)
     (blocked / "__init__.py").write_text("raise ImportError('not installed', name='nats')\n")
-    env = clean_env(WSRELAY_ADDR="127.0.0.1:0", **{variable: value})
-    env["PYTHONPATH"] = f"{blocked.parent}{os.pathsep}{env['PYTHONPATH']}"
-    result = subprocess.run(serve_command(app), env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
+    env = {"WSRELAY_ADDR": "127.0.0.1:0", variable: value,
+           "PYTHONPATH": f"{blocked.parent}{os.pathsep}{clean_env()['PYTHONPATH']}"}
+    result = run_to_exit(serve_command(app), env=env)
     assert result.returncode == 2, result.stderr
     assert f"{variable} needs the cluster extra (nats is missing): pip install 'wsrelay[cluster]'" in result.stderr
     assert "Traceback" not in result.stderr

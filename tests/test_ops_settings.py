@@ -14,7 +14,7 @@ import pytest
 import websockets
 
 from tests.apps import write_app
-from tests.harness import REPO, SERVING, WSRELAY, ServerProcess, clean_env, serve_command
+from tests.harness import REPO, SERVING, WSRELAY, ServerProcess, run_to_exit, serve_command
 from tests.wsclient import HandshakeRefused, RawWebSocket, http_request
 from wsrelay.settings import VARIABLES, load_settings
 
@@ -98,8 +98,7 @@ def refusals(tmp_path_factory, held_port):
     cases = [{var: value} for var, value in BAD] + [env for env, _ in EXTRA]
 
     def run(env):
-        return subprocess.run(serve_command(app), env=clean_env(**env), cwd=str(REPO),
-                              capture_output=True, text=True, timeout=60)
+        return run_to_exit(serve_command(app), env=env)
 
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         return list(pool.map(run, cases))
@@ -148,9 +147,8 @@ def test_configuration_doc_lists_every_metric():
 
 
 def test_the_console_script_refuses_too(tmp_path, held_port):
-    result = subprocess.run([str(WSRELAY), "serve", str(write_app(tmp_path, f"127.0.0.1:{held_port}"))],
-                            env=clean_env(WSRELAY_MAILBOX_CAPACITY="none"), cwd=str(REPO),
-                            capture_output=True, text=True, timeout=60)
+    result = run_to_exit([WSRELAY, "serve", write_app(tmp_path, f"127.0.0.1:{held_port}")],
+                         env={"WSRELAY_MAILBOX_CAPACITY": "none"})
     _assert_refused(result, "WSRELAY_MAILBOX_CAPACITY")
 
 
