@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Optional
 
-from tests.harness import Metrics, ServerProcess, health, serve_command
-from tests.wsclient import RawWebSocket, http_request
+from tests.harness import Metrics, ServerProcess, health, scrape, serve_command
+from tests.wsclient import RawWebSocket
 from wsrelay.cluster.broker import Broker
 
 # WSRELAY_CLUSTER_DOWN_AFTER of the tests' nodes: short, so a lost node is noticed soon.
@@ -36,6 +36,7 @@ DOWN_AFTER = 1.0
 
 
 def node_process(app: Path, broker: Broker, name: str, **env: str) -> ServerProcess:
+    """Node ``name``: ``wsrelay serve APP`` joined to ``broker``, not started yet."""
     return ServerProcess(serve_command(app), env={
         "WSRELAY_CLUSTER_URL": broker.url, "WSRELAY_CLUSTER_TOKEN": broker.token, "WSRELAY_NODE": name,
         "WSRELAY_CLUSTER_DOWN_AFTER": f"{DOWN_AFTER}s", "WSRELAY_ADDR": "127.0.0.1:0", **env})
@@ -44,9 +45,7 @@ def node_process(app: Path, broker: Broker, name: str, **env: str) -> ServerProc
 async def local_metrics(node: ServerProcess) -> Metrics:
     """The node's own /metrics (without ``?local=1`` a node answers for
     every node of its machine, each series labelled with its node)."""
-    res = await http_request(node, "/metrics?local=1")
-    assert res.status == 200, res
-    return Metrics(res.text)
+    return await scrape(node, "/metrics?local=1")
 
 
 async def all_up(nodes: list[ServerProcess], timeout: float = 20.0) -> None:
