@@ -14,8 +14,8 @@ from collections import deque
 import pytest
 
 import wsrelay
-from tests import relay_procs  # noqa: F401  (process functions)
-from tests.support import expect, relay_app, relay_handler, running, until
+from tests.apps import relay_app, relay_handler
+from tests.harness import expect, running, until
 from tests.wsclient import RawWebSocket
 from wsrelay import process
 from wsrelay._core.relay import STATES, Connection, _enter_for_test, _legal_moves
