@@ -66,7 +66,7 @@ class _Echo:
 
     def __init__(self, transport: Transport) -> None:
         self.t = transport
-        self.me = _pid(transport, 1)
+        self.me = _pid(transport, 1)  # again by ``joined``, once the incarnation is known
         self.count = 0
         self.cpu0 = 0.0
         self.up = asyncio.Event()
@@ -84,6 +84,11 @@ class _Echo:
             self.t.send(sender, "started", None, self.me)
         elif topic == "report":
             self.t.send(sender, "report", [self.count, time.process_time() - self.cpu0], self.me)
+
+    def joined(self) -> None:
+        """The transport has started: its incarnation, part of every PID of
+        this node, is known now (a PID of incarnation 0 is refused)."""
+        self.me = _pid(self.t, 1)
 
     def on_signal(self, *args: Any) -> None:
         pass
@@ -130,6 +135,7 @@ async def _child(node: str, url: str) -> None:
     hooks = _Echo(t)
     t.attach(hooks)
     await t.start()
+    hooks.joined()
     raw = await nats.connect(url, token=os.environ["WSRELAY_CLUSTER_TOKEN"])
 
     async def echo(msg: Any) -> None:
@@ -274,6 +280,7 @@ async def _main(args: argparse.Namespace, broker: Broker) -> dict[str, Any]:
         hooks = _Driver(t)
         t.attach(hooks)
         await t.start()
+        hooks.joined()
         await asyncio.wait_for(hooks.up.wait(), 10)
         while not t.is_up("bench-b"):
             await asyncio.sleep(0.01)

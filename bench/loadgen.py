@@ -566,7 +566,7 @@ class Worker:
     async def op_broadcast(self) -> dict[str, Any]:
         """Subscribers of the one room and, in the worker told ``publisher``,
         the publisher, which keeps ``inflight`` messages not yet received by
-        every subscriber of every worker (bench/loadgen.py's ``Broadcast``)."""
+        every subscriber of every worker (``Broadcast``)."""
         run = Broadcast(self)
         subs = await run.connect_subscribers()
         # Nothing is published before every worker's subscribers are
