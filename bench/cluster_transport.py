@@ -91,16 +91,16 @@ class _Echo:
         self.me = _pid(self.t, 1)
 
     def on_signal(self, *args: Any) -> None:
-        pass
+        """No monitors or links cross this bench's nodes."""
 
     def on_frames(self, *args: Any) -> None:
-        pass
+        """No WebSocket frames cross this bench's nodes."""
 
     def on_node_up(self, node: str, incarnation: int) -> None:
         self.up.set()
 
     def on_node_down(self, *args: Any) -> None:
-        pass
+        """A peer lost mid-run shows as a round trip or a stream that never ends."""
 
 
 class _Driver(_Echo):

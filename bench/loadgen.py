@@ -909,7 +909,7 @@ def worker_main(index: int, cmds: Connection, events: Connection, shared: Any, p
 
 
 class LoadGenError(RuntimeError):
-    pass
+    """A load generator worker failed, ended early, or a phase timed out."""
 
 
 class LoadGen:

@@ -171,7 +171,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class ServerError(RuntimeError):
-    pass
+    """A server under test did not start, or exited at start."""
 
 
 class RunningServer:
