@@ -83,9 +83,10 @@ class ClusterServer(RunningServer):
         env = {"WSRELAY_WORKERS": str(workers)} if workers else {}
         super().__init__(spec, log_path, start_timeout=60.0, env=env)
 
-    def _wait_ready(self, timeout: float) -> None:
+    def wait_ready(self, timeout: float) -> None:
+        """Listening, then the supervisor's word that every worker serves."""
         deadline = time.monotonic() + timeout
-        super()._wait_ready(timeout)
+        super().wait_ready(timeout)
         while self.workers:
             with open(self.log_path, "rb") as f:
                 f.seek(self._log_offset)

@@ -195,7 +195,7 @@ class RunningServer:
         self.proc = subprocess.Popen(argv, cwd=str(spec.root), env=full_env, stdout=self.log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL)
         try:
-            self._wait_ready(start_timeout)
+            self.wait_ready(start_timeout)
         except BaseException:
             self.stop()
             raise
@@ -208,7 +208,8 @@ class RunningServer:
     def url(self) -> str:
         return f"ws://{self.host}:{self.port}"
 
-    def _wait_ready(self, timeout: float) -> None:
+    def wait_ready(self, timeout: float) -> None:
+        """Return once the server accepts connections (a subclass may wait for more)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
