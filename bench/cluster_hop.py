@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -33,18 +32,19 @@ from typing import Any
 
 import psutil
 
+from .processes import ECHO, in_process, register, round_trips
+
 ACK_EVERY = 5_000
 WINDOW = 50_000
 
 
 def _register() -> None:
+    """The process functions of both nodes: bench.processes' (the echo
+    among them) and the sink of the one-way stream, which acknowledges."""
     import wsrelay
     from wsrelay import process
 
-    @wsrelay.register("hop:echo")
-    async def echo() -> None:
-        async for msg in process.inbox():
-            process.send(msg.sender, "pong", msg.payload)
+    register()
 
     @wsrelay.register("hop:sink")
     async def sink() -> None:
@@ -63,13 +63,6 @@ def _register() -> None:
                 elif msg.topic == "report":
                     process.send(msg.sender, "report", [count, time.process_time() - cpu0])
 
-    @wsrelay.register("hop:driver")
-    async def driver(work: Any, done: asyncio.Future) -> None:
-        try:
-            done.set_result(await work())
-        except BaseException as exc:
-            done.set_exception(exc)
-
 
 async def _join(node: str, url: str, token: str) -> Any:
     import wsrelay
@@ -86,33 +79,11 @@ async def _child(url: str) -> None:
     from wsrelay import process
 
     transport = await _join(os.environ["WSRELAY_NODE"], url, os.environ["WSRELAY_CLUSTER_TOKEN"])
-    print(json.dumps({"echo": str(process.spawn("hop:echo")), "sink": str(process.spawn("hop:sink"))}), flush=True)
+    print(json.dumps({"echo": str(process.spawn(ECHO)), "sink": str(process.spawn("hop:sink"))}), flush=True)
     reader = asyncio.StreamReader()
     await asyncio.get_running_loop().connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     await reader.read()
     await transport.stop()
-
-
-async def _in_process(work: Any) -> Any:
-    from wsrelay import process
-
-    done = asyncio.get_running_loop().create_future()
-    process.spawn("hop:driver", None, work, done)
-    return await done
-
-
-async def _round_trips(echo: Any, count: int) -> tuple[float, float]:
-    from wsrelay import process
-
-    inbox = process.inbox()
-    times = []
-    for i in range(count):
-        start = time.perf_counter()
-        process.send(echo, "ping", i)
-        await inbox.receive()
-        times.append(time.perf_counter() - start)
-    times.sort()
-    return statistics.median(times), times[int(len(times) * 0.99)]
 
 
 async def _one_way(sink: Any, messages: int, size: int, broker: psutil.Process) -> dict[str, float]:
@@ -169,9 +140,9 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
                 await asyncio.sleep(0.01)
             best: dict[str, Any] = {}
             for _ in range(args.repeat):
-                p50, p99 = await _in_process(lambda: _round_trips(pids["echo"], args.round_trips))
-                one = await _in_process(lambda: _one_way(pids["sink"], args.messages, args.size,
-                                                         psutil.Process(broker.pid)))
+                p50, p99 = await in_process(lambda: round_trips(pids["echo"], args.round_trips))
+                one = await in_process(lambda: _one_way(pids["sink"], args.messages, args.size,
+                                                        psutil.Process(broker.pid)))
                 if not best or p50 < best["rtt_p50_us"]:
                     best.update(rtt_p50_us=p50 * 1e6, rtt_p99_us=p99 * 1e6)
                 if one["msgs_per_s"] > best.get("msgs_per_s", 0):
