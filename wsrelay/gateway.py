@@ -15,6 +15,7 @@ import picows
 from picows import WSAutoPingStrategy, WSUpgradeResponseWithListener
 from picows.picows import WSProtocol
 
+from . import threads
 from ._core.handshake import Handshakes
 from ._core.relay import RelayListener, RelayService
 from ._core.runtime import node as get_node
@@ -54,19 +55,26 @@ class ServiceRuntime:
             ping_interval=s.ping_interval, ping_timeout=s.ping_timeout,
             compression=s.compression, compression_min_size=s.compression_min_size,
         )
-        self.handshakes = Handshakes(loop, functools.partial(
-            WSProtocol,
-            None, None, False,  # host:port and path (a client's), is_client_side
-            self.listener_factory,
-            _PICOWS_LOGGER,
-            True,  # disconnect_on_exception
-            s.handshake_timeout,
-            False, 20, 20, WSAutoPingStrategy.PING_WHEN_IDLE,  # auto-ping off: the relay's sweep pings
-            False,  # auto-pong off: the relay answers pings itself, after its RSV check
-            _max_frame_size(s),
-            None,  # extra headers (a client's)
-            s.read_buffer_size,
-        ), timeout=s.handshake_timeout, receive_buffer=s.socket_receive_buffer,
+        max_frame_size = _max_frame_size(s)
+
+        def make_protocol(transport: asyncio.Transport) -> WSProtocol:
+            # The listener factory is this connection's own, so the request
+            # its handler sees knows the socket (req.client).
+            return WSProtocol(
+                None, None, False,  # host:port and path (a client's), is_client_side
+                functools.partial(self.listener_factory, transport),
+                _PICOWS_LOGGER,
+                True,  # disconnect_on_exception
+                s.handshake_timeout,
+                False, 20, 20, WSAutoPingStrategy.PING_WHEN_IDLE,  # auto-ping off: the relay's sweep pings
+                False,  # auto-pong off: the relay answers pings itself, after its RSV check
+                max_frame_size,
+                None,  # extra headers (a client's)
+                s.read_buffer_size,
+            )
+
+        self.handshakes = Handshakes(
+            loop, make_protocol, timeout=s.handshake_timeout, receive_buffer=s.socket_receive_buffer,
             # In a cluster /metrics answers for every worker of the machine,
             # gathered over the bus: it has to wait, so the guard answers it.
             routes=None if gateway.cluster is None else {b"/metrics": self.machine_metrics})
@@ -92,9 +100,9 @@ class ServiceRuntime:
 
     # -- the request path ----------------------------------------------------------
 
-    def listener_factory(self, upgrade_request: Any) -> Any:
+    def listener_factory(self, transport: asyncio.Transport, upgrade_request: Any) -> Any:
         try:
-            req = Request.from_upgrade_request(upgrade_request)
+            req = Request.from_upgrade_request(upgrade_request, transport)
         except Exception:
             log.exception("unreadable request")
             return WSUpgradeResponseWithListener(plain(400, "400 Bad Request").to_upgrade_response(), None)
@@ -223,6 +231,7 @@ class Gateway:
         self.app.install()
         loop = asyncio.get_running_loop()
         get_node().bind_thread()
+        threads.attach()  # other threads reach the runtime through this loop
         _quiet_picows(logging.getLogger("wsrelay").getEffectiveLevel())
         for index, service in enumerate(self.app.services.values()):
             routers = [r for r in self.app.routers.values() if r.service == service.id]
@@ -234,8 +243,16 @@ class Gateway:
             host, port = parse_addr(addr)
             # Each socket starts with the handshake guard, which hands it to
             # picows once the request head is in (wsrelay._core.handshake).
-            rt.server = await loop.create_server(rt.handshakes.protocol, host, port, reuse_address=True,
-                                                 reuse_port=self.reuse_port, backlog=4096)
+            try:
+                rt.server = await loop.create_server(rt.handshakes.protocol, host, port, reuse_address=True,
+                                                     reuse_port=self.reuse_port, backlog=4096)
+            except OSError as exc:
+                # The resolver's and the kernel's errors do not say which
+                # address they are about ("Name or service not known").
+                shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+                error = OSError(f"{shown} ({service.id}): {exc}")
+                error.errno = exc.errno
+                raise error from exc
             rt.relay.start()
             self.services[service.id] = rt
             log.info("%s listening on %s", service.id, self.url("", service.id, scheme="http"))
