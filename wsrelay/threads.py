@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import inspect
-import threading
 from typing import Any, Callable, Optional
 
 from . import process
@@ -30,15 +29,13 @@ from . import process
 __all__ = ["attach", "call", "call_soon", "send"]
 
 _loop: Optional[asyncio.AbstractEventLoop] = None
-_loop_thread = 0
 
 
 def attach(loop: Optional[asyncio.AbstractEventLoop] = None) -> None:
     """Make ``loop`` (default: the running one, so call it on its thread)
     the loop other threads' calls go to."""
-    global _loop, _loop_thread
+    global _loop
     _loop = loop if loop is not None else asyncio.get_running_loop()
-    _loop_thread = threading.get_ident() if loop is None else 0
 
 
 def call_soon(fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future:
@@ -85,7 +82,7 @@ def call(fn: Callable[..., Any], *args: Any, timeout: Optional[float] = None) ->
     its result, or what it raised. ``TimeoutError`` after ``timeout``
     seconds (``fn`` then does not run if it has not yet, and its coroutine
     is cancelled if it has one)."""
-    if _loop_thread == threading.get_ident():
+    if _running_loop() is _attached():
         raise RuntimeError("wsrelay.threads.call() was called on the runtime's own thread, where it would wait "
                            "for itself: call the function directly")
     future = call_soon(fn, *args)
@@ -101,6 +98,13 @@ def send(dest: Any, topic: str, payload: Any = None, *, timeout: Optional[float]
     queued, False when ``dest`` is gone; ``MailboxFull`` and ``ValueError``
     as ``process.send``."""
     return call(process.send, dest, topic, payload, timeout=timeout)
+
+
+def _running_loop() -> Optional[asyncio.AbstractEventLoop]:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None  # this thread runs no loop: the usual caller of call()
 
 
 def _attached() -> asyncio.AbstractEventLoop:
