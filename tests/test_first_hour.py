@@ -71,6 +71,19 @@ def test_a_size_is_still_refused_as_a_size(variable):
         load_settings({variable: "lots"})
 
 
+@pytest.mark.parametrize("variable,value,words", [
+    ("WSRELAY_PING_INTERVAL", "-5s", "must not be negative"),
+    ("WSRELAY_HANDSHAKE_TIMEOUT", "-2", "must not be negative"),
+    ("WSRELAY_WRITE_BUFFER_LIMIT", "-1", "must not be negative"),
+    ("WSRELAY_SOCKET_RECEIVE_BUFFER", "-1", "must not be negative"),
+    ("WSRELAY_NODE", "gw|1", "must be a node name, without '{', '}', '|', '@' or white space"),
+])
+def test_a_sign_or_a_character_is_named_as_the_problem(variable, value, words):
+    with pytest.raises(SettingsError) as refused:
+        load_settings({variable: value})
+    assert str(refused.value) == f"{variable}={value!r}: {words}"
+
+
 def test_a_refusal_quotes_the_duration_as_it_was_written():
     with pytest.raises(SettingsError) as refused:
         load_settings({"WSRELAY_PING_TIMEOUT": "40s"})

@@ -68,6 +68,7 @@ def _size(low: int, high: int) -> Callable[[str], int]:
     """A number of bytes, ``low`` to ``high`` (parse_size's units)."""
 
     def parse(text: str) -> int:
+        _not_negative(text)
         return _bounded(parse_size(text), low, high)
 
     return parse
@@ -95,17 +96,26 @@ def _zero_or_size(low: int, high: int) -> Callable[[str], int]:
     within = _size(low, high)
 
     def parse(text: str) -> int:
+        _not_negative(text)
         return 0 if parse_size(text) == 0 else within(text)
 
     return parse
 
 
+def _not_negative(text: str) -> None:
+    # parse_duration and parse_size refuse "-5s" as a bad form ("use a
+    # number with a unit"); the problem is the sign.
+    if text.strip().startswith("-"):
+        raise ValueError("must not be negative")
+
+
 def _seconds(text: str) -> float:
+    _not_negative(text)
     return parse_duration(text)
 
 
 def _positive_seconds(text: str) -> float:
-    value = parse_duration(text)
+    value = _seconds(text)
     if value <= 0:
         raise ValueError("must be greater than 0")
     return value
@@ -128,7 +138,10 @@ def _level(text: str) -> str:
 def _node(text: str) -> str:
     from ._core.pid import Pid
 
-    Pid("check", 0, text)
+    try:
+        Pid("check", 0, text)
+    except ValueError:
+        raise ValueError("must be a node name, without '{', '}', '|', '@' or white space") from None
     return text
 
 
