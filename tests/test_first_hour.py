@@ -345,16 +345,52 @@ def test_a_handler_of_req_and_res_passes_the_check(endpoint_app, func):
 
 # -- workers run the supervisor's wsrelay -----------------------------------------------------
 
+WORKER_APP = """\
+version: "1.0"
+namespace: app
+entries:
+  - name: gateway
+    kind: http.service
+    addr: "127.0.0.1:0"
+  - name: plain
+    kind: http.router
+    meta: {server: gateway}
+  - name: from_the_app_folder
+    kind: http.endpoint
+    meta: {router: plain}
+    path: /app
+    func: app_mod:hello
+  - name: ws_router
+    kind: http.router
+    meta: {server: gateway}
+    prefix: /ws
+    post_middleware: [websocket_relay]
+    post_options: {wsrelay.allowed.origins: "*"}
+  - name: echo_endpoint
+    kind: http.endpoint
+    meta: {router: ws_router}
+    path: /echo
+    func: tests.ops_procs:echo_endpoint
+"""
+
+
 async def test_workers_ignore_a_wsrelay_folder_in_the_current_directory(tmp_path):
+    """Run from a directory holding a folder named wsrelay (the project's
+    own checkout is one), the workers import the supervisor's wsrelay, and
+    the YAML file's folder stays importable."""
     decoy = tmp_path / "wsrelay"
     decoy.mkdir()
     (decoy / "__init__.py").write_text("raise ImportError('the decoy wsrelay of the current directory')\n")
-    app = write_app(tmp_path)
+    folder = tmp_path / "app"
+    folder.mkdir()
+    (folder / "app_mod.py").write_text("def hello(req, res):\n    res.write('from the app folder')\n")
+    (folder / "app.yaml").write_text(WORKER_APP)
     env = {"WSRELAY_WORKERS": "2", "WSRELAY_ADDR": "127.0.0.1:0", "WSRELAY_CLUSTER_DOWN_AFTER": "2s"}
-    async with ServerProcess([WSRELAY, "serve", app.name], env=env, cwd=tmp_path) as server:
+    async with ServerProcess([WSRELAY, "serve", "app/app.yaml"], env=env, cwd=tmp_path) as server:
         health = await http_request(server, "/health")
         assert health.status == 200, health.body
-        ws = await RawWebSocket.connect(server, "/ws/echo", {"Origin": f"http://{server.host}:{server.port}"})
+        assert (await http_request(server, "/app")).text == "from the app folder"
+        ws = await RawWebSocket.connect(server, "/ws/echo")
         ws.send_text("through a worker")
         assert await ws.recv_text() == "through a worker"
         await ws.close_handshake()
