@@ -343,6 +343,22 @@ def test_a_handler_of_req_and_res_passes_the_check(endpoint_app, func):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+async def test_the_python_api_refuses_the_same_endpoints():
+    async def room(*args: Any) -> None:
+        pass
+
+    app = relay_app(lambda req, res: None)
+    router = app.routers["test:ws"]
+    with pytest.raises(ConfigError, match=r"field 'func': .*cannot be called as func\(req, res\)"):
+        router.endpoint("GET", "/one", lambda req: None)
+    router.endpoint("GET", "/room", room)
+    app.process_function("room", room)
+    gateway = wsrelay.Gateway(app)
+    with pytest.raises(ConfigError, match="is the process function 'test:room', not a handler"):
+        await gateway.start()
+    assert not gateway.services  # refused before anything listens
+
+
 # -- workers run the supervisor's wsrelay -----------------------------------------------------
 
 WORKER_APP = """\
