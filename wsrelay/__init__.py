@@ -6,6 +6,7 @@ from typing import Any, Callable, TypeVar
 
 from . import process
 from . import relay as relay  # registers the websocket_relay middleware
+from . import threads as threads  # calls from other threads (docs/guide.md, "One thread")
 from ._core.group import Group
 from ._core.message import Message
 from ._core.pid import Pid

@@ -4,6 +4,7 @@ its router and endpoint, with /health and /metrics on every service."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import Counter
@@ -13,6 +14,7 @@ import orjson
 import picows
 from picows import WSUpgradeResponseWithListener
 
+from . import threads
 from ._core.handshake import Handshakes
 from ._core.picows_private import server_protocol_factory
 from ._core.relay import RelayListener, RelayService
@@ -53,9 +55,15 @@ class ServiceRuntime:
             ping_interval=s.ping_interval, ping_timeout=s.ping_timeout,
             compression=s.compression, compression_min_size=s.compression_min_size,
         )
-        self.handshakes = Handshakes(loop, server_protocol_factory(
-            self.listener_factory, _PICOWS_LOGGER, s.handshake_timeout, _max_frame_size(s), s.read_buffer_size,
-        ), timeout=s.handshake_timeout, receive_buffer=s.socket_receive_buffer,
+        protocol_args = (_PICOWS_LOGGER, s.handshake_timeout, _max_frame_size(s), s.read_buffer_size)
+
+        def make_protocol(transport: asyncio.Transport) -> Any:
+            # The listener factory is this connection's own, so the request
+            # its handler sees knows the socket (req.client).
+            return server_protocol_factory(functools.partial(self.listener_factory, transport), *protocol_args)()
+
+        self.handshakes = Handshakes(
+            loop, make_protocol, timeout=s.handshake_timeout, receive_buffer=s.socket_receive_buffer,
             # In a cluster /metrics answers for every worker of the machine,
             # gathered over the bus: it has to wait, so the guard answers it.
             routes=None if gateway.transport is None else {b"/metrics": self.machine_metrics})
@@ -81,9 +89,9 @@ class ServiceRuntime:
 
     # -- the request path ----------------------------------------------------------
 
-    def listener_factory(self, upgrade_request: Any) -> Any:
+    def listener_factory(self, transport: asyncio.Transport, upgrade_request: Any) -> Any:
         try:
-            req = Request.from_upgrade_request(upgrade_request)
+            req = Request.from_upgrade_request(upgrade_request, transport)
         except Exception:
             log.exception("unreadable request")
             return WSUpgradeResponseWithListener(plain(400, "400 Bad Request").to_upgrade_response(), None)
@@ -213,6 +221,7 @@ class Gateway:
         self.app.install()
         loop = asyncio.get_running_loop()
         get_node().bind_thread()
+        threads.attach()  # other threads reach the runtime through this loop
         _quiet_picows(logging.getLogger("wsrelay").getEffectiveLevel())
         for index, service in enumerate(self.app.services.values()):
             routers = [r for r in self.app.routers.values() if r.service == service.id]
@@ -224,8 +233,16 @@ class Gateway:
             host, port = parse_addr(addr)
             # Each socket starts with the handshake guard, which hands it to
             # picows once the request head is in (wsrelay._core.handshake).
-            rt.server = await loop.create_server(rt.handshakes.protocol, host, port, reuse_address=True,
-                                                 reuse_port=self.reuse_port, backlog=4096)
+            try:
+                rt.server = await loop.create_server(rt.handshakes.protocol, host, port, reuse_address=True,
+                                                     reuse_port=self.reuse_port, backlog=4096)
+            except OSError as exc:
+                # The resolver's and the kernel's errors do not say which
+                # address they are about ("Name or service not known").
+                shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+                error = OSError(f"{shown} ({service.id}): {exc}")
+                error.errno = exc.errno
+                raise error from exc
             rt.relay.start()
             self.services[service.id] = rt
             log.info("%s listening on %s", service.id, self.url("", service.id, scheme="http"))

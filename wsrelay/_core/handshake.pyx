@@ -182,7 +182,7 @@ cdef class HandshakeGuard(_GuardBase, asyncio.BufferedProtocol):
                     self.owner.loop.create_task(self._answer(route, query.decode("latin-1")))
                     return
         data = memoryview(self.buffer)[:self.used]
-        protocol = self.owner.make_protocol()
+        protocol = self.owner.make_protocol(transport)
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
         while fed < self.used and not transport.is_closing():

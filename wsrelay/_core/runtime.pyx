@@ -731,8 +731,9 @@ cdef Process _caller(Node n, str what):
         if n.thread_id != 0:
             raise WrongThread(
                 f"wsrelay.{what}() was called from thread {thread}, but the runtime belongs to "
-                f"thread {n.thread_id}, which runs the gateway's event loop: hand the call to that loop "
-                f"with loop.call_soon_threadsafe()")
+                f"thread {n.thread_id}, which runs the gateway's event loop: from another thread, use "
+                f"wsrelay.threads.send(dest, topic, payload) or wsrelay.threads.call(fn, *args), which hand "
+                f"it to that loop with call_soon_threadsafe() (docs/guide.md, 'One thread')")
         if _get_running_loop() is None:
             raise RuntimeError(f"wsrelay.{what}() needs a running event loop: call it from "
                                f"a coroutine, a process or an HTTP handler")
