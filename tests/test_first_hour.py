@@ -20,10 +20,8 @@ from typing import Any
 import pytest
 
 import wsrelay
-from tests import procs, relay_procs  # noqa: F401  (process functions)
-from tests.harness import REPO, WSRELAY, ServerProcess, clean_env
-from tests.ops_support import write_app
-from tests.support import expect, relay_app, running
+from tests.apps import relay_app, write_app
+from tests.harness import REPO, WSRELAY, ServerProcess, clean_env, expect, running
 from tests.wsclient import RawWebSocket, _read_response_head, build_request, http_request
 from wsrelay import Pid, process
 from wsrelay.config import build_app
@@ -386,7 +384,7 @@ entries:
     kind: http.endpoint
     meta: {router: ws_router}
     path: /echo
-    func: tests.ops_procs:echo_endpoint
+    func: tests.procs:echo_endpoint
 """
 
 

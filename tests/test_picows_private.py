@@ -80,7 +80,8 @@ async def server(max_frame_size: int = 1 << 20) -> AsyncIterator[tuple[tuple[str
 
     make_protocol = server_protocol_factory(listener_factory, logging.getLogger("tests.picows_private"), 5.0,
                                             max_frame_size, 4096)
-    handshakes = Handshakes(loop, make_protocol, timeout=5.0)
+    # The guard hands each socket's transport to its protocol factory.
+    handshakes = Handshakes(loop, lambda transport: make_protocol(), timeout=5.0)
     srv = await loop.create_server(handshakes.protocol, "127.0.0.1", 0)
     try:
         yield srv.sockets[0].getsockname()[:2], listeners

@@ -37,6 +37,11 @@ cdef enum:
 
 cdef object _log = logging.getLogger("wsrelay.runtime")
 cdef LimitedLog _limited = LimitedLog("wsrelay.runtime")
+
+
+def _runtime_log():
+    """The runtime's rate-limited log (a test hook: tests/test_process.py)."""
+    return _limited
 cdef object _CURRENT = contextvars.ContextVar("wsrelay_process")
 cdef object _CancelledError = asyncio.CancelledError
 cdef object _get_running_loop = asyncio._get_running_loop
