@@ -1,5 +1,12 @@
 import asyncio
-from typing import Any, Awaitable, Callable, Optional
+from typing import Any, Awaitable, Callable, Optional, Union
+
+# An async route: given the request head and the client's transport, the
+# answer to write (bytes), a picows protocol factory to hand the socket to,
+# or None (nothing more to do: the client has gone).
+Route = Callable[[bytes, asyncio.Transport], Awaitable[Union[bytes, Callable[[], asyncio.BaseProtocol], None]]]
+
+def http_answer(status: int, content_type: str, body: bytes) -> bytes: ...
 
 class Handshakes:
     """The handshakes of one service: their bounds, and their counts."""
@@ -11,7 +18,7 @@ class Handshakes:
     failures: dict[str, int]
     def __init__(self, loop: Any, make_protocol: Callable[[], asyncio.BufferedProtocol], *, timeout: float,
                  max_head: int = 16384, receive_buffer: int = 0,
-                 routes: Optional[dict[bytes, Callable[[str], Awaitable[tuple[int, str, bytes]]]]] = None) -> None: ...
+                 routes: Optional[dict[bytes, Route]] = None) -> None: ...
     def protocol(self) -> asyncio.BufferedProtocol: ...
     def failed(self, reason: str) -> None: ...
 

@@ -79,7 +79,6 @@ cdef class Node:
     # Text forms of other nodes' PIDs, parsed (cluster mode).
     cdef dict _parsed
     cdef bint _finishing
-    cdef list _journal
 
     cdef Pid new_pid(self, str host)
     cdef int attach(self, Process proc, Pid pid, bint with_mailbox=*) except -1
