@@ -10,10 +10,9 @@ import asyncio
 import json
 from typing import Any
 
-from tests.support import expect, relay_app, running, until
-
 import wsrelay
-from tests import relay_procs  # noqa: F401  (process functions)
+from tests.apps import relay_app
+from tests.harness import expect, running, until
 from tests.wsclient import RawWebSocket, http_request
 from wsrelay import process
 

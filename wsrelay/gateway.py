@@ -135,11 +135,14 @@ class ServiceRuntime:
             outcome = await outcome
             if outcome is None:
                 return None  # the client went away while its handler waited
+        if isinstance(outcome, Response):
+            # Answered by the guard, which then drains what the client still
+            # sends before closing, so the answer is not lost to a reset.
+            return outcome.encode()
         answer = _listener(outcome)
 
         def decided(transport: Any, upgrade_request: Any) -> Any:
-            if not isinstance(answer, WSUpgradeResponseWithListener) or answer.response.status == 101:
-                normalize_upgrade_headers(upgrade_request.headers)
+            normalize_upgrade_headers(upgrade_request.headers)
             return answer
 
         return functools.partial(self.make_protocol, listener_factory=decided)

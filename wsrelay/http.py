@@ -186,6 +186,19 @@ class Response:
         self.body += body
         return self
 
+    def encode(self) -> bytes:
+        """The whole HTTP/1.1 response, with a Content-Length and
+        ``Connection: close`` (as the handshake guard writes it)."""
+        body = bytes(self.body)
+        headers = CIMultiDict(self.headers)
+        if body and "Content-Type" not in headers:
+            headers["Content-Type"] = "text/plain; charset=utf-8"
+        headers["Content-Length"] = str(len(body))
+        headers["Connection"] = "close"
+        head = [f"HTTP/1.1 {self.status_code} {HTTPStatus(self.status_code).phrase}"]
+        head += [f"{name}: {value}" for name, value in headers.items()]
+        return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
     def to_upgrade_response(self) -> Any:
         """The picows response that carries this one to the client."""
         response = WSUpgradeResponse()

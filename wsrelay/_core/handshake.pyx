@@ -183,9 +183,7 @@ cdef class HandshakeGuard(_GuardBase, asyncio.BufferedProtocol):
             return
         self.waiting = False
         if isinstance(outcome, bytes):
-            transport.write(outcome)
-            transport.close()
-            self.transport = None
+            self._answer_and_linger(outcome)
             return
         if self.used >= self.owner.max_head:
             transport.resume_reading()
@@ -194,12 +192,15 @@ cdef class HandshakeGuard(_GuardBase, asyncio.BufferedProtocol):
     cdef _refuse(self):
         self.owner.count_failure("headers_too_large")
         self._finish()
-        body = _431_BODY % self.owner.max_head
-        self.transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
-                             b"Content-Type: text/plain; charset=utf-8\r\n"
-                             b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
+        self._answer_and_linger(http_answer(431, "text/plain; charset=utf-8", _431_BODY % self.owner.max_head))
+
+    cdef _answer_and_linger(self, bytes answer):
+        """Write ``answer`` and close our side; what the client still sends
+        is read and dropped until it closes or LINGER passes."""
+        self.transport.write(answer)
         self.transport.write_eof()
         self.refused = True
+        self.transport.resume_reading()
         self.timer = self.owner.loop.call_later(LINGER, self._timeout)
 
     cdef _upgrade(self):
