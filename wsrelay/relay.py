@@ -1,4 +1,4 @@
-"""The ``websocket_relay`` middleware (SPEC §4).
+"""The ``websocket_relay`` middleware (docs/guide.md, "The relay").
 
 Before the handler: the Origin rule, the upgrade request's validity and the
 connection limit. After it: the ``X-WS-Relay`` header, which names the target

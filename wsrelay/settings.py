@@ -1,6 +1,6 @@
 """Every tuning knob, read from the environment and validated in one place.
 
-The names are part of the contract (SPEC §5); docs/configuration.md lists each
+The names are part of the contract; docs/configuration.md lists each
 with its default and what raising it costs.
 """
 

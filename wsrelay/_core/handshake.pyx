@@ -5,7 +5,7 @@ before picows sees it.
 A HandshakeGuard is the protocol of every accepted socket until the request
 head (request line, headers, blank line) is complete: then it hands the
 socket and the bytes read so far to a picows protocol (made by
-picows_private.server_protocol_factory), which upgrades or answers as usual. What the guard adds (SPEC §6):
+picows_private.server_protocol_factory), which upgrades or answers as usual. What the guard adds (docs/guide.md, "What the server answers"):
 
 - a head over ``max_head`` bytes is answered ``431 Request Header Fields Too
   Large`` (picows alone would drop the socket without a word);
