@@ -33,7 +33,7 @@ from . import wire
 from .broker import Broker
 from .errors import ClusterError
 from .lifeline import die_with_parent
-from .transport import connect_bus
+from .bus import connect_bus
 
 log = logging.getLogger("wsrelay.supervisor")
 

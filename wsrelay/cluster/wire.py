@@ -19,7 +19,7 @@ Sequence numbers count the batches of one session of one (source ->
 destination) stream from 1, and "records before" the records sent in the
 session before this batch, so a receiver that sees a gap knows how many
 records were lost. A session is renumbered by the node that saw a gap, and
-both nodes then start it afresh (transport.py).
+both nodes then start it afresh (peers.py).
 """
 
 from __future__ import annotations
