@@ -31,9 +31,9 @@ from ..app import parse_addr
 from ..settings import Settings
 from . import wire
 from .broker import Broker
+from .bus import connect_bus
 from .errors import ClusterError
 from .lifeline import die_with_parent
-from .bus import connect_bus
 
 log = logging.getLogger("wsrelay.supervisor")
 
