@@ -13,6 +13,7 @@ from ._core.runtime import EXIT, LINK_DOWN, Inbox, Node, node, set_node_factory
 from .app import App
 from .cli import run
 from .errors import (
+    CallError,
     ConfigError,
     MailboxFull,
     NoTransport,
@@ -65,6 +66,7 @@ __all__ = [
     "Response",
     "EXIT",
     "LINK_DOWN",
+    "CallError",
     "ConfigError",
     "Inbox",
     "MailboxFull",

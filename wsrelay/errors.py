@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from ._core.errors import (
+    CallError,
     MailboxFull,
     NoTransport,
     RelayHeaderError,
@@ -13,6 +14,7 @@ from ._core.errors import (
 )
 
 __all__ = [
+    "CallError",
     "ConfigError",
     "MailboxFull",
     "NoTransport",

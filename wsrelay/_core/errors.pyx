@@ -43,3 +43,16 @@ class RelayHeaderError(RelaySettingsError):
 class WrongThread(RuntimeError, WsrelayError):
     """The runtime was called from a thread other than the one running the
     gateway's event loop."""
+
+
+class CallError(WsrelayError):
+    """A ``process.call`` that ended without a reply: the callee ended first
+    (``reason`` is its exit reason, ``error`` the exception it raised, if
+    any), was not alive (``noproc``), or its node was lost (``noconnection``).
+    """
+
+    def __init__(self, pid, reason, error=None):
+        super().__init__(f"call to {pid} got no reply: {reason}")
+        self.pid = pid
+        self.reason = reason
+        self.error = error

@@ -42,4 +42,6 @@ cdef class Cluster(Remote):
     cdef int dropped(self, str reason, Py_ssize_t count, str what) except -1
     cdef Process connection(self, long long ident)
     cdef Pid local_pid(self, str host, long long ident)
+    # A call's request for a process of another node (call.pyx).
+    cdef bint call(self, Pid dest, str topic, object payload, Pid sender, Pid reply_to) except -1
 

@@ -31,10 +31,12 @@ from .message cimport Message, new_message
 from .mailbox cimport Mailbox, RoomWaiter
 from .pid cimport Pid, make_pid
 from .relayspec cimport parse_control
-from .runtime cimport Node, Process, Remote, exit_event, join_links, part_links
+from .runtime cimport (Node, Process, Remote, deliver_request, exit_event, join_links, part_links,
+                       reply_dropped)
 from .stats cimport Counters, LimitedLog
 
 from .errors import MailboxFull
+from .runtime import REPLY
 
 cdef LimitedLog _log = LimitedLog("wsrelay.cluster")
 
@@ -230,6 +232,12 @@ cdef class Cluster(Remote):
             self.dropped("unreachable", 1, f"{topic!r} to {dest}")
         return sent
 
+    cdef bint call(self, Pid dest, str topic, object payload, Pid sender, Pid reply_to) except -1:
+        sent = self.transport.call(dest, topic, payload, sender, reply_to)
+        if not sent:
+            self.dropped("unreachable", 1, f"call {topic!r} to {dest}")
+        return sent
+
     cdef Pid global_name(self, str name):
         return self.transport.whereis_global(name)
 
@@ -345,6 +353,8 @@ cdef class Cluster(Remote):
 
     def on_send(self, long long dest_id, str dest_host, topic, payload, Pid sender):
         cdef Process proc = self.node.lookup(self.local_pid(dest_host, dest_id))
+        if proc is None and topic == REPLY:
+            return reply_dropped(self.node, self.local_pid(dest_host, dest_id), sender)
         if proc is None:
             self.dropped(NOPROC, 1, f"{topic!r} from {sender} to {{{self.node.name}@{dest_host}|{dest_id:#x}}}")
             return
@@ -357,6 +367,21 @@ cdef class Cluster(Remote):
             # A connection refused it (a topic it does not take): nobody to
             # raise it to, the sender is on another node.
             self.dropped("rejected", 1, f"{topic!r} from {sender} to {proc.pid}: {exc}")
+
+    def on_call(self, long long dest_id, str dest_host, topic, payload, Pid sender, Pid reply_to):
+        """A call's request from another node: its reply goes to ``reply_to``.
+        Not delivered, the caller hears of it through its monitor of the
+        callee (noproc), or by its timeout."""
+        cdef Process proc = self.node.lookup(self.local_pid(dest_host, dest_id))
+        if proc is None:
+            self.dropped(NOPROC, 1, f"call {topic!r} from {sender} to {{{self.node.name}@{dest_host}|{dest_id:#x}}}")
+            return
+        try:
+            deliver_request(proc, topic, payload, sender, reply_to)
+        except MailboxFull:
+            self.dropped("mailbox_full", 1, f"call {topic!r} from {sender} to {proc.pid}")
+        except ValueError as exc:
+            self.dropped("rejected", 1, f"call {topic!r} from {sender} to {proc.pid}: {exc}")
 
     def on_frames(self, list ids, bytes frame):
         cdef Py_ssize_t size = _payload_size(frame)

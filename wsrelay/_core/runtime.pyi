@@ -6,6 +6,7 @@ from .stats import Counters
 
 EXIT: str
 LINK_DOWN: str
+REPLY: str
 NORMAL: str
 
 PidLike = Union[Pid, str]

@@ -23,7 +23,7 @@ from libc.stdint cimport uint64_t
 
 from .includes.capi cimport TypeSlots, PyExc_StopIteration, PyErr_SetObject
 from .pid cimport Pid, make_pid, to_pid
-from .message cimport Message, new_message
+from .message cimport Message, new_message, new_request, set_replier
 from .mailbox cimport Mailbox
 from .stats cimport Counters, LimitedLog
 
@@ -31,6 +31,8 @@ from .errors import MailboxFull, NoTransport, WrongThread
 
 EXIT = "@exit"
 LINK_DOWN = "@link_down"
+# A call's reply, sent to the caller's waiter (call.pyx).
+REPLY = "@reply"
 
 NORMAL = "normal"
 
@@ -913,3 +915,48 @@ def whereis(str name):
 
 def is_alive(pid):
     return get_node().is_alive(pid)
+
+
+# -- calls: a request and its reply (the waiter and process.call are call.pyx's) ------
+
+
+cdef bint deliver_request(Process proc, str topic, object payload, Pid sender, Pid reply_to) except -1:
+    """Queue a call's request for ``proc``, a local process: a message that
+    carries its reply address. MailboxFull as for a send."""
+    cdef Mailbox mailbox = proc.mailbox
+    if mailbox is None:
+        raise ValueError(f"{proc.pid} takes no calls: it has no inbox to read a request from "
+                         f"(a WebSocket connection takes 'ws.send', 'ws.close' and 'ws.control' sends only)")
+    if not mailbox.push(new_request(topic, payload, sender, reply_to)):
+        proc.node.counters.mailbox_full += 1
+        if _limited.allow("mailbox_full"):
+            _limited.write(logging.WARNING, f"mailbox of {proc.pid} is full ({mailbox.capacity} "
+                                            f"messages): call {topic!r} from {sender} refused with MailboxFull")
+        raise MailboxFull(proc.pid, mailbox.capacity)
+    proc.node.counters.messages_sent += 1
+    return True
+
+
+cdef int reply_dropped(Node node, Pid waiter, Pid sender) except -1:
+    """A reply for a call of this node that had already ended (it timed out,
+    its caller was cancelled, or it was answered before): dropped, as Erlang
+    drops a late reply, and counted."""
+    node.counters.call_replies_dropped += 1
+    if _limited.allow("call_reply_dropped"):
+        _limited.write(logging.INFO, f"reply from {sender} dropped: the call {waiter} had already ended")
+    return 0
+
+
+cdef bint _reply(Message msg, object value) except -1:
+    cdef Process replier = calling_process("msg.reply")
+    cdef Node node = replier.node
+    if node.send_from(msg.reply_to, REPLY, value, replier.pid):
+        return True
+    if msg.reply_to.node == node.name:
+        # (A reply to another node's call that cannot go is counted as
+        # undeliverable by the cluster, and that node counts a late one.)
+        reply_dropped(node, msg.reply_to, replier.pid)
+    return False
+
+
+set_replier(_reply)

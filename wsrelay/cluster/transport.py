@@ -69,6 +69,8 @@ class Hooks(Protocol):
     """What the transport calls on the node's core, on the loop's thread."""
 
     def on_send(self, dest_id: int, dest_host: str, topic: Any, payload: Any, sender: Pid) -> None: ...
+    def on_call(self, dest_id: int, dest_host: str, topic: Any, payload: Any, sender: Pid,
+                reply_to: Pid) -> None: ...
     def on_signal(self, kind: int, dest: Pid, src: Pid, reason: Any) -> None: ...
     def on_frames(self, conn_ids: list[int], frame: bytes) -> None: ...
     def on_node_up(self, node: str, incarnation: int) -> None: ...
@@ -390,6 +392,12 @@ class Transport:
         record = wire.record_send(dest.id, dest.host, str(sender), topic, payload)
         return self._append_for(dest, record)
 
+    def call(self, dest: Pid, topic: Any, payload: Any, sender: Pid, reply_to: Pid) -> bool:
+        """Queue a call's request for ``dest``: a send with the address of
+        its reply (the caller's waiter); as ``send`` otherwise."""
+        record = wire.record_call(dest.id, dest.host, str(sender), topic, payload, str(reply_to))
+        return self._append_for(dest, record)
+
     def signal(self, kind: int, dest: Pid, src: Pid, reason: Any) -> bool:
         """Queue a signal (wire.MONITOR ... wire.CREDIT) for ``dest``; in
         order with the messages from the same node."""
@@ -628,6 +636,15 @@ class Transport:
                 hooks.on_signal(signal_kind, dest, src, reason)
             except Exception:
                 self._hook_failed("on_signal")
+        elif kind == wire.CALL:
+            _, dest_id, dest_host, sender_text, topic, payload, reply_text = record
+            if type(dest_id) is not int or type(dest_host) is not str:
+                raise wire.Malformed("a call's destination must be an int and a str")
+            sender, reply_to = self._pid(sender_text), self._pid(reply_text)
+            try:
+                hooks.on_call(dest_id, dest_host, topic, payload, sender, reply_to)
+            except Exception:
+                self._hook_failed("on_call")
         elif kind == wire.FRAMES:
             _, conn_ids, frame = record
             if type(conn_ids) is not list or type(frame) is not bytes:

@@ -12,6 +12,8 @@ carried fails there, not later):
 
     record: [SEND, destination id, destination host, sender, topic, payload]
             [SIGNAL, kind, destination, source, reason]     (PIDs as text)
+            [CALL, destination id, destination host, sender, topic, payload,
+             reply to]    (a send that is a call's request: its reply address)
             [FRAMES, [connection id, ...], frame]
             [FRAGMENT, chunk, last]    (a record larger than a NATS message)
 
@@ -30,7 +32,8 @@ from typing import Any, NamedTuple
 
 from .codec import decode, encode
 
-VERSION = 1
+# 2: the CALL record.
+VERSION = 2
 
 # Node names are NATS subject tokens: no '.', '*', '>' or white space.
 NODE_NAME = re.compile(r"[A-Za-z0-9_-]+")
@@ -53,6 +56,7 @@ SEND = 0
 SIGNAL = 1
 FRAMES = 2
 FRAGMENT = 3
+CALL = 4
 
 # Signal kinds between processes, as the core names them (remote.pyx):
 # CREDIT carries relay backpressure acknowledgements, RELAY a relay
@@ -129,6 +133,10 @@ def parse_batch(data: bytes) -> tuple[Header, list[Any]]:
 
 def record_send(dest_id: int, dest_host: str, sender: str, topic: Any, payload: Any) -> bytes:
     return encode([SEND, dest_id, dest_host, sender, topic, payload])
+
+
+def record_call(dest_id: int, dest_host: str, sender: str, topic: Any, payload: Any, reply_to: str) -> bytes:
+    return encode([CALL, dest_id, dest_host, sender, topic, payload, reply_to])
 
 
 def record_signal(kind: int, dest: str, src: str, reason: Any) -> bytes:
