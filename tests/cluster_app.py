@@ -82,6 +82,10 @@ async def _run(cmd: dict[str, Any]) -> Any:
     if op == "whereis_global":
         pid = process.whereis_global(cmd["name"])
         return None if pid is None else str(pid)
+    if op == "call":
+        return await process.call(cmd["pid"], cmd["topic"], cmd.get("payload"), cmd.get("call_timeout", 5.0))
+    if op == "call_many":
+        return await asyncio.gather(*(process.call(cmd["pid"], cmd["topic"], n) for n in range(cmd["count"])))
     if op == "is_alive":
         return process.is_alive(cmd["pid"])
     raise ValueError(f"unknown op {op!r}")
@@ -117,6 +121,24 @@ async def echo() -> None:
         if msg.topic == "crash":
             raise RuntimeError("cl:echo crashes on purpose")
         process.send(msg.sender, "echo", msg.payload)
+
+
+@wsrelay.register("cl:replier")
+async def replier(observer: Any = None) -> None:
+    """Answers every call with [topic, payload, caller]; returns on
+    ``stop``, raises on ``crash``; a ``hold`` call is not answered
+    (``observer`` hears ``held``), a ``slow`` one after ``payload`` s."""
+    async for msg in process.inbox():
+        if msg.topic == "stop":
+            return
+        if msg.topic == "crash":
+            raise RuntimeError("cl:replier crashes on purpose")
+        if msg.topic == "hold":
+            process.send(observer, "held", msg.payload)
+            continue
+        if msg.topic == "slow":
+            await asyncio.sleep(msg.payload)
+        msg.reply([msg.topic, msg.payload, str(msg.sender)])
 
 
 @wsrelay.register("cl:sleeper")
