@@ -13,6 +13,12 @@ its node is lost) resolves the future with CallError. Whatever ends the call
 (the reply, the callee's end, the timeout, the caller's cancellation) takes
 the waiter out of the table and its monitor off the callee: nothing of a call
 outlives it, and a reply that comes later finds no PID (dropped, counted).
+
+Across nodes the request itself carries the monitor (remote.pyx, on_call):
+the callee's node sets it up on delivery and takes it down with the reply,
+so a call costs the two messages of a hand-made round trip, not also a
+MONITOR and a DEMONITOR. Only a call that ends otherwise (a timeout, a
+cancellation, a reply from elsewhere) tells the callee's node to demonitor.
 """
 
 import asyncio
@@ -26,6 +32,7 @@ from .errors import CallError, NoTransport
 from .runtime import REPLY
 
 NOPROC = "noproc"
+NOCONNECTION = "noconnection"
 
 cdef object _get_running_loop = asyncio.get_running_loop
 
@@ -34,7 +41,9 @@ cdef class Call(Process):
     """One call in flight (see the module's docstring)."""
 
     cdef object future
-    cdef object timer
+    cdef object timeout
+    # The set of calls with the same deadline tick this one is in (Deadlines).
+    cdef set deadline
     cdef Process callee
     cdef str topic
 
@@ -45,7 +54,9 @@ cdef class Call(Process):
         # Only replies: an alias takes nothing else.
         if topic != REPLY or not self.alive:
             return False
-        self.end()
+        # A reply from the callee's node: that node took its monitor down.
+        self.end(isinstance(self.callee, RemoteProcess) and sender is not None
+                 and sender.node == self.callee.pid.node)
         if not self.future.done():
             self.future.set_result(payload)
         return True
@@ -62,29 +73,76 @@ cdef class Call(Process):
     cdef int fail(self, object error) except -1:
         if not self.alive:
             return 0
-        self.end()
+        self.end(False)
         if not self.future.done():
             if isinstance(error, CallError) and error.error is not None:
                 error.__cause__ = error.error
             self.future.set_exception(error)
         return 0
 
-    cdef int end(self) except -1:
-        """Out of the table, its monitor off the callee, its timer stopped."""
+    cdef int end(self, bint monitor_gone) except -1:
+        """Out of the table, its monitor off the callee (telling nobody when
+        the callee's node has no monitor to take down), its deadline gone."""
         cdef Node node = self.node
+        cdef Process callee = self.callee
         if not self.alive:
             return 0
         self.alive = False
         del node.table[self.pid]
-        node.remove_monitor(self, self.callee)
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        if not monitor_gone:
+            node.remove_monitor(self, callee)
+        elif callee.monitored_by is not None:
+            callee.monitored_by.discard(self)
+            (<RemoteProcess>callee).cluster.drop_proxy_if_idle(<RemoteProcess>callee)
+        if self.deadline is not None:
+            self.deadline.discard(self)
+            self.deadline = None
         return 0
 
 
-def _expire(Call c, timeout):
-    c.fail(TimeoutError(f"no reply from {c.callee.pid} to call {c.topic!r} within {timeout} s"))
+cdef enum:
+    # Deadlines per second: a call times out within 1/TICKS s after its timeout.
+    TICKS = 200
+
+
+cdef class Deadlines:
+    """The timeouts of one loop's calls, in sets by tick of 1/TICKS s, with
+    one loop timer per tick that has calls: a timer per call (its handle, its
+    start and its cancel) cost as much as the rest of a call on one node."""
+
+    cdef object loop
+    cdef dict ticks
+
+    def __init__(self, loop):
+        self.loop = loop
+        self.ticks = {}
+
+    cdef int add(self, Call c, double timeout) except -1:
+        cdef long long tick = <long long>((self.loop.time() + timeout) * TICKS) + 1
+        cdef set calls = self.ticks.get(tick)
+        if calls is None:
+            calls = self.ticks[tick] = set()
+            self.loop.call_at(tick / <double>TICKS, self.expire, tick)
+        calls.add(c)
+        c.deadline = calls
+        return 0
+
+    def expire(self, long long tick):
+        cdef Call c
+        for c in list(self.ticks.pop(tick)):
+            c.fail(TimeoutError(f"no reply from {c.callee.pid} to call {c.topic!r} within {c.timeout} s"))
+
+
+cdef Deadlines _deadlines = None
+
+
+cdef Deadlines deadlines(object loop):
+    global _deadlines
+    if _deadlines is None or _deadlines.loop is not loop:
+        # (A loop's timers hold its Deadlines: the calls of another loop,
+        # stopped and run again, still time out.)
+        _deadlines = Deadlines(loop)
+    return _deadlines
 
 
 cdef Process _callee(Node node, object dest):
@@ -113,7 +171,7 @@ cdef Process _callee(Node node, object dest):
 
 cdef Call _start(object dest, object topic, object payload, object timeout):
     """Everything of a call up to the wait: its waiter, the monitor of the
-    callee, the request sent, the timer set."""
+    callee, the request sent, the deadline set."""
     cdef Process caller = calling_process("process.call")
     cdef str checked = check_topic(topic)
     cdef Node node = caller.node
@@ -130,21 +188,33 @@ cdef Call _start(object dest, object topic, object payload, object timeout):
     c.topic = checked
     loop = caller.loop if caller.loop is not None else _get_running_loop()
     c.future = loop.create_future()
-    # Monitor first: a callee already gone (or a node down) resolves the
-    # call from the monitor, and the request never leaves.
-    node.add_monitor(c, callee)
-    if not c.alive:
-        return c
-    try:
-        if isinstance(callee, RemoteProcess):
-            (<RemoteProcess>callee).cluster.call(callee.pid, checked, payload, caller.pid, c.pid)
-        else:
+    if isinstance(callee, RemoteProcess):
+        # The request carries the monitor to the callee's node; here the
+        # waiter joins the proxy's watchers, for that node's EXIT or loss.
+        if callee.monitored_by is None:
+            callee.monitored_by = set()
+        callee.monitored_by.add(c)
+        try:
+            sent = (<RemoteProcess>callee).cluster.call(callee.pid, checked, payload, caller.pid, c.pid)
+        except BaseException:
+            c.end(True)
+            raise
+        if not sent:
+            # Its node is down or unknown: as for a monitor of it.
+            node.finish(callee, NOCONNECTION, None)
+            return c
+    else:
+        # Monitor first: a callee that ends as it takes the request resolves
+        # the call from the monitor.
+        node.add_monitor(c, callee)
+        try:
             deliver_request(callee, checked, payload, caller.pid, c.pid)
-    except BaseException:
-        c.end()
-        raise
+        except BaseException:
+            c.end(False)
+            raise
     if timeout is not None:
-        c.timer = loop.call_later(timeout, _expire, c, timeout)
+        c.timeout = timeout
+        deadlines(loop).add(c, timeout)
     return c
 
 
@@ -161,4 +231,4 @@ async def call(dest, topic, payload=None, timeout=5.0):
         return await c.future
     finally:
         # The caller was cancelled (or the call already ended: a no-op).
-        c.end()
+        c.end(False)

@@ -44,4 +44,5 @@ cdef class Cluster(Remote):
     cdef Pid local_pid(self, str host, long long ident)
     # A call's request for a process of another node (call.pyx).
     cdef bint call(self, Pid dest, str topic, object payload, Pid sender, Pid reply_to) except -1
+    cdef int replied(self, Pid waiter) except -1
 

@@ -228,6 +228,8 @@ cdef class Cluster(Remote):
             elif topic == "ws.control":
                 parse_control(payload)
             sent = self.transport.send(dest, topic, payload, sender)
+            if topic == REPLY:
+                self.replied(dest)
         if not sent:
             self.dropped("unreachable", 1, f"{topic!r} to {dest}")
         return sent
@@ -369,19 +371,37 @@ cdef class Cluster(Remote):
             self.dropped("rejected", 1, f"{topic!r} from {sender} to {proc.pid}: {exc}")
 
     def on_call(self, long long dest_id, str dest_host, topic, payload, Pid sender, Pid reply_to):
-        """A call's request from another node: its reply goes to ``reply_to``.
-        Not delivered, the caller hears of it through its monitor of the
-        callee (noproc), or by its timeout."""
-        cdef Process proc = self.node.lookup(self.local_pid(dest_host, dest_id))
+        """A call's request from another node: its reply goes to ``reply_to``
+        (the caller's waiter), which monitors the callee from now until the
+        reply leaves (``send``), as if it had sent a MONITOR: an EXIT, noproc
+        at once when the callee is not alive. A request the callee cannot take
+        is dropped and counted; the caller's timeout tells it."""
+        cdef Pid dest = self.local_pid(dest_host, dest_id)
+        cdef Process proc = self.node.lookup(dest)
         if proc is None:
-            self.dropped(NOPROC, 1, f"call {topic!r} from {sender} to {{{self.node.name}@{dest_host}|{dest_id:#x}}}")
+            self.transport.signal(EXIT, reply_to, dest, NOPROC)
             return
         try:
             deliver_request(proc, topic, payload, sender, reply_to)
         except MailboxFull:
             self.dropped("mailbox_full", 1, f"call {topic!r} from {sender} to {proc.pid}")
+            return
         except ValueError as exc:
             self.dropped("rejected", 1, f"call {topic!r} from {sender} to {proc.pid}: {exc}")
+            return
+        self.node.add_monitor(self.proxy(reply_to), proc)
+
+    cdef int replied(self, Pid waiter) except -1:
+        """A reply left for ``waiter``, a call of another node: the monitor
+        its request set up here is taken down (its node knows: the reply
+        comes from here)."""
+        cdef RemoteProcess proxy = self.proxies.get(waiter)
+        if proxy is None:
+            return 0
+        if proxy.monitoring:
+            for target in list(proxy.monitoring):
+                self.node.remove_monitor(proxy, target)
+        return self.drop_proxy_if_idle(proxy)
 
     def on_frames(self, list ids, bytes frame):
         cdef Py_ssize_t size = _payload_size(frame)
