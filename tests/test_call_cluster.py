@@ -23,6 +23,16 @@ pytestmark = pytest.mark.timeout(120)
 app, broker = core.app, core.broker
 
 
+def test_the_call_record() -> None:
+    from wsrelay import Pid
+    from wsrelay.cluster import codec, wire
+
+    caller, waiter = Pid("app:p", 1, "a"), Pid("app:p", 2, "a")
+    record = wire.record_call(7, "h", str(caller), "t", {"x": 1}, str(waiter))
+    assert codec.decode(record) == [wire.CALL, 7, "h", str(caller), "t", {"x": 1}, str(waiter)]
+    assert wire.CALL not in (wire.SEND, wire.SIGNAL, wire.FRAMES, wire.FRAGMENT)
+
+
 async def alive(node) -> float:
     return (await local_metrics(node))("wsrelay_processes_alive")
 

@@ -13,7 +13,9 @@ carried fails there, not later):
     record: [SEND, destination id, destination host, sender, topic, payload]
             [SIGNAL, kind, destination, source, reason]     (PIDs as text)
             [CALL, destination id, destination host, sender, topic, payload,
-             reply to]    (a send that is a call's request: its reply address)
+             reply to]    (a call's request: a send with the address of its
+                          reply, which also monitors the destination until
+                          the reply leaves; remote.pyx, on_call)
             [FRAMES, [connection id, ...], frame]
             [FRAGMENT, chunk, last]    (a record larger than a NATS message)
 
