@@ -10,6 +10,9 @@ import random
 import pytest
 
 import wsrelay
+from tests import procs  # noqa: F401  (registers test:ws_echo)
+from tests.support import expect, relay_app, relay_handler, running
+from tests.wsclient import RawWebSocket
 from wsrelay import EXIT, CallError, process
 
 
@@ -156,6 +159,9 @@ async def test_a_dead_pid_or_an_unknown_name_is_noproc():
     with pytest.raises(CallError, match="noproc") as info:
         await process.call(srv, "t")
     assert (info.value.reason, info.value.pid) == ("noproc", srv)
+    with pytest.raises(CallError, match="noproc") as info:
+        await process.call(str(srv), "t")
+    assert (info.value.reason, info.value.pid) == ("noproc", srv)
     # As a send to an unknown name returns False, a call to one is noproc.
     assert process.send("nobody_has_this_name", "t") is False
     with pytest.raises(CallError) as info:
@@ -298,3 +304,15 @@ async def call_self(observer) -> None:
 async def test_a_process_cannot_call_itself():
     process.spawn("call:self", None, process.self())
     assert "cannot call itself" in (await receive("refused")).payload
+
+
+async def test_a_websocket_connection_takes_no_calls():
+    async with running(relay_app(relay_handler("test:ws_echo", process.self()))) as gw:
+        ws = await RawWebSocket.connect(gw, "/ws/chat")
+        client = (await expect("ws.join"))["client_pid"]
+        before = table_size()
+        with pytest.raises(ValueError, match="takes no calls"):
+            await process.call(client, "ws.send", {"type": "text", "data": "x"})
+        assert table_size() == before
+        ws.close()
+        await expect("ws.leave")

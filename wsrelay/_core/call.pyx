@@ -179,7 +179,8 @@ cdef Call _start(object dest, object topic, object payload, object timeout):
         raise ValueError(f"process.call() timeout must be None or at least 0, got {timeout!r}")
     cdef Process callee = _callee(node, dest)
     if callee is None:
-        raise CallError(dest, NOPROC)
+        # (A name stays a name; a PID's text form is read.)
+        raise CallError(dest if isinstance(dest, str) and not (<str>dest).startswith("{") else to_pid(dest), NOPROC)
     if callee is caller and caller is not node.system:
         raise ValueError(f"process.call(): {caller.pid} cannot call itself (it would wait for its own reply)")
     cdef Call c = Call.__new__(Call)
@@ -204,8 +205,8 @@ cdef Call _start(object dest, object topic, object payload, object timeout):
             node.finish(callee, NOCONNECTION, None)
             return c
     else:
-        # Monitor first: a callee that ends as it takes the request resolves
-        # the call from the monitor.
+        # Monitored before it has the request: its end, whenever it comes,
+        # reaches the waiter.
         node.add_monitor(c, callee)
         try:
             deliver_request(callee, checked, payload, caller.pid, c.pid)
