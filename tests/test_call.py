@@ -316,3 +316,16 @@ async def test_a_websocket_connection_takes_no_calls():
         assert table_size() == before
         ws.close()
         await expect("ws.leave")
+
+
+async def test_a_full_mailbox_refuses_the_request_with_mailbox_full():
+    node = wsrelay.node()
+    sleeper = process.spawn("test:sleeper")  # reads nothing
+    for i in range(node.mailbox_capacity):
+        process.send(sleeper, "fill", i)
+    before, refused = table_size(), node.counters.mailbox_full
+    with pytest.raises(wsrelay.MailboxFull):
+        await process.call(sleeper, "t")
+    assert table_size() == before
+    assert node.counters.mailbox_full == refused + 1
+    await stop(sleeper)

@@ -49,8 +49,14 @@ async def test_a_call_and_its_reply_across_nodes(app: Path, broker: Broker) -> N
             [["n", i, ca.pid] for i in range(50)]
         # The waiters are gone from the caller's node once their calls are over.
         assert await alive(a) == before
-        # The monitor went with each call: the callee's end tells nobody on a.
+        # The monitor went with each call, on both nodes: the callee's end
+        # sends nothing to a, and tells nobody there.
+        sent = (await local_metrics(b))("wsrelay_cluster_messages_out_total")
+        await cb.call("monitor", pid=replier)
         await cb.call("send", pid=replier, topic="stop")
+        await cb.event("@exit")
+        await asyncio.sleep(0.2)
+        assert (await local_metrics(b))("wsrelay_cluster_messages_out_total") == sent
         await ca.call("send", pid=ca.pid, topic="marker")
         await ca.event("marker")
         assert not [e for e in ca.events if e.get("event") == "@exit"]
@@ -104,3 +110,15 @@ async def test_the_callees_node_killed_during_a_call_is_noconnection(app: Path, 
             await call
         elapsed = time.monotonic() - killed
         assert elapsed < DOWN_AFTER + 1.5, elapsed
+
+
+async def test_a_request_that_finds_the_mailbox_full_is_dropped_and_counted(app: Path, broker: Broker) -> None:
+    async with cluster(app, broker, "a", "b", WSRELAY_MAILBOX_CAPACITY="16") as (a, b):
+        ca, cb = await Control.open(a), await Control.open(b)
+        sleeper = await cb.call("spawn", fn="cl:sleeper")  # reads nothing
+        assert await ca.call("send_many", pid=sleeper, topic="fill", count=16) == [True] * 16
+        full = (await local_metrics(b))("wsrelay_cluster_dropped_total", reason="mailbox_full")
+        # MailboxFull cannot reach a caller on another node: its timeout tells it.
+        with pytest.raises(CallError, match="TimeoutError"):
+            await ca.call("call", pid=sleeper, topic="t", call_timeout=0.3)
+        assert (await local_metrics(b))("wsrelay_cluster_dropped_total", reason="mailbox_full") == full + 1
