@@ -355,9 +355,10 @@ cdef class Cluster(Remote):
 
     def on_send(self, long long dest_id, str dest_host, topic, payload, Pid sender):
         cdef Process proc = self.node.lookup(self.local_pid(dest_host, dest_id))
-        if proc is None and topic == REPLY:
-            return reply_dropped(self.node, self.local_pid(dest_host, dest_id), sender)
         if proc is None:
+            if topic == REPLY:
+                # For a call of this node that had already ended.
+                return reply_dropped(self.node, self.local_pid(dest_host, dest_id), sender)
             self.dropped(NOPROC, 1, f"{topic!r} from {sender} to {{{self.node.name}@{dest_host}|{dest_id:#x}}}")
             return
         try:

@@ -953,8 +953,8 @@ cdef bint _reply(Message msg, object value) except -1:
     if node.send_from(msg.reply_to, REPLY, value, replier.pid):
         return True
     if msg.reply_to.node == node.name:
-        # (A reply to another node's call that cannot go is counted as
-        # undeliverable by the cluster, and that node counts a late one.)
+        # (A reply for another node's call that cannot leave is counted by
+        # the cluster, as unreachable; one that arrives late, by that node.)
         reply_dropped(node, msg.reply_to, replier.pid)
     return False
 
