@@ -10,7 +10,7 @@ import random
 import pytest
 
 import wsrelay
-from tests import procs  # noqa: F401  (registers test:ws_echo)
+from tests import procs  # noqa: F401  (registers test:ws_echo and test:sleeper)
 from tests.support import expect, relay_app, relay_handler, running
 from tests.wsclient import RawWebSocket
 from wsrelay import EXIT, CallError, process
