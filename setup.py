@@ -12,8 +12,8 @@ from setuptools.command.build_ext import build_ext
 JOBS = int(os.environ.get("WSRELAY_BUILD_JOBS") or os.cpu_count() or 1)
 
 # In dependency order: each module cimports only those before it.
-CORE = ["errors", "units", "stats", "pid", "message", "mailbox", "runtime", "deflate", "frames", "relayspec",
-        "remote", "call", "writer", "relay", "group", "handshake"]
+CORE = ["errors", "vocab", "signals", "units", "stats", "pid", "message", "mailbox", "runtime", "deflate", "frames",
+        "relayspec", "remote", "call", "picows_private", "writer", "relay", "group", "handshake"]
 # C libraries a module links with (libz.so.1 is on manylinux's allowed list).
 LIBRARIES = {"deflate": ["z"]}
 

@@ -16,7 +16,6 @@ of several rounds, in nanoseconds per record.
 from __future__ import annotations
 
 import argparse
-import struct
 import sys
 import time
 from typing import Any, Callable
@@ -25,8 +24,9 @@ import msgpack
 import orjson
 import ormsgpack
 
-from wsrelay._core.pid import Pid
+from wsrelay import Pid
 from wsrelay.cluster import codec
+from wsrelay.cluster.wire import array_header
 
 BATCH = 64
 SENDER = Pid("app:gateway", (7 << 32) | 0x1234, "web1-2")
@@ -40,14 +40,6 @@ def _shapes() -> dict[str, Any]:
         "text256": text[:255],
         "dict+pid": {"conn": SENDER, "text": text[:255], "seq": 12345, "meta": {"room": "lobby", "n": 3}},
     }
-
-
-def _array_header(n: int) -> bytes:
-    if n < 16:
-        return bytes((0x90 | n,))
-    if n < 0x10000:
-        return b"\xdc" + struct.pack(">H", n)
-    return b"\xdd" + struct.pack(">I", n)
 
 
 # -- the candidates: (encode one record, decode one batch) ------------------------
@@ -138,7 +130,7 @@ def _measure(encode: Callable[[list], bytes], decode: Callable[[bytes], list], p
             if json_batch:
                 data = b"[" + b",".join(parts) + b"]"
             else:
-                data = _array_header(len(parts)) + b"".join(parts)
+                data = array_header(len(parts)) + b"".join(parts)
         t1 = time.perf_counter()
         for _ in range(batches):
             out = decode(data)

@@ -14,7 +14,7 @@ delivery into a process's mailbox, its ``inbox.receive``.
 - call: the same round trip as ``process.call`` to a process of B that
   answers with ``msg.reply`` (its waiter, the monitor of the callee and the
   reply address cross too): p50 and p99, taking turns with the hand-made
-  round trip in blocks of 100 (both from the same run, the best by the
+  round trip in blocks of BLOCK (both from the same run, the best by the
   round trip's p50);
 - one way: a process of A sends ``--messages`` messages of ``--size`` bytes to
   a sink process of B as fast as it can, with a window (the sink acknowledges
@@ -30,31 +30,29 @@ import argparse
 import asyncio
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import psutil
 
+from .processes import ECHO, REPLIER, in_process, percentiles, register
+
 ACK_EVERY = 5_000
 WINDOW = 50_000
+# Round trips, then as many calls, in turn: both see the same moments of a
+# shared machine.
+BLOCK = 100
 
 
 def _register() -> None:
+    """The process functions of both nodes: bench.processes' (the echo
+    among them) and the sink of the one-way stream, which acknowledges."""
     import wsrelay
     from wsrelay import process
 
-    @wsrelay.register("hop:echo")
-    async def echo() -> None:
-        async for msg in process.inbox():
-            process.send(msg.sender, "pong", msg.payload)
-
-    @wsrelay.register("hop:replier")
-    async def replier() -> None:
-        async for msg in process.inbox():
-            msg.reply(msg.payload)
+    register()
 
     @wsrelay.register("hop:sink")
     async def sink() -> None:
@@ -73,25 +71,15 @@ def _register() -> None:
                 elif msg.topic == "report":
                     process.send(msg.sender, "report", [count, time.process_time() - cpu0])
 
-    @wsrelay.register("hop:driver")
-    async def driver(work: Any, done: asyncio.Future) -> None:
-        try:
-            done.set_result(await work())
-        except BaseException as exc:
-            done.set_exception(exc)
-
 
 async def _join(node: str, url: str, token: str) -> Any:
-    from wsrelay._core.remote import Cluster
-    from wsrelay._core.runtime import node as get_node
+    import wsrelay
     from wsrelay.cluster.transport import Transport
 
     transport = Transport(node, url, token=token)
     await transport.start()
-    core = Cluster(get_node(), transport, asyncio.get_running_loop())
-    get_node().join_cluster(core, transport.incarnation)
-    get_node().bind_thread()
-    transport.attach(core)
+    wsrelay.join_cluster(transport)
+    wsrelay.node().bind_thread()
     return transport
 
 
@@ -99,45 +87,46 @@ async def _child(url: str) -> None:
     from wsrelay import process
 
     transport = await _join(os.environ["WSRELAY_NODE"], url, os.environ["WSRELAY_CLUSTER_TOKEN"])
-    print(json.dumps({"echo": str(process.spawn("hop:echo")), "sink": str(process.spawn("hop:sink")),
-                      "replier": str(process.spawn("hop:replier"))}), flush=True)
+    print(json.dumps({"echo": str(process.spawn(ECHO)), "sink": str(process.spawn("hop:sink")),
+                      "replier": str(process.spawn(REPLIER))}), flush=True)
     reader = asyncio.StreamReader()
     await asyncio.get_running_loop().connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     await reader.read()
     await transport.stop()
 
 
-async def _in_process(work: Any) -> Any:
-    from wsrelay import process
-
-    done = asyncio.get_running_loop().create_future()
-    process.spawn("hop:driver", None, work, done)
-    return await done
+async def _timed_each(ask: Callable[[int], Awaitable[Any]], first: int, count: int) -> list[float]:
+    times = []
+    for i in range(first, first + count):
+        start = time.perf_counter()
+        await ask(i)
+        times.append(time.perf_counter() - start)
+    return times
 
 
 async def _hops_and_calls(echo: Any, replier: Any, count: int) -> dict[str, float]:
-    """``count`` hand-made round trips and ``count`` calls, taking turns in
-    blocks so that both see the same moments of a shared machine."""
+    """``count`` hand-made round trips and ``count`` calls, in turn by BLOCK;
+    p50 and p99 of each, in µs."""
     from wsrelay import process
 
     inbox = process.inbox()
+
+    async def hop(i: int) -> None:
+        process.send(echo, "ping", i)
+        await inbox.receive()
+
+    async def call(i: int) -> None:
+        await process.call(replier, "ping", i)
+
     hops: list[float] = []
     calls: list[float] = []
-    block = 100
-    for first in range(0, count, block):
-        for i in range(first, min(count, first + block)):
-            start = time.perf_counter()
-            process.send(echo, "ping", i)
-            await inbox.receive()
-            hops.append(time.perf_counter() - start)
-        for i in range(first, min(count, first + block)):
-            start = time.perf_counter()
-            await process.call(replier, "ping", i)
-            calls.append(time.perf_counter() - start)
-    hops.sort()
-    calls.sort()
-    return {"rtt_p50_us": statistics.median(hops) * 1e6, "rtt_p99_us": hops[int(len(hops) * 0.99)] * 1e6,
-            "call_p50_us": statistics.median(calls) * 1e6, "call_p99_us": calls[int(len(calls) * 0.99)] * 1e6}
+    for first in range(0, count, BLOCK):
+        n = min(BLOCK, count - first)
+        hops += await _timed_each(hop, first, n)
+        calls += await _timed_each(call, first, n)
+    (rtt_p50, rtt_p99), (call_p50, call_p99) = percentiles(hops), percentiles(calls)
+    return {"rtt_p50_us": rtt_p50 * 1e6, "rtt_p99_us": rtt_p99 * 1e6,
+            "call_p50_us": call_p50 * 1e6, "call_p99_us": call_p99 * 1e6}
 
 
 async def _one_way(sink: Any, messages: int, size: int, broker: psutil.Process) -> dict[str, float]:
@@ -194,9 +183,9 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
                 await asyncio.sleep(0.01)
             best: dict[str, Any] = {}
             for _ in range(args.repeat):
-                trips = await _in_process(lambda: _hops_and_calls(pids["echo"], pids["replier"], args.round_trips))
-                one = await _in_process(lambda: _one_way(pids["sink"], args.messages, args.size,
-                                                         psutil.Process(broker.pid)))
+                trips = await in_process(lambda: _hops_and_calls(pids["echo"], pids["replier"], args.round_trips))
+                one = await in_process(lambda: _one_way(pids["sink"], args.messages, args.size,
+                                                        psutil.Process(broker.pid)))
                 if not best or trips["rtt_p50_us"] < best["rtt_p50_us"]:
                     best.update(trips)
                 if one["msgs_per_s"] > best.get("msgs_per_s", 0):

@@ -34,26 +34,27 @@ import argparse
 import asyncio
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
-from typing import Any, Awaitable, Callable, Optional
+from typing import Any, Optional
 
 import nats
 import psutil
 import uvloop
 
-import wsrelay
-from wsrelay import process
-from wsrelay._core.pid import Pid
+from wsrelay import Pid, process
 from wsrelay.cluster.broker import Broker
 from wsrelay.cluster.transport import Transport
+
+from .processes import ECHO, SINK, in_process, percentiles, register, round_trips
 
 RAW_PING = "bench.raw.ping"
 RAW_PONG = "bench.raw.pong"
 ACK_EVERY = 5_000
 WINDOW = 50_000
+
+register()
 
 
 def _pid(t: Transport, n: int) -> Pid:
@@ -65,7 +66,7 @@ class _Echo:
 
     def __init__(self, transport: Transport) -> None:
         self.t = transport
-        self.me = _pid(transport, 1)
+        self.me = _pid(transport, 1)  # again by ``joined``, once the incarnation is known
         self.count = 0
         self.cpu0 = 0.0
         self.up = asyncio.Event()
@@ -84,17 +85,22 @@ class _Echo:
         elif topic == "report":
             self.t.send(sender, "report", [self.count, time.process_time() - self.cpu0], self.me)
 
+    def joined(self) -> None:
+        """The transport has started: its incarnation, part of every PID of
+        this node, is known now (a PID of incarnation 0 is refused)."""
+        self.me = _pid(self.t, 1)
+
     def on_signal(self, *args: Any) -> None:
-        pass
+        """No monitors or links cross this bench's nodes."""
 
     def on_frames(self, *args: Any) -> None:
-        pass
+        """No WebSocket frames cross this bench's nodes."""
 
     def on_node_up(self, node: str, incarnation: int) -> None:
         self.up.set()
 
     def on_node_down(self, *args: Any) -> None:
-        pass
+        """A peer lost mid-run shows as a round trip or a stream that never ends."""
 
 
 class _Driver(_Echo):
@@ -129,6 +135,7 @@ async def _child(node: str, url: str) -> None:
     hooks = _Echo(t)
     t.attach(hooks)
     await t.start()
+    hooks.joined()
     raw = await nats.connect(url, token=os.environ["WSRELAY_CLUSTER_TOKEN"])
 
     async def echo(msg: Any) -> None:
@@ -145,18 +152,13 @@ async def _child(node: str, url: str) -> None:
     await t.stop()
 
 
-def _percentiles(times: list[float]) -> tuple[float, float]:
-    times.sort()
-    return statistics.median(times), times[int(len(times) * 0.99)]
-
-
 async def _round_trips(hooks: _Driver, dest: Pid, count: int) -> tuple[float, float]:
     times = []
     for i in range(count):
         start = time.perf_counter()
         await hooks.ask(dest, "ping", i)
         times.append(time.perf_counter() - start)
-    return _percentiles(times)
+    return percentiles(times)
 
 
 async def _raw_round_trips(url: str, token: str, count: int, size: int) -> tuple[float, float]:
@@ -179,7 +181,7 @@ async def _raw_round_trips(url: str, token: str, count: int, size: int) -> tuple
         await waiter
         times.append(time.perf_counter() - start)
     await nc.close()
-    return _percentiles(times)
+    return percentiles(times)
 
 
 async def _one_way(hooks: _Driver, dest: Pid, messages: int, size: int,
@@ -237,60 +239,20 @@ async def _local_hop(messages: int, size: int) -> tuple[float, float]:
 LOCAL_BURST = 64
 
 
-@wsrelay.register("bench:hop_echo")
-async def _hop_echo() -> None:
-    async for msg in process.inbox():
-        if msg.topic == "stop":
-            return
-        process.send(msg.sender, "pong", msg.payload)
-
-
-@wsrelay.register("bench:hop_sink")
-async def _hop_sink(count: int, observer: Pid) -> None:
-    inbox = process.inbox()
-    left = count
-    while left:
-        left -= len(await inbox.receive_many())
-    process.send(observer, "done")
-
-
-@wsrelay.register("bench:hop_driver")
-async def _hop_driver(work: Callable[[], Awaitable[Any]], done: asyncio.Future) -> None:
-    """Run a case inside a wsrelay process, as an application would."""
-    try:
-        result = await work()
-    except BaseException as exc:
-        done.set_exception(exc)
-        raise
-    done.set_result(result)
-
-
-async def _in_process(work: Callable[[], Awaitable[Any]]) -> Any:
-    done = asyncio.get_running_loop().create_future()
-    process.spawn("bench:hop_driver", None, work, done)
-    return await done
-
-
 async def _wsrelay_round_trips(count: int) -> tuple[float, float]:
     async def work() -> tuple[float, float]:
-        echo = process.spawn("bench:hop_echo")
-        inbox = process.inbox()
-        times = []
-        for i in range(count):
-            start = time.perf_counter()
-            process.send(echo, "ping", i)
-            await inbox.receive()
-            times.append(time.perf_counter() - start)
+        echo = process.spawn(ECHO)
+        result = await round_trips(echo, count)
         process.send(echo, "stop")
-        return _percentiles(times)
+        return result
 
-    return await _in_process(work)
+    return await in_process(work)
 
 
 async def _wsrelay_one_way(messages: int, size: int) -> tuple[float, float]:
     async def work() -> tuple[float, float]:
         payload = os.urandom(size)
-        sink = process.spawn("bench:hop_sink", None, messages, process.self())
+        sink = process.spawn(SINK, None, messages, process.self())
         inbox = process.inbox()
         cpu0 = time.process_time()
         start = time.perf_counter()
@@ -305,7 +267,7 @@ async def _wsrelay_one_way(messages: int, size: int) -> tuple[float, float]:
         elapsed = time.perf_counter() - start
         return messages / elapsed, (time.process_time() - cpu0) / messages
 
-    return await _in_process(work)
+    return await in_process(work)
 
 
 async def _main(args: argparse.Namespace, broker: Broker) -> dict[str, Any]:
@@ -318,6 +280,7 @@ async def _main(args: argparse.Namespace, broker: Broker) -> dict[str, Any]:
         hooks = _Driver(t)
         t.attach(hooks)
         await t.start()
+        hooks.joined()
         await asyncio.wait_for(hooks.up.wait(), 10)
         while not t.is_up("bench-b"):
             await asyncio.sleep(0.01)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import array
 import asyncio
 import collections
+import gc
 import multiprocessing
 import os
 import resource
@@ -33,6 +34,11 @@ import traceback
 import zlib
 from multiprocessing.connection import Connection, wait
 from typing import Any, Callable, Optional
+
+import picows
+import uvloop
+
+from . import procfs
 
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 now_ns = time.monotonic_ns
@@ -215,9 +221,6 @@ class Stats:
 class Worker:
     def __init__(self, index: int, cmds: Connection, events: Connection, shared: Any,
                  params: dict[str, Any]) -> None:
-        import picows
-
-        self.picows = picows
         self.index = index
         # Two one-way pipes: commands are read by the event loop (the fd goes
         # non-blocking), events are written with a blocking fd (a result with
@@ -268,7 +271,7 @@ class Worker:
         """A frame that is not of the message type in use: a close ends the
         client (an error unless the run is stopping), pings and pongs pass,
         anything else is an error."""
-        WSMsgType = self.picows.WSMsgType
+        WSMsgType = picows.WSMsgType
         if kind is WSMsgType.CLOSE:
             if not self.stopping:
                 self.stats.error("closed_by_server")
@@ -298,7 +301,7 @@ class Worker:
         # No asyncio.wait_for around it (one task and timer less per
         # connection): picows times the handshake out itself, and a loopback
         # TCP connect either completes or is refused at once.
-        transport, listener = await self.picows.ws_connect(
+        transport, listener = await picows.ws_connect(
             factory, self.p["url"] + path, socket_factory=self._socket_factory,
             websocket_handshake_timeout=self.timeout, max_frame_size=64 << 20,
             read_buffer_init_size=int(self.p.get("client_read_buffer", 16384)),
@@ -336,13 +339,10 @@ class Worker:
 
     async def close_all(self, conns: list[Any], timeout: float = 3.0) -> None:
         """Close handshake on every connection, waiting at most ``timeout`` s."""
-        WSCloseCode = self.picows.WSCloseCode
+        WSCloseCode = picows.WSCloseCode
         for transport, _ in conns:
-            try:
-                if not transport.is_disconnected:
-                    transport.send_close(WSCloseCode.OK)
-            except Exception:
-                pass
+            if not transport.is_disconnected:
+                transport.send_close(WSCloseCode.OK)
         waits = [t.wait_disconnected() for t, _ in conns if not t.is_disconnected]
         if waits:
             try:
@@ -376,7 +376,6 @@ class Worker:
     async def op_check(self) -> dict[str, Any]:
         """Correctness of one server: exact echo of text and binary messages of
         several sizes on /echo, and (``broadcast``) fan-out to two subscribers."""
-        picows = self.picows
         WSMsgType = picows.WSMsgType
         problems: list[str] = []
 
@@ -446,24 +445,93 @@ class Worker:
             await self.close_all(subs + [(pub, None)])
         return {"problems": problems}
 
-    async def op_echo(self) -> dict[str, Any]:
-        picows = self.picows
-        WSMsgType = picows.WSMsgType
-        p = self.p
-        payload = Payload(p["size"], p["binary"], bool(p.get("compression")))
-        msg_type = WSMsgType.BINARY if p["binary"] else WSMsgType.TEXT
-        inflight = p["inflight"]
-        stats = self.stats
-        counters = stats.counters
-        lat = stats.lat
+    def data_client(self, payload: Payload, msg_type: Any) -> Any:
+        """The base class of the listeners that receive benchmark messages:
+        a frame of another type goes to ``other_frame``; a data frame's
+        message, with the send time and sequence number it carries, to
+        ``on_data``; a disconnect before the run stops is an error."""
         worker = self
-        size = payload.size
 
-        class EchoClient(picows.WSListener):
-            __slots__ = ("transport", "next_seq", "expect_seq", "outstanding", "deflate")
+        class DataClient(picows.WSListener):
+            __slots__ = ("deflate",)
 
             def __init__(self) -> None:
                 self.deflate: Optional[Deflate] = None
+
+            def on_ws_frame(self, transport: Any, frame: Any) -> None:
+                now = now_ns()
+                kind = frame.msg_type
+                if kind is not msg_type:
+                    worker.other_frame(transport, kind)
+                    return
+                data = message_of(self.deflate, frame)
+                ts, seq = payload.parse(data)
+                self.on_data(frame, data, ts, seq, now)
+
+            def on_data(self, frame: Any, data: Any, ts: int, seq: int, now: int) -> None:
+                raise NotImplementedError
+
+            def on_ws_disconnected(self, transport: Any) -> None:
+                if not worker.stopping:
+                    worker.stats.error("disconnected")
+
+        return DataClient
+
+    def count_in_window(self, now: int, ts: int, wire_bytes: int) -> None:
+        """A message received at ``now``, sent at ``ts``: its latency and size
+        count when it arrived inside the measurement window."""
+        if self.t_measure <= now < self.t_end:
+            stats = self.stats
+            stats.lat.append(now - ts)
+            stats.window_msgs += 1
+            stats.window_bytes += wire_bytes
+
+    async def until_window_end(self) -> None:
+        """Sleep to the end of the window, then stop sending."""
+        await asyncio.sleep(max(0.0, (self.t_end - now_ns()) / 1e9))
+        self.stopping = True
+
+    async def op_echo(self) -> dict[str, Any]:
+        """``conns`` connections, each keeping ``inflight`` messages on the
+        echo path, each reply answered with the next message."""
+        p = self.p
+        payload = Payload(p["size"], p["binary"], bool(p.get("compression")))
+        client = self.echo_client(payload, picows.WSMsgType.BINARY if p["binary"] else picows.WSMsgType.TEXT)
+        conns = await self.connect_many(p["conns"], p["paths"]["echo"], client, p["connect_concurrency"])
+        self.emit("phase", phase="connected", n=len(conns))
+        self.set_window(await self.command("go"))
+        # Stagger the first sends a little so 10k connections do not start in one burst.
+        for i, (_, echo) in enumerate(conns):
+            for _ in range(p["inflight"]):
+                echo.send_one()
+            if i % 256 == 255:
+                await asyncio.sleep(0)
+        await self.until_window_end()
+        # Wait for what is in flight; what never comes back is a timeout.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + float(p.get("drain", 5.0))
+        while loop.time() < deadline and any(c.outstanding > 0 for _, c in conns if not c.transport.is_disconnected):
+            await asyncio.sleep(0.02)
+        lost = sum(c.outstanding for _, c in conns)
+        if lost:
+            self.stats.error("reply_timeout", lost)
+        await self.close_all(conns)
+        return {"window_msgs": self.stats.window_msgs, "window_bytes": self.stats.window_bytes,
+                "lat": self._latencies(), "conns": len(conns)}
+
+    def echo_client(self, payload: Payload, msg_type: Any) -> Any:
+        """The listener of one echo connection: checks order, size and (one
+        message in 64) content of each reply, then sends the next message."""
+        stats = self.stats
+        counters = stats.counters
+        worker = self
+        size = payload.size
+
+        class EchoClient(self.data_client(payload, msg_type)):  # type: ignore[misc]
+            __slots__ = ("transport", "next_seq", "expect_seq", "outstanding")
+
+            def __init__(self) -> None:
+                super().__init__()
                 self.transport = None
                 self.next_seq = 0
                 self.expect_seq = 0
@@ -477,14 +545,7 @@ class Worker:
                 self.next_seq += 1
                 self.outstanding += 1
 
-            def on_ws_frame(self, transport: Any, frame: Any) -> None:
-                now = now_ns()
-                kind = frame.msg_type
-                if kind is not msg_type:
-                    worker.other_frame(transport, kind)
-                    return
-                data = message_of(self.deflate, frame)
-                ts, seq = payload.parse(data)
+            def on_data(self, frame: Any, data: Any, ts: int, seq: int, now: int) -> None:
                 if seq != self.expect_seq:
                     stats.error("out_of_order")
                 self.expect_seq = seq + 1
@@ -496,210 +557,38 @@ class Worker:
                         stats.error("wrong_content")
                 self.outstanding -= 1
                 counters["msgs"] += 1
-                if worker.t_measure <= now < worker.t_end:
-                    lat.append(now - ts)
-                    stats.window_msgs += 1
-                    stats.window_bytes += frame.payload_size
+                worker.count_in_window(now, ts, frame.payload_size)
                 if not worker.stopping:
                     self.send_one()
 
-            def on_ws_disconnected(self, transport: Any) -> None:
-                if not worker.stopping:
-                    stats.error("disconnected")
-
-        conns = await self.connect_many(p["conns"], p["paths"]["echo"], EchoClient, p["connect_concurrency"])
-        self.emit("phase", phase="connected", n=len(conns))
-        self.set_window(await self.command("go"))
-        # Stagger the first sends a little so 10k connections do not start in one burst.
-        for i, (_, client) in enumerate(conns):
-            for _ in range(inflight):
-                client.send_one()
-            if i % 256 == 255:
-                await asyncio.sleep(0)
-        loop = asyncio.get_running_loop()
-        await asyncio.sleep(max(0.0, (self.t_end - now_ns()) / 1e9))
-        self.stopping = True
-        # Wait for what is in flight; what never comes back is a timeout.
-        deadline = loop.time() + float(p.get("drain", 5.0))
-        while loop.time() < deadline and any(c.outstanding > 0 for _, c in conns if not c.transport.is_disconnected):
-            await asyncio.sleep(0.02)
-        lost = sum(c.outstanding for _, c in conns)
-        if lost:
-            stats.error("reply_timeout", lost)
-        await self.close_all(conns)
-        return {"window_msgs": stats.window_msgs, "window_bytes": stats.window_bytes, "lat": self._latencies(),
-                "conns": len(conns)}
+        return EchoClient
 
     async def op_broadcast(self) -> dict[str, Any]:
-        picows = self.picows
-        WSMsgType = picows.WSMsgType
-        p = self.p
-        payload = Payload(p["size"], p["binary"], bool(p.get("compression")))
-        msg_type = WSMsgType.BINARY if p["binary"] else WSMsgType.TEXT
-        size = payload.size
-        stats = self.stats
-        counters = stats.counters
-        lat = stats.lat
-        worker = self
-        done_arr = self.shared["done"]  # per worker: highest seq all its subscribers received
-        pub_last = self.shared["pub_last"]  # [0]: last seq published
-        n_subs = p["conns"]
-        pending: dict[int, int] = {}
-        state = {"done": -1, "synced": 0}
-        publisher: list[Any] = []
-
-        class SubClient(picows.WSListener):
-            __slots__ = ("expect_seq", "synced", "n", "deflate")
-
-            def __init__(self) -> None:
-                self.deflate: Optional[Deflate] = None
-                self.expect_seq = 0
-                self.synced = False
-                self.n = 0
-
-            def on_ws_frame(self, transport: Any, frame: Any) -> None:
-                now = now_ns()
-                kind = frame.msg_type
-                if kind is not msg_type:
-                    worker.other_frame(transport, kind)
-                    return
-                data = message_of(self.deflate, frame)
-                ts, seq = payload.parse(data)
-                if seq < 0:
-                    if not self.synced:
-                        self.synced = True
-                        state["synced"] += 1
-                        counters["synced"] += 1
-                        if state["synced"] == n_subs:
-                            worker.emit("phase", phase="synced")
-                    return
-                if seq != self.expect_seq:
-                    if seq > self.expect_seq:
-                        stats.error("missed", seq - self.expect_seq)
-                    else:
-                        stats.error("out_of_order")
-                self.expect_seq = seq + 1
-                if len(data) != size:
-                    stats.error("wrong_size")
-                elif (seq & SAMPLE_MASK) == 0 and (self.n & 15) == 0:
-                    counters["checked"] += 1
-                    if bytes(data) != payload.expected(ts, seq):
-                        stats.error("wrong_content")
-                self.n += 1
-                counters["msgs"] += 1
-                if worker.t_measure <= now < worker.t_end:
-                    lat.append(now - ts)
-                    stats.window_msgs += 1
-                    stats.window_bytes += frame.payload_size
-                c = pending.get(seq, 0) + 1
-                if c >= n_subs:
-                    pending.pop(seq, None)
-                    if seq > state["done"]:
-                        state["done"] = seq
-                        done_arr[worker.index] = seq
-                        if publisher:
-                            publisher[0].pump()
-                else:
-                    pending[seq] = c
-
-            def on_ws_disconnected(self, transport: Any) -> None:
-                if not worker.stopping:
-                    stats.error("disconnected")
-
-        if n_subs == 0:
-            done_arr[self.index] = 1 << 62
-        subs = await self.connect_many(n_subs, p["paths"]["sub"], SubClient, p["connect_concurrency"])
-        if len(subs) < n_subs:
-            n_subs = len(subs)
-            if n_subs == 0:
-                done_arr[self.index] = 1 << 62
-        self.emit("phase", phase="connected", n=len(subs))
-        if n_subs == 0:
-            self.emit("phase", phase="synced")
-
-        window = p["inflight"]
-
-        class PubClient(picows.WSListener):
-            def __init__(self) -> None:
-                self.deflate: Optional[Deflate] = None
-                self.transport: Any = None
-                self.next_seq = 0
-                self.timer: Any = None
-
-            def on_ws_connected(self, transport: Any) -> None:
-                self.transport = transport
-
-            def on_ws_frame(self, transport: Any, frame: Any) -> None:
-                if frame.msg_type is WSMsgType.CLOSE:
-                    if not worker.stopping:
-                        stats.error("publisher_closed_by_server")
-                    transport.disconnect()
-
-            def probe(self) -> None:
-                send_message(self.transport, self.deflate, msg_type, payload.make(now_ns(), PROBE))
-
-            def pump(self) -> None:
-                if worker.stopping or self.transport.is_disconnected:
-                    return
-                lo = min(done_arr[:])
-                while self.next_seq - lo <= window:
-                    send_message(self.transport, self.deflate, msg_type, payload.make(now_ns(), self.next_seq))
-                    pub_last[0] = self.next_seq
-                    self.next_seq += 1
-                    counters["published"] += 1
-
-            def tick(self) -> None:
-                # Other workers' progress arrives through shared memory, not
-                # events: look again every millisecond.
-                self.pump()
-                if not worker.stopping:
-                    self.timer = asyncio.get_running_loop().call_later(0.001, self.tick)
-
-        pub_conn: list[Any] = []
+        """Subscribers of the one room and, in the worker told ``publisher``,
+        the publisher, which keeps ``inflight`` messages not yet received by
+        every subscriber of every worker (``Broadcast``)."""
+        run = Broadcast(self)
+        subs = await run.connect_subscribers()
         # Nothing is published before every worker's subscribers are
         # connected: a fan-out to thousands of subscribers would slow the
         # handshakes still in progress.
         await self.command("sync")
-        if p.get("publisher"):
-            pub_conn = [await self.connect(p["paths"]["pub"], PubClient)]
-            publisher.append(pub_conn[0][1])
-            # Probe (once a second: each probe is a fan-out to everyone) until
-            # every subscriber of every worker has seen one.
-            while True:
-                publisher[0].probe()
-                try:
-                    data = await asyncio.wait_for(self.inbox.get(), 1.0)
-                except asyncio.TimeoutError:
-                    continue
-                if data[0] == "go":
-                    self.set_window(data[1])
-                    break
-                if data[0] == "exit":
-                    raise SystemExit(0)
+        pub_conn: list[Any] = []
+        if self.p.get("publisher"):
+            pub_conn = [await run.connect_publisher()]
+            await run.probe_until_go()
+            run.tick()
         else:
             self.set_window(await self.command("go"))
-        if publisher:
-            publisher[0].tick()
-        await asyncio.sleep(max(0.0, (self.t_end - now_ns()) / 1e9))
-        self.stopping = True
-        loop = asyncio.get_running_loop()
-        await asyncio.sleep(0.05)
-        last = pub_last[0]
-        deadline = loop.time() + float(p.get("drain", 5.0))
-        while loop.time() < deadline and state["done"] < last and n_subs:
-            await asyncio.sleep(0.02)
-        if n_subs and last >= 0:
-            missing = sum(max(0, last + 1 - c.expect_seq) for _, c in subs)
-            if missing:
-                stats.error("not_delivered", missing)
+        await self.until_window_end()
+        await run.drain(subs)
         await self.close_all(subs + pub_conn)
-        return {"window_msgs": stats.window_msgs, "window_bytes": stats.window_bytes, "lat": self._latencies(),
-                "conns": len(subs), "published": counters["published"]}
+        return {"window_msgs": self.stats.window_msgs, "window_bytes": self.stats.window_bytes,
+                "lat": self._latencies(), "conns": len(subs), "published": self.stats.counters["published"]}
 
     async def op_connections(self) -> dict[str, Any]:
         """Open ``conns`` idle connections as fast as the server accepts them,
         keep them open until told, then check a sample still echoes."""
-        picows = self.picows
         WSMsgType = picows.WSMsgType
         stats = self.stats
         p = self.p
@@ -755,7 +644,6 @@ class Worker:
         """``cycles`` times: connect, one message, its echo, close; with
         ``concurrency`` loops at once. Phases: warm-up cycles, then the
         measured ones."""
-        picows = self.picows
         WSMsgType = picows.WSMsgType
         WSCloseCode = picows.WSCloseCode
         stats = self.stats
@@ -821,23 +709,195 @@ class Worker:
         return {"cycles": stats.window_msgs, "lat": self._latencies()}
 
 
+class Broadcast:
+    """One worker's part of a broadcast run. Subscribers count each message
+    (probes, seq < 0, only mark them synced); when every subscriber of this
+    worker has a message, the worker's highest such seq goes to shared memory
+    (``done``), where the publisher reads how far every worker got: it keeps
+    at most ``inflight`` messages beyond the slowest."""
+
+    def __init__(self, worker: Worker) -> None:
+        p = worker.p
+        self.worker = worker
+        self.payload = Payload(p["size"], p["binary"], bool(p.get("compression")))
+        self.msg_type = picows.WSMsgType.BINARY if p["binary"] else picows.WSMsgType.TEXT
+        self.done_arr = worker.shared["done"]  # per worker: highest seq all its subscribers received
+        self.pub_last = worker.shared["pub_last"]  # [0]: last seq published
+        self.n_subs = p["conns"]
+        self.done = -1
+        self.synced = 0
+        self.publisher: Any = None
+
+    async def connect_subscribers(self) -> list[Any]:
+        worker = self.worker
+        if self.n_subs == 0:
+            self.done_arr[worker.index] = 1 << 62
+        subs = await worker.connect_many(self.n_subs, worker.p["paths"]["sub"], self.subscriber_class(),
+                                         worker.p["connect_concurrency"])
+        if len(subs) < self.n_subs:
+            self.n_subs = len(subs)
+            if self.n_subs == 0:
+                self.done_arr[worker.index] = 1 << 62
+        worker.emit("phase", phase="connected", n=len(subs))
+        if self.n_subs == 0:
+            worker.emit("phase", phase="synced")
+        return subs
+
+    def subscriber_class(self) -> Any:
+        run = self
+        worker = self.worker
+        stats = worker.stats
+        counters = stats.counters
+        payload = self.payload
+        size = payload.size
+        done_arr = self.done_arr
+        pending: dict[int, int] = {}  # seq: subscribers of this worker that have it
+
+        class SubClient(worker.data_client(payload, self.msg_type)):  # type: ignore[misc]
+            __slots__ = ("expect_seq", "synced", "n")
+
+            def __init__(self) -> None:
+                super().__init__()
+                self.expect_seq = 0
+                self.synced = False
+                self.n = 0
+
+            def on_data(self, frame: Any, data: Any, ts: int, seq: int, now: int) -> None:
+                if seq < 0:
+                    if not self.synced:
+                        self.synced = True
+                        run.synced += 1
+                        counters["synced"] += 1
+                        if run.synced == run.n_subs:
+                            worker.emit("phase", phase="synced")
+                    return
+                if seq != self.expect_seq:
+                    if seq > self.expect_seq:
+                        stats.error("missed", seq - self.expect_seq)
+                    else:
+                        stats.error("out_of_order")
+                self.expect_seq = seq + 1
+                if len(data) != size:
+                    stats.error("wrong_size")
+                elif (seq & SAMPLE_MASK) == 0 and (self.n & 15) == 0:
+                    counters["checked"] += 1
+                    if bytes(data) != payload.expected(ts, seq):
+                        stats.error("wrong_content")
+                self.n += 1
+                counters["msgs"] += 1
+                worker.count_in_window(now, ts, frame.payload_size)
+                c = pending.get(seq, 0) + 1
+                if c >= run.n_subs:
+                    pending.pop(seq, None)
+                    if seq > run.done:
+                        run.done = seq
+                        done_arr[worker.index] = seq
+                        if run.publisher is not None:
+                            run.publisher.pump()
+                else:
+                    pending[seq] = c
+
+        return SubClient
+
+    async def connect_publisher(self) -> Any:
+        worker = self.worker
+        conn = await worker.connect(worker.p["paths"]["pub"], self.publisher_class())
+        self.publisher = conn[1]
+        return conn
+
+    def publisher_class(self) -> Any:
+        run = self
+        worker = self.worker
+        counters = worker.stats.counters
+        make = self.payload.make
+        window = worker.p["inflight"]
+        CLOSE = picows.WSMsgType.CLOSE
+
+        class PubClient(picows.WSListener):
+            def __init__(self) -> None:
+                self.deflate: Optional[Deflate] = None
+                self.transport: Any = None
+                self.next_seq = 0
+
+            def on_ws_connected(self, transport: Any) -> None:
+                self.transport = transport
+
+            def on_ws_frame(self, transport: Any, frame: Any) -> None:
+                if frame.msg_type is CLOSE:
+                    if not worker.stopping:
+                        worker.stats.error("publisher_closed_by_server")
+                    transport.disconnect()
+
+            def probe(self) -> None:
+                send_message(self.transport, self.deflate, run.msg_type, make(now_ns(), PROBE))
+
+            def pump(self) -> None:
+                """Publish while the slowest worker's subscribers are at most
+                ``inflight`` messages behind."""
+                if worker.stopping or self.transport.is_disconnected:
+                    return
+                lo = min(run.done_arr[:])
+                msg_type, pub_last = run.msg_type, run.pub_last
+                while self.next_seq - lo <= window:
+                    send_message(self.transport, self.deflate, msg_type, make(now_ns(), self.next_seq))
+                    pub_last[0] = self.next_seq
+                    self.next_seq += 1
+                    counters["published"] += 1
+
+        return PubClient
+
+    async def probe_until_go(self) -> None:
+        """Probe (once a second: each probe is a fan-out to everyone) until
+        the coordinator, having seen every subscriber of every worker synced,
+        says ``go``."""
+        worker = self.worker
+        while True:
+            self.publisher.probe()
+            try:
+                cmd, data = await asyncio.wait_for(worker.inbox.get(), 1.0)
+            except asyncio.TimeoutError:
+                continue
+            if cmd == "go":
+                worker.set_window(data)
+                return
+            if cmd == "exit":
+                raise SystemExit(0)
+
+    def tick(self) -> None:
+        # Other workers' progress arrives through shared memory, not
+        # events: look again every millisecond.
+        self.publisher.pump()
+        if not self.worker.stopping:
+            asyncio.get_running_loop().call_later(0.001, self.tick)
+
+    async def drain(self, subs: list[Any]) -> None:
+        """After the window: wait (``drain`` seconds at most) until every
+        subscriber has the last message published; what never came counts
+        as ``not_delivered``."""
+        worker = self.worker
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(0.05)
+        last = self.pub_last[0]
+        deadline = loop.time() + float(worker.p.get("drain", 5.0))
+        while loop.time() < deadline and self.done < last and self.n_subs:
+            await asyncio.sleep(0.02)
+        if self.n_subs and last >= 0:
+            missing = sum(max(0, last + 1 - c.expect_seq) for _, c in subs)
+            if missing:
+                worker.stats.error("not_delivered", missing)
+
+
 def worker_main(index: int, cmds: Connection, events: Connection, shared: Any, params: dict[str, Any]) -> None:
-    import uvloop
-
     _raise_nofile()
-    try:
-        import gc
+    gc.freeze()
 
-        gc.freeze()
-    except Exception:
-        pass
     async def main() -> None:
         await Worker(index, cmds, events, shared, params).run()
 
     try:
         uvloop.run(main())
     except KeyboardInterrupt:
-        pass
+        return  # the coordinator's Ctrl-C reached its workers too: it reports what was measured
     finally:
         events.close()
         cmds.close()
@@ -849,7 +909,7 @@ def worker_main(index: int, cmds: Connection, events: Connection, shared: Any, p
 
 
 class LoadGenError(RuntimeError):
-    pass
+    """A load generator worker failed, ended early, or a phase timed out."""
 
 
 class LoadGen:
@@ -900,8 +960,8 @@ class LoadGen:
         for c in self.cmd_conns:
             try:
                 c.send((cmd, data))
-            except (BrokenPipeError, OSError):
-                pass
+            except OSError:
+                continue  # that worker has ended: _pump reports it as died, with its exit code
 
     def send(self, index: int, cmd: str, **data: Any) -> None:
         self.cmd_conns[index].send((cmd, data))
@@ -997,11 +1057,9 @@ class LoadGen:
         total = 0.0
         for pid in self.pids:
             try:
-                with open(f"/proc/{pid}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-            except (OSError, IndexError, ValueError):
-                pass
+                total += procfs.cpu_seconds(pid)
+            except OSError:
+                continue  # a worker that has ended: _pump reports it as died
         return total
 
     def close(self, timeout: float = 10.0) -> None:

@@ -1,70 +1,67 @@
-"""Results as Markdown tables, PNG plots (matplotlib, Agg) and the targets of
-issue 4 checked against the rows of one run."""
+"""Results as Markdown tables and PNG plots (matplotlib, Agg), and the
+targets of docs/performance.md ("Targets"; "Cluster: workers on one
+machine") judged on the rows of one run: the load scenarios' (``python -m
+bench``: wsrelay against its peers) and the cluster's (``python -m bench
+cluster``: each cluster figure next to the single process measured in the
+same run; ``data["suite"] == "cluster"``)."""
 
 from __future__ import annotations
 
 import os
 import pathlib
 import platform
+import resource
 import shutil
 import subprocess
-from typing import Any, Optional
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any, Callable, Optional
+
+import matplotlib
+import matplotlib.pyplot as plt
+
+from .procfs import loadavg, proc_lines
+from .servers import NODE_DIR, ROOT
 
 SERVER_ORDER = ("wsrelay", "wsrelay@base", "picows", "websockets", "aiohttp", "node")
+Row = dict[str, Any]
 
 
 def machine() -> dict[str, Any]:
-    info: dict[str, Any] = {"cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version()}
-    try:
-        import resource
-
-        info["nofile"] = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    except Exception:
-        pass
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    info["cpu"] = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    try:
-        with open("/proc/loadavg") as f:
-            info["loadavg_at_start"] = f.read().split()[:3]
-    except OSError:
-        pass
+    info: dict[str, Any] = {"cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version(),
+                            "nofile": resource.getrlimit(resource.RLIMIT_NOFILE)[0]}
+    for line in proc_lines("/proc/cpuinfo"):
+        if line.startswith("model name"):
+            info["cpu"] = line.split(":", 1)[1].strip()
+            break
+    load = loadavg()
+    if load:
+        info["loadavg_at_start"] = load
     versions = {}
     for mod in ("picows", "uvloop", "websockets", "aiohttp"):
         try:
-            from importlib.metadata import version
-
             versions[mod] = version(mod)
-        except Exception:
-            pass
-    try:
-        from .servers import NODE_DIR
-
-        out = subprocess.run(["node", "-e", "process.stdout.write(process.version + ' ws ' + "
-                              "require('ws/package.json').version)"], cwd=NODE_DIR, capture_output=True,
-                             text=True, timeout=10)
-        if out.returncode == 0:
-            versions["node"] = out.stdout.strip()
-    except Exception:
-        pass
+        except PackageNotFoundError:
+            continue  # a peer not installed here is not run either: nothing to report
+    node = _command(["node", "-e", "process.stdout.write(process.version + ' ws ' + "
+                     "require('ws/package.json').version)"], NODE_DIR)
+    if node:
+        versions["node"] = node
     info["versions"] = versions
-    try:
-        from .servers import ROOT
-
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "wsrelay"], cwd=ROOT, capture_output=True,
-                               text=True, timeout=10).stdout.strip()
-        if head:
-            info["git"] = head + (f" + {len(dirty.splitlines())} uncommitted file(s) in wsrelay/" if dirty else "")
-    except Exception:
-        pass
+    head = _command(["git", "rev-parse", "--short", "HEAD"], ROOT)
+    dirty = _command(["git", "status", "--porcelain", "--", "wsrelay"], ROOT)
+    if head:
+        info["git"] = head + (f" + {len(dirty.splitlines())} uncommitted file(s) in wsrelay/" if dirty else "")
     return info
+
+
+def _command(argv: list[str], cwd: pathlib.Path) -> str:
+    """What ``argv`` printed, stripped; empty when it is not installed here
+    (no node, no git, not a checkout) or failed: the report leaves it out."""
+    try:
+        out = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return out.stdout.strip() if out.returncode == 0 else ""
 
 
 # -- tables ------------------------------------------------------------------------------------------
@@ -100,7 +97,8 @@ def _spread(row: dict[str, Any]) -> str:
     return f" ±{50 * (runs[-1] - runs[0]) / mid:.0f}%" if mid else ""
 
 
-def _errors(row: dict[str, Any]) -> str:
+def _errors_cell(row: dict[str, Any]) -> str:
+    """A row's errors column: FAILED and why, its error counters, a failed check."""
     if row.get("failed"):
         return "FAILED: " + row["failed"].replace("|", "/")
     errors = row.get("errors") or {}
@@ -142,6 +140,26 @@ def _table(header: list[str], lines: list[list[str]]) -> str:
     return "\n".join(out)
 
 
+def _vs_ref(r: Row, ref: Optional[Row], key: str) -> str:
+    """``wsrelay ÷ this`` of ``key``: 1 on the reference row itself."""
+    return "1" if r is ref else _ratio(ref and ref.get(key), r.get(key))
+
+
+def _wsrelay(group: list[Row], row: Row) -> Optional[Row]:
+    return next((r for r in group if r["server"] == "wsrelay" and not r.get("failed")), None)
+
+
+def _compared(rows: list[Row], group_by: tuple[str, ...], line: Callable[[Row, Optional[Row]], list[str]],
+              reference: Callable[[list[Row], Row], Optional[Row]] = _reference) -> list[list[str]]:
+    """The table lines of ``rows``, grouped by the fields ``group_by`` (rows
+    measured alike), each built by ``line(row, its reference row)``."""
+    return [line(r, reference(group, r)) for _, group in _groups(rows, group_by) for r in group]
+
+
+def _server_cell(r: Row, ref: Optional[Row]) -> str:
+    return f"**{r['server']}**" if r is ref else r["server"]
+
+
 def _rate_table(rows: list[dict[str, Any]], group_by: tuple[str, ...], lead: list[tuple[str, str]],
                 rate: tuple[str, str], cpu: tuple[str, str, int]) -> str:
     """A throughput table: per group of rows measured alike, the ``lead``
@@ -150,21 +168,16 @@ def _rate_table(rows: list[dict[str, Any]], group_by: tuple[str, ...], lead: lis
     header = [h for h, _ in lead] + ["server", rate[0], "wsrelay ÷ this", "p50 ms", "p99 ms", cpu[0],
                                      "wsrelay ÷ this", "wire B/msg", "server CPU %", "loadgen CPU %", "errors"]
     rate_key, cpu_key, cpu_digits = rate[1], cpu[1], cpu[2]
-    lines = []
-    for _, group in _groups(rows, group_by):
-        for r in group:
-            ref = _reference(group, r)
-            is_ref = r is ref
-            lines.append([_f(r[field]) for _, field in lead] + [
-                f"**{r['server']}**" if is_ref else r["server"],
-                _f(r.get(rate_key)) + _spread(r),
-                "1" if is_ref else _ratio(ref and ref.get(rate_key), r.get(rate_key)),
-                _f(r.get("p50_ms"), 2), _f(r.get("p99_ms"), 2), _f(r.get(cpu_key), cpu_digits),
-                "1" if is_ref else _ratio(ref and ref.get(cpu_key), r.get(cpu_key)),
-                _f(r.get("wire_bytes_per_msg"), 0),
-                _f(r.get("server_cpu_pct"), 0), _f(r.get("client_cpu_pct"), 0), _errors(r),
-            ])
-    return _table(header, lines)
+
+    def line(r: Row, ref: Optional[Row]) -> list[str]:
+        return [_f(r[field]) for _, field in lead] + [
+            _server_cell(r, ref), _f(r.get(rate_key)) + _spread(r), _vs_ref(r, ref, rate_key),
+            _f(r.get("p50_ms"), 2), _f(r.get("p99_ms"), 2), _f(r.get(cpu_key), cpu_digits),
+            _vs_ref(r, ref, cpu_key), _f(r.get("wire_bytes_per_msg"), 0),
+            _f(r.get("server_cpu_pct"), 0), _f(r.get("client_cpu_pct"), 0), _errors_cell(r),
+        ]
+
+    return _table(header, _compared(rows, group_by, line))
 
 
 def table_echo(rows: list[dict[str, Any]]) -> str:
@@ -183,46 +196,38 @@ def table_connections(rows: list[dict[str, Any]]) -> str:
     header = ["conns", "server", "open", "handshakes/s", "wsrelay ÷ this", "hs p99 ms", "server CPU µs/handshake",
               "wsrelay ÷ this", "loadgen CPU µs/handshake", "RSS before MiB", "RSS open MiB", "KiB/conn",
               "wsrelay ÷ this", "errors"]
-    lines = []
-    for _, group in _groups(rows, ("conns",)):
-        for r in group:
-            ref = _reference(group, r)
-            is_ref = r is ref
-            lines.append([
-                _f(r["conns"]), f"**{r['server']}**" if is_ref else r["server"], _f(r.get("connected")),
-                _f(r.get("handshakes_per_s")) + _spread(r),
-                "1" if is_ref else _ratio(ref and ref.get("handshakes_per_s"), r.get("handshakes_per_s")),
-                _f(r.get("hs_p99_ms"), 1), _f(r.get("cpu_us_per_handshake"), 0),
-                "1" if is_ref else _ratio(ref and ref.get("cpu_us_per_handshake"), r.get("cpu_us_per_handshake")),
-                _f(r.get("client_cpu_us_per_handshake"), 0), _f(r.get("rss_before_mib"), 1),
-                _f(r.get("rss_with_mib"), 1), _f(r.get("kib_per_conn"), 2),
-                "1" if is_ref else _ratio(ref and ref.get("kib_per_conn"), r.get("kib_per_conn")),
-                _errors(r),
-            ])
-    return _table(header, lines)
+
+    def line(r: Row, ref: Optional[Row]) -> list[str]:
+        return [
+            _f(r["conns"]), _server_cell(r, ref), _f(r.get("connected")),
+            _f(r.get("handshakes_per_s")) + _spread(r), _vs_ref(r, ref, "handshakes_per_s"),
+            _f(r.get("hs_p99_ms"), 1), _f(r.get("cpu_us_per_handshake"), 0), _vs_ref(r, ref, "cpu_us_per_handshake"),
+            _f(r.get("client_cpu_us_per_handshake"), 0), _f(r.get("rss_before_mib"), 1),
+            _f(r.get("rss_with_mib"), 1), _f(r.get("kib_per_conn"), 2), _vs_ref(r, ref, "kib_per_conn"),
+            _errors_cell(r),
+        ]
+
+    return _table(header, _compared(rows, ("conns",), line))
 
 
 def table_churn(rows: list[dict[str, Any]]) -> str:
     header = ["cycles", "server", "completed", "cycles/s", "wsrelay ÷ this", "cycle p99 ms", "server CPU µs/cycle",
               "loadgen CPU µs/cycle", "RSS cold MiB", "RSS before MiB", "RSS after MiB", "growth %", "errors"]
-    lines = []
-    for _, group in _groups(rows, ("cycles", "concurrency", "size")):
-        ref = next((r for r in group if r["server"] == "wsrelay" and not r.get("failed")), None)
-        for r in group:
-            is_ref = r is ref
-            lines.append([
-                _f(r["cycles"]), f"**{r['server']}**" if is_ref else r["server"], _f(r.get("completed")),
-                _f(r.get("cycles_per_s")) + _spread(r),
-                "1" if is_ref else _ratio(ref and ref.get("cycles_per_s"), r.get("cycles_per_s")),
-                _f(r.get("cycle_p99_ms"), 1), _f(r.get("cpu_us_per_cycle"), 0),
-                _f(r.get("client_cpu_us_per_cycle"), 0), _f(r.get("rss_cold_mib"), 1),
-                _f(r.get("rss_before_mib"), 1), _f(r.get("rss_after_mib"), 1), _f(r.get("rss_growth_pct"), 2),
-                _errors(r),
-            ])
-    return _table(header, lines)
+
+    def line(r: Row, ref: Optional[Row]) -> list[str]:
+        return [
+            _f(r["cycles"]), _server_cell(r, ref), _f(r.get("completed")),
+            _f(r.get("cycles_per_s")) + _spread(r), _vs_ref(r, ref, "cycles_per_s"),
+            _f(r.get("cycle_p99_ms"), 1), _f(r.get("cpu_us_per_cycle"), 0),
+            _f(r.get("client_cpu_us_per_cycle"), 0), _f(r.get("rss_cold_mib"), 1),
+            _f(r.get("rss_before_mib"), 1), _f(r.get("rss_after_mib"), 1), _f(r.get("rss_growth_pct"), 2),
+            _errors_cell(r),
+        ]
+
+    return _table(header, _compared(rows, ("cycles", "concurrency", "size"), line, _wsrelay))
 
 
-TABLES = {"echo": table_echo, "broadcast": table_broadcast, "connections": table_connections, "churn": table_churn}
+LOAD_TABLES = {"echo": table_echo, "broadcast": table_broadcast, "connections": table_connections, "churn": table_churn}
 
 
 # -- targets -------------------------------------------------------------------------------------------
@@ -240,8 +245,9 @@ def _largest(rows: list[dict[str, Any]], scenario: str, key: str) -> Optional[in
     return max(values) if values else None
 
 
-def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Issue 4's targets, judged on this run's rows (ratios within the run)."""
+def load_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The load scenarios' targets (docs/performance.md, "Targets"), judged
+    on this run's rows (ratios within the run)."""
     out: list[dict[str, Any]] = []
 
     def add(target: str, at: str, measured: str, met: Optional[bool]) -> None:
@@ -299,10 +305,12 @@ def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def table_targets(items: list[dict[str, Any]]) -> str:
-    lines = [[t["target"], t["at"], t["measured"], {True: "met", False: "**missed**", None: "-"}[t["met"]]]
+def table_targets(items: list[dict[str, Any]], measured: str, unjudged: str) -> str:
+    """The targets as a table: ``measured`` heads the figures' column,
+    ``unjudged`` is the result of a target nothing in the run could judge."""
+    lines = [[t["target"], t["at"], t["measured"], {True: "met", False: "**missed**", None: unjudged}[t["met"]]]
              for t in items]
-    return _table(["target", "measured at", "measured (ratios in this run)", "result"], lines)
+    return _table(["target", "measured at", measured, "result"], lines)
 
 
 # -- plots ------------------------------------------------------------------------------------------------
@@ -310,11 +318,7 @@ def table_targets(items: list[dict[str, Any]]) -> str:
 
 def _plot(rows: list[dict[str, Any]], x: str, metrics: list[tuple[str, str]], path: pathlib.Path,
           title: str, facet: Optional[str] = None, logy: tuple[str, ...] = ()) -> Optional[pathlib.Path]:
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = [r for r in rows if not r.get("failed")]
     if not rows:
         return None
@@ -358,7 +362,7 @@ def _plot(rows: list[dict[str, Any]], x: str, metrics: list[tuple[str, str]], pa
     return path
 
 
-def plots(data: dict[str, Any], out: pathlib.Path) -> list[pathlib.Path]:
+def load_plots(data: dict[str, Any], out: pathlib.Path) -> list[pathlib.Path]:
     rows = data["rows"]
     made = []
     echo = [r for r in rows if r["scenario"] == "echo"]
@@ -400,46 +404,512 @@ def _health_notes(rows: list[dict[str, Any]]) -> list[str]:
     return notes + [""] if notes else []
 
 
-def write(data: dict[str, Any], out: pathlib.Path, images: Optional[pathlib.Path] = None) -> pathlib.Path:
-    if data.get("suite") == "cluster":
-        from . import cluster_report
+# -- cluster tables -------------------------------------------------------------------------------
 
-        return cluster_report.write(data, out, images)
-    rows = data["rows"]
-    made = plots(data, out)
+
+def _label(r: dict[str, Any]) -> str:
+    w = r.get("workers") or 0
+    return "1 process" if not w else f"{w} worker{'s' if w > 1 else ''}"
+
+
+def _single_ref(rows: list[dict[str, Any]], r: dict[str, Any], match: tuple[str, ...]) -> Optional[dict[str, Any]]:
+    """The single-process row measured alike (the same ``match`` fields), or
+    the single-process row with the most connections when none is."""
+    singles = [x for x in rows if not x.get("workers") and not x.get("failed")]
+    same = [x for x in singles if all(x.get(k) == r.get(k) for k in match)]
+    if same:
+        return same[0]
+    return max(singles, key=lambda x: x.get("conns") or x.get("subscribers") or 0, default=None)
+
+
+def _vs_single(rows: list[dict[str, Any]], r: dict[str, Any], key: str, match: tuple[str, ...]) -> str:
+    if not r.get("workers"):
+        return "1"
+    ref = _single_ref(rows, r, match)
+    if ref is None:
+        return "-"
+    text = _ratio(r.get(key), ref.get(key))
+    at = [k for k in match if ref.get(k) != r.get(k)]
+    return text + (f" (vs {_f(ref[at[0]])})" if at and text != "-" else "")
+
+
+def _per_worker(r: dict[str, Any]) -> str:
+    held = r.get("per_worker_open") or {}
+    counts = [v for k, v in held.items() if k.startswith("worker")]
+    if not counts:
+        return "-"
+    return f"{min(counts):,}–{max(counts):,}"
+
+
+def _window_spread(r: dict[str, Any]) -> str:
+    """Connections per worker in an echo window (sockets each worker held)
+    and the broker's share of CPU."""
+    procs = r.get("per_process") or []
+    workers = [p for p in procs if p["role"].startswith("worker")]
+    broker = next((p for p in procs if p["role"] == "broker"), None)
+    parts = []
+    if workers:
+        parts.append("CPU " + " / ".join(f"{p['cpu_pct']:.0f}" for p in workers) + " %")
+    if broker is not None:
+        parts.append(f"broker {broker['cpu_pct']:.1f} %")
+    return "; ".join(parts) if parts else "-"
+
+
+def _per_msg(r: dict[str, Any], key: str, per: str) -> str:
+    """System calls that read or wrote, per message: how many messages each one carried."""
+    if r.get(key) is None or not r.get(per):
+        return "-"
+    return _f(r[key] / r[per], 2)
+
+
+def cluster_table_idle(rows: list[dict[str, Any]]) -> str:
+    header = ["conns", "server", "open (clients)", "open (server sockets)", "per worker", "handshakes/s",
+              "÷ 1 process", "server CPU µs/handshake", "÷ 1 process", "loadgen CPU µs/handshake",
+              "RSS before MiB", "RSS open MiB", "KiB/conn", "÷ 1 process", "KiB/conn incl. base",
+              "PSS KiB/conn", "errors"]
+    lines = []
+    for r in rows:
+        lines.append([
+            _f(r["conns"]), _label(r), _f(r.get("connected")), _f(r.get("server_open")), _per_worker(r),
+            _f(r.get("handshakes_per_s")) + _spread(r), _vs_single(rows, r, "handshakes_per_s", ("conns",)),
+            _f(r.get("cpu_us_per_handshake"), 0), _vs_single(rows, r, "cpu_us_per_handshake", ("conns",)),
+            _f(r.get("client_cpu_us_per_handshake"), 0), _f(r.get("rss_before_mib"), 1),
+            _f(r.get("rss_with_mib"), 1), _f(r.get("kib_per_conn"), 2), _vs_single(rows, r, "kib_per_conn", ("conns",)),
+            _f(r.get("kib_per_conn_total"), 2), _f(r.get("pss_kib_per_conn"), 2), _errors_cell(r),
+        ])
+    return _table(header, lines)
+
+
+def cluster_table_idle_processes(r: dict[str, Any]) -> str:
+    before = {p["role"]: p for p in r.get("processes_before") or []}
+    lines = []
+    for p in r.get("processes_open") or []:
+        b = before.get(p["role"], {})
+        lines.append([p["role"], _f(b.get("rss", 0) / 2**20, 1), _f(p["rss"] / 2**20, 1),
+                      _f((p["rss"] - b.get("rss", 0)) / 2**20, 1), _f((p.get("pss") or 0) / 2**20, 1),
+                      _f(p["sockets"] - b.get("sockets", 0)), _f(p["cpu_s"] - b.get("cpu_s", 0), 2)])
+    return _table(["process", "RSS before MiB", "RSS open MiB", "grew MiB", "PSS open MiB", "sockets opened",
+                   "CPU s (connecting, settling)"], lines)
+
+
+def cluster_table_echo(rows: list[dict[str, Any]]) -> str:
+    header = ["size B", "conns", "inflight", "server", "msgs/s", "÷ 1 process", "p50 ms", "p99 ms",
+              "server CPU µs/msg", "÷ 1 process", "server syscalls/msg", "server CPU %", "loadgen CPU %",
+              "workers' CPU, broker", "errors"]
+    match = ("size", "conns", "inflight")
+    lines = []
+    for r in rows:
+        lines.append([
+            _f(r["size"]), _f(r["conns"]), _f(r["inflight"]), _label(r),
+            _f(r.get("msgs_per_s")) + _spread(r), _vs_single(rows, r, "msgs_per_s", match),
+            _f(r.get("p50_ms"), 2), _f(r.get("p99_ms"), 2), _f(r.get("cpu_us_per_msg"), 1),
+            _vs_single(rows, r, "cpu_us_per_msg", match), _per_msg(r, "server_syscalls", "messages"),
+            _f(r.get("server_cpu_pct"), 0), _f(r.get("client_cpu_pct"), 0),
+            _window_spread(r) if r.get("workers") else "-", _errors_cell(r),
+        ])
+    return _table(header, lines)
+
+
+def cluster_table_handshakes(rows: list[dict[str, Any]]) -> str:
+    header = ["conns", "server", "open", "handshakes/s", "÷ 1 process", "hs p99 ms", "server CPU µs/handshake",
+              "÷ 1 process", "loadgen CPU µs/handshake", "server CPU %", "loadgen CPU %", "errors"]
+    lines = []
+    for r in rows:
+        lines.append([
+            _f(r["conns"]), _label(r), _f(r.get("connected")), _f(r.get("handshakes_per_s")) + _spread(r),
+            _vs_single(rows, r, "handshakes_per_s", ("conns",)), _f(r.get("hs_p99_ms"), 1),
+            _f(r.get("cpu_us_per_handshake"), 0), _vs_single(rows, r, "cpu_us_per_handshake", ("conns",)),
+            _f(r.get("client_cpu_us_per_handshake"), 0), _f(r.get("server_cpu_pct"), 0),
+            _f(r.get("client_cpu_pct"), 0), _errors_cell(r),
+        ])
+    return _table(header, lines)
+
+
+def cluster_table_hop(rows: list[dict[str, Any]]) -> str:
+    header = ["path", "round trip p50 µs", "p99 µs", f"one way msgs/s ({rows[0].get('size', '?')} B)",
+              "CPU µs/msg sender", "receiver", "broker", "total", "cluster ÷ this"]
+    cluster = next((r for r in rows if r["server"] == "cluster" and not r.get("failed")), None)
+    lines = []
+    for r in rows:
+        if r.get("failed"):
+            lines.append([r["server"], "FAILED: " + r["failed"]] + [""] * (len(header) - 2))
+            continue
+        ratios = []
+        if cluster is not None and r is not cluster:
+            for key, name in (("rtt_p50_us", "p50"), ("msgs_per_s", "msgs/s"), ("cpu_us_total", "CPU")):
+                if r.get(key) and cluster.get(key):
+                    ratios.append(f"{name} {cluster[key] / r[key]:.2f}")
+        lines.append([
+            r["path"], _f(r.get("rtt_p50_us"), 1), _f(r.get("rtt_p99_us"), 1), _f(r.get("msgs_per_s")),
+            _f(r.get("cpu_us_sender"), 2), _f(r.get("cpu_us_receiver"), 2), _f(r.get("cpu_us_broker"), 2),
+            _f(r.get("cpu_us_total"), 2), "1" if r is cluster else ", ".join(ratios) or "-",
+        ])
+    return _table(header, lines)
+
+
+def cluster_table_broadcast(rows: list[dict[str, Any]]) -> str:
+    header = ["subscribers", "server", "deliveries/s", "÷ 1 process", "p50 ms", "p99 ms", "server CPU µs/delivery",
+              "÷ 1 process", "server CPU %", "loadgen CPU %", "errors"]
+    lines = []
+    for r in rows:
+        lines.append([
+            _f(r["subscribers"]), _label(r), _f(r.get("deliveries_per_s")) + _spread(r),
+            _vs_single(rows, r, "deliveries_per_s", ()), _f(r.get("p50_ms"), 2), _f(r.get("p99_ms"), 2),
+            _f(r.get("cpu_us_per_delivery"), 2), _vs_single(rows, r, "cpu_us_per_delivery", ()),
+            _f(r.get("server_cpu_pct"), 0), _f(r.get("client_cpu_pct"), 0), _errors_cell(r),
+        ])
+    return _table(header, lines)
+
+
+CLUSTER_TABLES = {"idle": cluster_table_idle, "echo": cluster_table_echo, "handshakes": cluster_table_handshakes,
+                  "hop": cluster_table_hop, "broadcast": cluster_table_broadcast}
+
+CLUSTER_NOTES = {
+    "idle": "Idle connections, a process each (2 per connection: the connection's and the one its handler "
+            "spawned). RSS summed over the server's process tree (for workers: the supervisor, every worker "
+            "and nats-server), before the connections and 1.5 s (100k: 5 s) after the last handshake. "
+            "*KiB/conn* = (RSS open − RSS before) / connections, as the single-process scenario measures it; "
+            "*incl. base* = RSS open / connections (every process's start-up memory charged to the "
+            "connections); *PSS* counts pages shared between processes once. *per worker*: the fewest and "
+            "most connections one worker held (sockets it opened). Ratios: a cluster figure over the single "
+            "process's in the same run (at the same count, or at the largest it can hold).",
+    "echo": "Relay echo (a process per connection), server CPU summed over every process of the tree: for "
+            "workers, each worker, the supervisor and nats-server. *server syscalls/msg*: system calls that "
+            "read or wrote (`/proc/<pid>/io`, summed over the tree) per echoed message, fewer when one "
+            "`writev` carries several replies. *workers' CPU, broker*: each worker's share of a core in the "
+            "window, and the broker's (echo stays inside the worker that accepted the connection: nothing "
+            "crosses the bus).",
+    "handshakes": "Idle connections opened as fast as the server takes them (bench.scenarios' connections): "
+                  "rate from the first connect to the last established; server CPU summed over the tree.",
+    "hop": "bench/cluster_transport.py: round trip one message at a time; one way with a window of 50,000 "
+           "unacknowledged messages; CPU per message of each side from its own process time, the broker's "
+           "from /proc. Each figure the best of the runs. One node: the same round trip and stream between "
+           "two wsrelay processes of one process (sender and receiver share one CPU time: *total*).",
+    "broadcast": "One publisher, subscribers spread over the workers in one room found by its global name "
+                 "(bench/servers/wsrelay_app/cluster.yaml), against the single process at its own count; server CPU "
+                 "per delivery summed over every worker, the supervisor and nats-server.",
+}
+
+
+# -- cluster targets -------------------------------------------------------------------------------------------
+
+
+def cluster_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The cluster's targets (docs/performance.md, "Cluster: workers on one
+    machine"), judged on this run's rows."""
+    out: list[dict[str, Any]] = []
+
+    def add(target: str, at: str, measured: str, met: Optional[bool]) -> None:
+        out.append({"target": target, "at": at, "measured": measured, "met": met})
+
+    idle = [r for r in rows if r["scenario"] == "idle" and r.get("workers") and not r.get("failed")]
+    if idle:
+        r = max(idle, key=lambda x: x["conns"])
+        ref = _single_ref([x for x in rows if x["scenario"] == "idle"], r, ("conns",))
+        ref_text = ""
+        if ref is not None and ref.get("kib_per_conn"):
+            ref_text = f"; 1 process at {ref['conns']:,}: {ref['kib_per_conn']:.2f} KiB"
+        all_open = r.get("connected") == r["conns"] and r.get("server_open", 0) >= r["conns"] and not r.get("errors")
+        add(f"idle: {r['conns']:,} connections over WSRELAY_WORKERS={r['workers']}, all open, RSS summed over "
+            "supervisor, workers and broker ≤ 8 KiB per connection",
+            f"{r['conns']:,} connections" + ("" if r["conns"] >= 100_000 else " (target is at 100k)"),
+            f"{r.get('connected', 0):,} open ({r.get('server_open', 0):,} server sockets), "
+            f"{r['kib_per_conn']:.2f} KiB/conn ({r['kib_per_conn_total']:.2f} with the processes' base)"
+            + ref_text,
+            all_open and r["kib_per_conn"] <= 8.0)
+    hop = {r["server"]: r for r in rows if r["scenario"] == "hop" and not r.get("failed")}
+    c = hop.get("cluster")
+    if c:
+        add("cross-node round trip p50 ≤ 300 µs", f"{c['round_trips']:,} round trips",
+            f"p50 {c['rtt_p50_us']:.0f} µs, p99 {c['rtt_p99_us']:.0f} µs"
+            + (f" (bare nats-py {hop['nats']['rtt_p50_us']:.0f} µs; one node "
+               f"{hop['local']['rtt_p50_us']:.1f} µs)" if "nats" in hop and "local" in hop else ""),
+            c["rtt_p50_us"] <= 300)
+        add(f"cross-node one way ≥ 200k messages/s at {c['size']} B", f"{c['messages']:,} messages",
+            f"{c['msgs_per_s']:,.0f}/s" + (f" (one node: {hop['local']['msgs_per_s']:,.0f}/s)" if "local" in hop
+                                          else ""),
+            c["msgs_per_s"] >= 200_000)
+        add("CPU per cross-node message ≤ 3 µs each side", f"{c['size']} B one way",
+            f"sender {c['cpu_us_sender']:.2f} µs, receiver {c['cpu_us_receiver']:.2f} µs, broker "
+            f"{c['cpu_us_broker']:.2f} µs", c["cpu_us_sender"] <= 3 and c["cpu_us_receiver"] <= 3)
+    bc = [r for r in rows if r["scenario"] == "broadcast"]
+    if bc:
+        many = next((r for r in bc if r.get("workers")), None)
+        one = next((r for r in bc if not r.get("workers")), None)
+        target = "broadcast over workers: server CPU per delivery ≤ 1.3× the single process at its count"
+        if many is None or one is None:
+            add(target, "-", "not run", None)
+        elif many.get("cpu_us_per_delivery") and one.get("cpu_us_per_delivery"):
+            ratio = many["cpu_us_per_delivery"] / one["cpu_us_per_delivery"]
+            add(target, f"{many['subscribers']:,} over {many['workers']} workers vs {one['subscribers']:,}",
+                f"{many['cpu_us_per_delivery']:.2f} vs {one['cpu_us_per_delivery']:.2f} µs = {ratio:.2f}×",
+                ratio <= 1.3 and not many.get("errors"))
+        else:
+            add(target, "-", many.get("failed") or "no deliveries", False)
+    return out
+
+
+# -- cluster plots ------------------------------------------------------------------------------------------------
+
+
+def _bars(ax: Any, labels: list[str], series: dict[str, list[Optional[float]]], ylabel: str,
+          logy: bool = False) -> None:
+    n = max(1, len(series))
+    width = 0.8 / n
+    for i, (name, values) in enumerate(series.items()):
+        xs = [j + (i - (n - 1) / 2) * width for j in range(len(labels))]
+        ax.bar(xs, [v or 0 for v in values], width, label=name, color=f"C{i}")
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels(labels, fontsize=8)
+    ax.set_ylabel(ylabel)
+    if logy:
+        ax.set_yscale("log")
+    ax.grid(True, axis="y", alpha=0.3)
+
+
+def _figure(panels: int) -> tuple[Any, Any]:
+    matplotlib.use("Agg")
+    fig, axes = plt.subplots(1, panels, figsize=(4.2 * panels + 0.5, 3.6), squeeze=False)
+    return fig, axes[0]
+
+
+def _save(fig: Any, path: pathlib.Path, title: str) -> pathlib.Path:
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def _point_series(rows: list[dict[str, Any]], keys: tuple[str, ...], metric: str,
+                  fmt: Any) -> tuple[list[str], dict[str, list[Optional[float]]]]:
+    points: list[tuple[Any, ...]] = []
+    for r in rows:
+        k = tuple(r.get(x) for x in keys)
+        if k not in points:
+            points.append(k)
+    series: dict[str, list[Optional[float]]] = {}
+    for label in dict.fromkeys(_label(r) for r in rows):
+        series[label] = [next((r.get(metric) for r in rows if _label(r) == label
+                               and tuple(r.get(x) for x in keys) == p), None) for p in points]
+    return [fmt(p) for p in points], series
+
+
+def _bar_axes(axes: Any) -> None:
+    """The look every bar panel of the cluster plots shares."""
+    for ax in axes:
+        ax.tick_params(axis="x", labelsize=8)
+        ax.grid(True, axis="y", alpha=0.3)
+
+
+def _plot_idle(idle: list[Row], path: pathlib.Path) -> pathlib.Path:
+    fig, axes = _figure(2)
+    labels = [f"{_label(r)}\n{r['conns']:,}" for r in idle]
+    colors = ["C0" if not r.get("workers") else "C1" for r in idle]
+    axes[0].bar(labels, [r.get("kib_per_conn") or 0 for r in idle], color=colors)
+    axes[0].axhline(8.0, color="red", linestyle="--", linewidth=1, label="target 8 KiB")
+    axes[0].set_ylabel("server KiB per connection\n(RSS summed over the tree)")
+    axes[0].legend(fontsize=8)
+    axes[1].bar(labels, [r.get("handshakes_per_s") or 0 for r in idle], color=colors)
+    axes[1].set_ylabel("handshakes/s")
+    _bar_axes(axes)
+    return _save(fig, path, "idle connections, a process each")
+
+
+def _plot_points(rows: list[Row], keys: tuple[str, ...], metrics: tuple[tuple[str, str], ...],
+                 fmt: Callable[[tuple[Any, ...]], str], path: pathlib.Path, title: str) -> pathlib.Path:
+    """One panel per metric: a bar per server at each point (the ``keys`` fields)."""
+    fig, axes = _figure(len(metrics))
+    for ax, (metric, ylabel) in zip(axes, metrics):
+        labels, series = _point_series(rows, keys, metric, fmt)
+        _bars(ax, labels, series, ylabel)
+    axes[0].legend(fontsize=8)
+    return _save(fig, path, title)
+
+
+def _plot_hop(hop: list[Row], path: pathlib.Path) -> pathlib.Path:
+    fig, axes = _figure(3)
+    names = {"cluster": "2 nodes\n(transport)", "nats": "bare\nnats-py", "local": "1 node\n(wsrelay)",
+             "asyncio": "asyncio\nQueue"}
+    rtt = [r for r in hop if r.get("rtt_p50_us")]
+    _bars(axes[0], [names[r["server"]] for r in rtt], {"p50": [r["rtt_p50_us"] for r in rtt],
+                                                       "p99": [r["rtt_p99_us"] for r in rtt]},
+          "round trip µs", logy=True)
+    axes[0].legend(fontsize=8)
+    rate = [r for r in hop if r.get("msgs_per_s")]
+    axes[1].bar([names[r["server"]] for r in rate], [r["msgs_per_s"] for r in rate],
+                color=[f"C{i}" for i in range(len(rate))])
+    axes[1].set_yscale("log")
+    axes[1].set_ylabel(f"one way msgs/s ({rate[0]['size'] if rate else '?'} B)")
+    cpu = [r for r in hop if r.get("cpu_us_total")]
+    axes[2].bar([names[r["server"]] for r in cpu], [r["cpu_us_total"] for r in cpu],
+                color=[f"C{i}" for i in range(len(cpu))])
+    axes[2].set_ylabel("CPU µs per message (all sides)")
+    _bar_axes(axes)
+    return _save(fig, path, "node-to-node hop against the same on one node")
+
+
+def _plot_broadcast(bc: list[Row], path: pathlib.Path) -> pathlib.Path:
+    fig, axes = _figure(2)
+    labels = [f"{_label(r)}\n{r['subscribers']:,}" for r in bc]
+    axes[0].bar(labels, [r.get("deliveries_per_s") or 0 for r in bc])
+    axes[0].set_ylabel("deliveries/s")
+    axes[1].bar(labels, [r.get("cpu_us_per_delivery") or 0 for r in bc])
+    axes[1].set_ylabel("server CPU µs/delivery")
+    return _save(fig, path, "broadcast: one publisher, subscribers over workers")
+
+
+def cluster_plots(data: dict[str, Any], out: pathlib.Path) -> list[pathlib.Path]:
+    rows = [r for r in data["rows"] if not r.get("failed")]
+    made = []
+    idle = [r for r in rows if r["scenario"] == "idle"]
+    if idle:
+        made.append(_plot_idle(idle, out / "cluster-idle.png"))
+    echo = [r for r in rows if r["scenario"] == "echo"]
+    if echo:
+        made.append(_plot_points(echo, ("conns", "inflight", "size"),
+                                 (("msgs_per_s", "msgs/s"), ("cpu_us_per_msg", "server CPU µs/msg"),
+                                  ("p99_ms", "p99 ms")),
+                                 lambda p: f"{p[0]}×{p[1]}×{p[2]} B", out / "cluster-echo.png",
+                                 "relay echo: workers against one process (conns × in flight × size)"))
+    hs = [r for r in rows if r["scenario"] == "handshakes"]
+    if hs:
+        made.append(_plot_points(hs, ("conns",), (("handshakes_per_s", "handshakes/s"),
+                                                  ("cpu_us_per_handshake", "server CPU µs/handshake")),
+                                 lambda p: f"{p[0]:,} conns", out / "cluster-handshakes.png",
+                                 "handshakes: workers against one process"))
+    hop = [r for r in rows if r["scenario"] == "hop"]
+    if hop:
+        made.append(_plot_hop(hop, out / "cluster-hop.png"))
+    bc = [r for r in rows if r["scenario"] == "broadcast"]
+    if bc:
+        made.append(_plot_broadcast(bc, out / "cluster-broadcast.png"))
+    return made
+
+
+# -- results.md ------------------------------------------------------------------------------------------
+
+
+def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """The targets of the run's suite, judged on its rows."""
+    return (cluster_targets if data.get("suite") == "cluster" else load_targets)(data["rows"])
+
+
+def write(data: dict[str, Any], out: pathlib.Path, images: Optional[pathlib.Path] = None) -> pathlib.Path:
+    """results.md and the PNG plots of ``data`` into ``out``; the plots also
+    into ``images`` (as bench-NAME.png) when given."""
+    cluster = data.get("suite") == "cluster"
+    made = (cluster_plots if cluster else load_plots)(data, out)
     if images is not None:
         images.mkdir(parents=True, exist_ok=True)
         for p in made:
             shutil.copy(p, images / f"bench-{p.name}")
+    lines = _cluster_lines(data, out) if cluster else _load_lines(data, out)
+    path = out / "results.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def _machine_text(m: dict[str, Any]) -> str:
+    return (f"Machine: {m.get('cpus')} CPUs ({m.get('cpu', '?')}), Linux {m.get('kernel')}, "
+            f"Python {m.get('python')}, open files {m.get('nofile')}")
+
+
+def _repeat_text(data: dict[str, Any], tail: str) -> str:
+    repeat = data.get("options", {}).get("repeat", 1)
+    return (f" Medians of {repeat} runs per row, servers interleaved; ±x% is half the range of the runs{tail}."
+            if repeat > 1 else "")
+
+
+def _checks_text(data: dict[str, Any]) -> str:
+    failed = {name: v for name, v in (data.get("checks") or {}).items() if v}
+    return "all passed." if not failed else "; ".join(f"{name}: {', '.join(v)}" for name, v in failed.items())
+
+
+def _sections(rows: list[Row], tables: dict[str, Callable[[list[Row]], str]], png: pathlib.Path,
+              head: Callable[[str], list[str]], tail: Callable[[str, list[Row]], list[str]]) -> list[str]:
+    """A section per scenario of ``tables`` that has rows: its ``head``
+    lines, its table, its ``tail`` lines, its plot (``png`` with ``{}`` for
+    the scenario) when there is one."""
+    lines = []
+    for scenario, render in tables.items():
+        sub = [r for r in rows if r["scenario"] == scenario]
+        if not sub:
+            continue
+        lines += [f"## {scenario}", "", *head(scenario), render(sub), ""]
+        lines += tail(scenario, sub)
+        plot = png.with_name(png.name.format(scenario))
+        if plot.exists():
+            lines += [f"![{scenario}]({plot.name})", ""]
+    return lines
+
+
+def _load_lines(data: dict[str, Any], out: pathlib.Path) -> list[str]:
+    rows = data["rows"]
     m = data.get("machine", {})
     lines = [f"# wsrelay load benchmark — {data.get('started', '')}", "",
              f"`{data.get('command', '')}`", "",
-             f"Machine: {m.get('cpus')} CPUs ({m.get('cpu', '?')}), Linux {m.get('kernel')}, Python {m.get('python')}, "
-             f"open files {m.get('nofile')}, load average at start {' '.join(m.get('loadavg_at_start', []))}; "
+             f"{_machine_text(m)}, load average at start {' '.join(m.get('loadavg_at_start', []))}; "
              + (f"wsrelay at {m['git']}; " if m.get("git") else "")
              + ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items()) + ".", "",
              "Ratios (`wsrelay ÷ this`) compare servers measured in this run: for rates > 1 means wsrelay "
              "is faster, for CPU µs and KiB > 1 means wsrelay costs more."
-             + (f" Medians of {data['options']['repeat']} runs per row, servers interleaved; ±x% is half the "
-                "range of the runs around the median." if data.get("options", {}).get("repeat", 1) > 1 else "")
+             + _repeat_text(data, " around the median")
              + (" wsrelay environment: " + ", ".join(f"`{k}={v}`" for k, v in data["wsrelay_env"].items()) + "."
                 if data.get("wsrelay_env") else ""), ""]
-    for scenario, render in TABLES.items():
-        sub = [r for r in rows if r["scenario"] == scenario]
-        if sub:
-            lines += [f"## {scenario}", "", render(sub), ""]
-            lines += _health_notes(sub)
-            png = out / f"{scenario}.png"
-            if png.exists():
-                lines += [f"![{scenario}]({png.name})", ""]
+    lines += _sections(rows, LOAD_TABLES, out / "{}.png", lambda scenario: [],
+                       lambda scenario, sub: _health_notes(sub))
     if data.get("targets"):
-        lines += ["## targets", "", table_targets(data["targets"]), ""]
-    failed_checks = {k: v for k, v in (data.get("checks") or {}).items() if v}
+        lines += ["## targets", "", table_targets(data["targets"], "measured (ratios in this run)", "-"), ""]
     lines += ["## correctness checks", "",
               "Every server started was checked first (exact echo of text and binary messages of 17 B to "
-              "200 KB; for broadcast, two subscribers receiving a publisher's messages): "
-              + ("all passed." if not failed_checks else
-                 "; ".join(f"{k}: {', '.join(v)}" for k, v in failed_checks.items())), ""]
-    path = out / "results.md"
-    path.write_text("\n".join(lines))
-    return path
+              "200 KB; for broadcast, two subscribers receiving a publisher's messages): " + _checks_text(data), ""]
+    return lines
+
+
+def _cluster_lines(data: dict[str, Any], out: pathlib.Path) -> list[str]:
+    rows = data["rows"]
+    m = data.get("machine", {})
+    k = data.get("kernel", {})
+    lines = [f"# wsrelay cluster benchmark — {data.get('started', '')}", "",
+             f"`{data.get('command', '')}`", "",
+             f"{_machine_text(m)} per process, load average at start "
+             f"{' '.join(m.get('loadavg_at_start', []))}"
+             + (f", at the end {' '.join(data['loadavg_at_end'])}" if data.get("loadavg_at_end") else "")
+             + (f"; wsrelay at {m['git']}" if m.get("git") else "")
+             + ". Kernel: ephemeral ports " + "–".join(str(x) for x in k.get("ip_local_port_range", []))
+             + f", somaxconn {k.get('somaxconn')}, tcp_max_syn_backlog {k.get('tcp_max_syn_backlog')}, "
+             f"nf_conntrack_max {k.get('conntrack_max', '-')}, file-max {k.get('file_max')}.", "",
+             "The load generator runs on the same machine as every server process: on 2 cores, the workers, "
+             "the broker and the load generator share them. `÷ 1 process` is the cluster figure over the "
+             "single process's measured in the same run (rates: > 1 is faster; CPU and KiB: > 1 costs more)."
+             + _repeat_text(data, ""), ""]
+    lines += _sections(rows, CLUSTER_TABLES, out / "cluster-{}.png", lambda scenario: [CLUSTER_NOTES[scenario], ""],
+                       lambda scenario, sub: _idle_processes_lines(sub) if scenario == "idle" else [])
+    if data.get("targets"):
+        lines += ["## targets", "", table_targets(data["targets"], "measured (this run)", "not run"), ""]
+    if data.get("checks") is not None and any(r["scenario"] != "hop" for r in rows):
+        lines += ["## correctness checks", "",
+                  "Every server started was checked first (exact echo of text and binary messages of 17 B to "
+                  "200 KB): " + _checks_text(data), ""]
+    return lines
+
+
+def _idle_processes_lines(idle: list[Row]) -> list[str]:
+    """Per process of the largest idle run over workers, and the kernel with its connections open."""
+    biggest = max((r for r in idle if r.get("workers") and r.get("processes_open")),
+                  key=lambda r: r["conns"], default=None)
+    if biggest is None:
+        return []
+    lines = [f"Per process at {biggest['conns']:,} connections over {biggest['workers']} workers:", "",
+             cluster_table_idle_processes(biggest), ""]
+    ko = biggest.get("kernel_open", {})
+    kb = biggest.get("kernel_before", {})
+    if ko:
+        lines += [f"Kernel with them open: {ko.get('tcp', {}).get('inuse', '?'):,} TCP sockets in use "
+                  f"(before: {kb.get('tcp', {}).get('inuse', '?'):,}), conntrack entries "
+                  f"{ko.get('conntrack', '-')} of {ko.get('conntrack_max', '-')}, open files "
+                  f"{(ko.get('file_nr') or ['?'])[0]:,}; machine memory used per connection "
+                  f"(server, load generator and kernel): {_f(biggest.get('machine_kib_per_conn'), 1)} "
+                  "KiB.", ""]
+    return lines

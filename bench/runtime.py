@@ -42,6 +42,8 @@ import uvloop
 import wsrelay
 from wsrelay import EXIT, process
 
+from .processes import ECHO, REPLIER, SINK, in_process, register
+
 BATCHED = "batched"
 ONE = "one at a time"
 
@@ -51,64 +53,23 @@ ONE = "one at a time"
 # a one-at-a-time receiver falls behind until its mailbox (1024) is full.
 WINDOW = 64
 
+register()
+
 
 @wsrelay.register("bench:noop")
 async def _noop() -> None:
     return None
 
 
-@wsrelay.register("bench:echo")
-async def _echo() -> None:
-    async for msg in process.inbox():
-        if msg.topic == "stop":
-            return
-        process.send(msg.sender, "r", msg.payload)
-
-
-@wsrelay.register("bench:replier")
-async def _replier() -> None:
-    async for msg in process.inbox():
-        if msg.topic == "stop":
-            return
-        msg.reply(msg.payload)
-
-
-@wsrelay.register("bench:driver")
-async def _driver(work: Callable[[], Awaitable[None]], done: asyncio.Future) -> None:
-    """Run a wsrelay case inside a process, as an application would (the
-    system process's inbox is bounded and sheds events nobody reads)."""
-    try:
-        await work()
-    except BaseException as exc:
-        done.set_exception(exc)
-        raise
-    done.set_result(None)
-
-
-async def in_process(work: Callable[[], Awaitable[None]]) -> None:
-    done = asyncio.get_running_loop().create_future()
-    process.spawn("bench:driver", None, work, done)
-    await done
-
-
-@wsrelay.register("bench:sink_many")
-async def _sink_many(count: int, observer) -> None:
-    inbox = process.inbox()
-    left = count
-    while left:
-        left -= len(await inbox.receive_many())
-    process.send(observer, "done")
-
-
 @wsrelay.register("bench:sink_one")
-async def _sink_one(count: int, observer) -> None:
+async def _sink_one(count: int, observer: Any) -> None:
     inbox = process.inbox()
     for _ in range(count):
         await inbox.receive()
     process.send(observer, "done")
 
 
-SINKS = {BATCHED: "bench:sink_many", ONE: "bench:sink_one"}
+SINKS = {BATCHED: SINK, ONE: "bench:sink_one"}
 
 
 # -- wsrelay ----------------------------------------------------------------------------
@@ -124,7 +85,7 @@ async def wsrelay_spawn(n: int) -> None:
 
 
 async def wsrelay_hop(n: int) -> None:
-    echo = process.spawn("bench:echo")
+    echo = process.spawn(ECHO)
     inbox = process.inbox()
     for i in range(n):
         process.send(echo, "x", i)
@@ -133,7 +94,7 @@ async def wsrelay_hop(n: int) -> None:
 
 
 async def wsrelay_call(n: int) -> None:
-    replier = process.spawn("bench:replier")
+    replier = process.spawn(REPLIER)
     for i in range(n):
         await process.call(replier, "x", i)
     process.send(replier, "stop")

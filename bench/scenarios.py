@@ -10,7 +10,10 @@ measurement window, RSS).
 from __future__ import annotations
 
 import dataclasses
+import html
 import pathlib
+import re
+import resource
 import shutil
 import signal
 import statistics
@@ -19,8 +22,11 @@ import sys
 import time
 from typing import Any, Callable, Optional
 
+from .common import log, ms, per, split, status_rate, sum_errors
 from .loadgen import LoadGen, LoadGenError, latencies, now_ns, percentile, source_ips
 from .servers import SERVERS, RunningServer, ServerError, ServerSpec
+
+Profile = tuple[subprocess.Popen[bytes], pathlib.Path]
 
 
 @dataclasses.dataclass
@@ -40,53 +46,7 @@ class Options:
     repeat: int = 1
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def split(total: int, parts: int) -> list[int]:
-    base, extra = divmod(total, parts)
-    return [base + (1 if i < extra else 0) for i in range(parts)]
-
-
-def _spread_procs(opts: Options, conns: int) -> int:
-    """Workers needed so that none holds more connections than its open-file limit allows."""
-    import resource
-
-    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[1] - 200
-    need = -(-conns // max(1, limit))
-    if need > opts.procs:
-        log(f"note: {conns} connections need at least {need} load generator processes "
-            f"(open-file limit {limit + 200} per process): using --procs {need}")
-    return max(opts.procs, need)
-
-
-def _ms(ns: Optional[float]) -> Optional[float]:
-    return None if ns is None else ns / 1e6
-
-
-def _errors(results: list[dict[str, Any]]) -> dict[str, int]:
-    total: dict[str, int] = {}
-    for r in results:
-        for k, v in r.get("errors", {}).items():
-            total[k] = total.get(k, 0) + v
-    return total
-
-
-def _status_rate(key: str, unit: str) -> Callable[[dict[str, Any], float], str]:
-    last: dict[str, int] = {}
-
-    def status(totals: dict[str, Any], dt: float) -> str:
-        value = totals["counters"].get(key, 0)
-        rate = (value - last.get(key, 0)) / dt if dt > 0 else 0.0
-        last[key] = value
-        conns = totals["counters"].get("connected", 0)
-        return f"conns={conns} {unit}={rate:,.0f}/s total={value:,}"
-
-    return status
-
-
-class _CpuSampler:
+class CpuSampler:
     """Server (and load generator) CPU time at the two ends of a window."""
 
     def __init__(self, server: RunningServer, lg: LoadGen) -> None:
@@ -98,7 +58,7 @@ class _CpuSampler:
         self.s0 = self.server.cpu_seconds()
         self.c0 = self.lg.cpu_seconds()
 
-    def stop(self) -> dict[str, float]:
+    def stop(self) -> dict[str, Any]:
         elapsed = time.monotonic() - self.t0
         server = self.server.cpu_seconds() - self.s0
         client = self.lg.cpu_seconds() - self.c0
@@ -107,7 +67,61 @@ class _CpuSampler:
                 "client_cpu_pct": 100.0 * client / elapsed if elapsed else 0.0}
 
 
+@dataclasses.dataclass
+class PhaseCost:
+    """What one timed phase of the load generator cost: every worker's
+    report of it, server and load generator CPU seconds, and the seconds
+    from the first worker's start to the last one's end."""
+
+    done: dict[int, dict[str, Any]]
+    server_cpu: float
+    client_cpu: float
+    elapsed: float
+
+    def handshakes(self, n: int, lat: Any) -> dict[str, Any]:
+        """The figures of ``n`` handshakes made in this phase (latencies ``lat``)."""
+        return {
+            "handshakes_per_s": n / self.elapsed if self.elapsed > 0 else None,
+            "hs_p50_ms": ms(percentile(lat, 50)),
+            "hs_p99_ms": ms(percentile(lat, 99)),
+            "cpu_us_per_handshake": per(self.server_cpu, n, 1e6),
+            "client_cpu_us_per_handshake": per(self.client_cpu, n, 1e6),
+            "server_cpu_pct": 100.0 * self.server_cpu / self.elapsed if self.elapsed > 0 else None,
+            "client_cpu_pct": 100.0 * self.client_cpu / self.elapsed if self.elapsed > 0 else None,
+        }
+
+
+@dataclasses.dataclass
+class IdleTimes:
+    """Seconds of the steps of ``Runner.hold_idle``: to connect them all, to
+    let the server settle with them open, to check a sample, to close."""
+
+    connect: float
+    settle: float
+    check: float
+    close: float
+
+
+@dataclasses.dataclass
+class IdleRun:
+    """What ``Runner.hold_idle`` saw."""
+
+    problems: list[str]
+    before: Any
+    open: Any
+    cost: PhaseCost
+    n: int
+    checked: dict[int, dict[str, Any]]
+    results: list[dict[str, Any]]
+
+
 class Runner:
+    """The load scenarios against the servers of ``opts.servers``; each
+    ``measure_*`` method measures one point against one server."""
+
+    # Seconds a broadcast's subscribers may take to connect, beyond 1 s per 50.
+    BROADCAST_CONNECT_S = 60
+
     def __init__(self, opts: Options) -> None:
         self.opts = opts
         self.ips = source_ips(opts.source_ips)
@@ -127,6 +141,20 @@ class Runner:
                 continue
             specs.append(spec)
         return specs
+
+    def procs_for(self, conns: int) -> int:
+        """Load generator processes so that none holds more connections than
+        its open-file limit allows (``--procs`` at least)."""
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[1] - 200
+        need = -(-conns // max(1, limit))
+        if need > self.opts.procs:
+            log(f"note: {conns} connections need at least {need} load generator processes "
+                f"(open-file limit {limit + 200} per process): using --procs {need}")
+        return max(self.opts.procs, need)
+
+    def broadcast_procs(self, subscribers: int) -> int:
+        """Load generator processes of a broadcast: the subscribers and the publisher."""
+        return self.procs_for(subscribers + 1)
 
     def base_params(self, server: RunningServer, op: str, **extra: Any) -> dict[str, Any]:
         params = {"op": op, "url": server.url, "paths": server.spec.paths, "source_ips": self.ips,
@@ -154,22 +182,27 @@ class Runner:
         self.checks[server.spec.name] = problems
         return problems
 
-    def profiler(self, server: RunningServer, tag: str) -> Optional[tuple[subprocess.Popen[bytes], pathlib.Path]]:
-        """With --profile, start py-spy on the wsrelay server; stop it with
+    def profiled_pid(self, server: RunningServer) -> Optional[int]:
+        """The process --profile records: the wsrelay server's (no peer's)."""
+        return server.pid if server.spec.name == "wsrelay" else None
+
+    def profiler(self, server: RunningServer, tag: str) -> Optional[Profile]:
+        """With --profile, start py-spy on ``profiled_pid``; stop it with
         ``stop_profiler``."""
-        if not self.opts.profile or server.spec.name != "wsrelay":
+        pid = self.profiled_pid(server) if self.opts.profile else None
+        if pid is None:
             return None
         exe = shutil.which("py-spy") or str(pathlib.Path(sys.executable).parent / "py-spy")
         if not pathlib.Path(exe).exists():
             log("--profile: py-spy is not installed (pip install py-spy into .venv)")
             return None
-        out = self.opts.out / f"profile-wsrelay-{tag}.svg"
-        log(f"profiling wsrelay (pid {server.pid}) into {out}")
-        proc = subprocess.Popen([exe, "record", "--native", "-p", str(server.pid), "-o", str(out), "-r", "200"],
+        out = self.opts.out / f"profile-{server.spec.name}-{tag}.svg"
+        log(f"profiling {server.spec.name} (pid {pid}) into {out}")
+        proc = subprocess.Popen([exe, "record", "--native", "-p", str(pid), "-o", str(out), "-r", "200"],
                                 stdout=subprocess.DEVNULL, stderr=open(self.logs / f"py-spy-{tag}.log", "wb"))
         return proc, out
 
-    def stop_profiler(self, prof: Optional[tuple[subprocess.Popen[bytes], pathlib.Path]]) -> None:
+    def stop_profiler(self, prof: Optional[Profile]) -> None:
         if prof is None:
             return
         proc, svg = prof
@@ -181,25 +214,53 @@ class Runner:
         if svg.exists():
             svg.with_suffix(".top.txt").write_text(flamegraph_top(svg))
 
-    def measured(self, lg: LoadGen, server: RunningServer, tag: str, warmup: float = 0.0) -> dict[str, float]:
+    def window_opened(self, server: RunningServer) -> Any:
+        """What a scenario reads of the server as the window opens (for
+        ``window_closed``); nothing here."""
+        return None
+
+    def window_closed(self, server: RunningServer, opened: Any, cpu: dict[str, Any]) -> dict[str, Any]:
+        """Figures of the window beyond CPU and RSS; none here."""
+        return {}
+
+    def measured(self, lg: LoadGen, server: RunningServer, tag: str, warmup: float = 0.0) -> dict[str, Any]:
         """Send ``go`` with the window (after ``warmup`` seconds, at least the
         option's), sample CPU at both of its ends."""
         opts = self.opts
         t_measure = now_ns() + int(max(opts.warmup, warmup) * 1e9)
         t_end = t_measure + int(opts.duration * 1e9)
         lg.send_all("go", t_measure=t_measure, t_end=t_end)
-        sampler = _CpuSampler(server, lg)
+        sampler = CpuSampler(server, lg)
         lg.wait_until(t_measure)
+        opened = self.window_opened(server)
         sampler.start()
         prof = self.profiler(server, tag)
         lg.wait_until(t_end)
         cpu = sampler.stop()
+        extra = self.window_closed(server, opened, cpu)
         cpu["server_rss_mib"] = server.rss() / 2**20
         self.stop_profiler(prof)
+        cpu.update(extra)
         return cpu
 
-    def _run_points(self, points: list[dict[str, Any]], measure: Callable[[ServerSpec, dict[str, Any]], dict[str, Any]],
-                    scenario: str) -> list[dict[str, Any]]:
+    def phase_cost(self, lg: LoadGen, server: RunningServer, phase: str, timeout: float,
+                   tag: Optional[str] = None, begin: Callable[[], None] = lambda: None) -> PhaseCost:
+        """CPU from ``begin()`` until every worker reports ``phase`` (each
+        with its ``t0`` and ``t_done``); profiled when ``tag`` names it."""
+        cpu0 = server.cpu_seconds()
+        client0 = lg.cpu_seconds()
+        prof = self.profiler(server, tag) if tag is not None else None
+        begin()
+        done = lg.wait_phase(phase, timeout)
+        self.stop_profiler(prof)
+        server_cpu = server.cpu_seconds() - cpu0
+        client_cpu = lg.cpu_seconds() - client0
+        t0 = min(d["t0"] for d in done.values())
+        t_done = max(d["t_done"] for d in done.values())
+        return PhaseCost(done, server_cpu, client_cpu, (t_done - t0) / 1e9)
+
+    def run_points(self, points: list[dict[str, Any]], measure: Callable[[ServerSpec, dict[str, Any]], dict[str, Any]],
+                   scenario: str) -> list[dict[str, Any]]:
         """Each point against each server, ``repeat`` times; the servers'
         order rotates from one repetition to the next. A row holds the median
         of its runs."""
@@ -230,19 +291,19 @@ class Runner:
     def echo(self, conns_list: list[int], sizes: list[int], inflight: int) -> list[dict[str, Any]]:
         points = [{"conns": c, "size": s, "inflight": inflight, "binary": self.opts.binary}
                   for c in conns_list for s in sizes]
-        return self._run_points(points, self._echo_one, "echo")
+        return self.run_points(points, self.measure_echo, "echo")
 
-    def _echo_one(self, spec: ServerSpec, point: dict[str, Any]) -> dict[str, Any]:
+    def measure_echo(self, spec: ServerSpec, point: dict[str, Any]) -> dict[str, Any]:
         opts = self.opts
         conns = point["conns"]
-        procs = min(_spread_procs(opts, conns), max(1, conns))
+        procs = min(self.procs_for(conns), max(1, conns))
         tag = f"echo-c{conns}-s{point['size']}"
         with self.start(spec, tag) as server:
             problems = self.check(server, broadcast=False)
             parts = split(conns, procs)
             params = self.base_params(server, "echo", size=point["size"], inflight=point["inflight"], drain=5.0)
             with LoadGen(procs, params, f"echo {spec.name} c={conns} {point['size']}B",
-                         _status_rate("msgs", "msgs"), lambda i, _: {"conns": parts[i]}) as lg:
+                         status_rate("msgs", "msgs"), lambda i, _: {"conns": parts[i]}) as lg:
                 connected = lg.wait_phase("connected", 60 + conns / 50)
                 n_conns = sum(d["n"] for d in connected.values())
                 # The first wave of large messages makes every server fault in
@@ -252,17 +313,17 @@ class Runner:
                 results = lg.wait_results(opts.timeout + 60)
         msgs = sum(r["window_msgs"] for r in results)
         lat = latencies(results)
-        errors = _errors(results)
+        errors = sum_errors(results)
         if not msgs and n_conns:
             errors["none_in_window"] = 1  # replies came (or not) only after the window
         return {
             "connected": n_conns,
             "msgs_per_s": msgs / cpu["window_s"],
             "mib_per_s": msgs * point["size"] / cpu["window_s"] / 2**20,
-            "wire_bytes_per_msg": sum(r.get("window_bytes", 0) for r in results) / msgs if msgs else None,
-            "p50_ms": _ms(percentile(lat, 50)),
-            "p99_ms": _ms(percentile(lat, 99)),
-            "cpu_us_per_msg": cpu["server_cpu_s"] * 1e6 / msgs if msgs else None,
+            "wire_bytes_per_msg": per(sum(r.get("window_bytes", 0) for r in results), msgs),
+            "p50_ms": ms(percentile(lat, 50)),
+            "p99_ms": ms(percentile(lat, 99)),
+            "cpu_us_per_msg": per(cpu["server_cpu_s"], msgs, 1e6),
             "messages": msgs,
             "checked": sum(r["counters"].get("checked", 0) for r in results),
             "errors": errors,
@@ -275,39 +336,38 @@ class Runner:
 
     def broadcast(self, conns_list: list[int], size: int, window: int) -> list[dict[str, Any]]:
         points = [{"subscribers": c, "size": size, "window": window, "binary": self.opts.binary} for c in conns_list]
-        return self._run_points(points, self._broadcast_one, "broadcast")
+        return self.run_points(points, self.measure_broadcast, "broadcast")
 
-    def _broadcast_one(self, spec: ServerSpec, point: dict[str, Any]) -> dict[str, Any]:
+    def measure_broadcast(self, spec: ServerSpec, point: dict[str, Any]) -> dict[str, Any]:
         opts = self.opts
         subs = point["subscribers"]
-        procs = _spread_procs(opts, subs + 1)
+        procs = self.broadcast_procs(subs)
         tag = f"broadcast-c{subs}"
         with self.start(spec, tag) as server:
             problems = self.check(server, broadcast=True)
             parts = split(subs, procs)
             params = self.base_params(server, "broadcast", size=point["size"], inflight=point["window"], drain=10.0)
-            with LoadGen(procs, params, f"broadcast {spec.name} subs={subs}", _status_rate("msgs", "deliveries"),
+            with LoadGen(procs, params, f"broadcast {spec.name} subs={subs}", status_rate("msgs", "deliveries"),
                          lambda i, _: {"conns": parts[i], "publisher": i == 0}) as lg:
-                lg.wait_phase("connected", 60 + subs / 50)
+                lg.wait_phase("connected", self.BROADCAST_CONNECT_S + subs / 50)
                 lg.send_all("sync")
                 lg.wait_phase("synced", 60 + subs / 200)
                 cpu = self.measured(lg, server, tag)
                 results = lg.wait_results(opts.timeout + 60)
         deliveries = sum(r["window_msgs"] for r in results)
-        published = sum(r.get("published", 0) for r in results)
         lat = latencies(results)
-        errors = _errors(results)
+        errors = sum_errors(results)
         if not deliveries:
             errors["none_in_window"] = 1
         return {
             "connected": sum(r["conns"] for r in results),
             "deliveries_per_s": deliveries / cpu["window_s"],
-            "wire_bytes_per_msg": sum(r.get("window_bytes", 0) for r in results) / deliveries if deliveries else None,
-            "p50_ms": _ms(percentile(lat, 50)),
-            "p99_ms": _ms(percentile(lat, 99)),
-            "cpu_us_per_delivery": cpu["server_cpu_s"] * 1e6 / deliveries if deliveries else None,
+            "wire_bytes_per_msg": per(sum(r.get("window_bytes", 0) for r in results), deliveries),
+            "p50_ms": ms(percentile(lat, 50)),
+            "p99_ms": ms(percentile(lat, 99)),
+            "cpu_us_per_delivery": per(cpu["server_cpu_s"], deliveries, 1e6),
             "deliveries": deliveries,
-            "published": published,
+            "published": sum(r.get("published", 0) for r in results),
             "checked": sum(r["counters"].get("checked", 0) for r in results),
             "errors": errors,
             "check": problems,
@@ -318,72 +378,61 @@ class Runner:
     # -- connections ---------------------------------------------------------------------------
 
     def connections(self, conns_list: list[int]) -> list[dict[str, Any]]:
-        return self._run_points([{"conns": c} for c in conns_list], self._connections_one, "connections")
+        return self.run_points([{"conns": c} for c in conns_list], self.measure_connections, "connections")
 
-    def _connections_one(self, spec: ServerSpec, point: dict[str, Any]) -> dict[str, Any]:
-        opts = self.opts
+    def measure_connections(self, spec: ServerSpec, point: dict[str, Any]) -> dict[str, Any]:
         conns = point["conns"]
-        procs = _spread_procs(opts, conns)
-        tag = f"connections-c{conns}"
+        procs = self.procs_for(conns)
+        run = self.hold_idle(spec, conns, "connections", procs, IdleTimes(60 + conns / 20, 1.5, 60, 60),
+                             lambda server: (server.rss(), server.health()),
+                             lambda server: (server.rss(), server.health()), profile=True)
+        (rss_before, health_before), (rss_with, health) = run.before, run.open
+        return {
+            "connected": run.n,
+            **run.cost.handshakes(run.n, latencies(run.results)),
+            "rss_before_mib": rss_before / 2**20,
+            "rss_with_mib": rss_with / 2**20,
+            "kib_per_conn": per(rss_with - rss_before, run.n, 1 / 1024),
+            "health_before": health_before,
+            "health_open": health,
+            "errors": sum_errors(run.results),
+            "check": run.problems,
+            "procs": procs,
+        }
+
+    def hold_idle(self, spec: ServerSpec, conns: int, label: str, procs: int, times: IdleTimes,
+                  before: Callable[[Any], Any], with_open: Callable[[Any], Any], profile: bool) -> IdleRun:
+        """Open ``conns`` idle connections as fast as the server takes them,
+        hold them a while, check that a sample still echoes, close them:
+        what ``before`` and ``with_open`` read of the server at both ends."""
+        tag = f"{label}-c{conns}"
         with self.start(spec, tag) as server:
             problems = self.check(server, broadcast=False)
             time.sleep(1.0)
-            rss_before = server.rss()
-            health_before = server.health()
+            read_before = before(server)
             parts = split(conns, procs)
-            with LoadGen(procs, self.base_params(server, "connections"), f"connections {spec.name} c={conns}",
-                         _status_rate("connected", "handshakes"), lambda i, _: {"conns": parts[i]}) as lg:
-                t_go = now_ns() + int(0.5e9)
-                lg.send_all("go", t_measure=t_go, t_end=t_go)
-                lg.wait_until(t_go)
-                cpu0 = server.cpu_seconds()
-                client0 = lg.cpu_seconds()
-                prof = self.profiler(server, tag)
-                done = lg.wait_phase("connected", 60 + conns / 20)
-                self.stop_profiler(prof)
-                cpu_connect = server.cpu_seconds() - cpu0
-                client_connect = lg.cpu_seconds() - client0
-                n = sum(d["n"] for d in done.values())
-                t0 = min(d["t0"] for d in done.values())
-                t_done = max(d["t_done"] for d in done.values())
-                lg.wait_until(now_ns() + int(1.5e9))
-                rss_with = server.rss()
-                health = server.health()
+            with LoadGen(procs, self.base_params(server, "connections"), f"{label} {spec.name} c={conns}",
+                         status_rate("connected", "handshakes"), lambda i, _: {"conns": parts[i]}) as lg:
+                go(lg)
+                cost = self.phase_cost(lg, server, "connected", times.connect, tag if profile else None)
+                n = sum(d["n"] for d in cost.done.values())
+                lg.wait_until(now_ns() + int(times.settle * 1e9))
+                read_open = with_open(server)
                 lg.send_all("check")
-                lg.wait_phase("checked", 60)
+                checked = lg.wait_phase("checked", times.check)
                 lg.send_all("close")
-                results = lg.wait_results(60)
-        elapsed = (t_done - t0) / 1e9
-        lat = latencies(results)
-        return {
-            "connected": n,
-            "handshakes_per_s": n / elapsed if elapsed > 0 else None,
-            "hs_p50_ms": _ms(percentile(lat, 50)),
-            "hs_p99_ms": _ms(percentile(lat, 99)),
-            "cpu_us_per_handshake": cpu_connect * 1e6 / n if n else None,
-            "client_cpu_us_per_handshake": client_connect * 1e6 / n if n else None,
-            "server_cpu_pct": 100.0 * cpu_connect / elapsed if elapsed > 0 else None,
-            "client_cpu_pct": 100.0 * client_connect / elapsed if elapsed > 0 else None,
-            "rss_before_mib": rss_before / 2**20,
-            "rss_with_mib": rss_with / 2**20,
-            "kib_per_conn": (rss_with - rss_before) / n / 1024 if n else None,
-            "health_before": health_before,
-            "health_open": health,
-            "errors": _errors(results),
-            "check": problems,
-            "procs": procs,
-        }
+                results = lg.wait_results(times.close)
+        return IdleRun(problems, read_before, read_open, cost, n, checked, results)
 
     # -- churn ---------------------------------------------------------------------------------
 
     def churn(self, cycles: int, concurrency: int, size: int) -> list[dict[str, Any]]:
         points = [{"cycles": cycles, "concurrency": concurrency, "size": size}]
-        return self._run_points(points, self._churn_one, "churn")
+        return self.run_points(points, self.measure_churn, "churn")
 
-    def _churn_one(self, spec: ServerSpec, point: dict[str, Any]) -> dict[str, Any]:
-        opts = self.opts
+    def measure_churn(self, spec: ServerSpec, point: dict[str, Any]) -> dict[str, Any]:
         cycles = point["cycles"]
-        procs = opts.procs
+        procs = self.opts.procs
         warm = max(200, min(5000, cycles // 20))
         conc = split(point["concurrency"], procs)
         tag = f"churn-n{cycles}"
@@ -391,7 +440,7 @@ class Runner:
             problems = self.check(server, broadcast=False)
             rss_cold = server.rss()
             params = self.base_params(server, "churn", size=point["size"])
-            with LoadGen(procs, params, f"churn {spec.name}", _status_rate("cycles", "cycles"),
+            with LoadGen(procs, params, f"churn {spec.name}", status_rate("cycles", "cycles"),
                          lambda i, _: {"concurrency": max(1, conc[i])}) as lg:
                 for i, n in enumerate(split(warm, procs)):
                     lg.send(i, "warmup", cycles=n)
@@ -399,53 +448,53 @@ class Runner:
                 lg.wait_until(now_ns() + int(1.5e9))
                 rss_before = server.rss()
                 health_before = server.health()
-                cpu0 = server.cpu_seconds()
-                client0 = lg.cpu_seconds()
-                prof = self.profiler(server, tag)
-                for i, n in enumerate(split(cycles, procs)):
-                    lg.send(i, "measure", cycles=n)
-                done = lg.wait_phase("measure_done", 120 + cycles / 20)
-                self.stop_profiler(prof)
-                cpu = server.cpu_seconds() - cpu0
-                client_cpu = lg.cpu_seconds() - client0
+
+                def measure() -> None:
+                    for i, n in enumerate(split(cycles, procs)):
+                        lg.send(i, "measure", cycles=n)
+
+                cost = self.phase_cost(lg, server, "measure_done", 120 + cycles / 20, tag, measure)
                 results = lg.wait_results(60)
-            t0 = min(d["t0"] for d in done.values())
-            t_done = max(d["t_done"] for d in done.values())
             time.sleep(2.0)
             rss_after = server.rss()
             health_after = server.health()
         n = sum(r["cycles"] for r in results)
         lat = latencies(results)
-        elapsed = (t_done - t0) / 1e9
+        elapsed = cost.elapsed
         return {
             "completed": n,
             "warmup_cycles": warm,
             "cycles_per_s": n / elapsed if elapsed > 0 else None,
-            "cycle_p50_ms": _ms(percentile(lat, 50)),
-            "cycle_p99_ms": _ms(percentile(lat, 99)),
-            "cpu_us_per_cycle": cpu * 1e6 / n if n else None,
-            "client_cpu_us_per_cycle": client_cpu * 1e6 / n if n else None,
-            "server_cpu_pct": 100.0 * cpu / elapsed if elapsed > 0 else None,
-            "client_cpu_pct": 100.0 * client_cpu / elapsed if elapsed > 0 else None,
+            "cycle_p50_ms": ms(percentile(lat, 50)),
+            "cycle_p99_ms": ms(percentile(lat, 99)),
+            "cpu_us_per_cycle": per(cost.server_cpu, n, 1e6),
+            "client_cpu_us_per_cycle": per(cost.client_cpu, n, 1e6),
+            "server_cpu_pct": 100.0 * cost.server_cpu / elapsed if elapsed > 0 else None,
+            "client_cpu_pct": 100.0 * cost.client_cpu / elapsed if elapsed > 0 else None,
             "rss_cold_mib": rss_cold / 2**20,
             "rss_before_mib": rss_before / 2**20,
             "rss_after_mib": rss_after / 2**20,
             "rss_growth_pct": 100.0 * (rss_after - rss_before) / rss_before,
             "health_before": health_before,
             "health_after": health_after,
-            "errors": _errors(results),
+            "errors": sum_errors(results),
             "check": problems,
             "procs": procs,
         }
+
+
+def go(lg: LoadGen) -> None:
+    """Start the workers' connecting in half a second, all at one instant,
+    and wait for it."""
+    t_go = now_ns() + int(0.5e9)
+    lg.send_all("go", t_measure=t_go, t_end=t_go)
+    lg.wait_until(t_go)
 
 
 def flamegraph_top(svg: pathlib.Path, n: int = 40) -> str:
     """A text digest of a py-spy flame graph: the functions with the most
     samples of their own (self time, line numbers merged), then the frames
     with the most samples including their callees."""
-    import html
-    import re
-
     text = svg.read_text(errors="replace")
     frames = []  # (y, x, w, name)
     for title, y, fx, fw in re.findall(

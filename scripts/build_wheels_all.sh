@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Build, repair and smoke-test a wsrelay wheel for every CPython 3.9-3.13 that
+# Build, repair and smoke-test a wsrelay wheel for every CPython 3.10-3.14 that
 # pyenv has on this machine (the local counterpart of .github/workflows/wheels.yml,
 # for this machine's platform only), then print a table of the results.
 #
-#   scripts/build_wheels_all.sh            # every pyenv CPython 3.9-3.13
-#   scripts/build_wheels_all.sh 3.9 3.12   # only these minor versions
+#   scripts/build_wheels_all.sh            # every pyenv CPython 3.10-3.14
+#   scripts/build_wheels_all.sh 3.10 3.12  # only these minor versions
 #   PYTHONS="/usr/bin/python3.11 /opt/py/bin/python3.13" scripts/build_wheels_all.sh
 #
 # For each interpreter, in build/wheels-all/<version>/ (nothing is shared
@@ -42,7 +42,7 @@ if [ -n "${PYTHONS:-}" ]; then
 else
   pyenv_root="$(pyenv root 2>/dev/null || echo "${PYENV_ROOT:-$HOME/.pyenv}")"
   wanted=("$@")
-  [ ${#wanted[@]} -eq 0 ] && wanted=(3.9 3.10 3.11 3.12 3.13)
+  [ ${#wanted[@]} -eq 0 ] && wanted=(3.10 3.11 3.12 3.13 3.14)
   for minor in "${wanted[@]}"; do
     # the newest installed patch release of that minor version (no -dev, no t)
     best="$(ls -d "$pyenv_root"/versions/"$minor".* 2>/dev/null | grep -E "/$minor\.[0-9]+$" | sort -V | tail -n 1)"

@@ -1,24 +1,148 @@
-"""Helpers of the cluster tests: a recording stand-in for the core's hooks, a
-transport in a child process driven over stdin/stdout, and waiting on events.
+"""The cluster tests' nodes, each a child process started through
+tests/harness.ServerProcess, and what the tests observe of them.
 
-Run as a script, it is that child: ``python tests/cluster_support.py NODE URL
-DOWN_AFTER MACHINE`` (the token in WSRELAY_CLUSTER_TOKEN) prints one JSON line per
-event (``ready``, ``up``, ``down``, ``send``, ``signal``) and obeys JSON
-commands on stdin (``send``, ``echo``, ``register``, ``stop``).
+- Gateway nodes: ``wsrelay serve`` of tests/apps.CLUSTER_APP_YAML joined to
+  the test's broker (node_process(), cluster()), driven through a control
+  connection (Control) that runs process API calls in the node.
+- Transport nodes: a cluster transport alone in a child process (ChildNode):
+  this file run as ``python -m tests.cluster_support NODE URL DOWN_AFTER
+  MACHINE`` (the token in WSRELAY_CLUSTER_TOKEN) prints one JSON line per
+  event (``ready``, ``up``, ``down``, ``send``, ``signal``) and obeys JSON
+  commands on stdin (``send``, ``echo``, ``register``, ``stop``).
+- Recorder: a recording stand-in for the core's hooks of a transport.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import json
 import os
-import selectors
-import subprocess
 import sys
 import time
-from typing import Any, Callable, Optional
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable, Optional
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.harness import Metrics, ServerProcess, health, scrape, serve_command
+from tests.wsclient import RawWebSocket
+from wsrelay.cluster.broker import Broker
+
+# WSRELAY_CLUSTER_DOWN_AFTER of the tests' nodes: short, so a lost node is noticed soon.
+DOWN_AFTER = 1.0
+
+
+# -- gateway nodes ------------------------------------------------------------------------
+
+
+def node_process(app: Path, broker: Broker, name: str, **env: str) -> ServerProcess:
+    """Node ``name``: ``wsrelay serve APP`` joined to ``broker``, not started yet."""
+    return ServerProcess(serve_command(app), env={
+        "WSRELAY_CLUSTER_URL": broker.url, "WSRELAY_CLUSTER_TOKEN": broker.token, "WSRELAY_NODE": name,
+        "WSRELAY_CLUSTER_DOWN_AFTER": f"{DOWN_AFTER}s", "WSRELAY_ADDR": "127.0.0.1:0", **env})
+
+
+async def local_metrics(node: ServerProcess) -> Metrics:
+    """The node's own /metrics (without ``?local=1`` a node answers for
+    every node of its machine, each series labelled with its node)."""
+    return await scrape(node, "/metrics?local=1")
+
+
+async def all_up(nodes: list[ServerProcess], timeout: float = 20.0) -> None:
+    """Until every node sees every other up (polled: /health is the view)."""
+    names = {(await health(n))["node"] for n in nodes}
+    deadline = time.monotonic() + timeout
+    for node in nodes:
+        while True:
+            body = await health(node)
+            if all(body["peers"].get(other) == "up" for other in names - {body["node"]}):
+                break
+            assert time.monotonic() < deadline, body
+            await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def cluster(app: Path, broker: Broker, *names: str, **env: str) -> AsyncIterator[list[ServerProcess]]:
+    nodes = [node_process(app, broker, name, **env) for name in names]
+    try:
+        for node in nodes:
+            await asyncio.to_thread(node.start)
+        await all_up(nodes)
+        yield nodes
+    finally:
+        for node in nodes:
+            node.kill()
+
+
+@contextlib.asynccontextmanager
+async def controlled_cluster(app: Path, broker: Broker, *names: str,
+                             **env: str) -> AsyncIterator[list[tuple[ServerProcess, Control]]]:
+    """cluster(), and a control connection to each node: (node, control) pairs."""
+    async with cluster(app, broker, *names, **env) as nodes:
+        yield [(node, await Control.open(node)) for node in nodes]
+
+
+class Control:
+    """A control connection: runs process API calls in its node."""
+
+    def __init__(self, ws: RawWebSocket, pid: str) -> None:
+        self.ws = ws
+        self.pid = pid
+        self.events: list[dict[str, Any]] = []
+        self.texts: list[str] = []
+        self._ids = itertools.count(1)
+
+    @classmethod
+    async def open(cls, node: ServerProcess) -> Control:
+        ws = await RawWebSocket.connect(node, "/ws/control")
+        ready = json.loads(await ws.recv_text(timeout=10))
+        assert ready["event"] == "ready", ready
+        return cls(ws, ready["self"])
+
+    async def _next(self, timeout: float) -> None:
+        text = await self.ws.recv_text(timeout=timeout)
+        try:
+            message = json.loads(text)
+        except ValueError:
+            self.texts.append(text)  # a ws.send some process made to this client
+            return
+        self.events.append(message)
+
+    async def call(self, op: str, timeout: float = 10.0, **args: Any) -> Any:
+        ident = next(self._ids)
+        self.ws.send_text(json.dumps({"id": ident, "op": op, **args}))
+        deadline = time.monotonic() + timeout
+        while True:
+            for message in self.events:
+                if message.get("reply") == ident:
+                    self.events.remove(message)
+                    if "error" in message:
+                        raise CallError(message["error"])
+                    return message["result"]
+            await self._next(max(0.0, deadline - time.monotonic()))
+
+    async def event(self, topic: str, timeout: float = 10.0,
+                    where: Optional[Callable[[dict[str, Any]], bool]] = None) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            for message in self.events:
+                if message.get("event") == topic and (where is None or where(message)):
+                    self.events.remove(message)
+                    return message
+            await self._next(max(0.0, deadline - time.monotonic()))
+
+    async def text(self, timeout: float = 10.0) -> str:
+        deadline = time.monotonic() + timeout
+        while not self.texts:
+            await self._next(max(0.0, deadline - time.monotonic()))
+        return self.texts.pop(0)
+
+
+class CallError(Exception):
+    """A process API call that raised in the node (its message: the exception's type and text)."""
+
+
+# -- transport nodes ----------------------------------------------------------------------
 
 
 class Recorder:
@@ -87,46 +211,28 @@ def last(kind: str, node: str) -> Callable[[list[tuple[Any, ...]]], Any]:
     return find
 
 
-class ChildNode:
-    """A transport in a child process (this file run as a script)."""
+class ChildNode(ServerProcess):
+    """A transport in a child process (this file run as a module), started
+    at once and ready (connected to the broker) when constructed."""
 
-    def __init__(self, node: str, url: str, token: str, down_after: float = 1.0, machine: str = "") -> None:
-        env = {**os.environ, "WSRELAY_CLUSTER_TOKEN": token, "PYTHONPATH": ROOT}
+    def __init__(self, node: str, url: str, token: str, down_after: float = DOWN_AFTER, machine: str = "") -> None:
+        super().__init__([sys.executable, "-m", "tests.cluster_support", node, url, str(down_after), machine],
+                         env={"WSRELAY_CLUSTER_TOKEN": token}, ready=None, stdin=True)
         self.node = node
-        self.proc = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), node, url, str(down_after), machine],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True,
-        )
-        # Lines are cut from the raw pipe here: a buffered reader would hide
-        # lines it has read ahead from the selector.
-        self._buffer = b""
-        self._selector = selectors.DefaultSelector()
-        assert self.proc.stdout is not None
-        self._selector.register(self.proc.stdout.fileno(), selectors.EVENT_READ)
-        self.incarnation = self.wait_event("ready", timeout=20)["incarnation"]
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
+        self._read = 0  # stdout lines read as events so far
+        try:
+            self.incarnation = self.wait_event("ready", timeout=20)["incarnation"]
+        except BaseException:
+            self.kill()
+            raise
 
     def command(self, **cmd: Any) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps(cmd) + "\n")
-        self.proc.stdin.flush()
+        self.write_line(json.dumps(cmd))
 
     def read_event(self, timeout: float) -> dict[str, Any]:
         """The next event line (blocking: call from a thread in async tests)."""
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + timeout
-        while b"\n" not in self._buffer:
-            if not self._selector.select(max(0.0, deadline - time.monotonic())):
-                raise AssertionError(f"{self.node}: no event within {timeout} s")
-            chunk = os.read(self.proc.stdout.fileno(), 65536)
-            if not chunk:
-                self.proc.wait()
-                raise AssertionError(f"{self.node} exited ({self.proc.returncode}): {self.proc.stderr.read()}")
-            self._buffer += chunk
-        line, self._buffer = self._buffer.split(b"\n", 1)
+        line = self.next_line(self._read, timeout)
+        self._read += 1
         return json.loads(line)
 
     def wait_event(self, kind: str, timeout: float = 10.0, **fields: Any) -> dict[str, Any]:
@@ -137,19 +243,7 @@ class ChildNode:
                 return event
 
     async def await_event(self, kind: str, timeout: float = 10.0, **fields: Any) -> dict[str, Any]:
-        return await asyncio.get_running_loop().run_in_executor(None, lambda: self.wait_event(kind, timeout,
-                                                                                               **fields))
-
-    def kill(self) -> None:
-        self.proc.kill()
-        self.proc.wait()
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.kill()
-        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
-            if stream is not None:
-                stream.close()
+        return await asyncio.to_thread(self.wait_event, kind, timeout, **fields)
 
 
 # -- the child ------------------------------------------------------------------------

@@ -1,13 +1,28 @@
-"""A gateway, or any program, in a child process: ``wsrelay serve FILE`` or a
-script, run with a clean environment from the repository's root. Its output
-is collected line by line as it comes (by threads, so the same object serves
-synchronous tests, such as the selenium one, and async tests alike), and the
-address it serves on is read from the line it prints: a port of 0 lets the
-kernel pick one with no race against other test runs on the machine."""
+"""How a test starts a gateway: one way in the test's own process, one in a
+child process.
+
+- ``async with running(app, **settings) as gateway``: the Gateway of an App
+  (tests/apps.relay_app) in this process, on an ephemeral port, drained on
+  the way out. The test's own process is the node's system process: it
+  spawns, monitors and reads its inbox (expect(), until()).
+- ``with ServerProcess(serve_command(app_file))`` (or ``async with``):
+  ``wsrelay serve FILE``, or any program, in a child process with a clean
+  environment, run from the repository's root. Its output is collected line
+  by line as it comes (by threads, so the same object serves synchronous
+  tests, such as the selenium one, and async tests alike), and the address
+  it serves on is read from its serving line: a port of 0 lets the kernel
+  pick one with no race against other test runs on the machine. The cluster
+  tests' nodes (tests/cluster_support.py) are ServerProcesses too.
+
+Both are targets of tests/wsclient.py, and scrape() reads either's /metrics.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
+import json
 import os
 import re
 import signal as signals
@@ -15,24 +30,142 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import IO, Any, Mapping, Optional, Sequence, Union
+from typing import IO, Any, AsyncIterator, Callable, Mapping, Optional, Sequence, Union
+
+from prometheus_client.parser import text_string_to_metric_families
+
+import wsrelay
+from tests.procs import REPORT_ENV
+from tests.wsclient import http_request
+from wsrelay import App, Gateway, Pid, process
+from wsrelay.cluster.supervisor import SERVING as SERVING_LINE
+from wsrelay.settings import Settings
+from wsrelay.settings import settings as current_settings
 
 REPO = Path(__file__).resolve().parent.parent
 # The console script next to this interpreter (the venv's).
 WSRELAY = Path(sys.executable).with_name("wsrelay")
-# `wsrelay serve` prints "wsrelay: serving http://HOST:PORT[, ...]"; an app
-# run by wsrelay.run() the same, and examples/guide/python_app.py "serving URL".
-SERVING = r"serving \w+://([^\s:/,]+):(\d+)"
+# The serving line, the contract between a gateway and whoever waits for it:
+# `wsrelay serve` (and the supervisor of its workers) prints SERVING_LINE and
+# its URLs, "wsrelay: serving http://HOST:PORT[, ...]"; an app run by
+# wsrelay.run() the same, and examples/guide/python_app.py "serving URL".
+# SERVING finds the line and its first address (groups: host, port).
+SERVING = re.escape(SERVING_LINE.split(": ", 1)[1]) + r"\w+://([^\s:/,]+):(\d+)"
 # The machine has 2 shared cores: generous bounds, strict conditions.
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
 
 
+# -- a gateway in this process -------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def running(app: App, **overrides: Any) -> AsyncIterator[Gateway]:
+    """The gateway of ``app``, started with the current settings changed by
+    ``overrides`` (Settings field names), and drained on exit."""
+    settings: Settings = dataclasses.replace(current_settings(), **overrides)
+    gateway = Gateway(app, settings)
+    await gateway.start()
+    try:
+        yield gateway
+    finally:
+        await gateway.shutdown(drain_timeout=5)
+
+
+async def expect(topic: str, timeout: float = 30.0) -> Any:
+    """The payload of the next message of the test's (system) inbox, which
+    must have ``topic``."""
+    msg = await process.inbox().receive(timeout=timeout)
+    assert msg.topic == topic, f"expected {topic!r}, got {msg.topic!r}: {msg.payload!r}"
+    return msg.payload
+
+
+async def until(condition: Callable[[], Any], timeout: float = 30.0, what: str = "the condition") -> None:
+    """Wait until ``condition()`` is true, checking every 10 ms: for state
+    inside the gateway that announces no event of its own (a connection
+    pausing, a counter moving)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        assert loop.time() < deadline, f"{what} did not happen within {timeout} s"
+        await asyncio.sleep(0.01)
+
+
+async def drain_inbox() -> None:
+    """Drop what is left in the test's (system) inbox."""
+    inbox = process.inbox()
+    while inbox.receive_nowait() is not None:
+        pass
+
+
+def leaked_processes() -> list[Pid]:
+    """The processes running besides the node's system process (the test's own)."""
+    node = wsrelay.node()
+    return [pid for pid in node.pids() if pid != node.system.pid]
+
+
+def end_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Tear down a test's loop: every process but the system one terminated,
+    every task left cancelled, the test's inbox emptied, the loop closed."""
+    wsrelay.node().terminate_all("test_teardown")
+    pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    for task in pending:
+        task.cancel()
+    if pending:
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+    loop.run_until_complete(drain_inbox())
+    loop.run_until_complete(loop.shutdown_asyncgens())
+    loop.close()
+
+
+# -- what a gateway says of itself (either kind) -------------------------------------------------
+
+
+async def health(target: Any) -> dict[str, Any]:
+    """GET /health of a gateway (a tests.wsclient target), which must answer 200."""
+    res = await http_request(target, "/health")
+    assert res.status == 200, (res.status, res.body)
+    return json.loads(res.body)
+
+
+
+class Metrics:
+    """One scrape of /metrics, parsed by prometheus_client's own parser."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.samples: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        self.families: dict[str, str] = {}
+        for family in text_string_to_metric_families(text):
+            self.families[family.name] = family.type
+            for sample in family.samples:
+                self.samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+
+    def __call__(self, name: str, **labels: str) -> float:
+        """The value of sample ``name`` with exactly ``labels``; 0 when absent
+        (a labelled counter has no sample until it is first counted)."""
+        return self.samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+    def has(self, name: str) -> bool:
+        return any(key[0] == name for key in self.samples)
+
+
+async def scrape(target: Any, path: str = "/metrics") -> Metrics:
+    """GET /metrics (or ``path``) of a gateway (a tests.wsclient target), parsed."""
+    res = await http_request(target, path)
+    assert res.status == 200, (res.status, res.body)
+    assert res.headers["Content-Type"].startswith("text/plain"), res.headers
+    return Metrics(res.text)
+
+
+# -- a gateway, or any program, in a child process -----------------------------------------------
+
+
 def clean_env(**overrides: str) -> dict[str, str]:
-    """The environment of a child: no inherited WSRELAY_* variable (nor OPS_*,
-    read by tests/ops_procs.py), the repository importable, output unbuffered,
-    and ``overrides`` on top."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WSRELAY_", "OPS_"))}
+    """The environment of a child: no inherited WSRELAY_* variable (nor the
+    REPORT_ENV of tests/procs.py), the repository importable, output
+    unbuffered, and ``overrides`` on top."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WSRELAY_") and k != REPORT_ENV}
     env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env["PYTHONUNBUFFERED"] = "1"
     env.update(overrides)
@@ -44,17 +177,28 @@ def serve_command(app_file: Union[str, Path], *args: str) -> list[str]:
     return [sys.executable, "-m", "wsrelay", "serve", str(app_file), *args]
 
 
+def run_to_exit(argv: Sequence[Union[str, Path]], *, env: Optional[Mapping[str, str]] = None,
+                timeout: float = START_TIMEOUT) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` as ServerProcess runs it (``env`` added to clean_env(),
+    from the repository's root) until it exits by itself: ``wsrelay check``,
+    or a gateway refused at start. Its exit code and whole output."""
+    return subprocess.run([str(arg) for arg in argv], cwd=REPO, env=clean_env(**(env or {})),
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+
+
 class ServerProcess:
     """A child process started at once; ``with`` or ``async with`` waits for
     its ``ready`` line (a regex whose groups are the host and the port; None:
     a program that serves nothing) and kills it on the way out.
 
-    ``env`` is added to clean_env(). The async methods run the blocking ones
-    in a thread, which wakes on the child's output or exit, never on a timer.
+    ``env`` is added to clean_env(). With ``stdin``, write_line() talks to
+    the child's standard input (otherwise it reads nothing). The async
+    methods run the blocking ones in a thread, which wakes on the child's
+    output or exit, never on a timer.
     """
 
     def __init__(self, argv: Sequence[Union[str, Path]], *, env: Optional[Mapping[str, str]] = None,
-                 cwd: Union[str, Path] = REPO, ready: Optional[str] = SERVING) -> None:
+                 cwd: Union[str, Path] = REPO, ready: Optional[str] = SERVING, stdin: bool = False) -> None:
         self.argv = [str(arg) for arg in argv]
         self.ready = ready
         self.host = ""
@@ -64,7 +208,7 @@ class ServerProcess:
         self._changed = threading.Condition()
         self._closed: set[str] = set()
         self.proc = subprocess.Popen(
-            self.argv, cwd=cwd, env=clean_env(**(env or {})), stdin=subprocess.DEVNULL,
+            self.argv, cwd=cwd, env=clean_env(**(env or {})), stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace",
         )
         assert self.proc.stdout is not None and self.proc.stderr is not None
@@ -106,9 +250,18 @@ class ServerProcess:
         with self._changed:
             self._changed.wait_for(seen, timeout)
         if found is None:
-            state = "running" if self.proc.poll() is None else f"exit {self.proc.returncode}"
-            raise AssertionError(f"{self.argv}: no line matching {pattern!r} ({state}):\n{self.output()}")
+            raise self._missing(f"no line matching {pattern!r}")
         return found
+
+    def next_line(self, index: int, timeout: float = START_TIMEOUT) -> str:
+        """Stdout line number ``index`` (from 0), once printed: for a child
+        that reports one event a line; an AssertionError with the output
+        when stdout ends or time runs out first."""
+        with self._changed:
+            self._changed.wait_for(lambda: len(self.stdout) > index or "stdout" in self._closed, timeout)
+            if len(self.stdout) > index:
+                return self.stdout[index]
+        raise self._missing(f"no line {index} within {timeout} s")
 
     def wait_text(self, pattern: str, stream: str = "stderr", start: int = 0,
                   timeout: float = START_TIMEOUT) -> re.Match[str]:
@@ -127,9 +280,14 @@ class ServerProcess:
         with self._changed:
             self._changed.wait_for(seen, timeout)
         if found is None:
-            state = "running" if self.proc.poll() is None else f"exit {self.proc.returncode}"
-            raise AssertionError(f"{self.argv}: no {pattern!r} in its {stream} ({state}):\n{self.output()}")
+            raise self._missing(f"no {pattern!r} in its {stream}")
         return found
+
+    def _missing(self, what: str) -> AssertionError:
+        """The error of a wait for output that did not come: ``what``, whether
+        the child still runs, and all it printed."""
+        state = "running" if self.proc.poll() is None else f"exit {self.proc.returncode}"
+        return AssertionError(f"{self.argv}: {what} ({state}):\n{self.output()}")
 
     def text(self, stream: str = "stderr") -> str:
         """Everything ``stream`` printed so far."""
@@ -142,6 +300,12 @@ class ServerProcess:
     def output(self) -> str:
         with self._changed:
             return "stdout:\n" + "\n".join(self.stdout) + "\nstderr:\n" + "\n".join(self.stderr)
+
+    def write_line(self, line: str) -> None:
+        """``line`` and a newline to the child's standard input (``stdin=True``)."""
+        assert self.proc.stdin is not None, "started without stdin=True"
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
 
     # -- where it serves ---------------------------------------------------------------------
 
@@ -201,6 +365,8 @@ class ServerProcess:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
         self._join()
 
     def _join(self) -> None:

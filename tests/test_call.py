@@ -5,88 +5,14 @@ nothing of a call (its waiter, its monitor) outlives it."""
 from __future__ import annotations
 
 import asyncio
-import random
 
 import pytest
 
 import wsrelay
-from tests import procs  # noqa: F401  (registers test:ws_echo and test:sleeper)
-from tests.support import expect, relay_app, relay_handler, running
+from tests.apps import relay_app, relay_handler
+from tests.harness import expect, running
 from tests.wsclient import RawWebSocket
 from wsrelay import EXIT, CallError, process
-
-
-@wsrelay.register("call:server")
-async def server() -> None:
-    """Replies to every call with (topic, payload); ``raise`` raises,
-    ``return`` returns without replying, ``hold`` is never answered, and a
-    ``twice`` call is answered two times."""
-    async for msg in process.inbox():
-        if msg.topic == "raise":
-            raise RuntimeError("the server fails on purpose")
-        if msg.topic == "return":
-            return
-        if msg.topic == "hold":
-            continue
-        assert msg.reply((msg.topic, msg.payload)) is True
-        if msg.topic == "twice":
-            assert msg.reply("again") is False
-
-
-@wsrelay.register("call:collect")
-async def collect(count: int, order: str, observer) -> None:
-    """Takes ``count`` calls, then answers them all in ``order`` (reversed
-    or shuffled), each with its own payload; tells ``observer`` when done."""
-    inbox = process.inbox()
-    calls = [await inbox.receive() for _ in range(count)]
-    if order == "reversed":
-        calls.reverse()
-    else:
-        random.Random(7).shuffle(calls)
-    for msg in calls:
-        msg.reply(("answer", msg.payload, str(msg.sender)))
-    process.send(observer, "answered", count)
-
-
-@wsrelay.register("call:late")
-async def late(delay: float, observer) -> None:
-    """Answers its one call after ``delay`` s; tells ``observer`` what
-    msg.reply returned."""
-    msg = await process.inbox().receive()
-    await asyncio.sleep(delay)
-    process.send(observer, "replied", msg.reply("too late"))
-
-
-@wsrelay.register("call:caller")
-async def caller(dest, count: int, observer) -> None:
-    """Makes ``count`` concurrent calls to ``dest`` from this one process
-    (each on its own task) and sends ``observer`` what came back."""
-    me = str(process.self())
-    results = await asyncio.gather(*(process.call(dest, "q", (me, i)) for i in range(count)))
-    process.send(observer, "results", results)
-
-
-@wsrelay.register("call:busy_caller")
-async def busy_caller(dest, observer) -> None:
-    """Calls ``dest`` while other messages arrive in its inbox; then reports
-    the reply and its inbox, in order."""
-    process.send(observer, "ready", process.self())
-    inbox = process.inbox()
-    assert (await inbox.receive()).topic == "go"
-    value = await process.call(dest, "hold", None)
-    rest = [(msg.topic, msg.payload) for msg in await inbox.receive_many()]
-    process.send(observer, "done", (value, rest))
-
-
-@wsrelay.register("call:answer_after")
-async def answer_after(signal_to) -> None:
-    """Takes a call, asks ``signal_to`` for a go (a chance to fill the
-    caller's inbox meanwhile), then answers."""
-    msg = await process.inbox().receive()
-    process.send(signal_to, "called")
-    while (await process.inbox().receive()).topic != "answer":
-        pass
-    msg.reply("slow answer")
 
 
 def table_size() -> int:
@@ -106,7 +32,7 @@ async def stop(pid) -> None:
 
 
 async def test_a_call_returns_the_reply_and_leaves_nothing_behind():
-    srv = process.spawn("call:server")
+    srv = process.spawn("test:call_server")
     before = table_size()
     assert await process.call(srv, "hello", {"x": [1, 2]}) == ("hello", {"x": [1, 2]})
     assert await process.call(str(srv), "text form", 3) == ("text form", 3)
@@ -117,14 +43,14 @@ async def test_a_call_returns_the_reply_and_leaves_nothing_behind():
 
 
 async def test_a_call_by_name():
-    srv = process.spawn("call:server")
+    srv = process.spawn("test:call_server")
     process.register("call_server", srv)
     assert await process.call("call_server", "by name") == ("by name", None)
     await stop(srv)
 
 
 async def test_a_callee_that_raises_gives_its_reason_and_error():
-    srv = process.spawn("call:server")
+    srv = process.spawn("test:call_server")
     before = table_size()
     with pytest.raises(CallError) as info:
         await process.call(srv, "raise")
@@ -135,14 +61,14 @@ async def test_a_callee_that_raises_gives_its_reason_and_error():
 
 
 async def test_a_callee_that_returns_without_replying_is_a_normal_exit():
-    srv = process.spawn("call:server")
+    srv = process.spawn("test:call_server")
     with pytest.raises(CallError, match="normal") as info:
         await process.call(srv, "return")
     assert info.value.reason == "normal"
 
 
 async def test_a_terminated_callee_gives_the_termination_reason():
-    srv = process.spawn("call:server")
+    srv = process.spawn("test:call_server")
     task = asyncio.ensure_future(process.call(srv, "hold"))
     await asyncio.sleep(0.01)
     process.terminate(srv, "shut down")
@@ -152,7 +78,7 @@ async def test_a_terminated_callee_gives_the_termination_reason():
 
 
 async def test_a_dead_pid_or_an_unknown_name_is_noproc():
-    srv = process.spawn_monitored("call:server")
+    srv = process.spawn_monitored("test:call_server")
     process.send(srv, "return")
     await receive(EXIT)
     before = table_size()
@@ -173,7 +99,7 @@ async def test_a_dead_pid_or_an_unknown_name_is_noproc():
 async def test_a_timeout_then_the_late_reply_is_dropped_and_counted():
     node = wsrelay.node()
     me = process.self()
-    slow = process.spawn("call:late", None, 0.2, me)
+    slow = process.spawn("test:call_late", None, 0.2, me)
     before, dropped = table_size(), node.counters.call_replies_dropped
     with pytest.raises(TimeoutError, match="within 0.05 s"):
         await process.call(slow, "t", timeout=0.05)
@@ -187,7 +113,7 @@ async def test_a_timeout_then_the_late_reply_is_dropped_and_counted():
 
 async def test_a_second_reply_is_dropped_and_counted():
     node = wsrelay.node()
-    srv = process.spawn("call:server")
+    srv = process.spawn("test:call_server")
     dropped = node.counters.call_replies_dropped
     assert await process.call(srv, "twice") == ("twice", None)
     assert await process.call(srv, "after") == ("after", None)
@@ -197,7 +123,7 @@ async def test_a_second_reply_is_dropped_and_counted():
 
 
 async def test_a_cancelled_caller_leaves_no_waiter_and_no_monitor():
-    srv = process.spawn("call:server")
+    srv = process.spawn("test:call_server")
     before = table_size()
     task = asyncio.ensure_future(process.call(srv, "hold", timeout=None))
     await asyncio.sleep(0.01)
@@ -213,9 +139,9 @@ async def test_a_cancelled_caller_leaves_no_waiter_and_no_monitor():
 
 
 async def test_a_terminated_calling_process_leaves_nothing_behind():
-    srv = process.spawn("call:server")
+    srv = process.spawn("test:call_server")
     before = table_size()
-    holder = process.spawn_monitored("call:busy_caller", None, srv, process.self())
+    holder = process.spawn_monitored("test:busy_caller", None, srv, process.self())
     await receive("ready")
     process.send(holder, "go")
     await asyncio.sleep(0.01)
@@ -231,7 +157,7 @@ async def test_a_terminated_calling_process_leaves_nothing_behind():
 async def test_many_concurrent_calls_from_the_system_process_each_get_their_own_reply(order):
     count = 200
     me = process.self()
-    coll = process.spawn("call:collect", None, count, order, me)
+    coll = process.spawn("test:call_collect", None, count, order, me)
     before = table_size()
     results = await asyncio.gather(*(process.call(coll, "q", i) for i in range(count)))
     assert results == [("answer", i, str(me)) for i in range(count)]
@@ -242,8 +168,8 @@ async def test_many_concurrent_calls_from_the_system_process_each_get_their_own_
 async def test_many_concurrent_calls_from_several_processes_each_get_their_own_reply():
     callers, per = 5, 40
     me = process.self()
-    coll = process.spawn("call:collect", None, callers * per, "shuffled", me)
-    pids = [process.spawn("call:caller", None, coll, per, me) for _ in range(callers)]
+    coll = process.spawn("test:call_collect", None, callers * per, "shuffled", me)
+    pids = [process.spawn("test:caller", None, coll, per, me) for _ in range(callers)]
     got = {}
     for _ in range(callers + 1):
         msg = await process.inbox().receive(timeout=10)
@@ -258,8 +184,8 @@ async def test_many_concurrent_calls_from_several_processes_each_get_their_own_r
 
 async def test_other_messages_stay_in_the_callers_inbox_in_order():
     me = process.self()
-    callee = process.spawn("call:answer_after", None, me)
-    caller_pid = process.spawn("call:busy_caller", None, callee, me)
+    callee = process.spawn("test:answer_after", None, me)
+    caller_pid = process.spawn("test:busy_caller", None, callee, me)
     assert (await receive("ready")).payload == caller_pid
     process.send(caller_pid, "go")
     await receive("called")
@@ -272,7 +198,7 @@ async def test_other_messages_stay_in_the_callers_inbox_in_order():
 
 
 async def test_reply_to_a_message_that_is_not_a_call():
-    srv = process.spawn("call:server")
+    srv = process.spawn("test:call_server")
     process.send(process.self(), "plain")
     msg = await receive("plain")
     with pytest.raises(ValueError, match="not a call"):
@@ -283,7 +209,7 @@ async def test_reply_to_a_message_that_is_not_a_call():
 
 
 async def test_calls_that_are_refused_at_once():
-    srv = process.spawn("call:server")
+    srv = process.spawn("test:call_server")
     before = table_size()
     with pytest.raises(ValueError, match="reserved"):
         await process.call(srv, "@reply")
@@ -293,21 +219,13 @@ async def test_calls_that_are_refused_at_once():
     await stop(srv)
 
 
-@wsrelay.register("call:self")
-async def call_self(observer) -> None:
-    try:
-        await process.call(process.self(), "t")
-    except ValueError as exc:
-        process.send(observer, "refused", str(exc))
-
-
 async def test_a_process_cannot_call_itself():
-    process.spawn("call:self", None, process.self())
+    process.spawn("test:call_self", None, process.self())
     assert "cannot call itself" in (await receive("refused")).payload
 
 
 async def test_a_websocket_connection_takes_no_calls():
-    async with running(relay_app(relay_handler("test:ws_echo", process.self()))) as gw:
+    async with running(relay_app(relay_handler("relay:tagged_echo", process.self()))) as gw:
         ws = await RawWebSocket.connect(gw, "/ws/chat")
         client = (await expect("ws.join"))["client_pid"]
         before = table_size()

@@ -1,9 +1,9 @@
 """process.call across nodes (docs/cluster.md, "What crosses nodes"): real
 nodes (``wsrelay serve`` children) on a real nats-server, driven by their
-control connections as in tests/test_cluster_core.py, whose harness this
-reuses. The reply travels as an ordinary send to the caller's waiter; the
-callee's end reaches the caller through the waiter's monitor, and the loss
-of its node as ``noconnection``."""
+control connections (tests/cluster_support.py), as in
+tests/test_cluster_core.py. The reply travels as an ordinary send to the
+caller's waiter; the callee's end reaches the caller through the waiter's
+monitor, and the loss of its node as ``noconnection``."""
 
 from __future__ import annotations
 
@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 
 from tests import test_cluster_core as core
-from tests.test_cluster_core import DOWN_AFTER, CallError, Control, cluster, local_metrics
+from tests.cluster_support import DOWN_AFTER, CallError, controlled_cluster, local_metrics
 from wsrelay.cluster.broker import Broker
 
 pytestmark = pytest.mark.timeout(120)
 
-# The fixtures of the cluster tests, used here as they are.
-app, broker = core.app, core.broker
+# The nodes' app: the cluster tests' fixture, used here as it is.
+app = core.app
 
 
 def test_the_call_record() -> None:
@@ -38,9 +38,8 @@ async def alive(node) -> float:
 
 
 async def test_a_call_and_its_reply_across_nodes(app: Path, broker: Broker) -> None:
-    async with cluster(app, broker, "a", "b") as (a, b):
-        ca, cb = await Control.open(a), await Control.open(b)
-        replier = await cb.call("spawn", fn="cl:replier")
+    async with controlled_cluster(app, broker, "a", "b") as ((a, ca), (b, cb)):
+        replier = await cb.call("spawn", fn="test:replier")
         before = await alive(a)
         assert await ca.call("call", pid=replier, topic="hello", payload={"x": [1, None]}) == \
             ["hello", {"x": [1, None]}, ca.pid]
@@ -63,12 +62,11 @@ async def test_a_call_and_its_reply_across_nodes(app: Path, broker: Broker) -> N
 
 
 async def test_a_callee_on_another_node_that_ends_gives_its_reason(app: Path, broker: Broker) -> None:
-    async with cluster(app, broker, "a", "b") as (a, b):
-        ca, cb = await Control.open(a), await Control.open(b)
-        replier = await cb.call("spawn", fn="cl:replier")
+    async with controlled_cluster(app, broker, "a", "b") as ((a, ca), (b, cb)):
+        replier = await cb.call("spawn", fn="test:replier")
         with pytest.raises(CallError, match="CallError: .* got no reply: error"):
             await ca.call("call", pid=replier, topic="crash")
-        replier = await cb.call("spawn", fn="cl:replier")
+        replier = await cb.call("spawn", fn="test:replier")
         with pytest.raises(CallError, match="CallError: .* got no reply: normal"):
             await ca.call("call", pid=replier, topic="stop")
         # Already gone: noproc, from its node's answer to the monitor.
@@ -81,9 +79,8 @@ async def test_a_callee_on_another_node_that_ends_gives_its_reason(app: Path, br
 
 
 async def test_a_late_reply_from_another_node_is_dropped_and_counted(app: Path, broker: Broker) -> None:
-    async with cluster(app, broker, "a", "b") as (a, b):
-        ca, cb = await Control.open(a), await Control.open(b)
-        replier = await cb.call("spawn", fn="cl:replier")
+    async with controlled_cluster(app, broker, "a", "b") as ((a, ca), (b, cb)):
+        replier = await cb.call("spawn", fn="test:replier")
         dropped = (await local_metrics(a))("wsrelay_call_replies_dropped_total")
         with pytest.raises(CallError, match="TimeoutError"):
             await ca.call("call", pid=replier, topic="slow", payload=0.5, call_timeout=0.1)
@@ -97,9 +94,8 @@ async def test_a_late_reply_from_another_node_is_dropped_and_counted(app: Path, 
 
 
 async def test_the_callees_node_killed_during_a_call_is_noconnection(app: Path, broker: Broker) -> None:
-    async with cluster(app, broker, "a", "b") as (a, b):
-        ca, cb = await Control.open(a), await Control.open(b)
-        replier = await cb.call("spawn", fn="cl:replier", args=[cb.pid])
+    async with controlled_cluster(app, broker, "a", "b") as ((a, ca), (b, cb)):
+        replier = await cb.call("spawn", fn="test:replier", args=[cb.pid])
         call = asyncio.ensure_future(ca.call("call", timeout=30, call_timeout=30, pid=replier, topic="hold",
                                              payload=1))
         held = await cb.event("held")
@@ -113,9 +109,8 @@ async def test_the_callees_node_killed_during_a_call_is_noconnection(app: Path, 
 
 
 async def test_a_request_that_finds_the_mailbox_full_is_dropped_and_counted(app: Path, broker: Broker) -> None:
-    async with cluster(app, broker, "a", "b", WSRELAY_MAILBOX_CAPACITY="16") as (a, b):
-        ca, cb = await Control.open(a), await Control.open(b)
-        sleeper = await cb.call("spawn", fn="cl:sleeper")  # reads nothing
+    async with controlled_cluster(app, broker, "a", "b", WSRELAY_MAILBOX_CAPACITY="16") as ((a, ca), (b, cb)):
+        sleeper = await cb.call("spawn", fn="test:sleeper")  # reads nothing
         assert await ca.call("send_many", pid=sleeper, topic="fill", count=16) == [True] * 16
         full = (await local_metrics(b))("wsrelay_cluster_dropped_total", reason="mailbox_full")
         # MailboxFull cannot reach a caller on another node: its timeout tells it.

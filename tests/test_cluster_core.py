@@ -1,6 +1,6 @@
-"""SPEC §8 through the process API: nodes (``wsrelay serve`` children) joined
-to a real nats-server, each driven by a control connection (tests/
-cluster_app.py). Sends, monitors, links, terminate, relays and groups cross
+"""The cluster (docs/cluster.md) through the process API: nodes (``wsrelay
+serve`` children) joined to a real nats-server, each driven by a control
+connection (tests/cluster_support.py). Sends, monitors, links, terminate, relays and groups cross
 nodes with Erlang's semantics; a lost node fires every monitor and link of
 its PIDs with ``noconnection``; a restarted node is a new incarnation."""
 
@@ -12,142 +12,35 @@ import itertools
 import json
 import time
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Optional
 
 import pytest
 
-from tests.cluster_app import APP_YAML
-from tests.harness import ServerProcess, serve_command
-from tests.support import Metrics, scrape
-from tests.wsclient import RawWebSocket, http_request
+from tests.apps import write_cluster_app
+from tests.cluster_support import (
+    DOWN_AFTER,
+    CallError,
+    Control,
+    all_up,
+    cluster,
+    controlled_cluster,
+    local_metrics,
+    node_process,
+)
+from tests.harness import ServerProcess, scrape, serve_command
+from tests.wsclient import RawWebSocket
 from wsrelay.cluster.broker import Broker
 
-DOWN_AFTER = 1.0
 pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture
-def broker() -> Any:
-    with Broker() as b:
-        yield b
-
-
-@pytest.fixture
 def app(tmp_path: Path) -> Path:
-    path = tmp_path / "cluster_app.yaml"
-    path.write_text(APP_YAML)
-    return path
-
-
-def node_process(app: Path, broker: Broker, name: str, **env: str) -> ServerProcess:
-    return ServerProcess(serve_command(app), env={
-        "WSRELAY_CLUSTER_URL": broker.url, "WSRELAY_CLUSTER_TOKEN": broker.token, "WSRELAY_NODE": name,
-        "WSRELAY_CLUSTER_DOWN_AFTER": f"{DOWN_AFTER}s", "WSRELAY_ADDR": "127.0.0.1:0", **env})
-
-
-async def health(node: ServerProcess) -> dict[str, Any]:
-    res = await http_request(node, "/health")
-    return json.loads(res.body)
-
-
-async def local_metrics(node: ServerProcess) -> Metrics:
-    """The node's own /metrics (without ``?local=1`` a node answers for
-    every node of its machine, each series labelled with its node)."""
-    res = await http_request(node, "/metrics?local=1")
-    assert res.status == 200, res
-    return Metrics(res.text)
-
-
-async def all_up(nodes: list[ServerProcess], timeout: float = 20.0) -> None:
-    """Until every node sees every other up (polled: /health is the view)."""
-    names = {(await health(n))["node"] for n in nodes}
-    deadline = time.monotonic() + timeout
-    for node in nodes:
-        while True:
-            body = await health(node)
-            if all(body["peers"].get(other) == "up" for other in names - {body["node"]}):
-                break
-            assert time.monotonic() < deadline, body
-            await asyncio.sleep(0.05)
-
-
-@contextlib.asynccontextmanager
-async def cluster(app: Path, broker: Broker, *names: str, **env: str) -> AsyncIterator[list[ServerProcess]]:
-    nodes = [node_process(app, broker, name, **env) for name in names]
-    try:
-        for node in nodes:
-            await asyncio.to_thread(node.start)
-        await all_up(nodes)
-        yield nodes
-    finally:
-        for node in nodes:
-            node.kill()
-
-
-class Control:
-    """A control connection: runs process API calls in its node."""
-
-    def __init__(self, ws: RawWebSocket, pid: str) -> None:
-        self.ws = ws
-        self.pid = pid
-        self.events: list[dict[str, Any]] = []
-        self.texts: list[str] = []
-        self._ids = itertools.count(1)
-
-    @classmethod
-    async def open(cls, node: ServerProcess) -> Control:
-        ws = await RawWebSocket.connect(node, "/ws/control")
-        ready = json.loads(await ws.recv_text(timeout=10))
-        assert ready["event"] == "ready", ready
-        return cls(ws, ready["self"])
-
-    async def _next(self, timeout: float) -> None:
-        text = await self.ws.recv_text(timeout=timeout)
-        try:
-            message = json.loads(text)
-        except ValueError:
-            self.texts.append(text)  # a ws.send some process made to this client
-            return
-        self.events.append(message)
-
-    async def call(self, op: str, timeout: float = 10.0, **args: Any) -> Any:
-        ident = next(self._ids)
-        self.ws.send_text(json.dumps({"id": ident, "op": op, **args}))
-        deadline = time.monotonic() + timeout
-        while True:
-            for message in self.events:
-                if message.get("reply") == ident:
-                    self.events.remove(message)
-                    if "error" in message:
-                        raise CallError(message["error"])
-                    return message["result"]
-            await self._next(max(0.0, deadline - time.monotonic()))
-
-    async def event(self, topic: str, timeout: float = 10.0,
-                    where: Optional[Callable[[dict[str, Any]], bool]] = None) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            for message in self.events:
-                if message.get("event") == topic and (where is None or where(message)):
-                    self.events.remove(message)
-                    return message
-            await self._next(max(0.0, deadline - time.monotonic()))
-
-    async def text(self, timeout: float = 10.0) -> str:
-        deadline = time.monotonic() + timeout
-        while not self.texts:
-            await self._next(max(0.0, deadline - time.monotonic()))
-        return self.texts.pop(0)
-
-
-class CallError(Exception):
-    pass
+    return write_cluster_app(tmp_path)
 
 
 async def test_send_monitor_and_terminate_across_nodes(app: Path, broker: Broker) -> None:
-    async with cluster(app, broker, "a", "b") as (a, b):
-        ca, cb = await Control.open(a), await Control.open(b)
-        echo = await cb.call("spawn", fn="cl:echo")
+    async with controlled_cluster(app, broker, "a", "b") as ((a, ca), (b, cb)):
+        echo = await cb.call("spawn", fn="test:echo")
         assert echo.startswith("{b@")
         await ca.call("monitor", pid=echo)
         assert await ca.call("send", pid=echo, topic="hello", payload={"x": [1, "two", None]}) is True
@@ -158,13 +51,12 @@ async def test_send_monitor_and_terminate_across_nodes(app: Path, broker: Broker
         assert (exited["payload"]["pid"], exited["payload"]["reason"]) == (echo, "bye")
         # A payload the cluster's codec cannot carry fails at the call.
         with pytest.raises(CallError, match="TypeError"):
-            await ca.call("send_set", pid=await cb.call("spawn", fn="cl:sleeper"))
+            await ca.call("send_set", pid=await cb.call("spawn", fn="test:sleeper"))
 
 
 async def test_messages_and_the_exit_keep_their_order(app: Path, broker: Broker) -> None:
-    async with cluster(app, broker, "a", "b") as (a, b):
-        ca, cb = await Control.open(a), await Control.open(b)
-        echo = await cb.call("spawn", fn="cl:echo")
+    async with controlled_cluster(app, broker, "a", "b") as ((a, ca), (b, cb)):
+        echo = await cb.call("spawn", fn="test:echo")
         await ca.call("monitor", pid=echo)
         assert await ca.call("send_many", pid=echo, topic="n", count=200) == [True] * 200
         await ca.call("send", pid=echo, topic="stop")
@@ -177,9 +69,8 @@ async def test_messages_and_the_exit_keep_their_order(app: Path, broker: Broker)
 
 
 async def test_links_across_nodes(app: Path, broker: Broker) -> None:
-    async with cluster(app, broker, "a", "b") as (a, b):
-        ca, cb = await Control.open(a), await Control.open(b)
-        doomed = await cb.call("spawn", fn="cl:echo")
+    async with controlled_cluster(app, broker, "a", "b") as ((a, ca), (b, cb)):
+        doomed = await cb.call("spawn", fn="test:echo")
         await ca.call("link", pid=doomed)
         # Once its echo is back, the link (sent before, on the same stream) is in place.
         await ca.call("send", pid=doomed, topic="ping")
@@ -189,8 +80,8 @@ async def test_links_across_nodes(app: Path, broker: Broker) -> None:
         assert (down["payload"]["pid"], down["payload"]["reason"]) == (doomed, "boom")
         # A normal exit breaks the link and tells nobody; a later abnormal
         # exit of another linked process still comes through.
-        normal = await cb.call("spawn", fn="cl:echo")
-        other = await cb.call("spawn", fn="cl:echo")
+        normal = await cb.call("spawn", fn="test:echo")
+        other = await cb.call("spawn", fn="test:echo")
         await ca.call("link", pid=normal)
         await ca.call("link", pid=other)
         await ca.call("send", pid=normal, topic="stop")
@@ -201,9 +92,8 @@ async def test_links_across_nodes(app: Path, broker: Broker) -> None:
 
 
 async def test_a_dead_or_unknown_remote_pid(app: Path, broker: Broker) -> None:
-    async with cluster(app, broker, "a", "b") as (a, b):
-        ca, cb = await Control.open(a), await Control.open(b)
-        echo = await cb.call("spawn", fn="cl:echo")
+    async with controlled_cluster(app, broker, "a", "b") as ((a, ca), (b, cb)):
+        echo = await cb.call("spawn", fn="test:echo")
         await cb.call("monitor", pid=echo)
         await cb.call("send", pid=echo, topic="stop")
         await cb.event("@exit")
@@ -222,10 +112,9 @@ async def test_a_dead_or_unknown_remote_pid(app: Path, broker: Broker) -> None:
 
 
 async def test_a_lost_node_fires_monitors_and_links_with_noconnection(app: Path, broker: Broker) -> None:
-    async with cluster(app, broker, "a", "b") as (a, b):
-        ca, cb = await Control.open(a), await Control.open(b)
-        watched = await cb.call("spawn", fn="cl:echo")
-        linked = await cb.call("spawn", fn="cl:echo")
+    async with controlled_cluster(app, broker, "a", "b") as ((a, ca), (b, cb)):
+        watched = await cb.call("spawn", fn="test:echo")
+        linked = await cb.call("spawn", fn="test:echo")
         await ca.call("monitor", pid=watched)
         await ca.call("link", pid=linked)
         await ca.call("send", pid=linked, topic="ping")
@@ -243,16 +132,15 @@ async def test_a_lost_node_fires_monitors_and_links_with_noconnection(app: Path,
 
 
 async def test_a_restarted_node_is_a_new_incarnation(app: Path, broker: Broker) -> None:
-    async with cluster(app, broker, "a", "b") as (a, b):
-        ca, cb = await Control.open(a), await Control.open(b)
-        old = await cb.call("spawn", fn="cl:echo")
+    async with controlled_cluster(app, broker, "a", "b") as ((a, ca), (b, cb)):
+        old = await cb.call("spawn", fn="test:echo")
         b.stop()
         again = node_process(app, broker, "b")
         try:
             await asyncio.to_thread(again.start)
             await all_up([a, again])
             cb2 = await Control.open(again)
-            fresh = await cb2.call("spawn", fn="cl:echo")
+            fresh = await cb2.call("spawn", fn="test:echo")
             assert fresh != old and fresh.split("|")[0] == old.split("|")[0]
             assert await ca.call("send", pid=old, topic="hello") is False
             await ca.call("monitor", pid=old)
@@ -266,7 +154,7 @@ async def test_a_restarted_node_is_a_new_incarnation(app: Path, broker: Broker) 
 async def test_a_relay_to_a_target_on_another_node(app: Path, broker: Broker) -> None:
     async with cluster(app, broker, "a", "b") as (a, b):
         cb = await Control.open(b)
-        target = await cb.call("spawn", fn="cl:relay_echo")
+        target = await cb.call("spawn", fn="relay:joined_echo")
         ws = await RawWebSocket.connect(a, f"/ws/relay?to={target}")
         joined = json.loads(await ws.recv_text())
         assert (joined["event"], joined["target"]) == ("joined", target)
@@ -283,7 +171,7 @@ async def test_backpressure_holds_across_nodes(app: Path, broker: Broker) -> Non
     worth per connection, the connection stops reading, nothing is lost."""
     async with cluster(app, broker, "a", "b", WSRELAY_MAILBOX_CAPACITY="16") as (a, b):
         cb = await Control.open(b)
-        target = await cb.call("spawn", fn="cl:relay_echo", args=[2.0])
+        target = await cb.call("spawn", fn="relay:joined_echo", args=[2.0])
         ws = await RawWebSocket.connect(a, f"/ws/relay?to={target}")
         pauses = (await local_metrics(a))("wsrelay_relay_backpressure_pauses_total")
         count = 2000
@@ -307,7 +195,7 @@ async def test_backpressure_holds_across_nodes(app: Path, broker: Broker) -> Non
 async def test_a_remote_target_found_dead_after_the_upgrade_closes_with_1011(app: Path, broker: Broker) -> None:
     async with cluster(app, broker, "a", "b") as (a, b):
         cb = await Control.open(b)
-        target = await cb.call("spawn", fn="cl:echo")
+        target = await cb.call("spawn", fn="test:echo")
         await cb.call("monitor", pid=target)
         await cb.call("send", pid=target, topic="stop")
         await cb.event("@exit")
@@ -317,11 +205,10 @@ async def test_a_remote_target_found_dead_after_the_upgrade_closes_with_1011(app
 
 
 async def test_groups_and_global_names_span_nodes(app: Path, broker: Broker) -> None:
-    async with cluster(app, broker, "a", "b") as (a, b):
-        ca, cb = await Control.open(a), await Control.open(b)
-        room = await ca.call("spawn", fn="cl:room")
+    async with controlled_cluster(app, broker, "a", "b") as ((a, ca), (b, cb)):
+        room = await ca.call("spawn", fn="relay:room")
         assert await ca.call("register_global", name="room", pid=room) is True
-        assert await cb.call("register_global", name="room", pid=await cb.call("spawn", fn="cl:sleeper")) is False
+        assert await cb.call("register_global", name="room", pid=await cb.call("spawn", fn="test:sleeper")) is False
         deadline = time.monotonic() + 10
         while await cb.call("whereis_global", name="room") != room:  # b's view follows a watch
             assert time.monotonic() < deadline
@@ -340,16 +227,16 @@ async def test_groups_and_global_names_span_nodes(app: Path, broker: Broker) -> 
         assert await cb.call("send", pid="room", topic="count") is True
         assert (await cb.event("count"))["payload"] == 4
         # A name is released when its PID ends.
-        short_lived = await ca.call("spawn", fn="cl:sleeper")
+        short_lived = await ca.call("spawn", fn="test:sleeper")
         assert await ca.call("register_global", name="short", pid=short_lived) is True
         await ca.call("terminate", pid=short_lived)
         deadline = time.monotonic() + 10
         while await cb.call("whereis_global", name="short") is not None:
             assert time.monotonic() < deadline
             await asyncio.sleep(0.05)
-        assert await cb.call("register_global", name="short", pid=await cb.call("spawn", fn="cl:sleeper")) is True
+        assert await cb.call("register_global", name="short", pid=await cb.call("spawn", fn="test:sleeper")) is True
         # b is lost: its members leave by themselves, its names are released.
-        holder = await cb.call("spawn", fn="cl:sleeper")
+        holder = await cb.call("spawn", fn="test:sleeper")
         assert await cb.call("register_global", name="b-name", pid=holder) is True
         b.kill()
         deadline = time.monotonic() + 10
@@ -368,7 +255,7 @@ async def test_groups_and_global_names_span_nodes(app: Path, broker: Broker) -> 
 async def test_ws_topics_to_a_connection_on_another_node(app: Path, broker: Broker) -> None:
     async with cluster(app, broker, "a", "b") as (a, b):
         cb = await Control.open(b)
-        target = await cb.call("spawn", fn="cl:relay_echo")
+        target = await cb.call("spawn", fn="relay:joined_echo")
         ws = await RawWebSocket.connect(a, f"/ws/relay?to={target}")
         client = json.loads(await ws.recv_text())["client"]
         assert client.startswith("{a@")
@@ -417,7 +304,7 @@ async def test_a_killed_worker_is_lost_to_its_peers_and_restarted(app: Path) -> 
                 break
         assert set(controls) == {"w-0", "w-1"}, set(controls)
         c0, c1 = controls["w-0"], controls["w-1"]
-        sleeper = await c1.call("spawn", fn="cl:echo")
+        sleeper = await c1.call("spawn", fn="test:echo")
         await c0.call("monitor", pid=sleeper)
         await c0.call("send", pid=sleeper, topic="ping")
         await c0.event("echo")
@@ -435,11 +322,10 @@ async def test_a_broker_restart_under_traffic(app: Path, broker: Broker) -> None
     """Local traffic goes on while the broker is away; cross-node traffic
     resumes when it is back; what was sent meanwhile arrives, or its loss is
     counted and reported as the peer's loss (noconnection), never passed over."""
-    async with cluster(app, broker, "a", "b") as (a, b):
-        ca, cb = await Control.open(a), await Control.open(b)
-        remote_echo = await cb.call("spawn", fn="cl:echo")
+    async with controlled_cluster(app, broker, "a", "b") as ((a, ca), (b, cb)):
+        remote_echo = await cb.call("spawn", fn="test:echo")
         await ca.call("monitor", pid=remote_echo)
-        local_target = await ca.call("spawn", fn="cl:relay_echo")
+        local_target = await ca.call("spawn", fn="relay:joined_echo")
         client = await RawWebSocket.connect(a, f"/ws/relay?to={local_target}")
         await client.recv_text()
         await asyncio.to_thread(broker.stop)
@@ -453,7 +339,7 @@ async def test_a_broker_restart_under_traffic(app: Path, broker: Broker) -> None
         # session), then every one does.
         await all_up([a, b], timeout=30)
         cb2 = await Control.open(b)
-        fresh = await cb2.call("spawn", fn="cl:echo")
+        fresh = await cb2.call("spawn", fn="test:echo")
         deadline = time.monotonic() + 30
         for attempt in itertools.count():
             assert time.monotonic() < deadline, "no cross-node round trip 30 s after the broker came back"

@@ -3,10 +3,9 @@ sharing one port, with a private nats-server. Real processes, real sockets."""
 
 from __future__ import annotations
 
-import json
 import os
+import re
 import signal
-import subprocess
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -16,10 +15,9 @@ import psutil
 import pytest
 import websockets
 
-from tests.cluster_support import ROOT, Recorder, last
-from tests.harness import ServerProcess, clean_env, serve_command
-from tests.ops_support import write_app
-from tests.wsclient import http_request
+from tests.apps import write_app
+from tests.cluster_support import Recorder, last
+from tests.harness import SERVING, ServerProcess, clean_env, health, run_to_exit, serve_command
 from wsrelay.cluster import wire
 from wsrelay.cluster.broker import Broker
 from wsrelay.cluster.transport import Transport
@@ -41,6 +39,21 @@ def worker(server: ServerProcess, index: int) -> psutil.Process:
         if child.cmdline()[-2:] == ["--worker", str(index)]:
             return child
     raise AssertionError(f"no worker {index} among {[c.cmdline() for c in children(server)]}")
+
+
+def kill_worker(server: ServerProcess, index: int) -> psutil.Process:
+    """SIGKILL worker ``index`` of ``server``; the process it was."""
+    victim = worker(server, index)
+    victim.send_signal(signal.SIGKILL)
+    return victim
+
+
+def restart_announced(server: ServerProcess, index: int, victim: psutil.Process, start: int = 0) -> re.Match[str]:
+    """The supervisor's line, from character ``start`` of its stderr on, saying
+    worker ``index`` (``victim``) died of SIGKILL and when it restarts it
+    (group 1: the back-off, in seconds)."""
+    return server.wait_text(rf"worker {index} \(pid {victim.pid}\) exited with signal SIGKILL after [\d.]+ s: "
+                            r"restarting in ([\d.]+) s", start=start)
 
 
 def gone(pids: list[int], timeout: float = 10.0) -> list[int]:
@@ -86,16 +99,10 @@ def supervised(app: Path) -> Any:
         server.kill()
 
 
-async def health(s: ServerProcess) -> dict[str, Any]:
-    res = await http_request(s, "/health")
-    assert res.status == 200, res.body
-    return json.loads(res.body)
-
-
 @pytest.mark.timeout(90)
 async def test_workers_share_one_port_and_name_their_nodes(supervised: Any) -> None:
     s = supervised(WSRELAY_WORKERS="2", WSRELAY_NODE="web")
-    assert s.text("stdout").count("wsrelay: serving") == 1
+    assert len(re.findall(SERVING, s.text("stdout"))) == 1
     # The kernel spreads connections over both workers on the one port; each
     # names itself and, once their session is open (a few ms after both
     # serve), sees the other up. Polled: /health is the only view of it.
@@ -133,10 +140,8 @@ async def test_a_killed_worker_is_restarted_with_back_off(supervised: Any) -> No
     delays = []
     mark = 0
     for _ in range(3):
-        victim = worker(s, 1)
-        victim.send_signal(signal.SIGKILL)
-        exited = s.wait_text(rf"worker 1 \(pid {victim.pid}\) exited with signal SIGKILL after [\d.]+ s: "
-                            r"restarting in ([\d.]+) s", start=mark)
+        victim = kill_worker(s, 1)
+        exited = restart_announced(s, 1, victim, start=mark)
         delays.append(float(exited.group(1)))
         ready = s.wait_text(r"worker 1 \(pid (\d+)\) ready", start=exited.end())
         mark = ready.end()
@@ -147,10 +152,7 @@ async def test_a_killed_worker_is_restarted_with_back_off(supervised: Any) -> No
     await health(s)
     # Up for longer than STABLE_AFTER (10 s): the back-off starts again.
     time.sleep(10.5)
-    victim = worker(s, 1)
-    victim.send_signal(signal.SIGKILL)
-    exited = s.wait_text(rf"worker 1 \(pid {victim.pid}\) exited with signal SIGKILL after [\d.]+ s: "
-                        r"restarting in ([\d.]+) s", start=mark)
+    exited = restart_announced(s, 1, kill_worker(s, 1), start=mark)
     assert float(exited.group(1)) == 0.1
     assert s.stop() == 0
 
@@ -166,8 +168,7 @@ async def test_a_dead_worker_is_announced_at_once(supervised: Any) -> None:
     await observer.start()
     try:
         first = await hooks.wait_for(last("up", "ann-1"))
-        victim = worker(s, 1)
-        victim.send_signal(signal.SIGKILL)
+        kill_worker(s, 1)
         killed = time.monotonic()
         assert await hooks.wait_for(last("down", "ann-1"), timeout=10) == ("down", "ann-1", first[2], "noconnection")
         # Announced by the supervisor when it reaped the worker: before its
@@ -224,24 +225,17 @@ async def test_the_token_is_never_printed(supervised: Any) -> None:
     assert token not in s.output()
 
 
-@pytest.fixture
-def broker() -> Any:
-    with Broker() as b:
-        yield b
-
-
 @pytest.mark.parametrize("workers", [None, "2"])
 def test_a_refused_token_exits_non_zero_naming_the_url(app: Path, broker: Broker, workers: Optional[str]) -> None:
     env = {"WSRELAY_ADDR": "127.0.0.1:0", "WSRELAY_CLUSTER_URL": broker.url,
            "WSRELAY_CLUSTER_TOKEN": "wrong-token-123"}
     if workers:
         env["WSRELAY_WORKERS"] = workers
-    result = subprocess.run(serve_command(app), env=clean_env(**env), cwd=ROOT, capture_output=True, text=True,
-                            timeout=60)
+    result = run_to_exit(serve_command(app), env=env)
     assert result.returncode == 1, result.stderr
     assert f"cannot join the cluster at {broker.url}" in result.stderr
     assert "wrong-token-123" not in result.stdout + result.stderr
-    assert "serving" not in result.stdout
+    assert not re.search(SERVING, result.stdout), result.stdout
 
 
 def test_a_single_node_joins_an_existing_cluster(app: Path, broker: Broker) -> None:
@@ -255,9 +249,8 @@ def test_a_single_node_joins_an_existing_cluster(app: Path, broker: Broker) -> N
 
 @pytest.mark.parametrize("binary", ["/nonexistent/nats-server", "no-such-nats-server"])
 def test_a_missing_nats_server_exits_non_zero_with_the_install_hint(app: Path, binary: str) -> None:
-    result = subprocess.run(serve_command(app), env=clean_env(WSRELAY_ADDR="127.0.0.1:0", WSRELAY_WORKERS="2",
-                                                              WSRELAY_NATS_SERVER=binary),
-                            cwd=ROOT, capture_output=True, text=True, timeout=60)
+    result = run_to_exit(serve_command(app), env={"WSRELAY_ADDR": "127.0.0.1:0", "WSRELAY_WORKERS": "2",
+                                                  "WSRELAY_NATS_SERVER": binary})
     assert result.returncode == 1, result.stderr
     assert "nats-server not found" in result.stderr
     assert "apt-get install nats-server" in result.stderr
@@ -273,9 +266,9 @@ def test_without_the_cluster_extra_exits_2_saying_how_to_install_it(app: Path, t
     blocked = tmp_path / "blocked" / "nats"
     blocked.mkdir(parents=True)
     (blocked / "__init__.py").write_text("raise ImportError('not installed', name='nats')\n")
-    env = clean_env(WSRELAY_ADDR="127.0.0.1:0", **{variable: value})
-    env["PYTHONPATH"] = f"{blocked.parent}{os.pathsep}{env['PYTHONPATH']}"
-    result = subprocess.run(serve_command(app), env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    env = {"WSRELAY_ADDR": "127.0.0.1:0", variable: value,
+           "PYTHONPATH": f"{blocked.parent}{os.pathsep}{clean_env()['PYTHONPATH']}"}
+    result = run_to_exit(serve_command(app), env=env)
     assert result.returncode == 2, result.stderr
     assert f"{variable} needs the cluster extra (nats is missing): pip install 'wsrelay[cluster]'" in result.stderr
     assert "Traceback" not in result.stderr

@@ -13,20 +13,12 @@ from typing import Any, AsyncIterator
 import nats
 import pytest
 
-from tests.cluster_support import ChildNode, Recorder, last
+from tests.cluster_support import DOWN_AFTER, ChildNode, Recorder, last
 from wsrelay._core.pid import Pid
 from wsrelay.cluster import wire
 from wsrelay.cluster.broker import Broker
 from wsrelay.cluster.errors import ClusterConnectError
 from wsrelay.cluster.transport import COUNTERS, Counters, Transport
-
-DOWN_AFTER = 1.0
-
-
-@pytest.fixture
-def broker() -> Any:
-    with Broker() as b:
-        yield b
 
 
 @contextlib.asynccontextmanager
@@ -140,7 +132,7 @@ async def test_node_down_within_down_after_on_sigkill(broker: Broker) -> None:
             assert a.send(k1_pid, "t", 1, pid(a, 1)) is False
             assert a.peers()["k1"] == "down"
         finally:
-            child.close()
+            child.kill()
 
 
 async def test_graceful_stop_is_seen_at_once_after_its_messages(broker: Broker) -> None:
@@ -159,7 +151,7 @@ async def test_graceful_stop_is_seen_at_once_after_its_messages(broker: Broker) 
             assert ha.events[-1][0] == "down"
             assert child.proc.wait(10) == 0
         finally:
-            child.close()
+            child.kill()
 
 
 async def test_leaving_ends_our_view_of_peers_but_not_their_names(broker: Broker) -> None:
@@ -207,7 +199,7 @@ async def test_order_between_processes_and_echo(broker: Broker) -> None:
             await ha.wait_for(lambda ev: len(sends(ha)) == 21000)
             assert sends(ha)[20000:] == [-i for i in range(1000)]
         finally:
-            child.close()
+            child.kill()
 
 
 async def test_gap_is_peer_loss_then_a_new_session(broker: Broker) -> None:
@@ -265,9 +257,9 @@ async def test_incarnation_change_is_down_then_up(broker: Broker) -> None:
                 stale = Pid("app:p", (first.incarnation << 32) | 1, "r1")
                 assert stale.id >> 32 != a.peer_incarnation("r1")
             finally:
-                second.close()
+                second.kill()
         finally:
-            first.close()
+            first.kill()
 
 
 async def test_malformed_input_is_dropped_counted_and_survived(broker: Broker) -> None:
@@ -430,7 +422,7 @@ async def test_global_names_of_a_lost_node_are_released(broker: Broker) -> None:
             assert await _until(lambda: "leader" not in a.global_names())
             assert await a.register_global("leader", pid(a, 1))
         finally:
-            child.close()
+            child.kill()
 
 
 async def test_a_dead_holder_unknown_to_us_is_replaced(broker: Broker) -> None:
@@ -440,7 +432,7 @@ async def test_a_dead_holder_unknown_to_us_is_replaced(broker: Broker) -> None:
         child.command(op="register", name="solo", pid=holder)
         assert (await child.await_event("registered"))["ok"] is True
         child.kill()
-        child.close()
+        child.kill()
     # A node that never heard of n2 probes it before taking the name over.
     async with transports(broker, "b") as [(b, _)]:
         assert await _until(lambda: str(b.whereis_global("solo")) == holder)
@@ -470,7 +462,7 @@ async def test_ping_and_metrics_gathering(broker: Broker) -> None:
             # Another machine's node is not gathered.
             assert set(await a.gather_metrics()) == {"a", "b"}
         finally:
-            child.close()
+            child.kill()
 
 
 async def test_metrics_of_a_node_that_does_not_answer_is_none(broker: Broker) -> None:
@@ -484,7 +476,7 @@ async def test_metrics_of_a_node_that_does_not_answer_is_none(broker: Broker) ->
             assert time.monotonic() - start < 1.0
         finally:
             child.proc.send_signal(signal.SIGCONT)
-            child.close()
+            child.kill()
 
 
 def test_counters_are_declared_once() -> None:

@@ -1,4 +1,5 @@
-"""permessage-deflate over real sockets (SPEC §7): the offer answered in the
+"""permessage-deflate over real sockets (docs/guide.md section 5,
+"Compression"): the offer answered in the
 upgrade, compressed client messages relayed as the same ``ws.message``,
 ``ws.send`` and group sends compressed from WSRELAY_COMPRESSION_MIN_SIZE, and
 the connection failed on what RFC 7692 and the limits forbid.
@@ -19,10 +20,11 @@ import pytest
 import websockets
 
 import wsrelay
-from tests import procs, relay_procs  # noqa: F401  (process functions)
-from tests.support import expect, relay_app, relay_handler, running, scrape, until
+from tests.apps import relay_app, relay_handler
+from tests.harness import expect, running, scrape, until
+from tests.procs import relay_to
 from tests.wsclient import BINARY, CONT, PING, RSV1, RSV2, TEXT, HandshakeRefused, RawWebSocket
-from wsrelay import Group, process
+from wsrelay import process
 
 PATH = "/ws/chat"
 EXTENSIONS = "Sec-WebSocket-Extensions"
@@ -140,7 +142,7 @@ async def test_with_compression_on_a_client_that_offers_nothing_is_uncompressed(
 async def test_the_websockets_client_negotiates_and_round_trips():
     """An independent implementation on the other end (websockets compresses
     with context takeover unless told not to: our answer tells it not to)."""
-    async with running(relay_app(relay_handler("test:ws_echo")), compression=True,
+    async with running(relay_app(relay_handler("relay:tagged_echo")), compression=True,
                        compression_min_size=0) as gw:
         async with websockets.connect(gw.url(PATH)) as ws:
             assert ws.response.headers[EXTENSIONS] == AGREED
@@ -295,25 +297,11 @@ async def test_bytes_out_count_the_compressed_payload():
         await left(target)
 
 
-@wsrelay.register("compression:room")
-async def room(observer) -> None:
-    """A Group of every client; ``say`` sends one payload to all of them."""
-    group = Group()
-    async for msg in process.inbox():
-        if msg.topic == "ws.join":
-            group.add(msg.payload["client_pid"])
-            process.send(observer, "joined", len(group))
-        elif msg.topic == "say":
-            process.send(observer, "said", group.send(msg.payload))
-        elif msg.topic == "ws.leave":
-            group.discard(msg.payload["client_pid"])
-
-
 async def test_a_group_send_compresses_for_the_members_that_agreed_and_frames_plain_for_the_others():
-    room_pid = process.spawn("compression:room", None, process.self())
+    room_pid = process.spawn("relay:say_room", None, process.self())
 
     def handler(req: Any, res: Any) -> None:
-        res.header("X-WS-Relay", json.dumps({"target_pid": str(room_pid)}))
+        relay_to(res, room_pid)
 
     offers = ["permessage-deflate", None, "permessage-deflate", "permessage-deflate; server_max_window_bits=10",
               None]

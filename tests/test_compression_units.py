@@ -1,6 +1,7 @@
 """permessage-deflate in the frame path, without sockets: what FrameReader
 makes of compressed client frames (RSV1), and the frames the server writes to
-a connection that negotiated compression (SPEC §7). The deflate module's own
+a connection that negotiated compression (docs/guide.md section 5,
+"Compression"). The deflate module's own
 pieces (negotiation, the bounded inflater) are in tests/test_deflate_unit.py.
 
 Client messages are compressed here with Python's zlib, as a browser would:

@@ -39,9 +39,8 @@ from typing import Any
 
 import pytest
 
-from tests import procs  # noqa: F401  (registers the test:* process functions)
-from tests.harness import REPO, ServerProcess, serve_command
-from tests.support import relay_app, relay_handler, running
+from tests.apps import relay_app, relay_handler
+from tests.harness import REPO, ServerProcess, running, serve_command
 from tests.wsclient import BINARY, CLOSE, CONT, TEXT, RawWebSocket, close_payload
 from tests.wsclient import encode_frame as frame
 from wsrelay import process

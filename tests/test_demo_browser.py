@@ -27,8 +27,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.harness import REPO, WSRELAY, ServerProcess
-from tests.support import Metrics
+from tests.harness import REPO, WSRELAY, Metrics, ServerProcess
 
 APP = "examples/chat/app.yaml"
 PAGE = REPO / "examples" / "chat" / "index.html"
@@ -311,7 +310,7 @@ def test_page_from_another_origin_is_refused(demo: ServerProcess, browser: webdr
 def test_two_pages_on_different_workers_chat_in_one_room(browser: webdriver.Chrome) -> None:
     """`WSRELAY_WORKERS=2 make run`: the kernel spreads the tabs' sockets over
     two workers; a room is one process for the whole cluster, so tabs on
-    either worker chat in it (SPEC §8)."""
+    either worker chat in it (docs/cluster.md)."""
     with ServerProcess([WSRELAY, "serve", APP, "--addr", "127.0.0.1:0"],
                        env={"WSRELAY_WORKERS": "2", "WSRELAY_NODE": "web"}) as server:
         room = "room_" + uuid.uuid4().hex[:8]

@@ -5,66 +5,26 @@ between) arriving whole and in order while other clients keep being served."""
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 import pytest
 import websockets
 
-import wsrelay
-from tests.support import expect, relay_app, running
-from wsrelay import Group, process
-
-
-@wsrelay.register("group:room")
-async def room(observer) -> None:
-    """Members join on ws.join. ``burst`` (count, rounds) sends ``count``
-    messages per round to the group, yielding to the loop between rounds so
-    later rounds meet the earlier rounds' slices still being written; a
-    ws.message is echoed to its sender alone; ``membership`` reports the group."""
-    group = Group()
-    async for msg in process.inbox():
-        if msg.topic == "ws.join":
-            client = msg.payload["client_pid"]
-            assert group.add(client) is True
-            assert group.add(client) is True  # already a member: no change
-            process.send(observer, "joined", (client, len(group)))
-        elif msg.topic == "ws.leave":
-            process.send(observer, "left", (msg.payload["client_pid"], len(group)))
-        elif msg.topic == "ws.message":
-            process.send(msg.payload["client_pid"], "ws.send", {"type": "text", "data": "echo:" + msg.payload["data"]})
-        elif msg.topic == "burst":
-            count, rounds = msg.payload
-            written = 0
-            for r in range(rounds):
-                for i in range(count):
-                    written += group.send({"type": "text", "data": f"m{r * count + i}"})
-                await asyncio.sleep(0)
-            process.send(observer, "burst_done", written)
-        elif msg.topic == "membership":
-            process.send(observer, "membership", (len(group), sorted(map(str, group.pids())),
-                                                  [pid in group for pid in msg.payload]))
-        elif msg.topic == "discard":
-            process.send(observer, "discarded", [group.discard(pid) for pid in msg.payload])
-        elif msg.topic == "add":
-            try:
-                result: Any = group.add(msg.payload)
-            except ValueError as exc:
-                result = str(exc)
-            process.send(observer, "added", result)
-        elif msg.topic == "stop":
-            return
+from tests.apps import relay_app
+from tests.harness import expect, running
+from tests.procs import relay_to
+from wsrelay import process
 
 
 def room_app(room_pid) -> Any:
     def handler(req: Any, res: Any) -> None:
-        res.header("X-WS-Relay", json.dumps({"target_pid": str(room_pid)}))
+        relay_to(res, room_pid)
 
     return relay_app(handler)
 
 
 async def test_membership_follows_add_discard_and_the_end_of_a_connection():
-    room_pid = process.spawn("group:room", None, process.self())
+    room_pid = process.spawn("relay:burst_room", None, process.self())
     async with running(room_app(room_pid)) as gw:
         async with websockets.connect(gw.url("/ws/chat")) as a, websockets.connect(gw.url("/ws/chat")) as b:
             pid_a, _ = await expect("joined")
@@ -100,7 +60,7 @@ async def test_membership_follows_add_discard_and_the_end_of_a_connection():
 async def test_a_fan_out_larger_than_a_flush_slice_arrives_whole_and_in_order():
     members = 700  # several flush slices
     count, rounds = 10, 6
-    room_pid = process.spawn("group:room", None, process.self())
+    room_pid = process.spawn("relay:burst_room", None, process.self())
     async with running(room_app(room_pid)) as gw:
         clients = []
         try:

@@ -19,7 +19,6 @@ import json
 import pathlib
 import re
 import signal
-import subprocess
 import sys
 from typing import Any, Callable, Iterator, Optional
 
@@ -27,8 +26,7 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.harness import REPO, START_TIMEOUT, WSRELAY, ServerProcess, clean_env, serve_command
-from tests.support import scrape
+from tests.harness import REPO, START_TIMEOUT, WSRELAY, ServerProcess, run_to_exit, scrape, serve_command
 from tests.wsclient import HTTPResponse, http_request
 
 GUIDE = REPO / "docs" / "guide.md"
@@ -128,8 +126,7 @@ def test_every_code_block_of_the_guide_is_in_an_example_file():
 
 
 def test_check_command_accepts_the_guide_app():
-    done = subprocess.run([str(WSRELAY), "check", "examples/guide/app.yaml"], cwd=REPO, env=clean_env(),
-                          capture_output=True, text=True, timeout=START_TIMEOUT)
+    done = run_to_exit([WSRELAY, "check", "examples/guide/app.yaml"])
     assert done.returncode == 0, done.stderr
     assert "examples/guide/app.yaml: ok" in done.stdout
 
@@ -140,8 +137,7 @@ def test_a_bad_file_exits_non_zero_naming_the_entry(tmp_path: pathlib.Path):
     bad.write_text(text)
     for name in ("handlers.py", "session.py", "presence.py", "broadcast.py", "transfer.py"):
         (tmp_path / name).write_text((EXAMPLES / name).read_text())
-    done = subprocess.run([str(WSRELAY), "serve", str(bad), "--addr", "127.0.0.1:0"], cwd=REPO, env=clean_env(),
-                          capture_output=True, text=True, timeout=START_TIMEOUT)
+    done = run_to_exit([WSRELAY, "serve", bad, "--addr", "127.0.0.1:0"])
     assert done.returncode == 2
     # The message the guide shows.
     assert f"wsrelay: {bad}: entry 'app.ws:handler', field 'func': module 'session' has no 'nowhere'" \

@@ -1,10 +1,10 @@
-"""SPEC §6 from outside: hostile clients against a real ``wsrelay serve``,
+"""Hostile input and stuck peers (docs/configuration.md) from outside:
+hostile clients against a real ``wsrelay serve``,
 with the server's RSS, open files, close codes and /metrics measured while
 they do their worst.
 
 Each bound is stated next to what the same attack cost before the connection
-core was rebuilt (issue "The connection core, rebuilt"), so a regression
-shows as a number, not as a feeling.
+core was rebuilt, so a regression shows as a number, not as a feeling.
 """
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ import resource
 
 import pytest
 
-from tests.harness import RssSampler, ServerProcess, serve_command
-from tests.ops_support import write_app
-from tests.support import scrape
+from tests.apps import write_app
+from tests.harness import RssSampler, ServerProcess, scrape, serve_command
 from tests.wsclient import BINARY, CONT, PING, TEXT, RawWebSocket, encode_frame, http_request
 
 MiB = 1 << 20

@@ -1,4 +1,5 @@
-"""SPEC §3 bounds: a relay target that stalls while its client floods. The
+"""Bounded mailboxes (docs/guide.md section 3, "When the target falls
+behind"): a relay target that stalls while its client floods. The
 connection stops reading (TCP backpressure) instead of buffering: afterwards
 every message has arrived once and in order, and the gateway's own RSS (a
 ``wsrelay serve`` subprocess) stayed under a stated bound the whole time."""
@@ -12,9 +13,8 @@ import time
 
 import websockets
 
-from tests.harness import RssSampler, ServerProcess, serve_command
-from tests.ops_support import write_app
-from tests.support import scrape
+from tests.apps import write_app
+from tests.harness import RssSampler, ServerProcess, scrape, serve_command
 
 STALL = 2.0                 # seconds the target does not read
 MESSAGE = 16 << 10          # bytes per client message
@@ -29,7 +29,7 @@ def _message(seq: int, filler: bytes) -> bytes:
 
 
 async def _run_check(url: str, count: int, filler: bytes, on_awake=None):
-    """Flood ``url`` (an ops:check target) with ``count`` numbered messages,
+    """Flood ``url`` (a relay:check target) with ``count`` numbered messages,
     then ask for the target's summary. Returns (summary, sent bytes when the
     target woke up, seconds from the first send to the wake-up, sha256)."""
     digest = hashlib.sha256()

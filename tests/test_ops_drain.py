@@ -1,4 +1,5 @@
-"""SPEC §5 graceful drain: on SIGTERM or SIGINT a real ``wsrelay serve``
+"""Graceful drain (docs/guide.md section 10; docs/configuration.md,
+`WSRELAY_DRAIN_TIMEOUT`): on SIGTERM or SIGINT a real ``wsrelay serve``
 stops accepting, closes every connection with 1001, its targets get ws.leave
 with reason ``shutdown``, and it exits 0 within WSRELAY_DRAIN_TIMEOUT; a
 client that ignores the close does not hold it much past that timeout."""
@@ -12,8 +13,9 @@ import time
 import pytest
 import websockets
 
+from tests.apps import read_report, write_app
 from tests.harness import ServerProcess, serve_command
-from tests.ops_support import read_report, write_app
+from tests.procs import REPORT_ENV
 from tests.wsclient import CLOSE, RawWebSocket
 
 CLIENTS = 5
@@ -23,7 +25,7 @@ CLIENTS = 5
 async def test_signal_drains_every_connection_and_exits_0(tmp_path, sig):
     drain_timeout = 5.0
     report = tmp_path / "report.txt"
-    env = {"WSRELAY_DRAIN_TIMEOUT": f"{drain_timeout}s", "OPS_REPORT_FILE": str(report)}
+    env = {"WSRELAY_DRAIN_TIMEOUT": f"{drain_timeout}s", REPORT_ENV: str(report)}
     async with ServerProcess(serve_command(write_app(tmp_path)), env=env) as served:
         url = served.url("/ws/echo")
         clients = [await websockets.connect(url) for _ in range(CLIENTS)]
@@ -56,7 +58,7 @@ async def test_a_client_that_ignores_the_close_does_not_hold_the_exit(tmp_path, 
     report = tmp_path / "report.txt"
     # A long close timeout: only the drain timeout can end this client.
     env = {"WSRELAY_DRAIN_TIMEOUT": f"{drain_timeout}s", "WSRELAY_CLOSE_TIMEOUT": "60s",
-           "OPS_REPORT_FILE": str(report)}
+           REPORT_ENV: str(report)}
     async with ServerProcess(serve_command(write_app(tmp_path)), env=env) as served:
         stubborn = await RawWebSocket.connect(served, "/ws/echo")
         polite = await websockets.connect(served.url("/ws/echo"))

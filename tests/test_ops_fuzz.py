@@ -31,8 +31,9 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 import wsrelay
-from tests import ops_procs  # noqa: F401  (registers the ops:* process functions)
-from tests.support import drain_inbox, relay_app
+from tests.apps import relay_app
+from tests.harness import end_loop, leaked_processes, running
+from tests.procs import relay_to
 from tests.wsclient import (
     BINARY,
     CLOSE,
@@ -46,9 +47,8 @@ from tests.wsclient import (
     encode_frame,
     http_request,
 )
-from wsrelay import Gateway, Pid, RelayHeaderError, process
+from wsrelay import Pid, RelayHeaderError, process
 from wsrelay.relay import RelaySpec, parse_relay_header
-from wsrelay.settings import settings as current_settings
 
 MAX_MESSAGE = 1024  # WSRELAY_MAX_MESSAGE_SIZE of the fuzzed gateway
 EXAMPLES = int(os.environ.get("WSRELAY_FUZZ_EXAMPLES", "600"))
@@ -134,7 +134,7 @@ def _valid(data: bytes) -> bool:
 
 
 def model(frames: list[F]) -> Outcome:
-    """RFC 6455 as wsrelay applies it (SPEC §4.5). A frame with more than one
+    """RFC 6455 as wsrelay applies it (docs/guide.md section 3, "Close codes"). A frame with more than one
     defect may be refused for any of them."""
     delivered: list = []
     pongs: list = []
@@ -304,31 +304,22 @@ class FuzzGateway:
         self.observer = wsrelay.node().system.pid
 
         def handler(req, res):
-            pid = process.spawn("ops:recorder", None, self.observer)
-            res.header("X-WS-Relay", json.dumps({"target_pid": str(pid)}))
+            pid = process.spawn("relay:forward", None, self.observer)
+            relay_to(res, pid)
 
-        config = dataclasses.replace(current_settings(), max_message_size=MAX_MESSAGE, ping_interval=0,
-                                     close_timeout=5.0)
-        self.gateway = Gateway(relay_app(handler), config)
-        self.loop.run_until_complete(self.gateway.start())
+        self._running = running(relay_app(handler), max_message_size=MAX_MESSAGE, ping_interval=0,
+                                close_timeout=5.0)
+        self.gateway = self.loop.run_until_complete(self._running.__aenter__())
 
     def run(self, coro):
         return self.loop.run_until_complete(asyncio.wait_for(coro, CASE_TIMEOUT))
 
     def close(self) -> None:
-        node = wsrelay.node()
         try:
-            self.loop.run_until_complete(self.gateway.shutdown(drain_timeout=5))
-            leaked = [pid for pid in node.pids() if pid != node.system.pid]
+            self.loop.run_until_complete(self._running.__aexit__(None, None, None))
+            leaked = leaked_processes()
         finally:
-            node.terminate_all("test_teardown")
-            pending = [t for t in asyncio.all_tasks(self.loop) if not t.done()]
-            for task in pending:
-                task.cancel()
-            if pending:
-                self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-            self.loop.run_until_complete(drain_inbox())
-            self.loop.close()
+            end_loop(self.loop)
         assert not leaked, f"fuzzing left processes running: {leaked}"
 
 

@@ -1,4 +1,4 @@
-"""SPEC §3: a process that raises, one that blocks the loop for a while and
+"""Processes are isolated (docs/guide.md section 9): a process that raises, one that blocks the loop for a while and
 one that floods sends into MailboxFull cannot take the gateway down; other
 clients keep being served while it happens and afterwards."""
 
@@ -10,19 +10,16 @@ import time
 import websockets
 
 import wsrelay
-from tests import (
-    ops_procs,  # noqa: F401  (registers the ops:* process functions)
-    procs,  # noqa: F401
-)
-from tests.support import expect, relay_app, relay_handler, running
+from tests.apps import relay_app, relay_handler
+from tests.harness import expect, running
 from wsrelay import process
 
 
 def _app(observer):
-    app = relay_app(relay_handler("ops:echo", observer), path="/echo")
+    app = relay_app(relay_handler("relay:echo", observer), path="/echo")
     router = app.routers["test:ws"]
-    router.endpoint("GET", "/raise", relay_handler("ops:raiser", observer))
-    router.endpoint("GET", "/block", relay_handler("ops:echo", observer, 0.2))
+    router.endpoint("GET", "/raise", relay_handler("relay:raiser", observer))
+    router.endpoint("GET", "/block", relay_handler("relay:echo", observer, 0.2))
     return app
 
 
@@ -84,7 +81,7 @@ async def test_a_process_flooding_a_full_mailbox_does_not_disturb_others():
         async with websockets.connect(gw.url("/ws/echo")) as bystander:
             await expect("ws.join")
             victim = process.spawn("test:sleeper")
-            flooders = [process.spawn_monitored("ops:mailbox_flooder", None, process.self(), victim)
+            flooders = [process.spawn_monitored("test:mailbox_flooder", None, process.self(), victim)
                         for _ in range(3)]
             await _round_trip(bystander, "during")
             counts, exits = [], []

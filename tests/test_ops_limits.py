@@ -1,4 +1,4 @@
-"""SPEC §5 limits: WSRELAY_MAX_CONNECTIONS (503 beyond it),
+"""Limits (docs/configuration.md): WSRELAY_MAX_CONNECTIONS (503 beyond it),
 WSRELAY_HANDSHAKE_TIMEOUT (a client that never finishes its upgrade request is
 dropped) and WSRELAY_PING_INTERVAL / WSRELAY_PING_TIMEOUT (idle clients that do
 not answer pings are dropped with reason ``timeout``)."""
@@ -11,14 +11,14 @@ import time
 import pytest
 import websockets
 
-from tests import ops_procs  # noqa: F401  (registers the ops:* process functions)
-from tests.support import expect, relay_app, relay_handler, running, scrape
+from tests.apps import relay_app, relay_handler
+from tests.harness import expect, running, scrape
 from tests.wsclient import PING, PONG, ConnectionEnded, HandshakeRefused, RawWebSocket, address
 from wsrelay import process
 
 
 async def test_connections_beyond_the_limit_get_503():
-    app = relay_app(relay_handler("ops:echo", process.self()))
+    app = relay_app(relay_handler("relay:echo", process.self()))
     async with running(app, max_connections=2) as gw:
         before = await scrape(gw)
         first = await websockets.connect(gw.url("/ws/chat"))
@@ -49,7 +49,7 @@ async def test_connections_beyond_the_limit_get_503():
 
 
 async def test_no_limit_when_zero():
-    app = relay_app(relay_handler("ops:echo", process.self()))
+    app = relay_app(relay_handler("relay:echo", process.self()))
     async with running(app, max_connections=0) as gw:
         clients = [await websockets.connect(gw.url("/ws/chat")) for _ in range(20)]
         for _ in clients:
@@ -68,7 +68,7 @@ async def test_an_unfinished_upgrade_request_is_dropped_after_the_handshake_time
 
     def handler(req, res):
         spawned.append(req.path)
-        relay_handler("ops:echo")(req, res)
+        relay_handler("relay:echo")(req, res)
 
     async with running(relay_app(handler), handshake_timeout=timeout) as gw:
         reader, writer = await asyncio.open_connection(*address(gw))
@@ -114,7 +114,7 @@ async def _idle_client(gw, answer_pings: bool, pings_wanted: int = 3):
 
 async def test_idle_clients_that_do_not_answer_pings_are_dropped_with_reason_timeout():
     interval, timeout = 0.3, 0.3
-    app = relay_app(relay_handler("ops:echo", process.self()))
+    app = relay_app(relay_handler("relay:echo", process.self()))
     async with running(app, ping_interval=interval, ping_timeout=timeout) as gw:
         silent, pings, close, elapsed = await _idle_client(gw, answer_pings=False)
         silent_join = await expect("ws.join")
@@ -146,7 +146,7 @@ async def test_no_pings_when_the_interval_is_zero():
     fail the ping test above is still connected after many would-be intervals
     (measured by the heartbeats its target gets meanwhile), and was sent no ping."""
     inbox = process.inbox()
-    app = relay_app(relay_handler("ops:recorder", process.self(), heartbeat_interval="100ms"))
+    app = relay_app(relay_handler("relay:forward", process.self(), heartbeat_interval="100ms"))
     async with running(app, ping_interval=0) as gw:
         client = await RawWebSocket.connect(gw, "/ws/chat")
         beats = 0

@@ -1,4 +1,4 @@
-"""SPEC §5: GET /health and GET /metrics (Prometheus text format, parsed with
+"""GET /health and GET /metrics (docs/configuration.md, "Health and metrics") (Prometheus text format, parsed with
 prometheus_client's own parser) on every service, and the numbers move as
 traffic flows."""
 
@@ -6,16 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 
 import pytest
 import websockets
 
 import wsrelay
-from tests import (
-    ops_procs,  # noqa: F401  (registers the ops:* process functions)
-    procs,  # noqa: F401
-)
-from tests.support import expect, relay_app, relay_handler, running, scrape
+from tests.apps import relay_app, relay_handler
+from tests.harness import REPO, expect, running, scrape
 from tests.wsclient import HandshakeRefused, RawWebSocket, http_request
 from wsrelay import process
 
@@ -36,7 +34,7 @@ FAMILIES = {
 
 
 async def test_health():
-    async with running(relay_app(relay_handler("ops:echo", process.self()))) as gw:
+    async with running(relay_app(relay_handler("relay:echo", process.self()))) as gw:
         res = await http_request(gw, "/health")
         assert res.status == 200
         assert res.headers["content-type"] == "application/json"
@@ -54,7 +52,7 @@ async def test_health():
 
 
 async def test_metrics_move_with_traffic():
-    app = relay_app(relay_handler("ops:echo", process.self()), origins="https://ok.example")
+    app = relay_app(relay_handler("relay:echo", process.self()), origins="https://ok.example")
     async with running(app, max_message_size=4096) as gw:
         m0 = await scrape(gw)
         for family, kind in FAMILIES.items():
@@ -99,7 +97,7 @@ async def test_metrics_move_with_traffic():
 
         # A send refused at a full mailbox.
         victim = process.spawn("test:sleeper")
-        flooder = process.spawn_monitored("ops:mailbox_flooder", None, process.self(), victim)
+        flooder = process.spawn_monitored("test:mailbox_flooder", None, process.self(), victim)
         capacity = await expect("full")
         exit_event = await expect(wsrelay.EXIT)
         assert exit_event["pid"] == flooder and isinstance(exit_event["error"], wsrelay.MailboxFull)
@@ -121,7 +119,7 @@ async def test_metrics_move_with_traffic():
 async def test_bytes_in_counts_utf8_bytes_of_text_messages():
     """wsrelay_bytes_in_total is in bytes, as wsrelay_bytes_out_total is: a
     text message of 10 'ü' is 20 bytes on the wire, both ways."""
-    async with running(relay_app(relay_handler("ops:echo", process.self()))) as gw:
+    async with running(relay_app(relay_handler("relay:echo", process.self()))) as gw:
         async with websockets.connect(gw.url("/ws/chat")) as ws:
             await expect("ws.join")
             m1 = await scrape(gw)
@@ -134,7 +132,7 @@ async def test_bytes_in_counts_utf8_bytes_of_text_messages():
 
 
 async def test_metrics_on_every_service():
-    app = relay_app(relay_handler("ops:echo"))
+    app = relay_app(relay_handler("relay:echo"))
     app.service("admin", "127.0.0.1:0")
     async with running(app) as gw:
         for sid in gw.services:
@@ -142,3 +140,26 @@ async def test_metrics_on_every_service():
             assert metrics.has("wsrelay_connections_total")
             res = await http_request(gw.address(sid), "/health")
             assert res.status == 200 and json.loads(res.body)["status"] == "ok"
+
+
+# -- counters only go up; drops by reason ------------------------------------------------------
+
+
+def test_no_counter_is_ever_decremented():
+    """Prometheus counters must never go down: the core only ever adds to
+    them (flushing to a gone connection, for one, must not take back what was
+    counted)."""
+    sources = (REPO / "wsrelay" / "_core").glob("*.pyx")
+    decrements = [f"{path.name}: {line.strip()}" for path in sources for line in path.read_text().splitlines()
+                  if re.search(r"counters\.\w+\s*-=", line)]
+    assert decrements == []
+
+
+async def test_dropped_frames_are_reported_by_reason():
+    async with running(relay_app(relay_handler("test:sleeper"))) as gw:
+        metrics = await scrape(gw)
+        for reason in ("closing", "slow_consumer", "unwritten"):
+            assert ("wsrelay_frames_dropped_total", (("reason", reason),)) in metrics.samples
+        for reason in ("target_gone", "closing", "connection_lost"):
+            assert ("wsrelay_client_messages_dropped_total", (("reason", reason),)) in metrics.samples
+        assert not metrics.has("wsrelay_sends_after_close_total")

@@ -1,4 +1,4 @@
-"""SPEC §5: every WSRELAY_* variable is read and validated in one place at
+"""Settings (docs/configuration.md): every WSRELAY_* variable is read and validated in one place at
 start; a bad value makes ``wsrelay serve`` exit non-zero naming the variable,
 before it binds anything. Real subprocesses."""
 
@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import re
 import socket
 import subprocess
 
 import pytest
 import websockets
 
-from tests.harness import REPO, WSRELAY, ServerProcess, clean_env, serve_command
-from tests.ops_support import write_app
+from tests.apps import write_app
+from tests.harness import REPO, SERVING, WSRELAY, ServerProcess, run_to_exit, serve_command
 from tests.wsclient import HandshakeRefused, RawWebSocket, http_request
 from wsrelay.settings import VARIABLES, load_settings
 
@@ -97,8 +98,7 @@ def refusals(tmp_path_factory, held_port):
     cases = [{var: value} for var, value in BAD] + [env for env, _ in EXTRA]
 
     def run(env):
-        return subprocess.run(serve_command(app), env=clean_env(**env), cwd=str(REPO),
-                              capture_output=True, text=True, timeout=60)
+        return run_to_exit(serve_command(app), env=env)
 
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         return list(pool.map(run, cases))
@@ -110,7 +110,7 @@ def _assert_refused(result: subprocess.CompletedProcess, variable: str) -> None:
     assert variable in result.stderr, out
     assert "wsrelay: bad environment variable" in result.stderr, out
     assert "Traceback" not in out, out
-    assert "cannot listen" not in out and "serving" not in out, out
+    assert "cannot listen" not in out and not re.search(SERVING, out), out
 
 
 @pytest.mark.parametrize("index", range(len(BAD)), ids=[f"{v}={x}" for v, x in BAD])
@@ -147,9 +147,8 @@ def test_configuration_doc_lists_every_metric():
 
 
 def test_the_console_script_refuses_too(tmp_path, held_port):
-    result = subprocess.run([str(WSRELAY), "serve", str(write_app(tmp_path, f"127.0.0.1:{held_port}"))],
-                            env=clean_env(WSRELAY_MAILBOX_CAPACITY="none"), cwd=str(REPO),
-                            capture_output=True, text=True, timeout=60)
+    result = run_to_exit([WSRELAY, "serve", write_app(tmp_path, f"127.0.0.1:{held_port}")],
+                         env={"WSRELAY_MAILBOX_CAPACITY": "none"})
     _assert_refused(result, "WSRELAY_MAILBOX_CAPACITY")
 
 
@@ -199,3 +198,12 @@ async def test_valid_values_reach_the_running_server(tmp_path):
                 await asyncio.wait_for(ws.recv(), 10)
             assert ws.close_code == 1009
         assert await served.stopped(timeout=15) == 0, served.output()
+
+
+def test_a_misspelt_variable_is_named_with_the_closest_known_one(tmp_path):
+    app = tmp_path / "app.yaml"
+    app.write_text('version: "1.0"\nnamespace: t\nentries:\n  - {name: gw, kind: http.service, addr: ":0"}\n')
+    with ServerProcess([WSRELAY, "check", app], env={"WSRELAY_MAX_CONECTIONS": "5"}, ready=None) as checked:
+        assert checked.wait() == 0
+    warning = "unknown environment variable WSRELAY_MAX_CONECTIONS is ignored; did you mean WSRELAY_MAX_CONNECTIONS?"
+    assert any(warning in line for line in checked.stderr), checked.output()

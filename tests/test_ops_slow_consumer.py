@@ -1,4 +1,5 @@
-"""SPEC §5: a client that stops reading while its process keeps sending is
+"""Slow consumers (docs/configuration.md, `WSRELAY_WRITE_BUFFER_LIMIT`): a
+client that stops reading while its process keeps sending is
 closed with 1008 (reason ``slow_consumer``) once its unsent bytes pass
 WSRELAY_WRITE_BUFFER_LIMIT, instead of growing the gateway's memory; the
 target gets ws.leave with that reason, and other clients are unaffected."""
@@ -9,8 +10,8 @@ import asyncio
 
 import websockets
 
-from tests import ops_procs  # noqa: F401  (registers the ops:* process functions)
-from tests.support import expect, relay_app, running, scrape
+from tests.apps import relay_app, relay_handler
+from tests.harness import expect, running, scrape
 from tests.wsclient import BINARY, CLOSE, RawWebSocket
 from wsrelay import node, process
 
@@ -24,11 +25,11 @@ MAX_BEFORE_CLOSE = 16 << 20
 
 def _app(observer):
     def flood(req, res):
-        pid = process.spawn("ops:flooder", None, observer, CHUNK, FLOOD_CAP)
+        pid = process.spawn("relay:flooder", None, observer, CHUNK, FLOOD_CAP)
         res.header("X-WS-Relay", f'{{"target_pid": "{pid}"}}')
 
     def echo(req, res):
-        pid = process.spawn("ops:echo")
+        pid = process.spawn("relay:echo")
         res.header("X-WS-Relay", f'{{"target_pid": "{pid}"}}')
 
     app = relay_app(flood, path="/flood")
@@ -103,7 +104,7 @@ async def test_large_frames_queued_for_a_backed_up_client_arrive_intact():
     sizes = [65536 if i % 2 == 0 else 20000 + i for i in range(count)]
 
     def handler(req, res):
-        pid = process.spawn("ops:echo")
+        pid = process.spawn("relay:echo")
         res.header("X-WS-Relay", f'{{"target_pid": "{pid}"}}')
 
     async with running(relay_app(handler), write_buffer_limit=1 << 30) as gw:
@@ -134,3 +135,22 @@ async def test_large_frames_queued_for_a_backed_up_client_arrive_intact():
         client.send_close(1000)
         await client.expect_end(30)
         client.close()
+
+
+async def test_frames_queued_for_the_flush_count_toward_the_write_buffer_limit():
+    """Not only the transport's buffer counts: otherwise a process could
+    queue any amount in one loop iteration."""
+    async with running(relay_app(relay_handler("relay:recorder", process.self())),
+                       write_buffer_limit=64 << 10) as gw:
+        ws = await RawWebSocket.connect(gw, "/ws/chat")
+        await expect("ready")
+        client = (await expect("target"))[1]["client_pid"]
+        slow = node().counters.frames_dropped_slow_consumer
+        results = [process.send(client, "ws.send", {"type": "binary", "data": bytes(4096)}) for _ in range(100)]
+        # Queued until more than the limit waited, then refused.
+        assert results.index(False) <= (64 << 10) // 4096 + 1
+        assert not any(results[results.index(False):])
+        assert node().counters.frames_dropped_slow_consumer - slow == 1
+        frames, close = await ws.recv_until_close()
+        assert close is not None and close.close_code == 1008
+        assert len(frames) == results.index(False)

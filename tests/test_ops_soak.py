@@ -13,9 +13,8 @@ import time
 
 import pytest
 
-from tests.harness import RssSampler, ServerProcess, serve_command
-from tests.ops_support import write_app
-from tests.support import scrape
+from tests.apps import write_app
+from tests.harness import RssSampler, ServerProcess, scrape, serve_command
 from tests.wsclient import CLOSE, TEXT, build_request, close_payload, encode_frame, http_request
 
 CYCLES = int(os.environ.get("WSRELAY_SOAK_CYCLES", "100000"))

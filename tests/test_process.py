@@ -1,16 +1,21 @@
-"""The process runtime, row by row of SPEC §3."""
+"""The process runtime, behaviour by behaviour of docs/guide.md section 9,
+"Processes"."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import resource
 
 import pytest
+import uvloop
 
 import wsrelay
-from tests import procs  # noqa: F401  (registers the process functions)
+from tests.fake_transport import FakeTransport, joined_node
+from tests.harness import expect
 from wsrelay import EXIT, LINK_DOWN, MailboxFull, NoTransport, Pid, process
+from wsrelay._core.runtime import _runtime_log
 
 
 async def receive(topic: str | None = None, timeout: float = 5.0):
@@ -486,19 +491,9 @@ async def test_send_to_another_node_goes_to_the_transport():
     remote = Pid("app:processes", 5, "node2")
     with pytest.raises(NoTransport, match="node2"):
         process.send(remote, "hello")
-    sent = []
-
-    class Transport:
-        def send(self, pid, topic, payload, sender):
-            sent.append((pid, topic, payload, sender))
-            return True
-
-    wsrelay.set_transport(Transport())
-    try:
+    with joined_node(transport=FakeTransport(up={"node2": 0})) as (_, fake):
         assert process.send(str(remote), "hello", 1) is True
-    finally:
-        wsrelay.set_transport(None)
-    assert sent == [(remote, "hello", 1, process.self())]
+        assert fake.sent == [(remote, "hello", 1, process.self())]
 
 
 # -- resources -----------------------------------------------------------------------
@@ -531,3 +526,78 @@ async def test_100k_spawn_exit_cycles_leave_table_and_memory_where_they_were():
     assert node.process_count() == table_before == 1
     growth = _rss_kib() - rss_before
     assert growth < 2048, f"RSS grew by {growth} KiB over 100k spawn/exit cycles"
+
+
+# -- failures while telling of an exit; refusals counted ------------------------------------------
+
+
+def test_an_error_while_signalling_one_monitor_does_not_stop_the_exit_cascade(caplog):
+    """A monitor whose loop was closed under it cannot be woken (its loop
+    refuses the callback). That error must not end the exit cascade, or the
+    monitors and links after it would never hear of the exit: it is logged,
+    counted, and the cascade goes on."""
+    caplog.set_level(logging.ERROR, logger="wsrelay.runtime")
+    main, doomed = uvloop.new_event_loop(), uvloop.new_event_loop()
+    errors = wsrelay.node().counters.runtime_errors
+
+    async def start():
+        target = process.spawn("test:sleeper")
+        linked = process.spawn("test:link_sleeper", None, process.self(), target)
+        assert await expect("ready") == linked
+        watcher = process.spawn("test:waiting", None, target)
+        await asyncio.sleep(0)  # it starts and monitors
+        process.monitor(target)
+        return target, linked, watcher
+
+    async def orphan(target):
+        pid = process.spawn("test:waiting", None, target)
+        await asyncio.sleep(0)  # it monitors the target and waits on this loop
+        return pid
+
+    async def end(target, linked, watcher):
+        process.monitor(linked)
+        process.monitor(watcher)
+        process.terminate(target, "ended")
+        events = {}
+        for _ in range(3):
+            msg = await process.inbox().receive(timeout=5)
+            events[msg.payload["pid"]] = msg.payload["reason"]
+        return events
+
+    try:
+        target, linked, watcher = main.run_until_complete(start())
+        stranded = doomed.run_until_complete(orphan(target))
+        doomed.close()
+        events = main.run_until_complete(end(target, linked, watcher))
+        # The test's own monitor, the watcher's (it got EXIT and returned)
+        # and the link (it killed the linked process) all went through.
+        assert events == {target: "ended", linked: "ended", watcher: "normal"}
+        assert wsrelay.node().counters.runtime_errors - errors == 1
+        assert any("runtime error while telling" in r.getMessage() for r in caplog.records)
+    finally:
+        async def strand_ends():
+            process.terminate(stranded)
+            assert not process.is_alive(stranded)
+
+        main.run_until_complete(strand_ends())
+        main.run_until_complete(main.shutdown_asyncgens())
+        main.close()
+
+
+async def test_refused_sends_are_counted_each_and_logged_at_most_once_a_second(caplog):
+    """Not a WARNING for every refused send: that would flood the log."""
+    caplog.set_level(logging.WARNING, logger="wsrelay.runtime")
+    # An earlier test's refusal within the last second would hold this
+    # test's first line back: the interval starts afresh here.
+    _runtime_log().forget()
+    sleeper = process.spawn("test:sleeper")
+    for n in range(wsrelay.node().mailbox_capacity):
+        process.send(sleeper, "fill", n)
+    refused = wsrelay.node().counters.mailbox_full
+    for n in range(1000):
+        with pytest.raises(wsrelay.MailboxFull):
+            process.send(sleeper, "more", n)
+    assert wsrelay.node().counters.mailbox_full - refused == 1000
+    lines = [r for r in caplog.records if "is full" in r.getMessage()]
+    assert 1 <= len(lines) <= 2, [r.getMessage() for r in lines]
+    process.terminate(sleeper)

@@ -1,4 +1,5 @@
-"""The websocket_relay middleware at the handshake (SPEC §4.1, §4.2), over real
+"""The websocket_relay middleware at the handshake (docs/guide.md sections 3,
+7 and 8), over real
 sockets against a running gateway: origins, the handler's response, the
 X-WS-Relay header and every way it can be wrong, and invalid upgrades."""
 
@@ -12,8 +13,9 @@ from typing import Any, Callable, Optional
 import pytest
 
 import wsrelay
-from tests import procs, relay_procs  # noqa: F401  (process functions)
-from tests.support import expect, relay_app, running
+from tests.apps import relay_app, relay_handler
+from tests.harness import expect, running
+from tests.procs import relay_to
 from tests.wsclient import HandshakeRefused, RawWebSocket, http_request
 from wsrelay import process
 
@@ -73,7 +75,7 @@ async def refused(gw: Any, headers: Any = None, path: str = PATH, **kw: Any) -> 
     return info.value.response
 
 
-# -- §4.1 origins -----------------------------------------------------------------------
+# -- origins (guide section 7) -------------------------------------------------------------------------------
 
 ORIGIN_CASES = [
     # (configured patterns, Origin, allowed)
@@ -180,7 +182,7 @@ async def test_rejected_origin_is_refused_before_the_handler_and_before_any_spaw
         assert handler.calls == []
 
 
-# -- §4.2 the handler's answer -------------------------------------------------------------
+# -- the handler's answer (guide section 3, "The X-WS-Relay header") -----------------------------------------
 
 
 async def test_no_relay_header_sends_the_handlers_own_response():
@@ -350,7 +352,7 @@ async def test_handler_may_relay_to_a_process_it_did_not_spawn():
     def handler(req: Any, res: Any) -> None:
         target = process.spawn("relay:recorder", None, observer)
         spawned.append(target)
-        res.header("X-WS-Relay", json.dumps({"target_pid": str(target)}))
+        relay_to(res, target)
 
     async with running(relay_app(handler)) as gw:
         ws = await RawWebSocket.connect(gw, PATH)
@@ -483,3 +485,16 @@ async def test_upgrade_header_listing_websocket_among_others_upgrades_or_refuses
         assert (await expect("target"))[0] == "ws.leave"
         assert not process.is_alive(target)
         assert count() == before
+
+
+@pytest.mark.parametrize("prefix, path", [("/", "/chat"), ("", "/chat"), ("/ws/", "/ws/chat")])
+async def test_a_router_prefix_of_slash_is_the_root(prefix, path):
+    app = wsrelay.App("test")
+    app.service("gateway", "127.0.0.1:0")
+    router = app.router("root", "gateway", prefix, post_middleware=["websocket_relay"])
+    router.endpoint("GET", "/chat", relay_handler("relay:recorder", process.self()))
+    async with running(app) as gw:
+        ws = await RawWebSocket.connect(gw, path)
+        await expect("ready")
+        assert (await expect("target"))[0] == "ws.join"
+        await ws.close_handshake()

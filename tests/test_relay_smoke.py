@@ -3,14 +3,14 @@ echoing through ws.send."""
 
 import websockets
 
-from tests import procs  # noqa: F401
-from tests.support import relay_app, relay_handler, running
+from tests.apps import relay_app, relay_handler
+from tests.harness import running
 from wsrelay import process
 
 
 async def test_message_reaches_the_target_and_the_reply_reaches_the_client():
     observer = process.self()
-    app = relay_app(relay_handler("test:ws_echo", observer, metadata={"user": "bob"}))
+    app = relay_app(relay_handler("relay:tagged_echo", observer, metadata={"user": "bob"}))
     async with running(app) as gw:
         async with websockets.connect(gw.url("/ws/chat")) as ws:
             join = await process.inbox().receive(timeout=5)

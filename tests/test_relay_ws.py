@@ -1,4 +1,4 @@
-"""A relay connection over real sockets (SPEC §4.3 - §4.5): what the target
+"""A relay connection over real sockets (docs/guide.md sections 3 and 4): what the target
 sees, what a connection accepts, the connection as a process, and every way a
 client can break the protocol. tests/wsclient.py sends the frames the
 ``websockets`` client will not."""
@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 from typing import Any, Optional
 
@@ -15,8 +14,9 @@ import pytest
 import websockets
 
 import wsrelay
-from tests import procs, relay_procs  # noqa: F401  (process functions)
-from tests.support import expect, relay_app, relay_handler, running
+from tests.apps import relay_app, relay_handler
+from tests.harness import expect, running
+from tests.procs import relay_to
 from tests.wsclient import (
     BINARY,
     CLOSE,
@@ -95,7 +95,7 @@ async def ended(s: Session, reason: str, code: Optional[int], target_gets_leave:
     assert not process.is_alive(s.client)
 
 
-# -- §4.3 what the target receives -------------------------------------------------------------
+# -- what the target receives (guide section 3, "Topics the target receives") --------------------------------
 
 
 async def test_join_message_and_leave_payloads():
@@ -302,28 +302,23 @@ async def test_client_close_mid_fragmented_message_relays_nothing():
         await ended(s, "client_closed", 1000)
 
 
-async def test_frames_after_the_clients_close_are_not_relayed():
+@pytest.mark.parametrize("end, after, reason, code", [
+    (encode_frame(CLOSE, close_payload(4000)), encode_frame(TEXT, b"after close"), "client_closed", 4000),
+    (encode_frame(TEXT, b"\xff"), encode_frame(TEXT, b"after the error") + encode_frame(BINARY, b"and this"),
+     "protocol_error", 1007),
+], ids=["the_clients_close", "a_protocol_error"])
+async def test_frames_after_the_end_of_the_connection_are_not_relayed(end: bytes, after: bytes, reason: str,
+                                                                      code: int):
+    """The frames the client sends after its close frame, or after a frame
+    that ends the connection with a protocol error, never reach the target."""
     async with running(app_for()) as gw:
         s = await connect(gw, monitor=True)
-        s.ws.send_raw(encode_frame(TEXT, b"before") + encode_frame(CLOSE, close_payload(4000))
-                      + encode_frame(TEXT, b"after close"))
+        s.ws.send_raw(encode_frame(TEXT, b"before") + end + after)
         assert (await from_target())[1]["data"] == "before"
-        assert (await s.ws.expect_close()).close_code == 4000
+        assert (await s.ws.expect_close()).close_code == code
         await s.ws.wait_eof()
         s.ws.abort()
-        await ended(s, "client_closed", 4000)
-
-
-async def test_frames_after_a_protocol_error_are_not_relayed():
-    async with running(app_for()) as gw:
-        s = await connect(gw, monitor=True)
-        s.ws.send_raw(encode_frame(TEXT, b"before") + encode_frame(TEXT, b"\xff")
-                      + encode_frame(TEXT, b"after the error") + encode_frame(BINARY, b"and this"))
-        assert (await from_target())[1]["data"] == "before"
-        assert (await s.ws.expect_close()).close_code == 1007
-        await s.ws.wait_eof()
-        s.ws.abort()
-        await ended(s, "protocol_error", 1007)
+        await ended(s, reason, code)
 
 
 async def test_server_closed_by_ws_close():
@@ -373,7 +368,7 @@ async def test_target_already_gone_when_the_upgrade_completes():
     def handler(req: Any, res: Any) -> None:
         pid = process.spawn("relay:recorder", None, observer)
         process.send(pid, "exit")
-        res.header("X-WS-Relay", json.dumps({"target_pid": str(pid)}))
+        relay_to(res, pid)
 
     async with running(relay_app(handler)) as gw:
         ws = await RawWebSocket.connect(gw, PATH)
@@ -391,7 +386,7 @@ async def test_shutdown_closes_with_1001_and_leave_shutdown():
         await ended(s, "shutdown", 1001)
 
 
-# -- §4.4 what a connection accepts ------------------------------------------------------------------
+# -- what a connection accepts (guide section 3, "Sending to the client") ------------------------------------
 
 
 SIZES = [0, 1, 125, 126, 8192, 8193, 65535, 65536, 300_000]
@@ -399,7 +394,8 @@ SIZES = [0, 1, 125, 126, 8192, 8193, 65535, 65536, 300_000]
 
 async def test_ws_send_text_and_binary_of_every_size():
     # All of it is queued before the first flush, and queued output counts
-    # toward the write-buffer limit (SPEC §6): give it room.
+    # toward the write-buffer limit (docs/configuration.md,
+    # `WSRELAY_WRITE_BUFFER_LIMIT`): give it room.
     async with running(app_for(), write_buffer_limit=8 << 20) as gw:
         s = await connect(gw)
         for size in SIZES:
@@ -537,17 +533,17 @@ async def test_ws_send_and_ws_close_from_another_process():
     observer = process.self()
     async with running(app_for()) as gw:
         s = await connect(gw, monitor=True)
-        process.spawn("relay:try_send", None, observer, s.client, "ws.send", {"type": "binary", "data": b"hi"})
+        process.spawn("test:try_send", None, observer, s.client, "ws.send", {"type": "binary", "data": b"hi"})
         assert await expect("tried") == ("sent", True)
         assert await s.ws.recv_binary() == b"hi"
         # A malformed one raises ValueError inside the sending process.
-        process.spawn("relay:try_send", None, observer, s.client, "ws.send", {"type": "text", "data": b"hi"})
+        process.spawn("test:try_send", None, observer, s.client, "ws.send", {"type": "text", "data": b"hi"})
         outcome, kind, text = await expect("tried")
         assert (outcome, kind) == ("raised", "ValueError") and "str" in text
-        process.spawn("relay:try_send", None, observer, str(s.client), "ws.close", {"code": 1006})
+        process.spawn("test:try_send", None, observer, str(s.client), "ws.close", {"code": 1006})
         outcome, kind, text = await expect("tried")
         assert (outcome, kind) == ("raised", "ValueError") and "1006" in text
-        process.spawn("relay:try_send", None, observer, s.client, "ws.close", {"code": 1001, "reason": "bye"})
+        process.spawn("test:try_send", None, observer, s.client, "ws.close", {"code": 1001, "reason": "bye"})
         assert await expect("tried") == ("sent", True)
         close = await s.ws.answer_close()
         assert (close.close_code, close.close_reason) == (1001, b"bye")
@@ -691,7 +687,8 @@ async def test_transfer_to_a_dead_target_changes_nothing_and_is_logged(caplog):
             s.ws.send_text("where am I")
             assert await from_target() == ("ws.message", {"client_pid": s.client, "type": "text",
                                                           "data": "where am I", "metadata": {"room": 1}}, s.client)
-        # Logged, at most one line a second (SPEC §6): the first one at least.
+        # Logged, at most one line a second (docs/guide.md section 9, "A full
+        # mailbox"): the first one at least.
         assert any("not alive" in r.getMessage() and str(s.client) in r.getMessage()
                    for r in caplog.records), [r.getMessage() for r in caplog.records]
         # The first target is still the one watched.
@@ -700,23 +697,33 @@ async def test_transfer_to_a_dead_target_changes_nothing_and_is_logged(caplog):
         await ended(s, "target_exited", 1011, target_gets_leave=False)
 
 
-# -- §4.5 the connection as a process ----------------------------------------------------------------
+# -- the connection as a process (guide section 4) -----------------------------------------------------------
+
+
+async def linked_client(gw: Any) -> tuple[RawWebSocket, Pid]:
+    """A client of a relay:linker target, and the target (linked to the
+    client's connection, monitored by the test)."""
+    ws = await RawWebSocket.connect(gw, PATH)
+    linked = await expect("linked")
+    process.monitor(linked)
+    return ws, linked
+
+
+async def client_goes(ws: RawWebSocket, end: str, code: int) -> str:
+    """The client goes, by a close handshake with ``code`` (``end`` "close")
+    or a TCP abort ("abort"); the reason its connection ends with."""
+    if end == "close":
+        await ws.close_handshake(code)
+        return "client_closed"
+    ws.abort()
+    return "connection_lost"
 
 
 @pytest.mark.parametrize("end", ["close", "abort"])
 async def test_linked_handler_process_is_terminated_when_the_client_goes(end):
-    observer = process.self()
-    app = relay_app(relay_handler("relay:linker", observer, False))
-    async with running(app) as gw:
-        ws = await RawWebSocket.connect(gw, PATH)
-        linked = await expect("linked")
-        process.monitor(linked)
-        if end == "close":
-            await ws.close_handshake(1000)
-            reason = "client_closed"
-        else:
-            ws.abort()
-            reason = "connection_lost"
+    async with running(relay_app(relay_handler("relay:linker", process.self(), False))) as gw:
+        ws, linked = await linked_client(gw)
+        reason = await client_goes(ws, end, 1000)
         exit_event = await expect(wsrelay.EXIT)
         assert exit_event["pid"] == linked
         assert exit_event["reason"] == reason
@@ -725,18 +732,10 @@ async def test_linked_handler_process_is_terminated_when_the_client_goes(end):
 
 @pytest.mark.parametrize("end", ["close", "abort"])
 async def test_linked_process_that_traps_exits_gets_link_down(end):
-    observer = process.self()
-    app = relay_app(relay_handler("relay:linker", observer, True))
-    async with running(app) as gw:
-        ws = await RawWebSocket.connect(gw, PATH)
-        linked = await expect("linked")
-        process.monitor(linked)
-        if end == "close":
-            await ws.close_handshake(4000)
-            reason, code = "client_closed", 4000
-        else:
-            ws.abort()
-            reason, code = "connection_lost", None
+    async with running(relay_app(relay_handler("relay:linker", process.self(), True))) as gw:
+        ws, linked = await linked_client(gw)
+        reason = await client_goes(ws, end, 4000)
+        code = 4000 if end == "close" else None
         leave = await expect("leave")
         assert (leave["reason"], leave["code"]) == (reason, code)
         topic, event = await expect("event")
@@ -750,7 +749,7 @@ async def test_linked_process_that_traps_exits_gets_link_down(end):
 async def test_a_crashing_linked_process_closes_the_client_with_1011():
     async with running(app_for()) as gw:
         s = await connect(gw, monitor=True)
-        other = process.spawn("relay:link_crash", None, process.self(), s.client)
+        other = process.spawn("test:link_crash", None, process.self(), s.client)
         assert await expect("linked") == other
         process.send(other, "crash")
         close = await s.ws.answer_close()
@@ -992,3 +991,20 @@ async def test_active_client_is_not_pinged():
         await s.ws.close_handshake()
         while (await from_target())[0] != "ws.leave":
             pass
+
+
+async def test_ws_control_takes_what_the_header_takes():
+    """One parser for the relay settings: ``metadata: null`` is {} in
+    X-WS-Relay and in ws.control alike."""
+    app = relay_app(relay_handler("relay:recorder", process.self(), metadata=None))
+    async with running(app) as gw:
+        ws = await RawWebSocket.connect(gw, PATH)
+        await expect("ready")
+        join = (await expect("target"))[1]
+        assert join["metadata"] == {}
+        client = join["client_pid"]
+        assert process.send(client, "ws.control", {"metadata": {"room": 1}}) is True
+        assert process.send(client, "ws.control", {"metadata": None}) is True
+        ws.send_text("hi")
+        assert (await expect("target"))[1]["metadata"] == {}
+        await ws.close_handshake()

@@ -6,10 +6,13 @@ from typing import Any, Callable, TypeVar
 
 from . import process
 from . import relay as relay  # registers the websocket_relay middleware
+from . import threads as threads  # calls from other threads (docs/guide.md, "One thread")
 from ._core.group import Group
 from ._core.message import Message
 from ._core.pid import Pid
-from ._core.runtime import EXIT, LINK_DOWN, Inbox, Node, node, set_node_factory
+from ._core.remote import join_cluster
+from ._core.runtime import Inbox, Node, node, set_node_factory
+from ._core.vocab import EXIT, LINK_DOWN
 from .app import App
 from .cli import run
 from .errors import (
@@ -53,11 +56,6 @@ def register(id: str) -> Callable[[F], F]:
     return decorate
 
 
-def set_transport(transport: Any) -> None:
-    """Route sends to other nodes' PIDs through ``transport`` (cluster seam)."""
-    node().set_transport(transport)
-
-
 __all__ = [
     "App",
     "Gateway",
@@ -78,9 +76,9 @@ __all__ = [
     "RelaySettingsError",
     "SettingsError",
     "WrongThread",
+    "join_cluster",
     "node",
     "process",
     "register",
     "run",
-    "set_transport",
 ]

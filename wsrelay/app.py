@@ -9,6 +9,7 @@ Ids are ``namespace:name``: the entry ``handler`` of namespace ``app.ws`` is
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Any, Callable, Optional
 
 from .errors import ConfigError
@@ -41,6 +42,26 @@ def parse_addr(addr: str) -> tuple[str, int]:
     return (host or "0.0.0.0", port)
 
 
+def _name(func: Any) -> str:
+    return f"{getattr(func, '__module__', '?')}:{getattr(func, '__qualname__', repr(func))}"
+
+
+def _check_handler(func: Any, where: str) -> None:
+    """Refuse at start a handler that cannot be called as ``func(req, res)``,
+    rather than answer 500 to every request. ``async def`` handlers pass."""
+    try:
+        signature = inspect.signature(func)
+    except (TypeError, ValueError):
+        # Python cannot read the signature (some builtins and C callables):
+        # such a handler is tried when a request comes.
+        return
+    try:
+        signature.bind(None, None)
+    except TypeError as exc:
+        raise ConfigError(f"{_name(func)}{signature} cannot be called as func(req, res): {exc}",
+                          where, "func") from None
+
+
 @dataclasses.dataclass
 class Endpoint:
     id: str
@@ -71,6 +92,7 @@ class Router:
             raise ConfigError(f"path {path!r} must start with '/'", where, "path")
         if not callable(func):
             raise ConfigError(f"{func!r} is not callable", where, "func")
+        _check_handler(func, where)
         endpoint = Endpoint(where, method, path, func)
         self.endpoints.append(endpoint)
         return endpoint
@@ -151,10 +173,25 @@ class App:
         """Register ``func`` (``async def``) as process function ``id``."""
         self.functions[qualify(self.namespace, id)] = func
 
+    def check(self) -> None:
+        """Refuse what only the whole app shows: an endpoint whose func is
+        one of the app's process functions (``async def room(*args)`` can be
+        called with two arguments, but it is not a handler)."""
+        processes = {id(func): fid for fid, func in self.functions.items()}
+        for router in self.routers.values():
+            for endpoint in router.endpoints:
+                fid = processes.get(id(endpoint.func))
+                if fid is not None:
+                    raise ConfigError(
+                        f"{_name(endpoint.func)} is the process function {fid!r}, not a handler: an endpoint's "
+                        f"func is called as func(req, res) for each request, and may spawn {fid!r}",
+                        endpoint.id, "func")
+
     def install(self) -> None:
         """Declare this app's hosts and functions on the node."""
         from ._core.runtime import node
 
+        self.check()
         n = node()
         for host in self.hosts:
             n.add_host(host)

@@ -22,7 +22,8 @@ from typing import Optional, Sequence
 
 import uvloop
 
-from .errors import ConfigError, SettingsError
+from ._core.vocab import SHUTDOWN
+from .errors import ClusterError, ConfigError, SettingsError
 
 log = logging.getLogger("wsrelay")
 
@@ -132,31 +133,33 @@ async def _serve(app, addr: Optional[str], worker: Optional[int] = None) -> int:
     from .gateway import Gateway
     from .settings import settings
 
-    cluster = None
+    transport = None
     if settings().cluster_url:
         try:
-            cluster = await _join_cluster(settings())
+            transport = await _start_transport(settings())
         except _ClusterStartError as exc:
             print(f"wsrelay: {exc}", file=sys.stderr)
             return exc.status
-    if cluster is not None:
-        _attach_core(cluster)
+    if transport is not None:
+        from ._core.remote import join_cluster
+
+        join_cluster(transport)
         if settings().gc_threshold > 0:
             # The cluster's modules (nats-py...) were imported just now:
             # exempt them from collection too, as tune_gc did the rest.
             gc.freeze()
-    gateway = Gateway(app, addr=addr, reuse_port=worker is not None, cluster=cluster)
-    if cluster is not None:
+    gateway = Gateway(app, addr=addr, reuse_port=worker is not None, transport=transport)
+    if transport is not None:
         from .metrics import render
 
         # What this node answers when another one gathers the machine's metrics.
-        cluster.metrics = lambda: render(gateway)[0]
+        transport.metrics = lambda: render(gateway)[0]
     try:
         await gateway.start()
     except OSError as exc:
         log.error("cannot listen: %s", exc)
-        if cluster is not None:
-            await cluster.stop()
+        if transport is not None:
+            await transport.stop()
         return 1
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -169,21 +172,10 @@ async def _serve(app, addr: Optional[str], worker: Optional[int] = None) -> int:
     log.info("stopped (%s)", "drained" if drained else "drain timeout: remaining connections dropped")
     from ._core.runtime import node
 
-    node().terminate_all("shutdown")
-    if cluster is not None:
-        await cluster.stop()
+    node().terminate_all(SHUTDOWN)
+    if transport is not None:
+        await transport.stop()
     return 0
-
-
-def _attach_core(transport) -> None:
-    """Make this node a node of the cluster: its PIDs carry the transport's
-    incarnation, and what arrives goes to the core (wsrelay._core.remote)."""
-    from ._core.remote import Cluster
-    from ._core.runtime import node
-
-    core = Cluster(node(), transport, asyncio.get_running_loop())
-    node().join_cluster(core, transport.incarnation)
-    transport.attach(core)
 
 
 class _ClusterStartError(Exception):
@@ -192,10 +184,9 @@ class _ClusterStartError(Exception):
         self.status = status
 
 
-async def _join_cluster(settings):
+async def _start_transport(settings):
     """The started cluster transport of this node (WSRELAY_CLUSTER_*)."""
     try:
-        from .cluster.errors import ClusterError
         from .cluster.transport import Transport
     except ImportError as exc:
         raise _ClusterStartError(f"WSRELAY_CLUSTER_URL needs the cluster extra ({exc.name} is missing): "

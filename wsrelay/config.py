@@ -17,6 +17,7 @@ import yaml
 
 from .app import App, qualify
 from .errors import ConfigError
+from .settings import did_you_mean
 
 SUPPORTED_VERSIONS = ("1.0",)
 
@@ -29,6 +30,7 @@ _KINDS: dict[str, tuple[set[str], set[str]]] = {
     "process.function": ({"func"}, {"meta"}),
 }
 _COMMON = {"name", "kind", "namespace"}
+_TOP_LEVEL = ("version", "namespace", "entries")
 # Entries are declared in this order, whatever their order in the file.
 _ORDER = ["http.service", "process.host", "http.router", "http.endpoint", "process.function"]
 
@@ -52,6 +54,9 @@ def load_app(path: str) -> App:
 def build_app(document: Any) -> App:
     if not isinstance(document, dict):
         raise ConfigError("the file must be a mapping with 'version', 'namespace' and 'entries'")
+    unknown = sorted(str(field) for field in set(document) - set(_TOP_LEVEL))
+    if unknown:
+        raise ConfigError(f"unknown top-level field {unknown[0]!r}{did_you_mean(unknown[0], _TOP_LEVEL)}")
     version = str(document.get("version", ""))
     if version not in SUPPORTED_VERSIONS:
         raise ConfigError(f"unsupported version {document.get('version')!r}; supported: {SUPPORTED_VERSIONS}")
@@ -61,9 +66,6 @@ def build_app(document: Any) -> App:
     entries = document.get("entries")
     if not isinstance(entries, list):
         raise ConfigError("'entries' must be a list")
-    unknown = set(document) - {"version", "namespace", "entries"}
-    if unknown:
-        raise ConfigError(f"unknown top-level field(s) {sorted(unknown)}")
 
     app = App(namespace)
     checked = [_check_entry(i, entry, namespace) for i, entry in enumerate(entries)]
@@ -76,6 +78,7 @@ def build_app(document: Any) -> App:
         for eid, ns, entry in checked:
             if entry["kind"] == kind:
                 _declare(app, eid, ns, entry)
+    app.check()
     return app
 
 
@@ -91,14 +94,15 @@ def _check_entry(index: int, entry: Any, namespace: str) -> tuple[str, str, dict
     eid = f"{ns}:{name}"
     kind = entry.get("kind")
     if kind not in _KINDS:
-        raise ConfigError(f"unknown kind {kind!r}; known kinds: {sorted(_KINDS)}", eid, "kind")
+        raise ConfigError(f"unknown kind {kind!r}{did_you_mean(str(kind), sorted(_KINDS))}", eid, "kind")
     required, optional = _KINDS[kind]
     for field in sorted(required):
         if field not in entry:
             raise ConfigError(f"missing required field for kind {kind}", eid, field)
+    known = required | optional | _COMMON
     for field in entry:
-        if field not in required | optional | _COMMON:
-            raise ConfigError(f"unknown field for kind {kind}", eid, field)
+        if field not in known:
+            raise ConfigError(f"unknown field for kind {kind}{did_you_mean(str(field), sorted(known))}", eid, field)
     return eid, ns, entry
 
 

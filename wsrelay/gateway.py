@@ -12,10 +12,11 @@ from typing import Any, Optional
 
 import orjson
 import picows
-from picows import WSAutoPingStrategy, WSUpgradeResponseWithListener
-from picows.picows import WSProtocol
+from picows import WSUpgradeResponseWithListener
 
+from . import threads
 from ._core.handshake import Handshakes
+from ._core.picows_private import server_protocol_factory
 from ._core.relay import RelayListener, RelayService
 from ._core.runtime import node as get_node
 from ._core.runtime import terminate
@@ -54,22 +55,18 @@ class ServiceRuntime:
             ping_interval=s.ping_interval, ping_timeout=s.ping_timeout,
             compression=s.compression, compression_min_size=s.compression_min_size,
         )
-        self.handshakes = Handshakes(loop, functools.partial(
-            WSProtocol,
-            None, None, False,  # host:port and path (a client's), is_client_side
-            self.listener_factory,
-            _PICOWS_LOGGER,
-            True,  # disconnect_on_exception
-            s.handshake_timeout,
-            False, 20, 20, WSAutoPingStrategy.PING_WHEN_IDLE,  # auto-ping off: the relay's sweep pings
-            False,  # auto-pong off: the relay answers pings itself, after its RSV check
-            _max_frame_size(s),
-            None,  # extra headers (a client's)
-            s.read_buffer_size,
-        ), timeout=s.handshake_timeout, receive_buffer=s.socket_receive_buffer,
+        protocol_args = (_PICOWS_LOGGER, s.handshake_timeout, _max_frame_size(s), s.read_buffer_size)
+
+        def make_protocol(transport: asyncio.Transport) -> Any:
+            # The listener factory is this connection's own, so the request
+            # its handler sees knows the socket (req.client).
+            return server_protocol_factory(functools.partial(self.listener_factory, transport), *protocol_args)()
+
+        self.handshakes = Handshakes(
+            loop, make_protocol, timeout=s.handshake_timeout, receive_buffer=s.socket_receive_buffer,
             # In a cluster /metrics answers for every worker of the machine,
             # gathered over the bus: it has to wait, so the guard answers it.
-            routes=None if gateway.cluster is None else {b"/metrics": self.machine_metrics})
+            routes=None if gateway.transport is None else {b"/metrics": self.machine_metrics})
         # Longest prefix first, so /ws/admin wins over /ws.
         self.routers = sorted((_RouterRuntime(r, self) for r in routers),
                               key=lambda rt: len(rt.router.prefix), reverse=True)
@@ -92,9 +89,9 @@ class ServiceRuntime:
 
     # -- the request path ----------------------------------------------------------
 
-    def listener_factory(self, upgrade_request: Any) -> Any:
+    def listener_factory(self, transport: asyncio.Transport, upgrade_request: Any) -> Any:
         try:
-            req = Request.from_upgrade_request(upgrade_request)
+            req = Request.from_upgrade_request(upgrade_request, transport)
         except Exception:
             log.exception("unreadable request")
             return WSUpgradeResponseWithListener(plain(400, "400 Bad Request").to_upgrade_response(), None)
@@ -173,11 +170,11 @@ class ServiceRuntime:
             "processes": get_node().process_count(),
             "node": self.gateway.settings.node_name,
         }
-        cluster = self.gateway.cluster
-        if cluster is not None:
-            body["node"] = cluster.node
-            body["incarnation"] = cluster.incarnation
-            body["peers"] = cluster.peers()
+        transport = self.gateway.transport
+        if transport is not None:
+            body["node"] = transport.node
+            body["incarnation"] = transport.incarnation
+            body["peers"] = transport.peers()
         res = Response().status(200 if self.accepting else 503)
         res.header("Content-Type", "application/json")
         return res.write(orjson.dumps(body))
@@ -192,7 +189,7 @@ class ServiceRuntime:
         body, content_type = render(self.gateway)
         if "local=1" in query.split("&"):
             return 200, content_type, body
-        bodies = await self.gateway.cluster.gather_metrics(timeout=1.5)
+        bodies = await self.gateway.transport.gather_metrics(timeout=1.5)
         return 200, content_type, merge_expositions(bodies)
 
     def metrics(self) -> Response:
@@ -206,13 +203,14 @@ class Gateway:
     """Runs an App: ``await gateway.start()``, then ``await gateway.shutdown()``."""
 
     def __init__(self, app: App, settings: Optional[Settings] = None, addr: Optional[str] = None, *,
-                 reuse_port: bool = False, cluster: Any = None) -> None:
+                 reuse_port: bool = False, transport: Any = None) -> None:
         self.app = app
         # A worker under a supervisor shares the service's port with the other
         # workers (SO_REUSEPORT): the kernel spreads connections over them.
         self.reuse_port = reuse_port
-        # The cluster transport (wsrelay.cluster.transport.Transport), if any.
-        self.cluster = cluster
+        # The cluster's transport (wsrelay.cluster.transport.Transport) when
+        # this node is in one; the core's side of it is get_node().remote.
+        self.transport = transport
         self.settings = settings or current_settings()
         self.addr_override = addr or self.settings.addr
         self.services: dict[str, ServiceRuntime] = {}
@@ -223,6 +221,7 @@ class Gateway:
         self.app.install()
         loop = asyncio.get_running_loop()
         get_node().bind_thread()
+        threads.attach()  # other threads reach the runtime through this loop
         _quiet_picows(logging.getLogger("wsrelay").getEffectiveLevel())
         for index, service in enumerate(self.app.services.values()):
             routers = [r for r in self.app.routers.values() if r.service == service.id]
@@ -234,8 +233,16 @@ class Gateway:
             host, port = parse_addr(addr)
             # Each socket starts with the handshake guard, which hands it to
             # picows once the request head is in (wsrelay._core.handshake).
-            rt.server = await loop.create_server(rt.handshakes.protocol, host, port, reuse_address=True,
-                                                 reuse_port=self.reuse_port, backlog=4096)
+            try:
+                rt.server = await loop.create_server(rt.handshakes.protocol, host, port, reuse_address=True,
+                                                     reuse_port=self.reuse_port, backlog=4096)
+            except OSError as exc:
+                # The resolver's and the kernel's errors do not say which
+                # address they are about ("Name or service not known").
+                shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+                error = OSError(f"{shown} ({service.id}): {exc}")
+                error.errno = exc.errno
+                raise error from exc
             rt.relay.start()
             self.services[service.id] = rt
             log.info("%s listening on %s", service.id, self.url("", service.id, scheme="http"))

@@ -8,30 +8,57 @@ framework for the rest.
 from __future__ import annotations
 
 from http import HTTPStatus
+from http.cookies import CookieError, SimpleCookie
 from typing import Any, Callable, Optional, Union
 from urllib.parse import parse_qs, unquote
 
+import orjson
 from multidict import CIMultiDict
 from picows import WSUpgradeResponse
+
+from ._core.pid import Pid
+from ._core.relayspec import RELAY_HEADER, parse_relay_header
 
 
 class Request:
     """An HTTP request as a handler sees it."""
 
-    __slots__ = ("method", "path", "query_string", "_headers", "_query")
+    __slots__ = ("method", "path", "query_string", "_headers", "_query", "_cookies", "_transport", "_client")
 
-    def __init__(self, method: str, path: str, query_string: str, headers: CIMultiDict) -> None:
+    def __init__(self, method: str, path: str, query_string: str, headers: CIMultiDict,
+                 transport: Any = None) -> None:
         self.method = method
         self.path = path
         self.query_string = query_string
         self._headers = headers
         self._query: Optional[dict[str, list[str]]] = None
+        self._cookies: Optional[dict[str, str]] = None
+        # The client's socket (an asyncio transport), asked for its address
+        # only by a handler that reads req.client.
+        self._transport = transport
+        self._client: Optional[tuple[str, int]] = None
 
     @classmethod
-    def from_upgrade_request(cls, request: Any) -> Request:
+    def from_upgrade_request(cls, request: Any, transport: Any = None) -> Request:
         raw = request.path.decode("latin-1")
         path, _, query = raw.partition("?")
-        return cls(request.method.decode("latin-1"), unquote(path), query, request.headers)
+        return cls(request.method.decode("latin-1"), unquote(path), query, request.headers, transport)
+
+    @property
+    def client(self) -> Optional[tuple[str, int]]:
+        """The peer's address, ``(host, port)``: the client's, or the
+        reverse proxy's in front of it. None for a request without a socket."""
+        if self._client is None and self._transport is not None:
+            peer = self._transport.get_extra_info("peername")
+            if peer:
+                self._client = (peer[0], peer[1])
+        return self._client
+
+    def cookie(self, name: str, default: Optional[str] = None) -> Optional[str]:
+        """The value of cookie ``name`` sent in the ``Cookie`` header(s)."""
+        if self._cookies is None:
+            self._cookies = _cookies(self._headers.getall("Cookie", ()))
+        return self._cookies.get(name, default)
 
     def query(self, name: str, default: Optional[str] = None) -> Optional[str]:
         """The first value of query parameter ``name``."""
@@ -47,6 +74,26 @@ class Request:
     @property
     def headers(self) -> CIMultiDict:
         return self._headers
+
+
+def _cookies(headers: Any) -> dict[str, str]:
+    """The cookies of ``Cookie`` header values, by name (the first of a name
+    wins: browsers send the most specific first). Each ``name=value`` pair
+    is read by the standard library on its own, so that one the standard
+    library refuses (another application's on the same domain, with a
+    character it does not allow) costs only itself; the separator ``;`` is
+    never part of a cookie's value."""
+    found: dict[str, str] = {}
+    for header in headers:
+        for pair in header.split(";"):
+            jar: SimpleCookie = SimpleCookie()
+            try:
+                jar.load(pair)
+            except CookieError:
+                continue  # not ours to read, as said above; the other pairs still are
+            for key, morsel in jar.items():
+                found.setdefault(key, morsel.value)
+    return found
 
 
 class Response:
@@ -75,11 +122,40 @@ class Response:
 
     def header(self, name: str, value: str) -> Response:
         """Set header ``name`` (replacing an earlier value)."""
-        if not isinstance(name, str) or not isinstance(value, str):
-            raise ValueError("header name and value must be str")
+        if not isinstance(name, str):
+            raise TypeError(f"a header name must be a str, got {type(name).__name__}")
+        if not isinstance(value, str):
+            raise TypeError(_not_a_str(name, value))
         if not name or any(c in name for c in " \t\r\n:") or "\r" in value or "\n" in value:
             raise ValueError(f"invalid header {name!r}: {value!r}")
         self.headers[name] = value
+        return self
+
+    def relay(self, target: Union[Pid, str], *, metadata: Optional[dict[str, Any]] = None,
+              message_topic: Optional[str] = None,
+              heartbeat_interval: Union[float, str, None] = None) -> Response:
+        """Relay this connection to process ``target`` (a Pid or its text
+        form): sets the ``X-WS-Relay`` header from Python values.
+        ``heartbeat_interval`` is seconds or a duration (``"30s"``). A value
+        of the wrong type raises TypeError, a bad one RelayHeaderError (a
+        ValueError), both here, naming the argument."""
+        _argument("target", target, (Pid, str), "a Pid or its text form")
+        fields: dict[str, Any] = {"target_pid": str(target)}
+        if metadata is not None:
+            fields["metadata"] = _argument("metadata", metadata, dict, "a dict")
+        if message_topic is not None:
+            fields["message_topic"] = _argument("message_topic", message_topic, str, "a str")
+        if heartbeat_interval is not None:
+            fields["heartbeat_interval"] = _argument("heartbeat_interval", heartbeat_interval, (int, float, str),
+                                                     "seconds (a float) or a duration like '30s'")
+        try:
+            raw = orjson.dumps(fields).decode()
+        except TypeError as exc:
+            raise TypeError(f"res.relay(): metadata must be JSON-serialisable: {exc}") from None
+        # The middleware reads the header again; reading it here makes a bad
+        # value fail at this call, in the handler's traceback.
+        parse_relay_header(raw)
+        self.headers[RELAY_HEADER] = raw
         return self
 
     def write(self, body: Union[str, bytes]) -> Response:
@@ -101,6 +177,23 @@ class Response:
         if response.body is not None and "Content-Type" not in self.headers:
             self.headers["Content-Type"] = "text/plain; charset=utf-8"
         return response
+
+
+def _argument(name: str, value: Any, types: Any, wanted: str) -> Any:
+    if isinstance(value, bool) or not isinstance(value, types):
+        raise TypeError(f"res.relay(): {name} must be {wanted}, got {type(value).__name__}")
+    return value
+
+
+def _not_a_str(name: str, value: Any) -> str:
+    """Why header ``name`` cannot take ``value``, and what to write instead."""
+    problem = f"header {name!r}: a header value must be a str, got {type(value).__name__}"
+    if name.lower() == RELAY_HEADER.lower():
+        return (f"{problem}: {RELAY_HEADER} holds a JSON object; use res.relay(pid) (docs/guide.md, "
+                f"'The X-WS-Relay header'), or json.dumps({{\"target_pid\": str(pid)}})")
+    if isinstance(value, Pid):
+        return f"{problem}: use str(pid)"
+    return problem
 
 
 def plain(status: int, text: str, headers: Optional[dict[str, str]] = None) -> Response:

@@ -53,14 +53,14 @@ class _GatewayCollector:
                                 value=sum(rt.handshakes.pending for rt in services))
         yield GaugeMetricFamily("wsrelay_processes_alive", "Live processes, connections and the system process",
                                 value=node().process_count())
-        cluster = getattr(self.gateway, "cluster", None)
-        if cluster is not None:
-            from .cluster.transport import COUNTERS as CLUSTER_COUNTERS
+        transport = getattr(self.gateway, "transport", None)
+        if transport is not None:
+            from .cluster.stats import COUNTERS as CLUSTER_COUNTERS
 
             for field, metric, doc in CLUSTER_COUNTERS:
-                yield CounterMetricFamily(metric, doc, value=getattr(cluster.counters, field))
+                yield CounterMetricFamily(metric, doc, value=getattr(transport.counters, field))
             peers = GaugeMetricFamily("wsrelay_cluster_peers", "Other nodes heard of, by state", labels=["state"])
-            states = Counter(cluster.peers().values())
+            states = Counter(transport.peers().values())
             for state in ("up", "joining", "down"):
                 peers.add_metric([state], states.get(state, 0))
             yield peers

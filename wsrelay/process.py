@@ -63,17 +63,14 @@ async def register_global(name: str, pid: Any = None) -> bool:
     from ._core.runtime import node
 
     target = self() if pid is None else (pid if isinstance(pid, Pid) else Pid.parse(pid))
-    cluster = node().remote
-    if cluster is None:
+    remote = node().remote
+    if remote is None:
         holder = whereis(name)
         if holder is not None and holder != target:
             return False
         register(name, target)
         return True
-    if not await cluster.transport.register_global(name, target):
-        return False
-    cluster.note_global(target)
-    return True
+    return await remote.register_global(name, target)
 
 
 def whereis_global(name: str) -> Optional[Pid]:
@@ -81,10 +78,10 @@ def whereis_global(name: str) -> Optional[Pid]:
     (kept current by a watch); the node-local name on a single node."""
     from ._core.runtime import node
 
-    cluster = node().remote
-    if cluster is None:
+    remote = node().remote
+    if remote is None:
         return whereis(name)
-    return cluster.transport.whereis_global(name)
+    return remote.whereis_global(name)
 
 
 class _Registry:

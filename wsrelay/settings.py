@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
-from typing import Callable, Mapping, Optional
+from typing import Callable, Iterable, Mapping, Optional
 
 from ._core.units import parse_duration, parse_size
 from .errors import SettingsError
@@ -53,19 +53,38 @@ class Settings:
     nats_server: str = "nats-server"
 
 
-def _int_in(low: int, high: int) -> Callable[[str], int]:
-    """A size/count parser accepting ``low`` to ``high``. The upper bounds keep
-    values the core stores in C integers or allocates per connection from
-    passing validation and failing later (an overflow at start, an allocation
-    failure on every connection)."""
+def _bounded(value: int, low: int, high: int) -> int:
+    # The upper bounds keep values the core stores in C integers or allocates
+    # per connection from passing validation and failing later (an overflow at
+    # start, an allocation failure on every connection).
+    if value < low:
+        raise ValueError(f"must be at least {low}")
+    if value > high:
+        raise ValueError(f"must be at most {high}")
+    return value
+
+
+def _size(low: int, high: int) -> Callable[[str], int]:
+    """A number of bytes, ``low`` to ``high`` (parse_size's units)."""
 
     def parse(text: str) -> int:
-        value = parse_size(text)
-        if value < low:
-            raise ValueError(f"must be at least {low}")
-        if value > high:
-            raise ValueError(f"must be at most {high}")
-        return value
+        _not_negative(text)
+        return _bounded(parse_size(text), low, high)
+
+    return parse
+
+
+def _count(low: int, high: int, things: str) -> Callable[[str], int]:
+    """A number of ``things`` (messages, connections...), ``low`` to
+    ``high``. The size syntax is accepted (``64K`` is 65536), but a refusal
+    speaks of a count, not of bytes."""
+
+    def parse(text: str) -> int:
+        try:
+            value = parse_size(text)
+        except ValueError:
+            raise ValueError(f"must be a whole number of {things}, from {low} to {high}") from None
+        return _bounded(value, low, high)
 
     return parse
 
@@ -73,21 +92,30 @@ def _int_in(low: int, high: int) -> Callable[[str], int]:
 _GiB = 1 << 30
 
 
-def _zero_or_at_least(low: int, high: int) -> Callable[[str], int]:
-    within = _int_in(low, high)
+def _zero_or_size(low: int, high: int) -> Callable[[str], int]:
+    within = _size(low, high)
 
     def parse(text: str) -> int:
+        _not_negative(text)
         return 0 if parse_size(text) == 0 else within(text)
 
     return parse
 
 
+def _not_negative(text: str) -> None:
+    # parse_duration and parse_size refuse "-5s" as a bad form ("use a
+    # number with a unit"); the problem is the sign.
+    if text.strip().startswith("-"):
+        raise ValueError("must not be negative")
+
+
 def _seconds(text: str) -> float:
+    _not_negative(text)
     return parse_duration(text)
 
 
 def _positive_seconds(text: str) -> float:
-    value = parse_duration(text)
+    value = _seconds(text)
     if value <= 0:
         raise ValueError("must be greater than 0")
     return value
@@ -110,7 +138,10 @@ def _level(text: str) -> str:
 def _node(text: str) -> str:
     from ._core.pid import Pid
 
-    Pid("check", 0, text)
+    try:
+        Pid("check", 0, text)
+    except ValueError:
+        raise ValueError("must be a node name, without '{', '}', '|', '@' or white space") from None
     return text
 
 
@@ -121,10 +152,20 @@ def _on_off(text: str) -> bool:
     return value == "on"
 
 
+_MAX_WORKERS = 1024
+
+
 def _workers(text: str) -> int:
     if text.strip().lower() == "auto":
         return os.cpu_count() or 1
-    return _int_in(1, 1024)(text)
+    try:
+        count = parse_size(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise ValueError(f"must be a positive integer (how many worker processes, at most {_MAX_WORKERS}) "
+                         f"or 'auto' (one per core)")
+    return _bounded(count, 1, _MAX_WORKERS)
 
 
 _CLUSTER_SCHEMES = ("nats", "tls", "ws", "wss")
@@ -178,23 +219,23 @@ def _shown(variable: str, raw: str) -> str:
 
 _VARIABLES: dict[str, tuple[str, Callable[[str], object]]] = {
     "WSRELAY_ADDR": ("addr", _addr),
-    "WSRELAY_MAX_MESSAGE_SIZE": ("max_message_size", _int_in(1, _GiB)),
-    "WSRELAY_MAILBOX_CAPACITY": ("mailbox_capacity", _int_in(1, 1 << 24)),
-    "WSRELAY_WRITE_BUFFER_LIMIT": ("write_buffer_limit", _int_in(1, _GiB)),
+    "WSRELAY_MAX_MESSAGE_SIZE": ("max_message_size", _size(1, _GiB)),
+    "WSRELAY_MAILBOX_CAPACITY": ("mailbox_capacity", _count(1, 1 << 24, "messages")),
+    "WSRELAY_WRITE_BUFFER_LIMIT": ("write_buffer_limit", _size(1, _GiB)),
     "WSRELAY_PING_INTERVAL": ("ping_interval", _seconds),
     "WSRELAY_PING_TIMEOUT": ("ping_timeout", _seconds),
     "WSRELAY_HANDSHAKE_TIMEOUT": ("handshake_timeout", _positive_seconds),
-    "WSRELAY_MAX_CONNECTIONS": ("max_connections", _int_in(0, 1 << 31)),
+    "WSRELAY_MAX_CONNECTIONS": ("max_connections", _count(0, 1 << 31, "connections")),
     "WSRELAY_DRAIN_TIMEOUT": ("drain_timeout", _seconds),
-    "WSRELAY_READ_BUFFER_SIZE": ("read_buffer_size", _int_in(2048, 64 << 20)),
-    "WSRELAY_SOCKET_RECEIVE_BUFFER": ("socket_receive_buffer", _zero_or_at_least(4096, 64 << 20)),
+    "WSRELAY_READ_BUFFER_SIZE": ("read_buffer_size", _size(2048, 64 << 20)),
+    "WSRELAY_SOCKET_RECEIVE_BUFFER": ("socket_receive_buffer", _zero_or_size(4096, 64 << 20)),
     "WSRELAY_LOG_LEVEL": ("log_level", _level),
     "WSRELAY_CLOSE_TIMEOUT": ("close_timeout", _positive_seconds),
     "WSRELAY_STALL_TIMEOUT": ("stall_timeout", _seconds),
     "WSRELAY_NODE": ("node_name", _node),
-    "WSRELAY_GC_THRESHOLD": ("gc_threshold", _int_in(0, 1 << 30)),
+    "WSRELAY_GC_THRESHOLD": ("gc_threshold", _count(0, 1 << 30, "allocations")),
     "WSRELAY_COMPRESSION": ("compression", _on_off),
-    "WSRELAY_COMPRESSION_MIN_SIZE": ("compression_min_size", _int_in(0, _GiB)),
+    "WSRELAY_COMPRESSION_MIN_SIZE": ("compression_min_size", _size(0, _GiB)),
     "WSRELAY_WORKERS": ("workers", _workers),
     "WSRELAY_CLUSTER_URL": ("cluster_url", _cluster_urls),
     "WSRELAY_CLUSTER_TOKEN": ("cluster_token", _token),
@@ -205,7 +246,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], object]]] = {
 
 VARIABLES = tuple(_VARIABLES)
 # Read by setup.py when the core is compiled, not by the gateway.
-BUILD_VARIABLES = ("WSRELAY_DEBUG_BUILD", "WSRELAY_ANNOTATE")
+BUILD_VARIABLES = ("WSRELAY_DEBUG_BUILD", "WSRELAY_ANNOTATE", "WSRELAY_BUILD_JOBS", "WSRELAY_SKIP_EXTENSIONS")
 
 
 def node_name(value: Settings) -> Optional[str]:
@@ -219,6 +260,15 @@ def node_name(value: Settings) -> Optional[str]:
     return re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname()) or "wsrelay"
 
 
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """The hint that follows "unknown ... NAME" in a message: the closest of
+    ``known`` (a typo), else the whole list. The environment's unknown
+    variables and the configuration file's unknown fields both use it."""
+    known = list(known)
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else f"; known: {', '.join(known)}"
+
+
 def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
     """A warning for each WSRELAY_* variable wsrelay does not know (a typo
     would otherwise be silently ignored), naming the closest known one."""
@@ -226,9 +276,7 @@ def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
     warnings = []
     for name in sorted(env):
         if name.startswith("WSRELAY_") and name not in _VARIABLES and name not in BUILD_VARIABLES:
-            close = difflib.get_close_matches(name, VARIABLES, n=1, cutoff=0.6)
-            hint = f"; did you mean {close[0]}?" if close else f"; known: {', '.join(VARIABLES)}"
-            warnings.append(f"unknown environment variable {name} is ignored{hint}")
+            warnings.append(f"unknown environment variable {name} is ignored{did_you_mean(name, VARIABLES)}")
     return warnings
 
 
@@ -246,16 +294,23 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         except ValueError as exc:
             raise SettingsError(variable, _shown(variable, raw), str(exc)) from None
     result = Settings(**values)  # type: ignore[arg-type]
+
+    def written(variable: str, seconds: float) -> str:
+        # A refusal quotes what the user wrote ("40s"), not the parsed 40.0.
+        raw = env.get(variable, "").strip()
+        return raw if raw else f"{seconds:g}s (the default)"
+
     if result.cluster_token is not None and result.cluster_creds is not None:
         raise SettingsError("WSRELAY_CLUSTER_CREDS", result.cluster_creds,
                             "cannot be combined with WSRELAY_CLUSTER_TOKEN: choose one")
     if result.ping_interval and result.ping_timeout > result.ping_interval:
         raise SettingsError(
-            "WSRELAY_PING_TIMEOUT", str(result.ping_timeout),
-            f"must not exceed WSRELAY_PING_INTERVAL ({result.ping_interval} s)",
+            "WSRELAY_PING_TIMEOUT", written("WSRELAY_PING_TIMEOUT", result.ping_timeout),
+            f"must not exceed WSRELAY_PING_INTERVAL={written('WSRELAY_PING_INTERVAL', result.ping_interval)}",
         )
     if result.ping_interval and not result.ping_timeout:
-        raise SettingsError("WSRELAY_PING_TIMEOUT", "0", "must be > 0 while WSRELAY_PING_INTERVAL is set")
+        raise SettingsError("WSRELAY_PING_TIMEOUT", written("WSRELAY_PING_TIMEOUT", result.ping_timeout),
+                            "must be > 0 while WSRELAY_PING_INTERVAL is set")
     return result
 
 

@@ -18,6 +18,8 @@ its CPU time (user+sys) and RSS from /proc/<pid>.
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import dataclasses
 import json
 import os
@@ -31,11 +33,13 @@ import time
 import urllib.request
 from typing import Any, Awaitable, Callable, Optional
 
+import uvloop
+
+from .. import procfs
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BENCH = ROOT / "bench"
 NODE_DIR = BENCH / "node"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
 def _python() -> str:
@@ -45,11 +49,6 @@ def _python() -> str:
 def run_server(main: Callable[[str, int], Awaitable[None]]) -> None:
     """The command line every peer server shares: ``--host``, ``--port``,
     then ``main(host, port)`` on uvloop until it returns or is interrupted."""
-    import argparse
-    import asyncio
-
-    import uvloop
-
     parser = argparse.ArgumentParser()
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
@@ -57,7 +56,7 @@ def run_server(main: Callable[[str, int], Awaitable[None]]) -> None:
     try:
         uvloop.run(main(args.host, args.port))
     except (KeyboardInterrupt, asyncio.CancelledError):
-        pass
+        return  # how the bench stops a peer server (SIGTERM, SIGINT): not an error
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,20 +170,8 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def proc_cpu_seconds(pid: int) -> float:
-    """user+sys CPU seconds of ``pid`` (its threads included), from /proc/<pid>/stat."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def proc_rss_bytes(pid: int) -> int:
-    with open(f"/proc/{pid}/statm") as f:
-        return int(f.read().split()[1]) * PAGE_SIZE
-
-
 class ServerError(RuntimeError):
-    pass
+    """A server under test did not start, or exited at start."""
 
 
 class RunningServer:
@@ -208,7 +195,7 @@ class RunningServer:
         self.proc = subprocess.Popen(argv, cwd=str(spec.root), env=full_env, stdout=self.log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL)
         try:
-            self._wait_ready(start_timeout)
+            self.wait_ready(start_timeout)
         except BaseException:
             self.stop()
             raise
@@ -221,7 +208,8 @@ class RunningServer:
     def url(self) -> str:
         return f"ws://{self.host}:{self.port}"
 
-    def _wait_ready(self, timeout: float) -> None:
+    def wait_ready(self, timeout: float) -> None:
+        """Return once the server accepts connections (a subclass may wait for more)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -234,10 +222,10 @@ class RunningServer:
         raise ServerError(f"{self.spec.name} did not listen on {self.host}:{self.port} within {timeout:.0f}s")
 
     def cpu_seconds(self) -> float:
-        return proc_cpu_seconds(self.pid)
+        return procfs.cpu_seconds(self.pid)
 
     def rss(self) -> int:
-        return proc_rss_bytes(self.pid)
+        return procfs.rss_bytes(self.pid)
 
     def health(self) -> Optional[dict[str, Any]]:
         if self.spec.health is None:

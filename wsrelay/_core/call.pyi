@@ -3,9 +3,6 @@ from typing import Any, Optional, Union
 from .pid import Pid
 from .runtime import Process
 
-NOPROC: str
-NOCONNECTION: str
-
 class Call(Process):
     """A call in flight: its waiter, an alias of the caller in the PID table."""
 

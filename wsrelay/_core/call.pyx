@@ -29,10 +29,7 @@ from .remote cimport RemoteProcess
 from .runtime cimport Node, Process, calling_process, check_topic, deliver_request
 
 from .errors import CallError, NoTransport
-from .runtime import REPLY
-
-NOPROC = "noproc"
-NOCONNECTION = "noconnection"
+from .vocab import NOCONNECTION, NOPROC, REPLY
 
 cdef object _get_running_loop = asyncio.get_running_loop
 
@@ -93,7 +90,7 @@ cdef class Call(Process):
             node.remove_monitor(self, callee)
         elif callee.monitored_by is not None:
             callee.monitored_by.discard(self)
-            (<RemoteProcess>callee).cluster.drop_proxy_if_idle(<RemoteProcess>callee)
+            node.remote.drop_proxy_if_idle(callee)
         if self.deadline is not None:
             self.deadline.discard(self)
             self.deadline = None
@@ -196,7 +193,7 @@ cdef Call _start(object dest, object topic, object payload, object timeout):
             callee.monitored_by = set()
         callee.monitored_by.add(c)
         try:
-            sent = (<RemoteProcess>callee).cluster.call(callee.pid, checked, payload, caller.pid, c.pid)
+            sent = node.remote.call(callee.pid, checked, payload, caller.pid, c.pid)
         except BaseException:
             c.end(True)
             raise

@@ -1,13 +1,13 @@
 from typing import Optional, Union
 
+from .errors import CorruptMessage as CorruptMessage
+from .errors import MessageTooBig as MessageTooBig
+
 EXTENSION: str
 COMPRESSION_LEVEL: int
 ZLIB_VERSION: str
 MIN_SERVER_WINDOW_BITS: int
 MAX_WINDOW_BITS: int
-
-class MessageTooBig(Exception): ...
-class CorruptMessage(Exception): ...
 
 class DeflateParams:
     @property

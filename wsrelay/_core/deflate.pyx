@@ -17,6 +17,8 @@ from libc.string cimport memset
 
 from .includes cimport zlib
 
+from .errors import CorruptMessage, MessageTooBig
+
 EXTENSION = "permessage-deflate"
 # zlib's level for outgoing messages: measured in docs/performance.md.
 COMPRESSION_LEVEL = 1
@@ -46,14 +48,6 @@ cdef Py_ssize_t _MIN_INFLATE_STEP = 4096
 # fragmented compressed message at the same time, more are freed on release.
 cdef Py_ssize_t _KEEP_INFLATERS = 8
 cdef int _MEM_LEVEL = 8
-
-
-class MessageTooBig(Exception):
-    """Inflating the message would exceed its size limit (close code 1009)."""
-
-
-class CorruptMessage(Exception):
-    """The compressed payload is not a valid DEFLATE stream."""
 
 
 # -- negotiation (RFC 7692 §7.1) ----------------------------------------------------

@@ -21,12 +21,12 @@ class MailboxFull(WsrelayError):
 
 
 class NoTransport(LookupError, WsrelayError):
-    """A PID names another node and no cluster transport is configured."""
+    """A PID names another node and this node has joined no cluster."""
 
     def __init__(self, pid):
         super().__init__(
-            f"{pid} belongs to node {getattr(pid, 'node', None)!r}, and no cluster transport "
-            f"is configured (see wsrelay.set_transport)"
+            f"{pid} belongs to node {getattr(pid, 'node', None)!r}, and this node is in no cluster "
+            f"(see wsrelay.join_cluster)"
         )
         self.pid = pid
 
@@ -43,6 +43,14 @@ class RelayHeaderError(RelaySettingsError):
 class WrongThread(RuntimeError, WsrelayError):
     """The runtime was called from a thread other than the one running the
     gateway's event loop."""
+
+
+class MessageTooBig(WsrelayError):
+    """Inflating a compressed message would exceed its size limit (close code 1009)."""
+
+
+class CorruptMessage(WsrelayError):
+    """A compressed payload is not a valid DEFLATE stream."""
 
 
 class CallError(WsrelayError):

@@ -35,7 +35,7 @@ from picows.picows cimport WSFrame
 from .deflate cimport Inflater, acquire_inflater, compress_buffer, inflate_buffer, release_inflater
 from .includes.capi cimport _PyBytes_Resize
 
-from .deflate import CorruptMessage, MessageTooBig
+from .errors import CorruptMessage, MessageTooBig
 
 cdef enum:
     # The buffer of a fragmented message starts at this, then grows by a

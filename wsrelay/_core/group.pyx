@@ -15,7 +15,7 @@ their connection ends or their node is lost.
 
 from .pid cimport Pid, to_pid
 from .relay cimport Connection
-from .remote cimport Cluster, RemoteProcess
+from .remote cimport RemoteProcess
 from .runtime cimport Node, Process, calling_process
 from .writer cimport FanOut, fan_out
 
@@ -53,12 +53,10 @@ cdef Process _member(Node node, object pid):
     parsed = to_pid(pid)
     if parsed.node == node.name or node.remote is None:
         return None
-    if not (<Cluster>node.remote).transport.is_up(parsed.node):
-        return None
-    return node.remote.process(parsed)
+    return node.remote.reachable(parsed)
 
 
-cdef int _broadcast(object connections, dict remote, object payload) except -1:
+cdef int _broadcast(Node node, object connections, dict remote, object payload) except -1:
     """Queue one frame, encoded once (and compressed once for the members
     that agreed to permessage-deflate), for each connection, and ship it once
     to each other node with members; how many it was queued or shipped for.
@@ -75,9 +73,8 @@ cdef int _broadcast(object connections, dict remote, object payload) except -1:
         frame = out.plain_frame(&size)
         if type(frame) is tuple:
             frame = b"".join(<tuple>frame)
-        transport = (<Cluster>calling_process("Group.send").node.remote).transport
         for node_name, members in remote.items():
-            if members.members and transport.frames(node_name, members.id_list(), frame):
+            if members.members and node.remote.ship_frames(node_name, members.id_list(), frame):
                 sent += len(members.members)
     return sent
 
@@ -135,12 +132,12 @@ cdef class Group:
             return True
         parsed = to_pid(pid)
         members = self.remote.get(parsed.node)
-        proxy = None if node.remote is None else (<Cluster>node.remote).proxies.get(parsed)
+        proxy = None if node.remote is None else node.remote.proxy_of(parsed)
         if members is None or proxy is None or proxy not in members.members:
             return False
         members.discard(proxy)
         (<RemoteProcess>proxy).groups.remove(members)
-        (<Cluster>node.remote).drop_proxy_if_idle(<RemoteProcess>proxy)
+        node.remote.drop_proxy_if_idle(proxy)
         return True
 
     def __len__(self):
@@ -170,8 +167,7 @@ cdef class Group:
     def send(self, payload):
         """Send a ``ws.send`` payload to every member, the frame built once;
         returns how many connections it was queued (or shipped) for."""
-        calling_process("Group.send")
-        return _broadcast(self.members, self.remote, payload)
+        return _broadcast(calling_process("Group.send").node, self.members, self.remote, payload)
 
 
 def broadcast(pids, payload):
@@ -194,8 +190,8 @@ def broadcast(pids, payload):
             members.members.add(proc)
         else:
             targets.append(proc)
-    sent = _broadcast(targets, remote, payload)
+    sent = _broadcast(node, targets, remote, payload)
     for members in remote.values():
         for proc in members.members:
-            (<Cluster>node.remote).drop_proxy_if_idle(<RemoteProcess>proc)
+            node.remote.drop_proxy_if_idle(proc)
     return sent

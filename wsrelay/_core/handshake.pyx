@@ -4,8 +4,8 @@ before picows sees it.
 
 A HandshakeGuard is the protocol of every accepted socket until the request
 head (request line, headers, blank line) is complete: then it hands the
-socket and the bytes read so far to a picows protocol, which upgrades or
-answers as usual. What the guard adds (SPEC §6):
+socket and the bytes read so far to a picows protocol (made by
+picows_private.server_protocol_factory), which upgrades or answers as usual. What the guard adds (SPEC §6):
 
 - a head over ``max_head`` bytes is answered ``431 Request Header Fields Too
   Large`` (picows alone would drop the socket without a word);
@@ -182,7 +182,7 @@ cdef class HandshakeGuard(_GuardBase, asyncio.BufferedProtocol):
                     self.owner.loop.create_task(self._answer(route, query.decode("latin-1")))
                     return
         data = memoryview(self.buffer)[:self.used]
-        protocol = self.owner.make_protocol()
+        protocol = self.owner.make_protocol(transport)
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
         while fed < self.used and not transport.is_closing():

@@ -12,3 +12,9 @@ cdef class Pid:
 cdef Pid make_pid(str node, str host, uint64_t ident)
 cdef Pid parse_pid(str text)
 cdef Pid to_pid(object value)
+
+
+cdef class PidCache:
+    cdef dict _pids
+    cpdef Pid get(self, object key)
+    cpdef Pid put(self, object key, Pid pid)

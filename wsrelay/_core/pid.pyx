@@ -137,3 +137,31 @@ cdef Pid to_pid(object value):
     if isinstance(value, Pid):
         return <Pid>value
     raise TypeError(f"expected a Pid or its text form, got {type(value).__name__}")
+
+
+cdef enum:
+    # Entries a PidCache holds before it starts again empty.
+    PID_CACHE_LIMIT = 65536
+
+
+cdef class PidCache:
+    """PIDs by what they were made from (text, bytes, a (host, id) pair),
+    so the few processes most traffic goes to are parsed once. Bounded: when
+    full it is emptied, which costs nothing per hit, unlike an LRU's upkeep."""
+
+    def __cinit__(self):
+        self._pids = {}
+
+    def __len__(self):
+        return len(self._pids)
+
+    cpdef Pid get(self, object key):
+        """The PID cached for ``key``, or None."""
+        return self._pids.get(key)
+
+    cpdef Pid put(self, object key, Pid pid):
+        """Cache ``pid`` for ``key``; returns it."""
+        if len(self._pids) >= PID_CACHE_LIMIT:
+            self._pids.clear()
+        self._pids[key] = pid
+        return pid

@@ -3,7 +3,7 @@ from picows.picows cimport WSListener, WSTransport, WSFrame
 from .frames cimport FrameReader, Problem
 from .mailbox cimport RoomWaiter
 from .runtime cimport Process, Node
-from .writer cimport Writer, Output
+from .writer cimport ConnState, Output, Writer
 
 
 cdef class RelayService:
@@ -31,8 +31,9 @@ cdef class Backpressure(RoomWaiter):
     # byte (FIN, RSV, opcode), a 4-byte length and the payload.
     cdef bytearray held
     cdef Py_ssize_t held_pos
-    # The target is still owed its ws.join.
+    # PAUSED only: the target is still owed its ws.join.
     cdef bint join_due
+    # A _resume is queued (set in PAUSED; it does nothing once out of PAUSED).
     cdef bint resume_scheduled
     # When the sweep last saw the target take a message, and how many it
     # had taken then.
@@ -58,13 +59,14 @@ cdef class Connection(Output):
     cdef FrameReader reader
     # Made on the first pause.
     cdef Backpressure bp
+    # The flags beside the state, and the states they mean something in, are
+    # listed at the top of relay.pyx.
     # The target has had ws.join (and so will get ws.leave).
     cdef bint joined
+    # The transport reads (what pause_reading/resume_reading last said).
     cdef bint reading
-    # No more client frames are acted on: the client's close frame arrived,
-    # or the connection was failed.
-    cdef bint input_done
     cdef object close_timer
+    # Set once, as closing begins: the reason of ws.leave and of the EXIT.
     cdef str leave_reason
     cdef object leave_code
     # Idle ping bookkeeping: frames seen, and what the last sweep saw.
@@ -81,6 +83,7 @@ cdef class Connection(Output):
     cdef Py_ssize_t unacked
     cdef unsigned long long credited
 
+    cdef int _enter(self, ConnState to) except -1
     cdef int connected(self, WSTransport transport) except -1
     cdef int disconnected(self) except -1
     cdef int on_frame(self, WSFrame frame) except -1
@@ -91,9 +94,10 @@ cdef class Connection(Output):
     cdef int set_reading(self, bint on) except -1
     cdef int replay(self) except -1
     cdef int begin_close(self, int code, bytes text, str reason) except -1
+    cdef int send_close(self, int code, bytes text) except -1
     cdef int fail(self, Problem problem) except -1
     cdef int wire_failed(self) except -1
-    cdef int stop_input(self) except -1
+    cdef int end_input(self) except -1
     cdef int sweep(self, double now) except -1
     cdef bint push_join(self) except -1
     cdef bint deliver_join(self) except -1

@@ -18,6 +18,12 @@ MESSAGE_TOO_BIG: str
 SLOW_CONSUMER: str
 TARGET_STALLED: str
 
+# The states of a connection's life, in order (its state_name is one).
+STATES: tuple[str, ...]
+
+def _legal_moves() -> dict[str, set[str]]: ...
+def _enter_for_test(conn: Connection, to: str) -> str: ...
+
 class RelayService:
     """What the connections of one gateway service share: limits, the
     Writer, the set of them, and the sweep (pings, stuck targets)."""
@@ -48,6 +54,7 @@ class Backpressure: ...
 class Connection(Output):
     """A client connection as a process (its life: relay.pyx)."""
 
+    # One of STATES.
     state_name: str
     @staticmethod
     def prepare(service: RelayService, spec: RelaySpec) -> Connection: ...

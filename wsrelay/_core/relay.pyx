@@ -8,19 +8,51 @@ target's mailbox; ``ws.send`` / ``ws.close`` / ``ws.control`` sent to the
 connection are handled inside the sender's ``process.send``, with no task
 switch. Output goes through the service's Writer (writer.pyx).
 
-The states (writer.pxd, ConnState) and what moves a connection between them::
+The states (writer.pxd, ConnState), in the order they are lived, and what
+moves a connection between them (LEGAL below is the same table)::
 
-    PREPARED --upgrade--> OPEN <--room (_resume)-- PAUSED
-                           |  --target full (pause)-->  |
-                           +-------------+--------------+
-                                         | begin_close: ws.close, target exit,
-                                         v stall, ping timeout, shutdown, terminate
-                                      CLOSING --socket gone (disconnected)--> CLOSED
+    PREPARED --upgrade (connected)--> OPEN <--room (_resume)-- PAUSED
+                                       |  --target full (pause)-->  |
+                                       +-------------+--------------+
+                                                     |
+        begin_close (our close frame first):         |  end_input (nothing the client sends
+        ws.close, target exit, stall, ping           |  counts any more): its close frame,
+        timeout, slow consumer, shutdown,            |  a frame we fail on (fail), or picows
+        terminate                                    |  failed the socket (wire_failed)
+                  +----------------------------------+---------------------+
+                  v                                                        v
+               CLOSING --its close frame (the answer), a frame we fail on--> DISCONNECTING
+                  |                                                        |
+                  | socket gone (disconnected): the close or ping          | socket gone
+                  | timeout, picows or the peer dropped it                 | (disconnected)
+                  +-------------------------> CLOSED <---------------------+
 
-One place stops reading for backpressure (``pause``), one resumes it
-(``_resume``), one starts closing (``begin_close``) and one ends the
-connection (``disconnected``; ``kill`` ends the process earlier, as a
-terminate must).
+``Connection._enter`` is the one place a state changes; it refuses (with
+RuntimeError) any move not in the table. One place stops reading for
+backpressure (``pause``), one resumes it (``_resume``), one starts closing
+with our close frame first (``begin_close``), one stops acting on what the
+client sends (``end_input``), and one ends the connection (``disconnected``;
+``kill`` ends the process earlier, as a terminate must). When
+``disconnected`` comes while still OPEN or PAUSED, the socket went without a
+close handshake of ours: picows failed it or the peer vanished, and
+``wire_failed`` moves it to DISCONNECTING first.
+
+The flags beside the state, and where they mean something:
+
+- ``joined`` (ws.join sent, ws.leave owed): OPEN always; PAUSED unless
+  ``bp.join_due``; CLOSING and DISCONNECTING unless the target exited or never
+  had room for ws.join; read at the process's end (``on_exit``).
+- ``bp.join_due`` (ws.join still owed): PAUSED only; ``_resume`` sends it.
+- ``bp.resume_scheduled`` (a ``_resume`` is queued): set in PAUSED only; the
+  queued ``_resume`` does nothing if the connection left PAUSED meanwhile.
+- ``reading`` (the transport reads; mirrors pause/resume_reading): on in OPEN
+  and CLOSING; off in PAUSED, but on again while a ping's pong is awaited
+  and fewer than HOLD_READ_LIMIT bytes are held.
+- ``awaiting_pong``: OPEN and PAUSED (the sweep skips every other state).
+- ``remote_target`` (the target is another node's): whenever ``target`` is
+  not None.
+- ``leave_reason`` / ``leave_code``: set once, as closing begins (OPEN or
+  PAUSED to CLOSING or DISCONNECTING); the reason of ws.leave and of the EXIT.
 
 Bounds (SPEC §6): a paused connection stops reading; frames picows had
 already read (and, while it waits for the pong of a ping, at most
@@ -34,18 +66,21 @@ import logging
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
 from libc.string cimport memcpy
 
-from picows.picows cimport MemoryBuffer, WSListener, WSTransport, WSFrame, WSCloseCode
+from picows.picows cimport WSListener, WSTransport, WSFrame, WSCloseCode
 
 from .frames cimport (RSV1, FrameReader, Problem, parse_close_payload, problem_code, problem_text,
                       valid_received_close_code)
 from .mailbox cimport RoomWaiter
 from .message cimport Message, new_message
+from .picows_private cimport release_upgrade, wire
 from .pid cimport Pid
 from .relayspec cimport RelaySpec, parse_control
-from .remote cimport Cluster, RemoteProcess
+from .remote cimport RemoteProcess
 from .runtime cimport Node, Process
 from .stats cimport Counters, LimitedLog
-from .writer cimport ConnState, Output, Writer
+from .writer cimport STATE_COUNT, ConnState, Output, Writer, relaying
+
+from .vocab import EXIT, NORMAL, SHUTDOWN
 
 # Why a connection ended (SPEC §4.3): the reason of its target's ws.leave,
 # and of its EXIT but for a terminate(), whose EXIT carries the given reason.
@@ -54,7 +89,6 @@ CONNECTION_LOST = "connection_lost"
 SERVER_CLOSED = "server_closed"
 TARGET_EXITED = "target_exited"
 TRANSFERRED = "transferred"
-SHUTDOWN = "shutdown"
 TIMEOUT = "timeout"
 PROTOCOL_ERROR = "protocol_error"
 MESSAGE_TOO_BIG = "message_too_big"
@@ -77,6 +111,34 @@ cdef enum:
     OP_PONG = 0xA
 
 cdef LimitedLog _log = LimitedLog("wsrelay.relay")
+
+# The states' names, in ConnState's order.
+STATES = ("prepared", "open", "paused", "closing", "disconnecting", "closed")
+
+# Where each state may go: bit n of an entry is ConnState n. The one table of
+# a connection's life (the diagram above draws it); Connection._enter checks
+# every move against it.
+cdef unsigned int LEGAL[STATE_COUNT]
+LEGAL[<int>ConnState.PREPARED] = 1 << ConnState.OPEN
+LEGAL[<int>ConnState.OPEN] = (1 << ConnState.PAUSED) | (1 << ConnState.CLOSING) | (1 << ConnState.DISCONNECTING)
+LEGAL[<int>ConnState.PAUSED] = (1 << ConnState.OPEN) | (1 << ConnState.CLOSING) | (1 << ConnState.DISCONNECTING)
+LEGAL[<int>ConnState.CLOSING] = (1 << ConnState.DISCONNECTING) | (1 << ConnState.CLOSED)
+LEGAL[<int>ConnState.DISCONNECTING] = 1 << ConnState.CLOSED
+LEGAL[<int>ConnState.CLOSED] = 0
+
+
+def _legal_moves():
+    """Test hook: LEGAL as {state: the states it may move to}, by name."""
+    return {STATES[a]: {STATES[b] for b in range(STATE_COUNT) if LEGAL[a] >> b & 1} for a in range(STATE_COUNT)}
+
+
+def _enter_for_test(Connection conn not None, str to not None):
+    """Test hook: move ``conn`` (one made by Connection.__new__, with no
+    socket) to the state named ``to`` through Connection._enter; the name of
+    the state it is in afterwards."""
+    cdef int index = STATES.index(to)
+    conn._enter(<ConnState>index)
+    return conn.state_name
 
 
 cdef class RelayService:
@@ -250,15 +312,26 @@ cdef class Connection(Output):
         conn.message_topic = spec.message_topic
         conn.metadata = spec.metadata
         conn.heartbeat_interval = spec.heartbeat_interval
-        conn.state = ConnState.PREPARED
         conn.remote_target = isinstance(target, RemoteProcess)
         return conn
 
     @property
     def state_name(self):
-        return ("prepared", "open", "paused", "closing", "closed")[<int>self.state]
+        return STATES[<int>self.state]
 
     # -- lifecycle -------------------------------------------------------------------
+
+    cdef int _enter(self, ConnState to) except -1:
+        """The one place a connection changes state, checked against LEGAL.
+        A move the table does not have is a bug here: it is refused, loudly
+        (RuntimeError, which picows, the loop or the sender logs), before
+        anything of it is done, rather than run the connection on in a state
+        its code did not plan for."""
+        if not LEGAL[<int>self.state] & (<unsigned int>1 << <int>to):
+            raise RuntimeError(f"{self!r}: no move from {STATES[<int>self.state]} to {STATES[<int>to]} "
+                               "in a connection's life")
+        self.state = to
+        return 0
 
     cdef int connected(self, WSTransport transport) except -1:
         cdef RelayService service = self.service
@@ -268,21 +341,16 @@ cdef class Connection(Output):
         node.attach(self, node.new_pid(service.host), False)
         node.counters.connections_opened += 1
         service.connections.add(self)
-        self.state = ConnState.OPEN
+        self._enter(ConnState.OPEN)
         self.reading = True
         self.started_at = self.loop.time()
         self.idle_since = self.started_at
-        # Per-connection memory (docs/performance.md): the upgrade request and
-        # response are not needed once upgraded, and frames are written from
-        # our own buffer, so picows' write buffer only ever holds control frames.
-        transport.request = None
-        transport.response = None
-        transport._write_buffer = MemoryBuffer(CONTROL_FRAME_BUFFER)
-        transport.underlying_transport.set_write_buffer_limits(
+        release_upgrade(transport, CONTROL_FRAME_BUFFER)
+        wire(transport).set_write_buffer_limits(
             high=service.writer.limit, low=service.writer.limit // 2)
         if not self.target.alive:
             # It ended between the handler and the upgrade.
-            normal = self.target.exit_reason == "normal"
+            normal = self.target.exit_reason == NORMAL
             self.target = None
             self.begin_close(1000 if normal else 1011, b"" if normal else b"target process failed",
                              TARGET_EXITED)
@@ -295,11 +363,11 @@ cdef class Connection(Output):
     cdef int disconnected(self) except -1:
         """The socket is gone: the one place a connection ends."""
         cdef Node node = self.service.node
-        if self.leave_reason is None:
+        if relaying(self.state):
             # picows itself failed the connection (a frame it could not parse)
             # or the peer vanished: the close frame it sent tells which.
             self.wire_failed()
-        self.state = ConnState.CLOSED
+        self._enter(ConnState.CLOSED)
         if self.reader is not None:
             self.reader.reset()
         if self.close_timer is not None:
@@ -367,17 +435,18 @@ cdef class Connection(Output):
     cdef int on_frame(self, WSFrame frame) except -1:
         cdef int opcode = <int>frame.msg_type
         cdef int rsv = (frame.rsv1 << 2) | (frame.rsv2 << 1) | frame.rsv3
-        if self.input_done:
+        if self.state >= ConnState.DISCONNECTING:
             # picows hands over every frame it parsed from one read, also those
             # after the client's close frame or after one we failed on: the
             # client said its last word, or the connection is being dropped.
             return 0
-        if self.transport.is_close_frame_sent and self.state < ConnState.CLOSING:
+        if self.transport.is_close_frame_sent and relaying(self.state):
             # picows failed the connection on a frame it could not parse. It
             # parses one frame ahead, so the frame before the bad one comes
             # after its close frame: last of its read, with the bad bytes
             # behind it. That one is the client's and is acted on; anything
-            # later (e.g. the client's answer to that close) is not.
+            # later (e.g. the client's answer to that close) is not: the
+            # connection is DISCONNECTING as it acts on that one.
             self.wire_failed()
             if not (frame.last_in_buffer and frame.tail_size > 0):
                 return 0
@@ -526,10 +595,10 @@ cdef class Connection(Output):
     cdef int pause(self) except -1:
         """The one place a connection stops for backpressure."""
         cdef Backpressure bp = self.bp
+        self._enter(ConnState.PAUSED)
         if bp is None:
             bp = self.bp = Backpressure.__new__(Backpressure)
             bp.conn = self
-        self.state = ConnState.PAUSED
         self.service.node.counters.relay_backpressure_pauses += 1
         bp.since = self.loop.time()
         bp.mark = self.progress()
@@ -552,7 +621,7 @@ cdef class Connection(Output):
         if self.state != ConnState.PAUSED or self.target is None:
             return
         bp.withdraw()
-        self.state = ConnState.OPEN
+        self._enter(ConnState.OPEN)
         if bp.join_due and not self.deliver_join():
             return
         self.replay()
@@ -568,7 +637,8 @@ cdef class Connection(Output):
         cdef Py_ssize_t size
         if held is None:
             return 0
-        while bp.held is held and bp.held_pos < PyByteArray_GET_SIZE(held) and not self.input_done:
+        while (bp.held is held and bp.held_pos < PyByteArray_GET_SIZE(held)
+               and self.state < ConnState.DISCONNECTING):
             record = <const unsigned char*>PyByteArray_AS_STRING(held) + bp.held_pos
             size = (record[1] << 24) | (record[2] << 16) | (record[3] << 8) | record[4]
             if self.handle(record[0] & 0xF, record[0] >> 7, (record[0] >> 4) & 0x7,
@@ -586,34 +656,39 @@ cdef class Connection(Output):
             return 0
         self.reading = on
         if on:
-            self.transport.underlying_transport.resume_reading()
+            wire(self.transport).resume_reading()
         else:
-            self.transport.underlying_transport.pause_reading()
+            wire(self.transport).pause_reading()
         return 0
 
     # -- closing -----------------------------------------------------------------------
 
     cdef int begin_close(self, int code, bytes text, str reason) except -1:
-        """The one place a close starts: the close frame goes out after what
-        was queued, held client frames are acted on (delivered where the
-        target has room, counted as dropped where not), and reading resumes
-        to hear the client's answer, for at most the close timeout."""
+        """The one place a close starts with our close frame (OPEN or PAUSED
+        -> CLOSING): the close frame goes out after what was queued, held
+        client frames are acted on (delivered where the target has room,
+        counted as dropped where not), and reading resumes to hear the
+        client's answer, for at most the close timeout."""
         cdef ConnState before = self.state
-        if before >= ConnState.CLOSING or self.transport is None:
+        if not relaying(before):
             return 0
-        self.state = ConnState.CLOSING
-        if self.leave_reason is None:
-            self.leave_reason = reason
-            self.leave_code = code
-        self.stop_heartbeat()
-        self.flush()
-        self.transport.send_close(<WSCloseCode>code, text)
-        self.close_timer = self.loop.call_later(self.service.close_timeout, self._close_timeout)
+        self._enter(ConnState.CLOSING)
+        self.leave_reason = reason
+        self.leave_code = code
+        self.send_close(code, text)
         if before == ConnState.PAUSED:
             self.bp.withdraw()
             self.replay()
         if self.transport is not None:
             self.set_reading(True)
+        return 0
+
+    cdef int send_close(self, int code, bytes text) except -1:
+        """Our close frame, after what was queued; the close timeout starts."""
+        self.stop_heartbeat()
+        self.flush()
+        self.transport.send_close(<WSCloseCode>code, text)
+        self.close_timer = self.loop.call_later(self.service.close_timeout, self._close_timeout)
         return 0
 
     def _close_timeout(self):
@@ -627,51 +702,49 @@ cdef class Connection(Output):
         and a reason that is not UTF-8; the codes it knows but a peer must not
         send (0, 1005, 1006, 1015...) are refused here."""
         cdef int code = 0
+        cdef ConnState before = self.state
         if size >= 2:
             code = ((<const unsigned char*>data)[0] << 8) | (<const unsigned char*>data)[1]
             if not valid_received_close_code(code):
                 return self.fail(Problem.INVALID_CLOSE_CODE)
-        self.stop_input()
-        if self.state < ConnState.CLOSING:
+        self.end_input()
+        if relaying(before):
             self.leave_reason = CLIENT_CLOSED
             self.leave_code = code if size >= 2 else None
             # Echo the client's code (RFC 6455 §5.5.1); a close without one is
             # answered with 1000, as picows always writes a 2-byte code.
-            self.begin_close(code if size >= 2 else 1000, b"", CLIENT_CLOSED)
+            self.send_close(code if size >= 2 else 1000, b"")
+            self.set_reading(True)
         # Either way the handshake is complete; the server closes the TCP
         # connection first (RFC 6455 §7.1.1).
-        if self.transport is not None:
-            self.transport.disconnect()
+        self.transport.disconnect()
         return 0
 
     cdef int fail(self, Problem problem) except -1:
         """Fail the connection (RFC 6455 §7.1.7): close frame, then the socket.
         Nothing more the client sent is acted on."""
         cdef int code = problem_code(problem)
-        self.stop_input()
-        if self.transport is None:
-            return 0
-        if self.state < ConnState.CLOSING:
+        cdef ConnState before = self.state
+        self.end_input()
+        if relaying(before):
             if _log.allow("protocol_error"):
                 _log.write(logging.INFO, f"closing {self.pid} with {code}: {problem_text(problem)}")
-            self.begin_close(code, problem_text(problem).encode(),
-                             MESSAGE_TOO_BIG if code == 1009 else PROTOCOL_ERROR)
-        if self.transport is not None:
-            self.transport.disconnect()
+            self.leave_reason = MESSAGE_TOO_BIG if code == 1009 else PROTOCOL_ERROR
+            self.leave_code = code
+            self.send_close(code, problem_text(problem).encode())
+            self.set_reading(True)
+        self.transport.disconnect()
         return 0
 
     cdef int wire_failed(self) except -1:
         """picows sent a close frame of its own: a frame it could not parse
-        (1002, 1007, 1009), or an exception in this listener (1011). The
-        connection is closing; its reason comes from that close frame."""
-        cdef object handshake = self.transport.close_handshake if self.transport is not None else None
+        (1002, 1007, 1009), or an exception in this listener (1011); or the
+        socket went without one. OPEN or PAUSED -> DISCONNECTING, with the
+        reason that close frame gives."""
+        cdef object handshake = self.transport.close_handshake
         cdef object sent = None if handshake is None else handshake.sent
-        if self.state < ConnState.CLOSING:
-            self.state = ConnState.CLOSING
-        self.stop_input()
+        self.end_input()
         self.stop_heartbeat()
-        if self.leave_reason is not None:
-            return 0
         if sent is not None and sent.code == WSCloseCode.MESSAGE_TOO_BIG:
             self.leave_reason, self.leave_code = MESSAGE_TOO_BIG, 1009
         elif sent is not None and sent.code in (WSCloseCode.PROTOCOL_ERROR, WSCloseCode.INVALID_TEXT):
@@ -680,10 +753,13 @@ cdef class Connection(Output):
             self.leave_reason = CONNECTION_LOST
         return 0
 
-    cdef int stop_input(self) except -1:
-        """Act on no more client frames: the message in progress and the held
-        frames are forgotten (held messages counted as dropped)."""
-        self.input_done = True
+    cdef int end_input(self) except -1:
+        """The one way into DISCONNECTING: act on no more client frames; the
+        message in progress and the held frames are forgotten (held messages
+        counted as dropped). Already DISCONNECTING when the frame picows
+        parsed before failing the socket is a close frame or one we fail."""
+        if self.state != ConnState.DISCONNECTING:
+            self._enter(ConnState.DISCONNECTING)
         if self.reader is not None:
             self.reader.reset()
         if self.bp is not None:
@@ -706,7 +782,7 @@ cdef class Connection(Output):
         cdef RelayService service = self.service
         cdef Backpressure bp = self.bp
         cdef unsigned long long taken
-        if self.state >= ConnState.CLOSING or self.transport is None:
+        if not relaying(self.state):
             return 0
         if self.state == ConnState.PAUSED and service.stall_timeout > 0:
             taken = self.progress()
@@ -779,7 +855,7 @@ cdef class Connection(Output):
             return self.send(payload)
         if topic == "ws.close":
             text = parse_close_payload(payload, &code)
-            if self.state >= ConnState.CLOSING or self.transport is None:
+            if not relaying(self.state):
                 return False
             self.begin_close(code, text, SERVER_CLOSED)
             return True
@@ -789,7 +865,7 @@ cdef class Connection(Output):
                          f"and 'ws.control', not {topic!r}")
 
     cdef int signal(self, Message msg) except -1:
-        if msg.topic != "@exit" or self.target is None or msg.sender != self.target.pid:
+        if msg.topic != EXIT or self.target is None or msg.sender != self.target.pid:
             return 0
         # The target ended: the client is told, and what it sent meanwhile
         # has nowhere to go (counted as dropped).
@@ -797,7 +873,7 @@ cdef class Connection(Output):
         self.joined = False
         if self.bp is not None:
             self.bp.withdraw()
-        if (<dict>msg.payload)["reason"] == "normal":
+        if (<dict>msg.payload)["reason"] == NORMAL:
             return self.begin_close(1000, b"", TARGET_EXITED)
         return self.begin_close(1011, b"target process failed", TARGET_EXITED)
 
@@ -861,9 +937,7 @@ cdef Process _find_target(Node node, Pid pid):
     cdef Process target = node.lookup(pid)
     if target is not None or pid.node == node.name or node.remote is None:
         return target
-    if not (<Cluster>node.remote).transport.is_up(pid.node):
-        return None
-    return node.remote.process(pid)
+    return node.remote.reachable(pid)
 
 
 cdef class RelayListener(WSListener):
@@ -887,7 +961,7 @@ cdef class RelayListener(WSListener):
 
     cpdef pause_writing(self):
         # The transport's buffer crossed its high mark: note it for the limit.
-        self.conn.unsent = self.conn.transport.underlying_transport.get_write_buffer_size()
+        self.conn.unsent = wire(self.conn.transport).get_write_buffer_size()
 
     cpdef resume_writing(self):
-        self.conn.unsent = self.conn.transport.underlying_transport.get_write_buffer_size()
+        self.conn.unsent = wire(self.conn.transport).get_write_buffer_size()

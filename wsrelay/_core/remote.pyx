@@ -11,8 +11,9 @@ its node is lost, the proxy ends with reason ``noconnection``, which fires
 every monitor and link of it at once (SPEC §8).
 
 ``Cluster`` is the node's half of the transport (wsrelay.cluster.transport):
-the core calls it synchronously to send, and the transport calls its
-``on_*`` methods with what arrives, in order per sending node.
+the core calls the transport through ``Outbound``, synchronously, to send,
+and the transport calls the Cluster's ``on_*`` methods with what arrives, in
+order per sending node. ``join_cluster`` wires the two together.
 
 A relay connection whose target is on another node sends its messages as
 RELAY signals and counts them until the target's node acknowledges them
@@ -21,6 +22,7 @@ while more than the mailbox capacity is unacknowledged, so the receiving
 node holds at most that many per connection while the target is full.
 """
 
+import asyncio
 import logging
 from collections import deque
 
@@ -29,31 +31,91 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from .frames cimport encode_send, parse_close_payload
 from .message cimport Message, new_message
 from .mailbox cimport Mailbox, RoomWaiter
-from .pid cimport Pid, make_pid
+from .pid cimport Pid, PidCache, make_pid
 from .relayspec cimport parse_control
-from .runtime cimport (Node, Process, Remote, deliver_request, exit_event, join_links, part_links,
-                       reply_dropped)
+from .runtime cimport (Node, Process, Remote, deliver_request, exit_event, get_node, join_links, part_links,
+                       part_monitor, reply_dropped)
 from .stats cimport Counters, LimitedLog
+from .signals cimport Signal
 
 from .errors import MailboxFull
-from .runtime import REPLY
+from .stats import COUNTERS
+from .vocab import EXIT, MAILBOX_FULL, NOCONNECTION, NOPROC, REJECTED, REPLY, UNREACHABLE
 
 cdef LimitedLog _log = LimitedLog("wsrelay.cluster")
 
-# Signal kinds of the cluster's wire (wsrelay/cluster/wire.py, SIGNAL_KINDS).
-cdef enum:
-    MONITOR = 1
-    DEMONITOR = 2
-    LINK = 3
-    UNLINK = 4
-    EXIT = 5
-    LINK_EXIT = 6
-    KILL = 7
-    CREDIT = 8
-    RELAY = 9
+# The Counters field each drop reason (vocab.DROP_REASONS) is counted in.
+cdef dict _DROP_COUNTERS = {label[1]: field for field, family, label, _ in COUNTERS
+                            if family == "wsrelay_cluster_dropped"}
 
-NOCONNECTION = "noconnection"
-NOPROC = "noproc"
+
+cdef class Outbound:
+    """What the core calls on the transport that carries its traffic to the
+    other nodes: sends and signals for PIDs, frames for connections,
+    liveness, global names. Calls come from the loop's thread and must not
+    block; a False return means the destination's node is down or unknown
+    (the core counts the drop). ``incarnation`` is this node's run in the
+    cluster, set by the time ``join_cluster`` is called."""
+
+    def attach(self, hooks):
+        """Deliver what arrives from now on to ``hooks`` (the Cluster):
+        ``on_send``, ``on_call``, ``on_signal``, ``on_frames``, ``on_node_up``,
+        ``on_node_down``."""
+        raise NotImplementedError
+
+    def send(self, Pid dest, topic, payload, Pid sender):
+        """A message for ``dest``, a process of another node."""
+        raise NotImplementedError
+
+    def call(self, Pid dest, topic, payload, Pid sender, Pid reply_to):
+        """A call's request for ``dest``, a process of another node: a
+        message that carries the address of its reply (``reply_to``, the
+        caller's waiter); its node calls ``on_call`` with it."""
+        raise NotImplementedError
+
+    def signal(self, int kind, Pid dest, Pid src, reason):
+        """A signal (signals.Signal, as a plain int) from ``src`` for ``dest``."""
+        raise NotImplementedError
+
+    def frames(self, str node, list conn_ids, bytes frame):
+        """One WebSocket frame for each of the connections ``conn_ids`` of ``node``."""
+        raise NotImplementedError
+
+    def is_up(self, str node):
+        """Whether ``node`` is up: what is sent to it now is accepted."""
+        raise NotImplementedError
+
+    def peer_incarnation(self, str node):
+        """The live incarnation of ``node``, None unless it is up."""
+        raise NotImplementedError
+
+    async def register_global(self, str name, Pid pid):
+        """Claim ``name`` for ``pid`` cluster-wide: False when a live process holds it."""
+        raise NotImplementedError
+
+    def whereis_global(self, str name):
+        """The holder of ``name`` in this node's view, or None."""
+        raise NotImplementedError
+
+    def release_globals(self, Pid pid):
+        """``pid`` ended: release the names it held."""
+        raise NotImplementedError
+
+
+def join_cluster(Outbound transport not None, Node node=None):
+    """Make ``node`` (this interpreter's by default) a node of the cluster
+    ``transport`` was started on: its PIDs carry the transport's
+    incarnation, the core sends through ``transport``, and what arrives goes
+    to the core. Call it on the loop's thread, after ``await
+    transport.start()`` and before spawning or serving anything; the
+    node's side of the cluster (a Cluster) is returned."""
+    cdef Cluster cluster
+    if node is None:
+        node = get_node()
+    cluster = Cluster(node, transport, asyncio.get_running_loop())
+    node.enter_cluster(cluster, transport.incarnation)
+    transport.attach(cluster)
+    return cluster
 
 
 cdef Py_ssize_t _payload_size(bytes frame) noexcept:
@@ -80,43 +142,46 @@ cdef class RemoteProcess(Process):
 
     cdef int signal(self, Message msg) except -1:
         # A local process this one monitors ended: tell its node.
-        if msg.topic == "@exit":
-            self.cluster.transport.signal(EXIT, self.pid, msg.sender, (<dict>msg.payload)["reason"])
+        if msg.topic == EXIT:
+            self.cluster.send_signal(Signal.EXIT, self.pid, msg.sender, (<dict>msg.payload)["reason"])
         return self.cluster.drop_proxy_if_idle(self)
 
     cdef int link_exit(self, Process other, str reason, object error) except -1:
         # Its node applies the rules (normal or not, trapping or not).
-        self.cluster.transport.signal(LINK_EXIT, self.pid, other.pid, reason)
+        self.cluster.send_signal(Signal.LINK_EXIT, self.pid, other.pid, reason)
         self.cluster.drop_proxy_if_idle(self)
         return 0
 
     cdef int kill(self, str reason, object error) except -1:
-        if not self.cluster.transport.signal(KILL, self.pid, self.node.system.pid, reason):
-            self.cluster.dropped("unreachable", 1, f"terminate({self.pid})")
+        if not self.cluster.send_signal(Signal.KILL, self.pid, self.node.system.pid, reason):
+            self.cluster.dropped(UNREACHABLE, 1, f"terminate({self.pid})")
         return 0
 
     cdef int on_monitored(self, Process watcher) except -1:
-        if not self.cluster.transport.signal(MONITOR, self.pid, watcher.pid, None):
+        if not self.cluster.send_signal(Signal.MONITOR, self.pid, watcher.pid, None):
             # Its node is down or unknown: the monitor fires at once.
             self.node.finish(self, NOCONNECTION, None)
         return 0
 
     cdef int on_demonitored(self, Process watcher) except -1:
-        self.cluster.transport.signal(DEMONITOR, self.pid, watcher.pid, None)
+        self.cluster.send_signal(Signal.DEMONITOR, self.pid, watcher.pid, None)
         return self.cluster.drop_proxy_if_idle(self)
 
     cdef int on_linked(self, Process other) except -1:
-        if not self.cluster.transport.signal(LINK, self.pid, other.pid, None):
+        if not self.cluster.send_signal(Signal.LINK, self.pid, other.pid, None):
             self.node.finish(self, NOCONNECTION, None)
         return 0
 
     cdef int on_unlinked(self, Process other) except -1:
-        self.cluster.transport.signal(UNLINK, self.pid, other.pid, None)
+        self.cluster.send_signal(Signal.UNLINK, self.pid, other.pid, None)
         return self.cluster.drop_proxy_if_idle(self)
 
     cdef int on_exit(self, str reason, object error) except -1:
-        cdef object members
         self.cluster.proxies.pop(self.pid, None)
+        return self.leave_groups()
+
+    cdef int leave_groups(self) except -1:
+        cdef object members
         if self.groups is not None:
             for members in self.groups:
                 members.discard(self)
@@ -125,13 +190,13 @@ cdef class RemoteProcess(Process):
 
     cdef bint relay(self, Pid client, str topic, object payload) except -1:
         """A relay connection's message for this (its target)."""
-        return self.cluster.transport.signal(RELAY, self.pid, client, [topic, payload])
+        return self.cluster.send_signal(Signal.RELAY, self.pid, client, [topic, payload])
 
     cdef int watch_for_groups(self) except -1:
         """Hear of its end, to take it out of the groups it is in."""
         if not self.watched:
             self.watched = True
-            if not self.cluster.transport.signal(MONITOR, self.pid, self.node.system.pid, None):
+            if not self.cluster.send_signal(Signal.MONITOR, self.pid, self.node.system.pid, None):
                 self.node.finish(self, NOCONNECTION, None)
         return 0
 
@@ -165,7 +230,7 @@ cdef class RelayInbox(RoomWaiter):
 cdef class Cluster(Remote):
     """The node's side of the cluster; ``transport`` carries what it sends."""
 
-    def __init__(self, Node node not None, transport, loop):
+    def __init__(self, Node node not None, Outbound transport not None, loop):
         self.node = node
         self.transport = transport
         self.loop = loop
@@ -173,13 +238,11 @@ cdef class Cluster(Remote):
         self.relay_in = {}
         self._credits = {}
         self._by_id = {}
-        self._pids = {}
+        self._pids = PidCache()
         self._conn_hosts = set()
         self._global_holders = set()
 
     def add_connection_host(self, str host not None):
-        """A host whose processes are connections (a service): frames from
-        other nodes name connections by id, and are looked for on these."""
         self._conn_hosts.add(host)
 
     # -- what the core asks ---------------------------------------------------------------
@@ -203,8 +266,16 @@ cdef class Cluster(Remote):
             return None
         return self.proxy(pid)
 
-    cdef int drop_proxy_if_idle(self, RemoteProcess proxy) except -1:
-        if not (proxy.monitored_by or proxy.monitoring or proxy.links or proxy.groups):
+    cdef Process reachable(self, Pid pid):
+        if not self.transport.is_up(pid.node):
+            return None
+        return self.process(pid)
+
+    cdef Process proxy_of(self, Pid pid):
+        return self.proxies.get(pid)
+
+    cdef int drop_proxy_if_idle(self, Process proxy) except -1:
+        if not (proxy.monitored_by or proxy.monitoring or proxy.links or (<RemoteProcess>proxy).groups):
             if self.proxies.get(proxy.pid) is proxy:
                 del self.proxies[proxy.pid]
         return 0
@@ -231,21 +302,31 @@ cdef class Cluster(Remote):
             if topic == REPLY:
                 self.replied(dest)
         if not sent:
-            self.dropped("unreachable", 1, f"{topic!r} to {dest}")
+            self.dropped(UNREACHABLE, 1, f"{topic!r} to {dest}")
         return sent
+
+    cdef bint send_signal(self, int kind, Pid dest, Pid src, object reason) except -1:
+        """A signal for another node's ``dest`` (an int on the way out, not a
+        Signal: the wire carries plain numbers)."""
+        return self.transport.signal(kind, dest, src, reason)
+
+    cdef bint ship_frames(self, str node, list ids, bytes frame) except -1:
+        return self.transport.frames(node, ids, frame)
 
     cdef bint call(self, Pid dest, str topic, object payload, Pid sender, Pid reply_to) except -1:
         sent = self.transport.call(dest, topic, payload, sender, reply_to)
         if not sent:
-            self.dropped("unreachable", 1, f"call {topic!r} to {dest}")
+            self.dropped(UNREACHABLE, 1, f"call {topic!r} to {dest}")
         return sent
 
     cdef Pid global_name(self, str name):
         return self.transport.whereis_global(name)
 
-    def note_global(self, Pid pid not None):
-        """``pid`` holds a cluster-wide name: released when it ends."""
+    async def register_global(self, str name not None, Pid pid not None):
+        if not await self.transport.register_global(name, pid):
+            return False
         self._global_holders.add(pid)
+        return True
 
     cdef int forget(self, Process proc) except -1:
         if proc.pid in self._global_holders:
@@ -257,14 +338,8 @@ cdef class Cluster(Remote):
 
     cdef int dropped(self, str reason, Py_ssize_t count, str what) except -1:
         cdef Counters counters = self.node.counters
-        if reason == NOPROC:
-            counters.cluster_dropped_noproc += count
-        elif reason == "mailbox_full":
-            counters.cluster_dropped_mailbox_full += count
-        elif reason == "unreachable":
-            counters.cluster_dropped_unreachable += count
-        else:
-            counters.cluster_dropped_rejected += count
+        field = _DROP_COUNTERS[reason]
+        setattr(counters, field, getattr(counters, field) + count)
         if _log.allow("dropped_" + reason):
             _log.write(logging.WARNING, f"cluster: {what} not delivered ({reason})")
         return 0
@@ -297,7 +372,7 @@ cdef class Cluster(Remote):
     def _send_credits(self):
         credits, self._credits = self._credits, {}
         for client, (target, count) in credits.items():
-            self.transport.signal(CREDIT, client, target, count)
+            self.send_signal(Signal.CREDIT, client, target, count)
 
     cdef int relay(self, Pid target_pid, Pid client, object topic, object payload) except -1:
         cdef Process target = self.node.lookup(target_pid)
@@ -308,13 +383,13 @@ cdef class Cluster(Remote):
             # no longer reach it (it ended, or this is its ws.leave's wake).
             del self.relay_in[client]
             inbox.stop()
-            self.dropped("noproc", len(inbox.held), f"messages of {client} held for {inbox.target.pid}")
+            self.dropped(NOPROC, len(inbox.held), f"messages of {client} held for {inbox.target.pid}")
             inbox = None
         if target is None:
             self.dropped(NOPROC, 1, f"relay message of {client} for {target_pid}")
             return 0
         if target.mailbox is None:
-            self.dropped("rejected", 1, f"relay message of {client} for {target_pid}, a connection")
+            self.dropped(REJECTED, 1, f"relay message of {client} for {target_pid}, a connection")
             return 0
         msg = new_message(topic, payload, client)
         if topic == "ws.leave":
@@ -348,9 +423,7 @@ cdef class Cluster(Remote):
         key = (host, ident)
         cdef Pid pid = self._pids.get(key)
         if pid is None:
-            if len(self._pids) >= 65536:
-                self._pids.clear()
-            pid = self._pids[key] = make_pid(self.node.name, host, ident)
+            pid = self._pids.put(key, make_pid(self.node.name, host, ident))
         return pid
 
     def on_send(self, long long dest_id, str dest_host, topic, payload, Pid sender):
@@ -365,11 +438,11 @@ cdef class Cluster(Remote):
             proc.deliver(topic, payload, sender)
         except MailboxFull:
             # The sender is on another node: MailboxFull cannot reach it.
-            self.dropped("mailbox_full", 1, f"{topic!r} from {sender} to {proc.pid}")
+            self.dropped(MAILBOX_FULL, 1, f"{topic!r} from {sender} to {proc.pid}")
         except ValueError as exc:
             # A connection refused it (a topic it does not take): nobody to
             # raise it to, the sender is on another node.
-            self.dropped("rejected", 1, f"{topic!r} from {sender} to {proc.pid}: {exc}")
+            self.dropped(REJECTED, 1, f"{topic!r} from {sender} to {proc.pid}: {exc}")
 
     def on_call(self, long long dest_id, str dest_host, topic, payload, Pid sender, Pid reply_to):
         """A call's request from another node: its reply goes to ``reply_to``
@@ -380,15 +453,15 @@ cdef class Cluster(Remote):
         cdef Pid dest = self.local_pid(dest_host, dest_id)
         cdef Process proc = self.node.lookup(dest)
         if proc is None:
-            self.transport.signal(EXIT, reply_to, dest, NOPROC)
+            self.send_signal(Signal.EXIT, reply_to, dest, NOPROC)
             return
         try:
             deliver_request(proc, topic, payload, sender, reply_to)
         except MailboxFull:
-            self.dropped("mailbox_full", 1, f"call {topic!r} from {sender} to {proc.pid}")
+            self.dropped(MAILBOX_FULL, 1, f"call {topic!r} from {sender} to {proc.pid}")
             return
         except ValueError as exc:
-            self.dropped("rejected", 1, f"call {topic!r} from {sender} to {proc.pid}: {exc}")
+            self.dropped(REJECTED, 1, f"call {topic!r} from {sender} to {proc.pid}: {exc}")
             return
         self.node.add_monitor(self.proxy(reply_to), proc)
 
@@ -422,62 +495,54 @@ cdef class Cluster(Remote):
         cdef Node node = self.node
         cdef Process local = node.lookup(dest)
         cdef RemoteProcess proxy
-        if kind == RELAY:
+        if kind == Signal.RELAY:
             topic, payload = reason
             return self.relay(dest, src, topic, payload)
-        if kind == CREDIT:
+        if kind == Signal.CREDIT:
             if local is not None and type(reason) is int:
                 local.credit(reason)
             return
-        if kind == EXIT:
+        if kind == Signal.EXIT:
             proxy = self.proxies.get(src)
             if proxy is None:
                 return
             if dest == node.system.pid and proxy.watched:
                 proxy.watched = False
-                if proxy.groups is not None:
-                    for members in proxy.groups:
-                        members.discard(proxy)
-                    proxy.groups = None
-            if local is not None and proxy.monitored_by is not None and local in proxy.monitored_by:
-                proxy.monitored_by.discard(local)
-                if local.monitoring is not None:
-                    local.monitoring.discard(proxy)
-                local.signal(exit_event("@exit", src, reason, None))
+                proxy.leave_groups()
+            if local is not None and part_monitor(local, proxy):
+                local.signal(exit_event(EXIT, src, reason, None))
             return self.drop_proxy_if_idle(proxy)
-        if kind == LINK_EXIT:
+        if kind == Signal.LINK_EXIT:
             proxy = self.proxies.get(src)
-            if proxy is None or local is None or proxy.links is None or local not in proxy.links:
+            if proxy is None or local is None or not part_links(proxy, local):
                 return
-            proxy.links.discard(local)
-            local.links.discard(proxy)
             self.drop_proxy_if_idle(proxy)
             return local.link_exit(proxy, reason, None)
         if local is None:
             # A monitor or link of a process that is not alive here.
-            if kind == MONITOR:
-                self.transport.signal(EXIT, src, dest, NOPROC)
-            elif kind == LINK:
-                self.transport.signal(LINK_EXIT, src, dest, NOPROC)
+            if kind == Signal.MONITOR:
+                self.send_signal(Signal.EXIT, src, dest, NOPROC)
+            elif kind == Signal.LINK:
+                self.send_signal(Signal.LINK_EXIT, src, dest, NOPROC)
             return
-        if kind == MONITOR:
+        if kind == Signal.MONITOR:
             # (local is this node's: its on_monitored tells nobody.)
             node.add_monitor(self.proxy(src), local)
-        elif kind == DEMONITOR:
+        elif kind == Signal.DEMONITOR:
             proxy = self.proxies.get(src)
             if proxy is not None:
                 node.remove_monitor(proxy, local)
                 self.drop_proxy_if_idle(proxy)
-        elif kind == LINK:
+        elif kind == Signal.LINK:
             # (Not link_processes: its hooks would tell the proxy's node, which asked.)
             join_links(local, self.proxy(src))
-        elif kind == UNLINK:
+        elif kind == Signal.UNLINK:
             proxy = self.proxies.get(src)
             if proxy is not None and part_links(local, proxy):
                 self.drop_proxy_if_idle(proxy)
-        elif kind == KILL:
+        elif kind == Signal.KILL:
             if local is node.system:
-                self.dropped("rejected", 1, f"terminate of the system process from {src}")
+                self.dropped(REJECTED, 1, f"terminate of the system process from {src}")
             else:
                 local.kill(reason, None)
 
@@ -495,9 +560,6 @@ cdef class Cluster(Remote):
         for client in [c for c in self.relay_in if (<Pid>c).node == name]:
             inbox = self.relay_in.pop(client)
             inbox.stop()
-            self.dropped("unreachable", len(inbox.held), f"messages of {client} held for {inbox.target.pid}")
+            self.dropped(UNREACHABLE, len(inbox.held), f"messages of {client} held for {inbox.target.pid}")
         for client in [c for c in self._credits if (<Pid>c).node == name]:
             del self._credits[client]
-
-    def counters(self):
-        return {"proxies": len(self.proxies), "relay_inboxes": len(self.relay_in)}

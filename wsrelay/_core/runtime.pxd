@@ -1,6 +1,6 @@
 from libc.stdint cimport uint64_t
 
-from .pid cimport Pid
+from .pid cimport Pid, PidCache
 from .message cimport Message
 from .mailbox cimport Mailbox
 from .stats cimport Counters
@@ -45,10 +45,24 @@ cdef class Process:
 
 
 cdef class Remote:
-    """This node's side of the cluster (remote.pyx); a Node without one is a
-    single node."""
+    """This node's side of the cluster (remote.Cluster), all the core and the
+    Python layer ask of it; a Node without one is a single node."""
+    # Another node's process (a RemoteProcess), or None when the PID is of
+    # an earlier run of its node.
     cdef Process process(self, Pid pid)
+    # The same, but None also while its node is not up (a relay's target, a
+    # group's member).
+    cdef Process reachable(self, Pid pid)
+    # The RemoteProcess this node holds for ``pid`` already, or None.
+    cdef Process proxy_of(self, Pid pid)
+    # Forget ``proxy`` once nothing here monitors, links or groups it.
+    cdef int drop_proxy_if_idle(self, Process proxy) except -1
     cdef bint send(self, Pid dest, str topic, object payload, Pid sender) except -1
+    # A call's request (call.pyx) for another node's ``dest``, its reply to
+    # go to ``reply_to``: whether it was accepted.
+    cdef bint call(self, Pid dest, str topic, object payload, Pid sender, Pid reply_to) except -1
+    # One frame for connections ``ids`` of ``node``: whether it was accepted.
+    cdef bint ship_frames(self, str node, list ids, bytes frame) except -1
     cdef Pid global_name(self, str name)
     cdef int forget(self, Process proc) except -1
 
@@ -74,14 +88,14 @@ cdef class Node:
     cdef readonly Remote remote
     # The thread running the loop the runtime belongs to (0: not bound yet).
     cdef unsigned long thread_id
-    cdef object transport
     cdef object _kill_queue
     # Text forms of other nodes' PIDs, parsed (cluster mode).
-    cdef dict _parsed
+    cdef PidCache _parsed
     cdef bint _finishing
     cdef list _journal
 
     cdef Pid new_pid(self, str host)
+    cdef int enter_cluster(self, Remote remote, unsigned long incarnation) except -1
     cdef int attach(self, Process proc, Pid pid, bint with_mailbox=*) except -1
     cdef Process lookup(self, object dest)
     cdef int finish(self, Process proc, str reason, object error) except -1
@@ -92,6 +106,7 @@ cdef class Node:
     cdef bint send_from(self, object dest, str topic, object payload, Pid sender) except -1
 
 
+cdef bint part_monitor(Process watcher, Process target) except -1
 cdef bint join_links(Process a, Process b) except -1
 cdef bint part_links(Process a, Process b) except -1
 cdef int link_processes(Process a, Process b) except -1

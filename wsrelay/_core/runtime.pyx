@@ -22,19 +22,13 @@ from cpython.ref cimport Py_INCREF
 from libc.stdint cimport uint64_t
 
 from .includes.capi cimport TypeSlots, PyExc_StopIteration, PyErr_SetObject
-from .pid cimport Pid, make_pid, to_pid
+from .pid cimport Pid, PidCache, make_pid, to_pid
 from .message cimport Message, new_message, new_request, set_replier
 from .mailbox cimport Mailbox
 from .stats cimport Counters, LimitedLog
 
 from .errors import MailboxFull, NoTransport, WrongThread
-
-EXIT = "@exit"
-LINK_DOWN = "@link_down"
-# A call's reply, sent to the caller's waiter (call.pyx).
-REPLY = "@reply"
-
-NORMAL = "normal"
+from .vocab import ERROR, EXIT, LINK_DOWN, NOPROC, NORMAL, REPLY, SHUTDOWN, TERMINATED
 
 cdef enum:
     # Messages a process may take from its mailbox in a row before it lets
@@ -43,6 +37,11 @@ cdef enum:
 
 cdef object _log = logging.getLogger("wsrelay.runtime")
 cdef LimitedLog _limited = LimitedLog("wsrelay.runtime")
+
+
+def _runtime_log():
+    """The runtime's rate-limited log (a test hook: tests/test_process.py)."""
+    return _limited
 cdef object _CURRENT = contextvars.ContextVar("wsrelay_process")
 cdef object _CancelledError = asyncio.CancelledError
 cdef object _get_running_loop = asyncio._get_running_loop
@@ -63,6 +62,21 @@ cdef str check_topic(object topic):
     return <str>topic
 
 
+cdef inline bint _queue(Process proc, Message msg) except -1:
+    """Into ``proc``'s mailbox (a send, or a call's request), or MailboxFull,
+    counted and logged."""
+    cdef Mailbox mailbox = proc.mailbox
+    if not mailbox.push(msg):
+        proc.node.counters.mailbox_full += 1
+        if _limited.allow("mailbox_full"):
+            _limited.write(logging.WARNING, f"mailbox of {proc.pid} is full ({mailbox.capacity} messages): "
+                                            f"{'call ' if msg.reply_to is not None else ''}{msg.topic!r} "
+                                            f"from {msg.sender} refused with MailboxFull")
+        raise MailboxFull(proc.pid, mailbox.capacity)
+    proc.node.counters.messages_sent += 1
+    return True
+
+
 cdef class Process:
     """A running process. Only the runtime creates these."""
 
@@ -70,14 +84,7 @@ cdef class Process:
         return f"<Process {self.pid} {'alive' if self.alive else 'exited'}>"
 
     cdef bint deliver(self, str topic, object payload, Pid sender) except -1:
-        if not self.mailbox.push(new_message(topic, payload, sender)):
-            self.node.counters.mailbox_full += 1
-            if _limited.allow("mailbox_full"):
-                _limited.write(logging.WARNING, f"mailbox of {self.pid} is full ({self.mailbox.capacity} "
-                                                f"messages): {topic!r} from {sender} refused with MailboxFull")
-            raise MailboxFull(self.pid, self.mailbox.capacity)
-        self.node.counters.messages_sent += 1
-        return True
+        return _queue(self, new_message(topic, payload, sender))
 
     cdef int signal(self, Message msg) except -1:
         # System events are bounded by the number of monitors and links, so
@@ -124,10 +131,28 @@ cdef class Process:
 
 
 cdef class Remote:
+    """What a node asks of its side of the cluster (remote.Cluster is the one
+    there is): the defaults below are those of a node that reaches no other."""
+
     cdef Process process(self, Pid pid):
         return None
 
+    cdef Process reachable(self, Pid pid):
+        return None
+
+    cdef Process proxy_of(self, Pid pid):
+        return None
+
+    cdef int drop_proxy_if_idle(self, Process proxy) except -1:
+        return 0
+
     cdef bint send(self, Pid dest, str topic, object payload, Pid sender) except -1:
+        return False
+
+    cdef bint call(self, Pid dest, str topic, object payload, Pid sender, Pid reply_to) except -1:
+        return False
+
+    cdef bint ship_frames(self, str node, list ids, bytes frame) except -1:
         return False
 
     cdef Pid global_name(self, str name):
@@ -135,6 +160,20 @@ cdef class Remote:
 
     cdef int forget(self, Process proc) except -1:
         return 0
+
+    def whereis_global(self, str name not None):
+        """The PID holding the cluster-wide ``name``, as this node sees it now."""
+        return self.global_name(name)
+
+    async def register_global(self, str name not None, Pid pid not None):
+        """Claim ``name`` for ``pid`` across the cluster: True, or False when
+        another live PID holds it; released when ``pid`` ends."""
+        raise NotImplementedError
+
+    def add_connection_host(self, str host not None):
+        """A host whose processes are connections: frames from other nodes
+        name connections by id, and are looked for on these."""
+        raise NotImplementedError
 
 
 cdef class _SystemProcess(Process):
@@ -334,9 +373,8 @@ cdef class Node:
         self.functions = {}
         self.hosts = {default_host, "system"}
         self._next_id = 1
-        self.transport = None
         self._kill_queue = deque()
-        self._parsed = {}
+        self._parsed = PidCache()
         self._finishing = False
         self._journal = None
         cdef _SystemProcess system = _SystemProcess.__new__(_SystemProcess)
@@ -351,10 +389,11 @@ cdef class Node:
         self._next_id += 1
         return make_pid(self.name, host, (<uint64_t>self.incarnation << 32) | ident)
 
-    def join_cluster(self, Remote remote not None, unsigned long incarnation):
+    cdef int enter_cluster(self, Remote remote, unsigned long incarnation) except -1:
         """Become incarnation ``incarnation`` of this node in a cluster, with
-        ``remote`` as its side of it. Only before anything was spawned: the
-        system process is given a PID of the new incarnation."""
+        ``remote`` as its side of it (remote.join_cluster wires the rest).
+        Only before anything was spawned: the system process is given a PID
+        of the new incarnation."""
         if self.name is None:
             raise ValueError("a node in a cluster needs a name (WSRELAY_NODE)")
         if len(self.table) != 1:
@@ -365,9 +404,7 @@ cdef class Node:
         self.incarnation = incarnation
         self.attach(self.system, self.new_pid("system"))
         self.remote = remote
-
-    def leave_cluster(self):
-        self.remote = None
+        return 0
 
     cdef int attach(self, Process proc, Pid pid, bint with_mailbox=True) except -1:
         """Give ``proc`` its PID (and a mailbox, unless it handles every
@@ -417,11 +454,6 @@ cdef class Node:
         gateway's loop); calls from any other thread raise WrongThread."""
         self.thread_id = PyThread_get_thread_ident()
 
-    def set_transport(self, transport):
-        """Route sends to PIDs of other nodes through ``transport.send(pid,
-        topic, payload, sender) -> bool``: the seam for cluster mode."""
-        self.transport = transport
-
     # -- process functions ------------------------------------------------
 
     def register_function(self, str ident not None, fn):
@@ -433,12 +465,6 @@ cdef class Node:
         if old is not None and old is not fn:
             raise ValueError(f"process function id {ident!r} is already registered to {old!r}")
         self.functions[ident] = fn
-
-    def function(self, str ident not None):
-        fn = self.functions.get(ident)
-        if fn is None:
-            raise LookupError(f"no process function is registered as {ident!r}")
-        return fn
 
     # -- spawning ----------------------------------------------------------
 
@@ -559,7 +585,7 @@ cdef class Node:
         proc._inbox = None
         return 0
 
-    def terminate_all(self, str reason="shutdown"):
+    def terminate_all(self, str reason=SHUTDOWN):
         """Terminate every process but the system process."""
         for proc in list(self.table.values()):
             if proc is not self.system and (<Process>proc).alive:
@@ -579,10 +605,7 @@ cdef class Node:
         return target.on_monitored(watcher)
 
     cdef int remove_monitor(self, Process watcher, Process target) except -1:
-        if watcher.monitoring is not None:
-            watcher.monitoring.discard(target)
-        if target.monitored_by is not None and watcher in target.monitored_by:
-            target.monitored_by.discard(watcher)
+        if part_monitor(watcher, target):
             target.on_demonitored(watcher)
         return 0
 
@@ -613,18 +636,13 @@ cdef class Node:
             # Another node's PID in its text form: parsed once, not per send.
             pid = self._parsed.get(dest)
             if pid is None:
-                pid = to_pid(dest)
-                if len(self._parsed) >= 65536:
-                    self._parsed.clear()
-                self._parsed[dest] = pid
+                pid = self._parsed.put(dest, to_pid(dest))
         else:
             pid = to_pid(dest)
         if pid.node != self.name:
-            if self.remote is not None:
-                return self.remote.send(pid, topic, payload, sender)
-            if self.transport is None:
+            if self.remote is None:
                 raise NoTransport(pid)
-            return bool(self.transport.send(pid, topic, payload, sender))
+            return self.remote.send(pid, topic, payload, sender)
         return False
 
     # -- names ---------------------------------------------------------------------
@@ -666,17 +684,17 @@ async def _main(Process proc, object fn, tuple args):
         await fn(*args)
     except _CancelledError:
         if proc.alive:
-            proc.node.finish(proc, "terminated", None)
+            proc.node.finish(proc, TERMINATED, None)
         return
     except Exception as exc:
         if proc.alive:
             proc.node.counters.processes_crashed += 1
             _log.error("process %s crashed", proc.pid, exc_info=exc)
-            proc.node.finish(proc, "error", exc)
+            proc.node.finish(proc, ERROR, exc)
         return
     except BaseException as exc:
         if proc.alive:
-            proc.node.finish(proc, "error", exc)
+            proc.node.finish(proc, ERROR, exc)
         raise
     if proc.alive:
         proc.node.finish(proc, NORMAL, None)
@@ -729,8 +747,9 @@ cdef Process _caller(Node n, str what):
         if n.thread_id != 0:
             raise WrongThread(
                 f"wsrelay.{what}() was called from thread {thread}, but the runtime belongs to "
-                f"thread {n.thread_id}, which runs the gateway's event loop: hand the call to that loop "
-                f"with loop.call_soon_threadsafe()")
+                f"thread {n.thread_id}, which runs the gateway's event loop: from another thread, use "
+                f"wsrelay.threads.send(dest, topic, payload) or wsrelay.threads.call(fn, *args), which hand "
+                f"it to that loop with call_soon_threadsafe() (docs/guide.md, 'One thread')")
         if _get_running_loop() is None:
             raise RuntimeError(f"wsrelay.{what}() needs a running event loop: call it from "
                                f"a coroutine, a process or an HTTP handler")
@@ -743,6 +762,18 @@ cdef Process _caller(Node n, str what):
         raise RuntimeError(f"wsrelay.{what}() needs a running event loop: call it from "
                            f"a coroutine, a process or an HTTP handler")
     return n.system
+
+
+cdef bint part_monitor(Process watcher, Process target) except -1:
+    """Take ``watcher``'s monitor of ``target`` out of both their sets,
+    telling nobody: whether it was there. (A monitor that fired on another
+    node ends so: that node has nothing more to hear of it.)"""
+    if watcher.monitoring is not None:
+        watcher.monitoring.discard(target)
+    if target.monitored_by is None or watcher not in target.monitored_by:
+        return False
+    target.monitored_by.discard(watcher)
+    return True
 
 
 cdef bint join_links(Process a, Process b) except -1:
@@ -846,7 +877,7 @@ def monitor(pid):
     cdef Process caller = calling_process("process.monitor")
     cdef Process target = _target(caller.node, pid)
     if target is None:
-        caller.signal(exit_event(EXIT, to_pid(pid), "noproc", None))
+        caller.signal(exit_event(EXIT, to_pid(pid), NOPROC, None))
         return
     caller.node.add_monitor(caller, target)
 
@@ -887,7 +918,7 @@ def trap_exits(bint flag=True):
     return old
 
 
-def terminate(pid, str reason="terminated"):
+def terminate(pid, str reason=TERMINATED):
     """End another process with ``reason``; False when it was already gone."""
     cdef Process caller = calling_process("process.terminate")
     cdef Process target = _target(caller.node, pid)
@@ -927,14 +958,7 @@ cdef bint deliver_request(Process proc, str topic, object payload, Pid sender, P
     if mailbox is None:
         raise ValueError(f"{proc.pid} takes no calls: it has no inbox to read a request from "
                          f"(a WebSocket connection takes 'ws.send', 'ws.close' and 'ws.control' sends only)")
-    if not mailbox.push(new_request(topic, payload, sender, reply_to)):
-        proc.node.counters.mailbox_full += 1
-        if _limited.allow("mailbox_full"):
-            _limited.write(logging.WARNING, f"mailbox of {proc.pid} is full ({mailbox.capacity} "
-                                            f"messages): call {topic!r} from {sender} refused with MailboxFull")
-        raise MailboxFull(proc.pid, mailbox.capacity)
-    proc.node.counters.messages_sent += 1
-    return True
+    return _queue(proc, new_request(topic, payload, sender, reply_to))
 
 
 cdef int reply_dropped(Node node, Pid waiter, Pid sender) except -1:

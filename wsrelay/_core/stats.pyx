@@ -12,6 +12,8 @@ import logging
 
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
+from .vocab import DROP_REASONS
+
 # (field, metric family, (label, value) or None, help of the family)
 COUNTERS = (
     ("connections_opened", "wsrelay_connections", None, "WebSocket connections accepted"),
@@ -44,13 +46,13 @@ COUNTERS = (
     ("heartbeats_skipped", "wsrelay_heartbeats_skipped", None,
      "Heartbeats not sent because the target's mailbox was full"),
     ("system_events_dropped", "wsrelay_system_events_dropped", None, "Events dropped at the full system inbox"),
-    ("cluster_dropped_noproc", "wsrelay_cluster_dropped", ("reason", "noproc"),
-     "Cross-node traffic not delivered: its destination was not alive here (noproc), a send from another node "
-     "found a full mailbox (mailbox_full), its destination's node was down or unknown (unreachable), or it was "
-     "not what its destination takes (rejected: a frame for a process that is no connection, a refused ws.* payload)"),
-    ("cluster_dropped_mailbox_full", "wsrelay_cluster_dropped", ("reason", "mailbox_full"), None),
-    ("cluster_dropped_unreachable", "wsrelay_cluster_dropped", ("reason", "unreachable"), None),
-    ("cluster_dropped_rejected", "wsrelay_cluster_dropped", ("reason", "rejected"), None),
+    # One row per drop reason (vocab.DROP_REASONS), the family's help on the first.
+    *((f"cluster_dropped_{reason}", "wsrelay_cluster_dropped", ("reason", reason), None if i else
+       "Cross-node traffic not delivered: its destination was not alive here (noproc), a send from another node "
+       "found a full mailbox (mailbox_full), its destination's node was down or unknown (unreachable), or it was "
+       "not what its destination takes (rejected: a frame for a process that is no connection, a refused ws.* "
+       "payload)")
+      for i, reason in enumerate(DROP_REASONS)),
     ("cluster_node_losses", "wsrelay_cluster_node_losses", None,
      "Other nodes found lost (down, unreachable, or a gap in their stream): their monitors and links fired"),
     ("runtime_errors", "wsrelay_runtime_errors", None,
@@ -123,6 +125,11 @@ cdef class LimitedLog:
             self._held = 0
         self.logger.log(level, "%s", message)
         return 0
+
+    def forget(self):
+        """Start every kind's interval afresh (for tests that count lines)."""
+        self._last.clear()
+        self._held = 0
 
     def warning(self, str kind, str message):
         if self.allow(kind):

@@ -5,13 +5,25 @@ from .runtime cimport Process
 from .stats cimport Counters
 
 
-# A connection's life (relay.pyx moves it along; see Connection).
+# A connection's life, in the order it is lived: ``state >= CLOSING`` means
+# closing has begun. relay.pyx holds the table of the moves between them and
+# the one place that makes them (Connection._enter); nothing else assigns
+# ``Output.state``. A new Output is PREPARED (0).
 cdef enum ConnState:
-    PREPARED = 0    # made by the middleware; the upgrade has not completed
-    OPEN = 1        # relaying both ways
-    PAUSED = 2      # its target's mailbox is full: client frames are held, reading stopped
-    CLOSING = 3     # a close frame is sent (or the connection is being failed)
-    CLOSED = 4      # the socket is gone
+    PREPARED = 0        # made by the middleware; the upgrade has not completed
+    OPEN = 1            # relaying both ways
+    PAUSED = 2          # its target is full: client frames are held, reading stopped
+    CLOSING = 3         # our close frame is sent; the client's frames still count, until its close frame
+    DISCONNECTING = 4   # nothing the client sends counts any more; the socket is being closed
+    CLOSED = 5          # the socket is gone
+
+cdef enum:
+    STATE_COUNT = ConnState.CLOSED + 1
+
+
+cdef inline bint relaying(ConnState state) noexcept:
+    """OPEN or PAUSED: the connection relays both ways; no close has begun."""
+    return state == ConnState.OPEN or state == ConnState.PAUSED
 
 
 cdef class Writer:

@@ -29,6 +29,7 @@ import logging
 
 from .deflate cimport DeflateParams
 from .frames cimport encode_data_frame, encode_deflated_frame, encode_send, encode_send_deflated, send_data
+from .picows_private cimport wire
 from .stats cimport Counters, LimitedLog
 
 cdef enum:
@@ -121,7 +122,7 @@ cdef class Output(Process):
         """Queue a frame (from frames.encode_send) unless the connection is
         closing or a slow consumer, in which case it is counted as dropped;
         whether it was queued."""
-        if self.state >= ConnState.CLOSING or self.transport is None:
+        if not relaying(self.state):
             self.writer.counters.frames_dropped_closing += 1
             return False
         if self.unsent + self.outbox_bytes > self.writer.limit and self.backlogged():
@@ -133,7 +134,7 @@ cdef class Output(Process):
 
     cdef bint backlogged(self) except -1:
         """Whether more than the limit is unsent, asking the transport."""
-        self.unsent = self.transport.underlying_transport.get_write_buffer_size()
+        self.unsent = wire(self.transport).get_write_buffer_size()
         return self.unsent + self.outbox_bytes > self.writer.limit
 
     cdef int queue(self, object frame, Py_ssize_t size) except -1:
@@ -162,13 +163,13 @@ cdef class Output(Process):
         self.outbox = None
         self.outbox_bytes = 0
         self.outbox_frames = 0
-        transport = self.transport
+        cdef WSTransport transport = self.transport
         if transport is not None and not transport.is_close_frame_sent and not transport.is_disconnected:
             try:
                 if len(frames) == 1:
-                    transport.underlying_transport.write(frames[0])
+                    wire(transport).write(frames[0])
                 else:
-                    transport.underlying_transport.writelines(frames)
+                    wire(transport).writelines(frames)
             except Exception as exc:
                 counters.frames_dropped_unwritten += nframes
                 if _log.allow("write_failed"):

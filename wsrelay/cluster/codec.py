@@ -14,7 +14,7 @@ from typing import Any
 
 import ormsgpack
 
-from .._core.pid import Pid
+from .._core.pid import Pid, PidCache
 
 PID_EXT = 1
 
@@ -53,8 +53,7 @@ def encode(value: Any) -> bytes:
 
 
 # Senders repeat: a decoded Pid is looked up by its bytes before it is parsed.
-_PID_CACHE_LIMIT = 65536
-_pid_cache: dict[bytes, Pid] = {}
+_pid_cache = PidCache()
 
 
 def _ext_hook(code: int, data: bytes) -> Any:
@@ -62,10 +61,7 @@ def _ext_hook(code: int, data: bytes) -> Any:
         raise ValueError(f"unknown MessagePack extension type {code}")
     pid = _pid_cache.get(data)
     if pid is None:
-        pid = Pid.parse(data.decode())
-        if len(_pid_cache) >= _PID_CACHE_LIMIT:
-            _pid_cache.clear()
-        _pid_cache[data] = pid
+        pid = _pid_cache.put(data, Pid.parse(data.decode()))
     return pid
 
 

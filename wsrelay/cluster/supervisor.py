@@ -52,6 +52,24 @@ def default_node_name() -> str:
     return node_name(Settings(workers=1)) or "wsrelay"
 
 
+# A worker runs the wsrelay this supervisor runs: ``python -m wsrelay`` would
+# import ./wsrelay of the current directory first (the project's own checkout,
+# or any folder named so). The package's parent directory goes first on
+# sys.path just for that import, then leaves: the rest of the worker's path
+# is Python's, with the current directory first, as under ``-m``, and the
+# YAML file's directory added by the configuration loader.
+_WORKER_MAIN = ("import sys; sys.path.insert(0, {parent!r}); import wsrelay.cli; sys.path.remove({parent!r}); "
+                "sys.exit(wsrelay.cli.main())")
+
+
+def worker_command() -> list[str]:
+    """The command line of a worker, before its arguments."""
+    import wsrelay
+
+    parent = os.path.dirname(os.path.dirname(os.path.abspath(wsrelay.__file__)))
+    return [sys.executable, "-c", _WORKER_MAIN.format(parent=parent)]
+
+
 def supervise(app: Any, file: str, addr: Optional[str], settings: Settings) -> int:
     """Run the supervisor until SIGTERM or SIGINT; the exit status."""
     return uvloop.run(Supervisor(app, file, addr, settings).run())
@@ -176,8 +194,7 @@ class Supervisor:
     async def _keep(self, worker: _Worker) -> None:
         """Run worker ``worker`` until the supervisor stops, restarting it."""
         loop = asyncio.get_running_loop()
-        argv = [sys.executable, "-m", "wsrelay", "serve", self.file, "--addr", self._worker_addr,
-                "--worker", str(worker.index)]
+        argv = [*worker_command(), "serve", self.file, "--addr", self._worker_addr, "--worker", str(worker.index)]
         while not self._stopping:
             proc = await asyncio.create_subprocess_exec(
                 *argv, env=self._environment(worker), stdin=asyncio.subprocess.DEVNULL,

@@ -32,6 +32,9 @@ import re
 import struct
 from typing import Any, NamedTuple
 
+from .._core.signals import SIGNAL_KINDS as SIGNAL_KINDS  # the names, for checking a record
+from .._core.signals import Signal
+from ..errors import Malformed
 from .codec import decode, encode
 
 # 2: the CALL record.
@@ -60,11 +63,10 @@ FRAMES = 2
 FRAGMENT = 3
 CALL = 4
 
-# Signal kinds between processes, as the core names them (remote.pyx):
-# CREDIT carries relay backpressure acknowledgements, RELAY a relay
-# connection's message to its target ([topic, payload] as the reason).
-SIGNAL_KINDS = ("MONITOR", "DEMONITOR", "LINK", "UNLINK", "EXIT", "LINK_EXIT", "KILL", "CREDIT", "RELAY")
-MONITOR, DEMONITOR, LINK, UNLINK, EXIT, LINK_EXIT, KILL, CREDIT, RELAY = range(1, len(SIGNAL_KINDS) + 1)
+# Signal kinds between processes, as the core declares them (signals.pxd),
+# as plain ints: the numbers a SIGNAL record carries. (EXIT here is the
+# signal, not the topic of the event it becomes.)
+MONITOR, DEMONITOR, LINK, UNLINK, EXIT, LINK_EXIT, KILL, CREDIT, RELAY = (int(kind) for kind in Signal)
 
 # Header flags.
 FLAG_BYE = 1  # the source is stopping: this is its last batch to us
@@ -78,10 +80,6 @@ DOWN = "down"
 # RPC operations: request [VERSION, op]; reply [VERSION, node, incarnation, body].
 PING = "ping"
 METRICS = "metrics"
-
-
-class Malformed(ValueError):
-    """Bytes from the bus that are not what a node of this version writes."""
 
 
 class Header(NamedTuple):
@@ -209,3 +207,4 @@ def parse_rpc_reply(data: bytes) -> tuple[str, int, Any]:
     if type(msg) is not list or len(msg) != 4 or msg[0] != VERSION:
         raise Malformed("a reply must be [version, node, incarnation, body]")
     return msg[1], msg[2], msg[3]
+

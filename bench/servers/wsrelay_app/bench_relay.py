@@ -1,7 +1,18 @@
-"""Handlers and process functions of the benchmarked wsrelay app (app.yaml).
+"""Handlers and process functions of the benchmarked wsrelay apps.
 
 Written the way an application would write them: nothing here is tuned for
-the benchmark.
+the benchmark. Both apps share the echo and the room's fan-out; they differ
+in how a handler finds the room:
+
+- app.yaml (one node): the room is this node's, under a local name;
+- cluster.yaml (``python -m bench cluster broadcast``): one room for the whole
+  cluster, under a global name. A handler cannot wait, so it takes the room
+  from this node's view of the global names (``process.whereis_global``);
+  while the name is not known here yet, it relays to this node's candidate,
+  a room process that claims the name (``await process.register_global``).
+  The first claim wins; a candidate that lost passes what reached it (joins
+  and publications) on to the winner, so no subscriber is left in a room
+  nobody publishes to.
 """
 
 from __future__ import annotations
@@ -11,6 +22,8 @@ import orjson
 from wsrelay import Group, process
 
 ROOM = "room:load"
+# This node's candidate for the global room, under a node-local name.
+CANDIDATE = "room:load:candidate"
 
 
 def echo_endpoint(req, res):
@@ -30,7 +43,8 @@ async def echo():
             return
 
 
-def _room_pid():
+def _local_room():
+    """The room of this node, started by the first handler that needs it."""
     pid = process.registry.lookup(ROOM)
     if pid is None:
         pid = process.spawn("load:room", "load:processes")
@@ -38,20 +52,48 @@ def _room_pid():
     return pid
 
 
+def _global_room():
+    """The cluster's room, or this node's candidate while its name is not known here."""
+    pid = process.whereis_global(ROOM)
+    if pid is None:
+        pid = process.registry.lookup(CANDIDATE)
+        if pid is None:
+            pid = process.spawn("load:room", "load:processes")
+            process.register(CANDIDATE, pid)
+    return pid
+
+
+def _subscribe(res, room):
+    res.header("X-WS-Relay", orjson.dumps({"target_pid": str(room), "metadata": {"role": "sub"}}).decode())
+
+
+def _publish(res, room):
+    res.header("X-WS-Relay", orjson.dumps({"target_pid": str(room), "message_topic": "pub"}).decode())
+
+
 def sub_endpoint(req, res):
-    res.header("X-WS-Relay", orjson.dumps({"target_pid": str(_room_pid()), "metadata": {"role": "sub"}}).decode())
+    _subscribe(res, _local_room())
 
 
 def pub_endpoint(req, res):
-    res.header("X-WS-Relay", orjson.dumps({"target_pid": str(_room_pid()), "message_topic": "pub"}).decode())
+    _publish(res, _local_room())
 
 
-async def room():
+def global_sub_endpoint(req, res):
+    _subscribe(res, _global_room())
+
+
+def global_pub_endpoint(req, res):
+    _publish(res, _global_room())
+
+
+async def _fan_out(inbox):
     """Subscribers join the group; each publisher message goes to all of
-    them with one group.send (the frame encoded once). Members leave the
-    group by themselves when their connection ends."""
+    them with one group.send (the frame encoded once; members on other
+    nodes get it once per node). Members leave the group by themselves
+    when their connection ends."""
     group = Group()
-    async for msg in process.inbox():
+    async for msg in inbox:
         topic = msg.topic
         if topic == "pub":
             data = msg.payload
@@ -59,3 +101,19 @@ async def room():
         elif topic == "ws.join":
             if msg.payload["metadata"].get("role") == "sub":
                 group.add(msg.payload["client_pid"])
+
+
+async def room():
+    """The one node's room."""
+    await _fan_out(process.inbox())
+
+
+async def global_room():
+    """Claim the global name; the winner holds the group, a loser forwards."""
+    if not await process.register_global(ROOM):
+        winner = process.whereis_global(ROOM)
+        async for msg in process.inbox():
+            if msg.topic in ("pub", "ws.join"):
+                process.send(winner, msg.topic, msg.payload)
+        return
+    await _fan_out(process.inbox())

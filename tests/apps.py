@@ -1,0 +1,107 @@
+"""The apps the tests serve, and where their handlers are: every handler
+and process function they name is in tests/procs.py.
+
+- relay_app(): an App in Python, one relay route, for a gateway in the
+  test's own process (tests/harness.running).
+- OPS_APP_YAML (write_app()): the YAML app of ``wsrelay serve`` subprocesses
+  (tests/harness.ServerProcess): echo, sizer, stuck and sequence-check routes.
+- CLUSTER_APP_YAML (write_cluster_app()): the YAML app the cluster nodes run
+  (tests/cluster_support.py). ``/ws/control``: the connection's target is a
+  control process (tests/procs.py ``relay:control``) that runs the process
+  API calls the test sends. ``/ws/relay?to=PID`` relays to any PID, of any
+  node. ``/ws/room`` relays to the process named ``room`` cluster-wide.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from tests.procs import relay_to
+from wsrelay import App, process
+
+
+def relay_handler(process_id: str, *args: Any, **fields: Any) -> Callable[[Any, Any], None]:
+    """A handler that spawns ``process_id(*args)`` and relays to it; extra
+    ``fields`` go into X-WS-Relay (metadata, message_topic, heartbeat_interval)."""
+
+    def handler(req: Any, res: Any) -> None:
+        pid = process.spawn(process_id, None, *args)
+        relay_to(res, pid, **fields)
+
+    return handler
+
+
+def relay_app(handler: Callable[[Any, Any], None], origins: Optional[str] = None,
+              path: str = "/chat") -> App:
+    """An app with one service on an ephemeral port and one relay route /ws<path>."""
+    app = App("test")
+    app.service("gateway", "127.0.0.1:0")
+    options = {} if origins is None else {"wsrelay.allowed.origins": origins}
+    router = app.router("ws", "gateway", "/ws", post_middleware=["websocket_relay"], post_options=options)
+    router.endpoint("GET", path, handler)
+    return app
+
+
+# Each route of the operations app: (path, handler in tests/procs.py).
+OPS_ROUTES = (("/echo", "echo_endpoint"), ("/sizer", "sizer_endpoint"), ("/stuck", "stuck_endpoint"),
+              ("/check", "check_endpoint"))
+
+OPS_APP_YAML = """\
+version: "1.0"
+namespace: ops
+entries:
+  - name: gateway
+    kind: http.service
+    addr: "{addr}"
+  - name: ws_router
+    kind: http.router
+    meta: {{server: gateway}}
+    prefix: /ws
+    post_middleware: [websocket_relay]
+    post_options: {{wsrelay.allowed.origins: "*"}}
+""" + "".join(f"""\
+  - name: {func}
+    kind: http.endpoint
+    meta: {{{{router: ws_router}}}}
+    path: {path}
+    func: tests.procs:{func}
+""" for path, func in OPS_ROUTES)
+
+CLUSTER_APP_YAML = """\
+version: "1.0"
+namespace: cl
+entries:
+  - {name: gateway, kind: http.service, addr: "127.0.0.1:0"}
+  - name: ws
+    kind: http.router
+    meta: {server: gateway}
+    prefix: /ws
+    post_middleware: [websocket_relay]
+    post_options: {wsrelay.allowed.origins: "*"}
+  - {name: control, kind: http.endpoint, meta: {router: ws}, path: /control, func: "tests.procs:control_endpoint"}
+  - {name: relay, kind: http.endpoint, meta: {router: ws}, path: /relay, func: "tests.procs:relay_endpoint"}
+  - {name: room, kind: http.endpoint, meta: {router: ws}, path: /room, func: "tests.procs:room_endpoint"}
+"""
+
+
+def write_app(folder: Path, addr: str = "127.0.0.1:0") -> Path:
+    """The operations app (OPS_APP_YAML) as a YAML file in ``folder``."""
+    path = folder / "app.yaml"
+    path.write_text(OPS_APP_YAML.format(addr=addr))
+    return path
+
+
+def write_cluster_app(folder: Path) -> Path:
+    """The cluster nodes' app (CLUSTER_APP_YAML) as a YAML file in ``folder``."""
+    path = folder / "cluster_app.yaml"
+    path.write_text(CLUSTER_APP_YAML)
+    return path
+
+
+def read_report(path: Path) -> list[list[str]]:
+    """Lines written by the relay targets of tests/procs.py to the file named
+    by its REPORT_ENV, split on spaces."""
+    if not path.exists():
+        return []
+    return [line.split(" ") for line in path.read_text().splitlines() if line]

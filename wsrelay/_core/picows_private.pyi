@@ -1,0 +1,13 @@
+import asyncio
+import logging
+from typing import Any, Callable, Union
+
+from picows import WSTransport
+
+CHECKED_AGAINST: str
+
+def server_protocol_factory(listener_factory: Callable[[Any], Any],
+                            logger: Union[logging.Logger, logging.LoggerAdapter[Any]], handshake_timeout: float,
+                            max_frame_size: int, read_buffer_size: int) -> Callable[[], asyncio.BufferedProtocol]: ...
+def _release_upgrade(transport: WSTransport, write_buffer: int) -> None: ...
+def _write_buffer_capacity(transport: WSTransport) -> int: ...

@@ -1,0 +1,60 @@
+# cython: language_level=3
+"""Where wsrelay relies on more of picows than its public API promises.
+
+The C-level reliances (a transport's private write buffer, its readonly
+upgrade request and response, frames written beside picows' own) are inline
+functions in picows_private.pxd; this module holds the one made from Python:
+picows' server protocol, built the way ``ws_create_server`` builds it, so
+that the handshake guard (handshake.pyx) can hand it a socket whose request
+head it has already read. Checked against the picows CHECKED_AGAINST names;
+tests/test_picows_private.py fails, naming the reliance, when an upgrade
+breaks one.
+"""
+
+import functools
+
+from picows import WSAutoPingStrategy
+from picows.picows import WSProtocol
+
+from picows.picows cimport WSTransport
+
+# The picows release every reliance here was last checked against.
+CHECKED_AGAINST = "2.3.1"
+
+
+def server_protocol_factory(listener_factory, logger, handshake_timeout, max_frame_size, read_buffer_size):
+    """A factory of server-side picows protocols (no argument).
+
+    ``WSProtocol`` is not public and its constructor takes its 15 arguments
+    by position (in CHECKED_AGAINST: host_port, ws_path, is_client_side,
+    ws_listener_factory, logger, disconnect_on_exception,
+    websocket_handshake_timeout, enable_auto_ping, auto_ping_idle_timeout,
+    auto_ping_reply_timeout, auto_ping_strategy, enable_auto_pong,
+    max_frame_size, extra_headers, read_buffer_init_size). The public
+    ``ws_create_server`` makes the listening socket itself, which would leave
+    no room for the handshake guard."""
+    return functools.partial(
+        WSProtocol,
+        None, None, False,  # host:port and path (a client's), is_client_side
+        listener_factory,
+        logger,
+        True,  # disconnect_on_exception
+        handshake_timeout,
+        False, 20, 20, WSAutoPingStrategy.PING_WHEN_IDLE,  # auto-ping off: the relay's sweep pings
+        False,  # auto-pong off: the relay answers pings itself, after its RSV check
+        max_frame_size,
+        None,  # extra headers (a client's)
+        read_buffer_size,
+    )
+
+
+# -- test hooks: the inline functions of picows_private.pxd, seen from Python -------
+
+
+def _release_upgrade(WSTransport transport not None, Py_ssize_t write_buffer):
+    release_upgrade(transport, write_buffer)
+
+
+def _write_buffer_capacity(WSTransport transport not None):
+    """The capacity of the transport's private write buffer, in bytes."""
+    return transport._write_buffer.capacity

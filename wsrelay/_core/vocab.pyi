@@ -1,0 +1,13 @@
+EXIT: str
+LINK_DOWN: str
+REPLY: str
+NORMAL: str
+NOPROC: str
+NOCONNECTION: str
+TERMINATED: str
+ERROR: str
+SHUTDOWN: str
+MAILBOX_FULL: str
+UNREACHABLE: str
+REJECTED: str
+DROP_REASONS: tuple[str, ...]
