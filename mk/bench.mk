@@ -6,7 +6,7 @@
 #                           process-runtime microbenchmark, bench/runtime.py)
 #   make bench-load         echo, broadcast, connections, churn at full size
 #   make bench-quick        the same, small and short: does everything work?
-#   make bench-issue3       echo, 50 conns x 4 in flight x 256 B binary, 3 runs
+#   make bench-echo-inflight       echo, 50 conns x 4 in flight x 256 B binary, 3 runs
 #   make bench-echo | bench-broadcast | bench-connections | bench-churn
 #   make bench-setup        npm ci of the Node peer (bench/node, lock file committed)
 #   make bench-cluster      WSRELAY_WORKERS against the single process, same run:
@@ -25,7 +25,7 @@ BENCH_ARGS   ?=
 BENCH_NODE   := bench/node
 BENCH_NODE_STAMP := $(BENCH_NODE)/node_modules/.package-lock.json
 
-.PHONY: bench-load bench-quick bench-setup bench-issue3 bench-echo bench-broadcast bench-connections bench-churn \
+.PHONY: bench-load bench-quick bench-setup bench-echo-inflight bench-echo bench-broadcast bench-connections bench-churn \
         bench-cluster bench-cluster-quick
 
 bench: bench-load
@@ -45,7 +45,7 @@ bench-load: dev bench-setup
 bench-quick: dev bench-setup
 	$(BIN)/python -m bench all --quick $(BENCH_ARGS)
 
-bench-issue3: dev
+bench-echo-inflight: dev
 	$(BIN)/python -m bench echo --conns 50 --inflight 4 --size 256 --binary \
 	  --servers wsrelay,picows,websockets --repeat 3 $(BENCH_ARGS)
 

@@ -1,4 +1,4 @@
-# Binary wheel of the local Python (issue 6), part of `make test`.
+# Binary wheel of the local Python (docs/install.md), part of `make test`.
 #
 #   make wheel   build the wheel with pip in an isolated build (only the
 #                [build-system] requirements, from PyPI or pip's cache), from a

@@ -45,7 +45,7 @@ def relay_app(handler: Callable[[Any, Any], None], origins: Optional[str] = None
 
 # Each route of the operations app: (path, handler in tests/procs.py).
 OPS_ROUTES = (("/echo", "echo_endpoint"), ("/sizer", "sizer_endpoint"), ("/stuck", "stuck_endpoint"),
-              ("/check", "check_endpoint"))
+              ("/check", "check_endpoint"), ("/async_echo", "async_echo_endpoint"), ("/slow", "slow_endpoint"))
 
 OPS_APP_YAML = """\
 version: "1.0"

@@ -713,6 +713,19 @@ def echo_endpoint(req, res) -> None:
     relay_to(res, pid)
 
 
+async def async_echo_endpoint(req, res) -> None:
+    """echo_endpoint, as an async def endpoint that lets others run first."""
+    await asyncio.sleep(0)
+    relay_to(res, process.spawn("relay:echo"))
+
+
+async def slow_endpoint(req, res) -> None:
+    """An async endpoint that spawns a process, then waits on something
+    that never answers (cancelled at WSRELAY_HANDLER_TIMEOUT)."""
+    process.spawn("test:sleeper")
+    await asyncio.Event().wait()
+
+
 def sizer_endpoint(req, res) -> None:
     pid = process.spawn("relay:sizer")
     relay_to(res, pid)

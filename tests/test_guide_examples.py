@@ -191,6 +191,16 @@ async def test_private_refuses_with_an_ordinary_response(guide: ServerProcess):
         assert await recv(ws) == {"event": "welcome", "user": "ada"}
 
 
+async def test_an_async_handler_awaits_its_session_store(guide: ServerProcess):
+    with pytest.raises(InvalidStatus) as info:
+        async with websockets.connect(guide.url("/ws/account?token=wrong")):
+            pass
+    assert info.value.response.status_code == 401
+    assert info.value.response.body == b"401 Unauthorized: unknown session\n"
+    async with websockets.connect(guide.url("/ws/account?token=t-grace")) as ws:
+        assert await recv(ws) == {"event": "welcome", "user": "grace"}
+
+
 # -- the receive loop, sending, closing ------------------------------------------------------
 
 

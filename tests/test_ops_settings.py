@@ -38,6 +38,8 @@ BAD = [
     ("WSRELAY_PING_TIMEOUT", "40s"),  # longer than the 30 s default interval
     ("WSRELAY_HANDSHAKE_TIMEOUT", "0"),
     ("WSRELAY_HANDSHAKE_TIMEOUT", "ten"),
+    ("WSRELAY_HANDLER_TIMEOUT", "0"),
+    ("WSRELAY_HANDLER_TIMEOUT", "-1s"),
     ("WSRELAY_MAX_CONNECTIONS", "-1"),
     ("WSRELAY_MAX_CONNECTIONS", "1e3"),
     ("WSRELAY_DRAIN_TIMEOUT", "forever"),
@@ -156,8 +158,9 @@ def test_units_and_defaults_parse():
     s = load_settings({
         "WSRELAY_MAX_MESSAGE_SIZE": "64KiB", "WSRELAY_WRITE_BUFFER_LIMIT": "2M", "WSRELAY_PING_INTERVAL": "500ms",
         "WSRELAY_PING_TIMEOUT": "0.25", "WSRELAY_DRAIN_TIMEOUT": "1m", "WSRELAY_LOG_LEVEL": "warning",
-        "WSRELAY_MAX_CONNECTIONS": "0", "WSRELAY_HANDSHAKE_TIMEOUT": " 3s ",
+        "WSRELAY_MAX_CONNECTIONS": "0", "WSRELAY_HANDSHAKE_TIMEOUT": " 3s ", "WSRELAY_HANDLER_TIMEOUT": "250ms",
     })
+    assert s.handler_timeout == 0.25
     assert (s.max_message_size, s.write_buffer_limit) == (65536, 2 << 20)
     assert (s.ping_interval, s.ping_timeout, s.drain_timeout, s.handshake_timeout) == (0.5, 0.25, 60.0, 3.0)
     assert (s.log_level, s.max_connections) == ("WARNING", 0)

@@ -2,7 +2,7 @@
 
 Settings and the file are read and checked before anything binds; a bad value
 exits with status 2 and a message naming the variable, entry or field.
-SIGTERM and SIGINT drain the gateway (SPEC §5) and exit 0.
+SIGTERM and SIGINT drain the gateway (docs/guide.md, section 10) and exit 0.
 
 With ``WSRELAY_WORKERS``, ``serve`` is a supervisor (wsrelay/cluster/
 supervisor.py) running ``serve FILE --worker I`` children; with

@@ -1,4 +1,4 @@
-"""The application file (SPEC §4.6): one YAML document describing services,
+"""The application file (docs/guide.md, section 1): one YAML document describing services,
 process hosts, routers, endpoints and process functions.
 
 Every problem is a ConfigError naming the entry and the field, raised before

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import logging
 import time
 from collections import Counter
@@ -15,21 +16,29 @@ import picows
 from picows import WSUpgradeResponseWithListener
 
 from . import threads
-from ._core.handshake import Handshakes
+from ._core.handshake import Handshakes, http_answer
 from ._core.picows_private import server_protocol_factory
 from ._core.relay import RelayListener, RelayService
 from ._core.runtime import node as get_node
 from ._core.runtime import terminate
 from .app import App, Router, Service, parse_addr
 from .http import Middleware, Request, Response, middleware_factory, plain
+from .relay import normalize_upgrade_headers
 from .settings import Settings
 from .settings import settings as current_settings
 
 log = logging.getLogger("wsrelay.gateway")
 
 
+def _is_async(func: Any) -> bool:
+    """Whether an endpoint is ``async def`` (a function, or an object whose
+    ``__call__`` is one)."""
+    return inspect.iscoroutinefunction(func) or (
+        callable(func) and not inspect.isroutine(func) and inspect.iscoroutinefunction(type(func).__call__))
+
+
 class _RouterRuntime:
-    __slots__ = ("router", "pre", "post", "endpoints")
+    __slots__ = ("router", "pre", "post", "endpoints", "async_paths")
 
     def __init__(self, router: Router, service: ServiceRuntime) -> None:
         self.router = router
@@ -38,6 +47,9 @@ class _RouterRuntime:
             middleware_factory(n)(router.post_options, service) for n in router.post_middleware
         ]
         self.endpoints = {(e.method, router.prefix + e.path): e for e in router.endpoints}
+        # Requests for these paths wait in the handshake guard for their
+        # endpoint (picows' request handling cannot wait).
+        self.async_paths = {router.prefix + e.path for e in router.endpoints if _is_async(e.func)}
 
 
 class ServiceRuntime:
@@ -55,23 +67,28 @@ class ServiceRuntime:
             ping_interval=s.ping_interval, ping_timeout=s.ping_timeout,
             compression=s.compression, compression_min_size=s.compression_min_size,
         )
-        protocol_args = (_PICOWS_LOGGER, s.handshake_timeout, _max_frame_size(s), s.read_buffer_size)
-
-        def make_protocol(transport: asyncio.Transport) -> Any:
-            # The listener factory is this connection's own, so the request
-            # its handler sees knows the socket (req.client).
-            return server_protocol_factory(functools.partial(self.listener_factory, transport), *protocol_args)()
-
-        self.handshakes = Handshakes(
-            loop, make_protocol, timeout=s.handshake_timeout, receive_buffer=s.socket_receive_buffer,
-            # In a cluster /metrics answers for every worker of the machine,
-            # gathered over the bus: it has to wait, so the guard answers it.
-            routes=None if gateway.transport is None else {b"/metrics": self.machine_metrics})
+        self._protocol_args = (_PICOWS_LOGGER, s.handshake_timeout, _max_frame_size(s), s.read_buffer_size)
         # Longest prefix first, so /ws/admin wins over /ws.
         self.routers = sorted((_RouterRuntime(r, self) for r in routers),
                               key=lambda rt: len(rt.router.prefix), reverse=True)
+        routes: dict[bytes, Any] = {path.encode(): self.async_endpoint
+                                    for rt in self.routers for path in rt.async_paths}
+        if gateway.transport is not None:
+            # In a cluster /metrics answers for every worker of the machine,
+            # gathered over the bus: it has to wait, so the guard answers it.
+            routes[b"/metrics"] = self.machine_metrics
+        self.handshakes = Handshakes(loop, self.make_protocol, timeout=s.handshake_timeout,
+                                     receive_buffer=s.socket_receive_buffer, routes=routes)
         self.server: Optional[asyncio.AbstractServer] = None
         self.accepting = True
+
+    def make_protocol(self, transport: asyncio.Transport, listener_factory: Any = None) -> Any:
+        """The picows protocol of one socket; its upgrade request is answered
+        by ``listener_factory``, by default this service's routes. The
+        listener factory is the connection's own, so the request its handler
+        sees knows the socket (req.client)."""
+        return server_protocol_factory(functools.partial(listener_factory or self.listener_factory, transport),
+                                       *self._protocol_args)()
 
     # -- used by middleware ---------------------------------------------------------
 
@@ -94,21 +111,46 @@ class ServiceRuntime:
             req = Request.from_upgrade_request(upgrade_request, transport)
         except Exception:
             log.exception("unreadable request")
-            return WSUpgradeResponseWithListener(plain(400, "400 Bad Request").to_upgrade_response(), None)
+            return _answer(plain(400, "400 Bad Request"))
         outcome = self.dispatch(req)
-        if isinstance(outcome, RelayListener):
-            return outcome
-        if isinstance(outcome, tuple):
-            listener, res = outcome
-            response = picows.WSUpgradeResponse.create_101_response()
-            for name, value in res.headers.items():
-                response.headers.add(name, value)
-            return WSUpgradeResponseWithListener(response, listener)
-        return WSUpgradeResponseWithListener(outcome.to_upgrade_response(), None)
+        if inspect.iscoroutine(outcome):
+            # Only the guard's async route leads to an async endpoint; a path
+            # it did not recognise as one is a bug of ours, said as such.
+            outcome.close()
+            log.error("%s %s: an async endpoint was reached without waiting for it", req.method, req.path)
+            return _answer(plain(500, "500 Internal Server Error: the handler could not be awaited"))
+        return _listener(outcome)
 
-    def dispatch(self, req: Request) -> Any:
+    async def async_endpoint(self, head: bytes, transport: Any) -> Any:
+        """The guard's route for the paths of async endpoints: the endpoint is
+        awaited (within WSRELAY_HANDLER_TIMEOUT), then the socket goes to
+        picows with the answer already decided."""
+        try:
+            req = Request.from_head(head, transport)
+        except ValueError as exc:
+            self.handshake_failed("bad_request")
+            return http_answer(400, "text/plain; charset=utf-8", f"400 Bad Request: {exc}\n".encode())
+        outcome = self.dispatch(req, transport)
+        if inspect.iscoroutine(outcome):
+            outcome = await outcome
+            if outcome is None:
+                return None  # the client went away while its handler waited
+        if isinstance(outcome, Response):
+            # Answered by the guard, which then drains what the client still
+            # sends before closing, so the answer is not lost to a reset.
+            return outcome.encode()
+        answer = _listener(outcome)
+
+        def decided(transport: Any, upgrade_request: Any) -> Any:
+            normalize_upgrade_headers(upgrade_request.headers)
+            return answer
+
+        return functools.partial(self.make_protocol, listener_factory=decided)
+
+    def dispatch(self, req: Request, transport: Any = None) -> Any:
         """A RelayListener (upgrade), (listener, response) (upgrade with the
-        handler's headers), or a Response to send."""
+        handler's headers), or a Response to send; for an async endpoint, a
+        coroutine giving one of those (or None when the client has gone)."""
         path = req.path
         if path == "/health":
             return self.health()
@@ -127,41 +169,70 @@ class ServiceRuntime:
             endpoint = rt.endpoints.get((req.method, path))
             if endpoint is None:
                 continue
+            for mw in rt.post:
+                if not mw.before(req, res):
+                    return res
+            if path in rt.async_paths:
+                return self.await_endpoint(rt, endpoint, req, res, transport)
             return self.run_endpoint(rt, endpoint, req, res)
         return plain(404, "404 Not Found")
 
     def run_endpoint(self, rt: _RouterRuntime, endpoint: Any, req: Request, res: Response) -> Any:
-        for mw in rt.post:
-            if not mw.before(req, res):
-                return res
         node = get_node()
         node.begin_journal()
-        failed = False
+        failed = True
         try:
             try:
                 endpoint.func(req, res)
             except Exception:
-                failed = True
-                log.exception("handler %s failed on %s %s", endpoint.id, req.method, req.path)
-                self.handshake_failed("handler_error")
-                return plain(500, "500 Internal Server Error: the handler failed")
-            for mw in reversed(rt.post):
-                listener = mw.after(req, res)
-                if listener is not None:
-                    if not res.headers:
-                        return listener
-                    return (listener, res)
-            for mw in reversed(rt.pre):
-                mw.after(req, res)
+                return self._handler_failed(endpoint, req)
+            outcome = self._after(rt, req, res)
             failed = res.failed_upgrade
-            return res
+            return outcome
         finally:
-            spawned = node.end_journal()
-            if failed:
-                # Nothing will ever talk to what the handler spawned for this
-                # request: end it instead of leaving orphans.
-                for pid in spawned:
-                    terminate(pid, "handshake_failed")
+            _end_journal(node, failed)
+
+    async def await_endpoint(self, rt: _RouterRuntime, endpoint: Any, req: Request, res: Response,
+                             transport: Any) -> Any:
+        node = get_node()
+        # This coroutine runs as a task of its own: its journal is its own.
+        node.begin_journal()
+        failed = True
+        timeout = self.gateway.settings.handler_timeout
+        try:
+            try:
+                await asyncio.wait_for(endpoint.func(req, res), timeout)
+            except asyncio.TimeoutError:
+                log.warning("handler %s on %s %s did not finish within %g s (WSRELAY_HANDLER_TIMEOUT)",
+                            endpoint.id, req.method, req.path, timeout)
+                self.handshake_failed("handler_timeout")
+                return plain(504, f"504 Gateway Timeout: the handler did not finish within {timeout:g} s")
+            except Exception:
+                return self._handler_failed(endpoint, req)
+            if transport is not None and transport.is_closing():
+                return None  # counted by the guard as the client left
+            outcome = self._after(rt, req, res)
+            failed = res.failed_upgrade
+            return outcome
+        finally:
+            _end_journal(node, failed)
+
+    def _handler_failed(self, endpoint: Any, req: Request) -> Response:
+        log.exception("handler %s failed on %s %s", endpoint.id, req.method, req.path)
+        self.handshake_failed("handler_error")
+        return plain(500, "500 Internal Server Error: the handler failed")
+
+    def _after(self, rt: _RouterRuntime, req: Request, res: Response) -> Any:
+        """The middleware after a handler that returned: an upgrade, or ``res``."""
+        for mw in reversed(rt.post):
+            listener = mw.after(req, res)
+            if listener is not None:
+                if not res.headers:
+                    return listener
+                return (listener, res)
+        for mw in reversed(rt.pre):
+            mw.after(req, res)
+        return res
 
     def health(self) -> Response:
         body = {
@@ -179,7 +250,7 @@ class ServiceRuntime:
         res.header("Content-Type", "application/json")
         return res.write(orjson.dumps(body))
 
-    async def machine_metrics(self, query: str) -> tuple[int, str, bytes]:
+    async def machine_metrics(self, head: bytes, transport: Any) -> bytes:
         """/metrics in a cluster: every node of this machine, each series
         labelled with its node (a node that does not answer in time is
         reported down); ``?local=1``: this node alone."""
@@ -187,10 +258,10 @@ class ServiceRuntime:
         from .metrics import render
 
         body, content_type = render(self.gateway)
-        if "local=1" in query.split("&"):
-            return 200, content_type, body
-        bodies = await self.gateway.transport.gather_metrics(timeout=1.5)
-        return 200, content_type, merge_expositions(bodies)
+        query = head[:head.find(b"\r\n")].split(b" ")[1].partition(b"?")[2]
+        if b"local=1" not in query.split(b"&"):
+            body = merge_expositions(await self.gateway.transport.gather_metrics(timeout=1.5))
+        return http_answer(200, content_type, body)
 
     def metrics(self) -> Response:
         from .metrics import render
@@ -307,6 +378,32 @@ class Gateway:
 
     async def __aexit__(self, *exc: Any) -> None:
         await self.shutdown()
+
+
+def _answer(res: Response) -> Any:
+    return WSUpgradeResponseWithListener(res.to_upgrade_response(), None)
+
+
+def _listener(outcome: Any) -> Any:
+    """What picows' listener factory returns for a dispatch's outcome."""
+    if isinstance(outcome, RelayListener):
+        return outcome  # picows answers 101
+    if isinstance(outcome, tuple):
+        listener, res = outcome
+        response = picows.WSUpgradeResponse.create_101_response()
+        for name, value in res.headers.items():
+            response.headers.add(name, value)
+        return WSUpgradeResponseWithListener(response, listener)
+    return _answer(outcome)
+
+
+def _end_journal(node: Any, failed: bool) -> None:
+    spawned = node.end_journal()
+    if failed:
+        # Nothing will ever talk to what the handler spawned for this
+        # request: end it instead of leaving orphans.
+        for pid in spawned:
+            terminate(pid, "handshake_failed")
 
 
 def _max_frame_size(s: Settings) -> int:

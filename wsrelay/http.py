@@ -7,6 +7,8 @@ framework for the rest.
 
 from __future__ import annotations
 
+import http.client
+import io
 from http import HTTPStatus
 from http.cookies import CookieError, SimpleCookie
 from typing import Any, Callable, Optional, Union
@@ -59,6 +61,23 @@ class Request:
         if self._cookies is None:
             self._cookies = _cookies(self._headers.getall("Cookie", ()))
         return self._cookies.get(name, default)
+
+    @classmethod
+    def from_head(cls, head: bytes, transport: Any = None) -> Request:
+        """The request in ``head``, the bytes of a request line and headers
+        (what the handshake guard read), parsed by the standard library's
+        HTTP header parser. ValueError when it is not one."""
+        line, _, rest = head.partition(b"\r\n")
+        parts = line.split(b" ")
+        if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
+            raise ValueError("malformed request line")
+        try:
+            message = http.client.parse_headers(io.BytesIO(rest))
+        except http.client.HTTPException as exc:
+            raise ValueError(f"malformed headers: {exc}") from None
+        raw = parts[1].decode("latin-1")
+        path, _, query = raw.partition("?")
+        return cls(parts[0].decode("latin-1"), unquote(path), query, CIMultiDict(message.items()), transport)
 
     def query(self, name: str, default: Optional[str] = None) -> Optional[str]:
         """The first value of query parameter ``name``."""
@@ -166,6 +185,19 @@ class Response:
             raise ValueError(f"body must be str or bytes, got {type(body).__name__}")
         self.body += body
         return self
+
+    def encode(self) -> bytes:
+        """The whole HTTP/1.1 response, with a Content-Length and
+        ``Connection: close`` (as the handshake guard writes it)."""
+        body = bytes(self.body)
+        headers = CIMultiDict(self.headers)
+        if body and "Content-Type" not in headers:
+            headers["Content-Type"] = "text/plain; charset=utf-8"
+        headers["Content-Length"] = str(len(body))
+        headers["Connection"] = "close"
+        head = [f"HTTP/1.1 {self.status_code} {HTTPStatus(self.status_code).phrase}"]
+        head += [f"{name}: {value}" for name, value in headers.items()]
+        return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
     def to_upgrade_response(self) -> Any:
         """The picows response that carries this one to the client."""

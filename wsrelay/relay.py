@@ -1,4 +1,4 @@
-"""The ``websocket_relay`` middleware (SPEC §4).
+"""The ``websocket_relay`` middleware (docs/guide.md, "The relay").
 
 Before the handler: the Origin rule, the upgrade request's validity and the
 connection limit. After it: the ``X-WS-Relay`` header, which names the target
@@ -118,12 +118,17 @@ def check_upgrade(req: Request) -> Optional[Response]:
         valid_key = False
     if not valid_key:
         return plain(400, "400 Bad Request: Sec-WebSocket-Key must be 16 bytes in base64")
-    # picows checks for exactly "Upgrade" and "websocket" after the handler has
-    # run; browsers may send "keep-alive, Upgrade", and Upgrade is a list too.
-    # Refusing there would orphan what the handler spawned.
+    normalize_upgrade_headers(headers)
+    return None
+
+
+def normalize_upgrade_headers(headers: Any) -> None:
+    """picows checks for exactly "Upgrade" and "websocket" after the handler
+    has run; browsers may send "keep-alive, Upgrade", and Upgrade is a list
+    too. Refusing there would orphan what the handler spawned, so a request
+    found valid says it the way picows reads it."""
     headers["Connection"] = "Upgrade"
     headers["Upgrade"] = "websocket"
-    return None
 
 
 # -- the middleware --------------------------------------------------------------------------

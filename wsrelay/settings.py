@@ -1,6 +1,6 @@
 """Every tuning knob, read from the environment and validated in one place.
 
-The names are part of the contract (SPEC §5); docs/configuration.md lists each
+The names are part of the contract; docs/configuration.md lists each
 with its default and what raising it costs.
 """
 
@@ -24,6 +24,8 @@ class Settings:
     ping_interval: float = 30.0
     ping_timeout: float = 20.0
     handshake_timeout: float = 10.0
+    # Seconds an async def endpoint may take before the request is answered 504.
+    handler_timeout: float = 5.0
     max_connections: int = 0
     drain_timeout: float = 10.0
     # picows' smallest read buffer; it grows for larger frames.
@@ -225,6 +227,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], object]]] = {
     "WSRELAY_PING_INTERVAL": ("ping_interval", _seconds),
     "WSRELAY_PING_TIMEOUT": ("ping_timeout", _seconds),
     "WSRELAY_HANDSHAKE_TIMEOUT": ("handshake_timeout", _positive_seconds),
+    "WSRELAY_HANDLER_TIMEOUT": ("handler_timeout", _positive_seconds),
     "WSRELAY_MAX_CONNECTIONS": ("max_connections", _count(0, 1 << 31, "connections")),
     "WSRELAY_DRAIN_TIMEOUT": ("drain_timeout", _seconds),
     "WSRELAY_READ_BUFFER_SIZE": ("read_buffer_size", _size(2048, 64 << 20)),

@@ -1,12 +1,14 @@
 """HTTP handlers of the guide's application (docs/guide.md, "Handlers").
 
-A handler is a plain function ``handler(req, res)``. It answers an ordinary
-HTTP request, or, on a router with the ``websocket_relay`` middleware, sets
-``X-WS-Relay`` to have the connection upgraded and relayed to a process.
+A handler is a function ``handler(req, res)``, plain or ``async def``. It
+answers an ordinary HTTP request, or, on a router with the
+``websocket_relay`` middleware, sets ``X-WS-Relay`` to have the connection
+upgraded and relayed to a process.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from wsrelay import process
@@ -64,3 +66,23 @@ def private(req, res):
     res.header("X-WS-Relay", json.dumps({"target_pid": str(pid), "metadata": {"user_id": user}}))
     # Other headers set by the handler go out with the 101 response.
     res.header("X-User", user)
+
+
+SESSIONS = {"t-grace": "grace"}
+
+
+async def load_user(token):
+    """Stands for an async session store (a database, Redis, another service)."""
+    await asyncio.sleep(0.01)
+    return SESSIONS.get(token)
+
+
+async def account(req, res):
+    """GET /ws/account?token=...: an async def handler may await, within
+    WSRELAY_HANDLER_TIMEOUT, before it relays or refuses."""
+    user = await load_user(req.query("token", ""))
+    if user is None:
+        res.status(401).write("401 Unauthorized: unknown session\n")
+        return
+    pid = process.spawn("app.ws:handler", "app:processes")
+    res.relay(pid, metadata={"user_id": user})

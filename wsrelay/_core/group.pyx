@@ -7,7 +7,7 @@ WebSocket frame once and queues that same bytes object for every member (see
 the write coalescing in writer.pyx); members leave the group by themselves
 when their connection ends.
 
-Members may live on other nodes (SPEC §8): the frame is shipped once to each
+Members may live on other nodes (docs/cluster.md, "Groups"): the frame is shipped once to each
 node with members, with the ids of its members there, and queued by that
 node for each of them; the node watches them and they leave the group when
 their connection ends or their node is lost.

@@ -5,7 +5,7 @@ before picows sees it.
 A HandshakeGuard is the protocol of every accepted socket until the request
 head (request line, headers, blank line) is complete: then it hands the
 socket and the bytes read so far to a picows protocol (made by
-picows_private.server_protocol_factory), which upgrades or answers as usual. What the guard adds (SPEC §6):
+picows_private.server_protocol_factory), which upgrades or answers as usual. What the guard adds (docs/guide.md, "What the server answers"):
 
 - a head over ``max_head`` bytes is answered ``431 Request Header Fields Too
   Large`` (picows alone would drop the socket without a word);
@@ -15,15 +15,21 @@ picows_private.server_protocol_factory), which upgrades or answers as usual. Wha
 - every refusal is counted, by reason, for /metrics;
 - the socket's receive buffer is set (WSRELAY_SOCKET_RECEIVE_BUFFER), which
   bounds the read buffer picows grows for a client that floods;
-- a GET of one of ``routes`` (a path) is answered here, by a coroutine, for
-  an answer that has to wait for something (the machine's /metrics, gathered
-  from every worker over the bus): picows' request handling cannot wait.
+- a request for one of ``routes`` (a path) waits here for a coroutine:
+  picows' request handling cannot wait, and some answers must (the
+  machine's /metrics, gathered from every worker over the bus; an
+  ``async def`` endpoint). Meanwhile nothing more is read from the client,
+  so it holds its socket and its head, no more; the coroutine bounds its
+  own time. Its outcome is an answer written here (bytes), a picows
+  protocol factory that the socket is then handed to as usual (an upgrade
+  or a response decided by the endpoint), or None (nothing left to do).
 """
 
 import asyncio
 import logging
 from http import HTTPStatus
 from socket import SOL_SOCKET, SO_RCVBUF
+from urllib.parse import unquote_to_bytes
 
 cdef enum:
     FIRST_BUFFER = 2048
@@ -32,6 +38,13 @@ cdef enum:
 cdef double LINGER = 2.0
 
 cdef bytes _431_BODY = b"431 Request Header Fields Too Large: the request line and headers exceed %d bytes\n"
+
+
+def http_answer(int status, str content_type, bytes body):
+    """A whole HTTP/1.1 response that closes the connection, as an async
+    route returns it."""
+    return (b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+            % (status, HTTPStatus(status).phrase.encode(), content_type.encode(), len(body)) + body)
 
 
 cdef class Handshakes:
@@ -82,6 +95,10 @@ cdef class HandshakeGuard(_GuardBase, asyncio.BufferedProtocol):
     # dropped until it closes (a lingering close), so that the answer is not
     # lost to the reset that closing on unread bytes would send.
     cdef bint refused
+    # Its head is complete and an async route decides what becomes of it:
+    # what the client sends meanwhile is kept (up to max_head, then reading
+    # pauses), and reading goes on so that a client that leaves is noticed.
+    cdef bint waiting
 
     def connection_made(self, transport):
         if self.owner.receive_buffer:
@@ -101,7 +118,7 @@ cdef class HandshakeGuard(_GuardBase, asyncio.BufferedProtocol):
         cdef Py_ssize_t size = len(self.buffer)
         if self.refused:
             return memoryview(self.buffer)
-        if self.used == size:
+        if self.used == size and size < self.owner.max_head:
             self.buffer.extend(bytes(min(size, self.owner.max_head - size)))
         return memoryview(self.buffer)[self.used:]
 
@@ -110,6 +127,10 @@ cdef class HandshakeGuard(_GuardBase, asyncio.BufferedProtocol):
         if self.refused:
             return
         self.used += nbytes
+        if self.waiting:
+            if self.used >= len(self.buffer) and self.used >= self.owner.max_head:
+                self.transport.pause_reading()
+            return
         if self.buffer.find(b"\r\n\r\n", start, self.used) >= 0:
             self._upgrade()
         elif self.used >= self.owner.max_head:
@@ -120,6 +141,11 @@ cdef class HandshakeGuard(_GuardBase, asyncio.BufferedProtocol):
         return False
 
     def connection_lost(self, exc):
+        if self.waiting:
+            # Its route finds the transport closed when it is done and
+            # leaves nothing behind (the gateway ends what a handler spawned).
+            self.waiting = False
+            self.owner.count_failure("client_gone")
         self._finish()
         if self.timer is not None:
             self.timer.cancel()
@@ -142,47 +168,62 @@ cdef class HandshakeGuard(_GuardBase, asyncio.BufferedProtocol):
             self._finish()
             self.transport.abort()
 
-    async def _answer(self, route, str query):
-        """The response of an async route: (status, content type, body)."""
+    async def _wait_for(self, route, bytes head):
+        """Run an async route (see the module's docstring) and act on its outcome."""
         transport = self.transport
         try:
-            status, content_type, body = await route(query)
+            outcome = await route(head, transport)
         except Exception as exc:
             logging.getLogger("wsrelay.gateway").exception("async route failed")
-            status, content_type, body = 500, "text/plain; charset=utf-8", f"500 Internal Server Error: {exc}\n".encode()
-        if transport.is_closing():
+            outcome = http_answer(500, "text/plain; charset=utf-8", f"500 Internal Server Error: {exc}\n".encode())
+        if outcome is None or transport.is_closing():
+            # The route had nothing more to say, or the client has gone
+            # meanwhile (the route has been told by the transport's state).
+            self.transport = None
             return
-        transport.write(b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
-                        % (status, HTTPStatus(status).phrase.encode(), content_type.encode(), len(body)) + body)
-        transport.close()
-        self.transport = None
+        self.waiting = False
+        if isinstance(outcome, bytes):
+            self._answer_and_linger(outcome)
+            return
+        if self.used >= self.owner.max_head:
+            transport.resume_reading()
+        self._hand_over(outcome)
 
     cdef _refuse(self):
         self.owner.count_failure("headers_too_large")
         self._finish()
-        body = _431_BODY % self.owner.max_head
-        self.transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
-                             b"Content-Type: text/plain; charset=utf-8\r\n"
-                             b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
+        self._answer_and_linger(http_answer(431, "text/plain; charset=utf-8", _431_BODY % self.owner.max_head))
+
+    cdef _answer_and_linger(self, bytes answer):
+        """Write ``answer`` and close our side; what the client still sends
+        is read and dropped until it closes or LINGER passes."""
+        self.transport.write(answer)
         self.transport.write_eof()
         self.refused = True
+        self.transport.resume_reading()
         self.timer = self.owner.loop.call_later(LINGER, self._timeout)
 
     cdef _upgrade(self):
-        cdef Py_ssize_t fed = 0, n
         self._finish()
-        transport = self.transport
         if self.owner.routes:
             line = bytes(self.buffer[:self.buffer.find(b"\r\n")]).split(b" ")
-            if len(line) == 3 and line[0] == b"GET":
-                path, _, query = line[1].partition(b"?")
+            if len(line) == 3:
+                path = line[1].partition(b"?")[0]
+                if b"%" in path:
+                    path = unquote_to_bytes(path)
                 route = self.owner.routes.get(path)
                 if route is not None:
-                    self.refused = True  # nothing more is read from it
-                    self.owner.loop.create_task(self._answer(route, query.decode("latin-1")))
+                    self.waiting = True
+                    self.owner.loop.create_task(self._wait_for(route, bytes(self.buffer[:self.used])))
                     return
+        self._hand_over(self.owner.make_protocol)
+
+    cdef _hand_over(self, make_protocol):
+        """Give the socket, and what it has sent so far, to a picows protocol."""
+        cdef Py_ssize_t fed = 0, n
+        transport = self.transport
         data = memoryview(self.buffer)[:self.used]
-        protocol = self.owner.make_protocol(transport)
+        protocol = make_protocol(transport)
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
         while fed < self.used and not transport.is_closing():

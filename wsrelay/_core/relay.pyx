@@ -54,7 +54,7 @@ The flags beside the state, and where they mean something:
 - ``leave_reason`` / ``leave_code``: set once, as closing begins (OPEN or
   PAUSED to CLOSING or DISCONNECTING); the reason of ws.leave and of the EXIT.
 
-Bounds (SPEC §6): a paused connection stops reading; frames picows had
+Bounds (docs/configuration.md, WSRELAY_STALL_TIMEOUT): a paused connection stops reading; frames picows had
 already read (and, while it waits for the pong of a ping, at most
 HOLD_READ_LIMIT more) are held as they came and acted on, in order, when the
 target makes room. A fragmented message is one buffer of its bytes
@@ -82,7 +82,7 @@ from .writer cimport STATE_COUNT, ConnState, Output, Writer, relaying
 
 from .vocab import EXIT, NORMAL, SHUTDOWN
 
-# Why a connection ended (SPEC §4.3): the reason of its target's ws.leave,
+# Why a connection ended (docs/guide.md, "Topics the target receives"): the reason of its target's ws.leave,
 # and of its EXIT but for a terminate(), whose EXIT carries the given reason.
 CLIENT_CLOSED = "client_closed"
 CONNECTION_LOST = "connection_lost"
@@ -236,7 +236,7 @@ cdef class RelayService:
 
 
 cdef class Backpressure(RoomWaiter):
-    """A paused connection's side of SPEC §3's bound: it waits for room in
+    """A paused connection's side of the mailbox bound (docs/guide.md, "A full mailbox"): it waits for room in
     its target's mailbox (registered there as a RoomWaiter, withdrawn when
     the target exits, the connection ends or moves to another target), keeps
     the client frames read meanwhile, and tells a slow target from a stuck

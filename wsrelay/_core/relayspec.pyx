@@ -1,5 +1,5 @@
 # cython: language_level=3
-"""The relay settings (SPEC §4.2, §4.4), parsed one way: the ``X-WS-Relay``
+"""The relay settings (docs/guide.md, "The X-WS-Relay header" and "Sending to the client"), parsed one way: the ``X-WS-Relay``
 header a handler sets, and the ``ws.control`` payload any process sends to a
 connection, share these field rules.
 

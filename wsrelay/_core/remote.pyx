@@ -8,7 +8,7 @@ code path. What a local process does to it (monitor, link, terminate, an
 exit it must hear of) becomes a signal to its node; what its node says (its
 end, a link broken) reaches the local processes through the proxy; and when
 its node is lost, the proxy ends with reason ``noconnection``, which fires
-every monitor and link of it at once (SPEC §8).
+every monitor and link of it at once (docs/cluster.md, "Failures").
 
 ``Cluster`` is the node's half of the transport (wsrelay.cluster.transport):
 the core calls the transport through ``Outbound``, synchronously, to send,

@@ -92,7 +92,6 @@ cdef class Node:
     # Text forms of other nodes' PIDs, parsed (cluster mode).
     cdef PidCache _parsed
     cdef bint _finishing
-    cdef list _journal
 
     cdef Pid new_pid(self, str host)
     cdef int enter_cluster(self, Remote remote, unsigned long incarnation) except -1

@@ -43,6 +43,8 @@ def _runtime_log():
     """The runtime's rate-limited log (a test hook: tests/test_process.py)."""
     return _limited
 cdef object _CURRENT = contextvars.ContextVar("wsrelay_process")
+# What the running HTTP handler spawned (Node.begin_journal), per task.
+cdef object _journal = contextvars.ContextVar("wsrelay_handler_journal", default=None)
 cdef object _CancelledError = asyncio.CancelledError
 cdef object _get_running_loop = asyncio._get_running_loop
 cdef Node _NODE = None
@@ -376,7 +378,6 @@ cdef class Node:
         self._kill_queue = deque()
         self._parsed = PidCache()
         self._finishing = False
-        self._journal = None
         cdef _SystemProcess system = _SystemProcess.__new__(_SystemProcess)
         system.trapping = True
         self.attach(system, self.new_pid("system"))
@@ -487,20 +488,24 @@ cdef class Node:
         if link:
             link_processes(caller, proc)
         proc.task = loop.create_task(_main(proc, fn, args))
-        if self._journal is not None and caller is self.system:
-            self._journal.append(proc.pid)
+        if caller is self.system:
+            journal = _journal.get()
+            if journal is not None:
+                journal.append(proc.pid)
         return proc.pid
 
     def begin_journal(self):
         """Start recording the PIDs the system process spawns (an HTTP
-        handler's spawns), so a failed upgrade can end what it started."""
-        self._journal = []
+        handler's spawns), so a failed upgrade can end what it started. The
+        record is the running task's (a context variable): async handlers
+        waiting at the same time each keep their own."""
+        _journal.set([])
 
     def end_journal(self):
         """Stop recording; the PIDs spawned since begin_journal()."""
-        journal = self._journal or []
-        self._journal = None
-        return journal
+        journal = _journal.get()
+        _journal.set(None)
+        return journal or []
 
     # -- exits ---------------------------------------------------------------
 

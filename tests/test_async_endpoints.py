@@ -1,0 +1,149 @@
+"""``async def`` endpoints, over real sockets against a running gateway: an
+endpoint that waits and then relays or answers, WSRELAY_HANDLER_TIMEOUT (504,
+the handler cancelled, what it spawned ended), a handler that fails, a client
+that leaves while its handler waits, and handlers waiting side by side while
+established connections go on (docs/guide.md, "Handlers that wait")."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import wsrelay
+from tests.apps import relay_app
+from tests.harness import expect, running, until
+from tests.wsclient import RawWebSocket, http_request
+from wsrelay import process
+
+PATH = "/ws/chat"
+
+
+def _relay_to(pid: Any) -> str:
+    return json.dumps({"target_pid": str(pid)})
+
+
+async def test_an_async_endpoint_awaits_then_relays() -> None:
+    gate = asyncio.Event()
+
+    async def endpoint(req: Any, res: Any) -> None:
+        process.send(process.self(), "waiting")
+        await gate.wait()
+        pid = process.spawn("relay:recorder", None, process.self())
+        res.header("X-WS-Relay", _relay_to(pid))
+
+    async with running(relay_app(endpoint)) as gw:
+        connecting = asyncio.ensure_future(RawWebSocket.connect(gw, PATH))
+        await expect("waiting")
+        assert not connecting.done()
+        gate.set()
+        ws = await connecting
+        assert ws.response.status == 101
+        await expect("ready")
+        topic, payload, _ = await expect("target")
+        assert topic == "ws.join"
+        ws.send_text("hello")
+        topic, payload, _ = await expect("target")
+        assert (topic, payload["data"]) == ("ws.message", "hello")
+        await ws.close_handshake(1000)
+        topic, payload, _ = await expect("target")
+        assert (topic, payload["reason"]) == ("ws.leave", "client_closed")
+
+
+async def test_an_async_endpoint_answers_without_relaying() -> None:
+    async def endpoint(req: Any, res: Any) -> None:
+        await asyncio.sleep(0)
+        res.status(401).header("WWW-Authenticate", "Bearer").write(f"who are you, {req.query('user')}?")
+
+    async with running(relay_app(endpoint)) as gw:
+        answer = await http_request(gw, PATH + "?user=ann", upgrade=True)
+        assert answer.status == 401
+        assert answer.headers["WWW-Authenticate"] == "Bearer"
+        assert answer.text == "who are you, ann?"
+
+
+async def test_an_async_endpoint_past_the_handler_timeout_is_answered_504_and_cancelled() -> None:
+    cancelled = asyncio.Event()
+    spawned: list[Any] = []
+
+    async def endpoint(req: Any, res: Any) -> None:
+        spawned.append(process.spawn("relay:recorder", None, process.self()))
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    async with running(relay_app(endpoint), handler_timeout=0.3) as gw:
+        answer = await http_request(gw, PATH, upgrade=True)
+        assert answer.status == 504, answer
+        assert "did not finish within 0.3 s" in answer.text
+        assert cancelled.is_set()
+        _, target = await expect("ready")
+        assert target == spawned[0]
+        await until(lambda: not process.is_alive(target), what="the timed-out handler's process ending")
+        assert gw.services["test:gateway"].handshakes.failures["handler_timeout"] == 1
+
+
+async def test_an_async_endpoint_that_raises_is_answered_500() -> None:
+    async def endpoint(req: Any, res: Any) -> None:
+        await asyncio.sleep(0)
+        raise RuntimeError("the session store is down")
+
+    async with running(relay_app(endpoint)) as gw:
+        answer = await http_request(gw, PATH, upgrade=True)
+        assert answer.status == 500
+        assert "the handler failed" in answer.text
+        assert gw.services["test:gateway"].handshakes.failures["handler_error"] == 1
+
+
+async def test_a_client_that_leaves_while_its_handler_waits_costs_nothing_after() -> None:
+    gate = asyncio.Event()
+    spawned: list[Any] = []
+
+    async def endpoint(req: Any, res: Any) -> None:
+        await gate.wait()
+        spawned.append(process.spawn("relay:recorder", None, process.self()))
+        res.header("X-WS-Relay", _relay_to(spawned[0]))
+
+    async with running(relay_app(endpoint)) as gw:
+        handshakes = gw.services["test:gateway"].handshakes
+        before = wsrelay.node().process_count()
+        reader, writer = await asyncio.open_connection(*gw.address())
+        writer.write(b"GET " + PATH.encode() + b" HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                     b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+        await writer.drain()
+        writer.close()
+        await until(lambda: handshakes.failures.get("client_gone") == 1, what="the server noticing the client left")
+        gate.set()
+        _, target = await expect("ready")
+        await until(lambda: not process.is_alive(target), what="the abandoned handler's process ending")
+        assert wsrelay.node().process_count() == before
+        assert gw.connection_count() == 0
+
+
+async def test_waiting_handlers_cost_established_connections_nothing() -> None:
+    gate = asyncio.Event()
+
+    async def endpoint(req: Any, res: Any) -> None:
+        if req.query("wait"):
+            await gate.wait()
+        pid = process.spawn("relay:recorder", None, process.self())
+        res.header("X-WS-Relay", _relay_to(pid))
+
+    async with running(relay_app(endpoint)) as gw:
+        ws = await RawWebSocket.connect(gw, PATH)
+        await expect("ready")
+        assert (await expect("target"))[0] == "ws.join"
+        waiting = [asyncio.ensure_future(http_request(gw, PATH + "?wait=1", upgrade=True)) for _ in range(200)]
+        for i in range(20):
+            ws.send_text(f"m{i}")
+            topic, payload, _ = await expect("target")
+            assert (topic, payload["data"]) == ("ws.message", f"m{i}")
+        assert not any(w.done() for w in waiting)
+        gate.set()
+        answers = await asyncio.gather(*waiting)
+        assert {a.status for a in answers} == {101}
+        await ws.close_handshake(1000)
+        await until(lambda: gw.connection_count() == 0, what="every connection closing")
