@@ -179,26 +179,23 @@ async def test_allowed_origins(guide: ServerProcess):
         assert info.value.response.status_code == 403
 
 
-async def test_private_refuses_with_an_ordinary_response(guide: ServerProcess):
+@pytest.mark.parametrize("path, refusal, token, user, headers", [
+    ("/ws/private", b"401 Unauthorized: unknown token\n", "s3cret", "ada", {"X-User": "ada"}),
+    # The same, written as an async def handler awaiting its session store.
+    ("/ws/account", b"401 Unauthorized: unknown session\n", "t-grace", "grace", {}),
+], ids=["private", "account (async)"])
+async def test_a_handler_refuses_with_an_ordinary_response(guide: ServerProcess, path, refusal, token, user,
+                                                           headers):
     with pytest.raises(InvalidStatus) as info:
-        async with websockets.connect(guide.url("/ws/private?token=wrong")):
+        async with websockets.connect(guide.url(f"{path}?token=wrong")):
             pass
     assert info.value.response.status_code == 401
-    assert info.value.response.body == b"401 Unauthorized: unknown token\n"
-    async with websockets.connect(guide.url("/ws/private?token=s3cret")) as ws:
-        assert ws.response.headers["X-User"] == "ada"
+    assert info.value.response.body == refusal
+    async with websockets.connect(guide.url(f"{path}?token={token}")) as ws:
+        for name, value in headers.items():
+            assert ws.response.headers[name] == value
         assert "X-WS-Relay" not in ws.response.headers
-        assert await recv(ws) == {"event": "welcome", "user": "ada"}
-
-
-async def test_an_async_handler_awaits_its_session_store(guide: ServerProcess):
-    with pytest.raises(InvalidStatus) as info:
-        async with websockets.connect(guide.url("/ws/account?token=wrong")):
-            pass
-    assert info.value.response.status_code == 401
-    assert info.value.response.body == b"401 Unauthorized: unknown session\n"
-    async with websockets.connect(guide.url("/ws/account?token=t-grace")) as ws:
-        assert await recv(ws) == {"event": "welcome", "user": "grace"}
+        assert await recv(ws) == {"event": "welcome", "user": user}
 
 
 # -- the receive loop, sending, closing ------------------------------------------------------

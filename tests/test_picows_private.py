@@ -44,6 +44,8 @@ class Recorder(picows.WSListener):
         self.resumes = 0
         self.connected = asyncio.Event()
         self.disconnected = asyncio.Event()
+        self.framed = asyncio.Event()
+        self.resumed = asyncio.Event()
 
     def on_ws_connected(self, transport: Any) -> None:
         self.transport = transport
@@ -54,6 +56,7 @@ class Recorder(picows.WSListener):
         if payload == b"raise":
             raise RuntimeError("the listener failed")
         self.frames.append((frame.msg_type, payload))
+        self.framed.set()
 
     def on_ws_disconnected(self, transport: Any) -> None:
         self.disconnected.set()
@@ -63,6 +66,12 @@ class Recorder(picows.WSListener):
 
     def resume_writing(self) -> None:
         self.resumes += 1
+        self.resumed.set()
+
+    async def next_frame(self) -> None:
+        """Wait for a frame to arrive (5 s at most)."""
+        await asyncio.wait_for(self.framed.wait(), 5.0)
+        self.framed.clear()
 
 
 @contextlib.asynccontextmanager
@@ -121,10 +130,7 @@ async def test_the_protocol_upgrades_a_socket_handed_over_after_its_request_head
         assert listener.transport is not None and not listener.transport.is_client_side
         ws.send_text(b"hello")
         await ws.drain()
-        for _ in range(100):
-            if listener.frames:
-                break
-            await asyncio.sleep(0.01)
+        await listener.next_frame()
         assert listener.frames == [(WSMsgType.TEXT, b"hello")]
         ws.abort()
 
@@ -134,10 +140,7 @@ async def test_auto_pong_is_off_so_the_listener_sees_pings_unanswered():
         ws, listener = await connect(addr, listeners)
         ws.send_ping(b"are you there")
         await ws.drain()
-        for _ in range(100):
-            if listener.frames:
-                break
-            await asyncio.sleep(0.01)
+        await listener.next_frame()
         assert listener.frames == [(WSMsgType.PING, b"are you there")], broke(
             "the listener no longer gets the client's pings (enable_auto_pong is the 12th argument of WSProtocol)")
         with pytest.raises(asyncio.TimeoutError):
@@ -231,11 +234,11 @@ async def test_frames_written_beside_picows_stay_in_order_and_are_counted():
         ping = await ws.recv_frame()
         assert (ping.opcode, ping.payload) == (PING, b"abc"), broke(f"picows' frame came out of order: {ping!r}")
         assert (await ws.recv_frame()).payload == b"after"
-        for _ in range(100):
-            if wire.get_write_buffer_size() == 0:
-                break
-            await asyncio.sleep(0.01)
-        assert listener.resumes == 1, broke("resume_writing no longer reaches the listener")
+        try:
+            await asyncio.wait_for(listener.resumed.wait(), 5.0)
+        except asyncio.TimeoutError:
+            pytest.fail(broke("resume_writing no longer reaches the listener"))
+        assert listener.resumes == 1, broke("resume_writing reached the listener more than once")
         # With nothing held, picows writes straight to the socket; still in order.
         wire.write(server_frame(TEXT, b"one"))
         transport.send_pong(b"two")
@@ -248,16 +251,19 @@ async def test_frames_written_beside_picows_stay_in_order_and_are_counted():
 async def test_reading_paused_underneath_picows_holds_the_client_frames():
     async with server() as (addr, listeners):
         ws, listener = await connect(addr, listeners)
+        other, other_listener = await connect(addr, listeners)
         wire = listener.transport.underlying_transport
         wire.pause_reading()
         ws.send_text(b"held")
         await ws.drain()
-        await asyncio.sleep(0.2)
+        # A frame on another connection, sent after and read by the same loop:
+        # once it is in, a connection still reading would have had its own.
+        other.send_text(b"after")
+        await other.drain()
+        await other_listener.next_frame()
         assert listener.frames == []
         wire.resume_reading()
-        for _ in range(100):
-            if listener.frames:
-                break
-            await asyncio.sleep(0.01)
+        await listener.next_frame()
         assert listener.frames == [(WSMsgType.TEXT, b"held")], broke("picows lost the frames read after a pause")
         ws.abort()
+        other.abort()

@@ -746,25 +746,24 @@ async def test_linked_process_that_traps_exits_gets_link_down(end):
         assert (exit_event["pid"], exit_event["reason"]) == (linked, "normal")
 
 
-async def test_a_crashing_linked_process_closes_the_client_with_1011():
-    async with running(app_for()) as gw:
-        s = await connect(gw, monitor=True)
-        other = process.spawn("test:link_crash", None, process.self(), s.client)
-        assert await expect("linked") == other
-        process.send(other, "crash")
-        close = await s.ws.answer_close()
-        assert close.close_code == 1011
-        got = await gather(2)
-        assert got[wsrelay.EXIT][0]["pid"] == s.client
-        assert got["target"][0][0] == "ws.leave"
+async def _crash_a_linked_process(client) -> None:
+    other = process.spawn("test:link_crash", None, process.self(), client)
+    assert await expect("linked") == other
+    process.send(other, "crash")
 
 
-async def test_terminate_the_connection_closes_the_client():
+async def _terminate(client) -> None:
+    assert process.terminate(client, "admin") is True
+
+
+@pytest.mark.parametrize("end, code", [(_crash_a_linked_process, 1011), (_terminate, 1000)],
+                         ids=["a crashing linked process: 1011", "terminate: 1000"])
+async def test_ending_the_connection_process_closes_the_client(end, code):
     async with running(app_for()) as gw:
         s = await connect(gw, monitor=True)
-        assert process.terminate(s.client, "admin") is True
+        await end(s.client)
         close = await s.ws.answer_close()
-        assert close.close_code == 1000
+        assert close.close_code == code
         got = await gather(2)
         assert got[wsrelay.EXIT][0]["pid"] == s.client
         assert got["target"][0][0] == "ws.leave"

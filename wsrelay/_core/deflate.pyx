@@ -52,6 +52,15 @@ cdef int _MEM_LEVEL = 8
 
 # -- negotiation (RFC 7692 §7.1) ----------------------------------------------------
 
+
+cdef int _check_init(int rc, str what) except -1:
+    """zlib's answer to setting up a stream, as Python sees a failure."""
+    if rc == zlib.Z_MEM_ERROR:
+        raise MemoryError()
+    if rc != zlib.Z_OK:
+        raise RuntimeError(f"{what} failed ({rc})")
+    return 0
+
 cdef class DeflateParams:
     """What was agreed with one client; shared by every connection that agreed the same."""
 
@@ -221,7 +230,6 @@ cdef class Deflater:
     """A raw DEFLATE compressor reset for every message (no context takeover)."""
 
     def __cinit__(self, int window_bits=MAX_WINDOW_BITS, int level=COMPRESSION_LEVEL):
-        cdef int rc
         if not MIN_SERVER_WINDOW_BITS <= window_bits <= MAX_WINDOW_BITS:
             raise ValueError(f"window_bits must be {MIN_SERVER_WINDOW_BITS}..{MAX_WINDOW_BITS}, got {window_bits}")
         if not -1 <= level <= 9:
@@ -232,12 +240,8 @@ cdef class Deflater:
         self.window_bits = window_bits
         self.level = level
         memset(&self._strm, 0, sizeof(self._strm))
-        rc = zlib.deflateInit2(&self._strm, level, zlib.Z_DEFLATED, -window_bits, _MEM_LEVEL,
-                               zlib.Z_DEFAULT_STRATEGY)
-        if rc == zlib.Z_MEM_ERROR:
-            raise MemoryError()
-        if rc != zlib.Z_OK:
-            raise RuntimeError(f"deflateInit2 failed ({rc})")
+        _check_init(zlib.deflateInit2(&self._strm, level, zlib.Z_DEFLATED, -window_bits, _MEM_LEVEL,
+                                      zlib.Z_DEFAULT_STRATEGY), "deflateInit2")
         self._ready = True
 
     def __dealloc__(self):
@@ -335,17 +339,12 @@ cdef class Inflater:
     fragment, that never inflates more than the message's size limit."""
 
     def __cinit__(self):
-        cdef int rc
         self._ready = False
         self._active = False
         self._produced = 0
         memset(&self._strm, 0, sizeof(self._strm))
         # A 15-bit window inflates whatever window the client compresses with.
-        rc = zlib.inflateInit2(&self._strm, -MAX_WINDOW_BITS)
-        if rc == zlib.Z_MEM_ERROR:
-            raise MemoryError()
-        if rc != zlib.Z_OK:
-            raise RuntimeError(f"inflateInit2 failed ({rc})")
+        _check_init(zlib.inflateInit2(&self._strm, -MAX_WINDOW_BITS), "inflateInit2")
         self._ready = True
 
     def __dealloc__(self):

@@ -123,19 +123,16 @@ cdef class Group:
     def discard(self, pid):
         cdef Node node = calling_process("Group.discard").node
         cdef Process proc = node.lookup(pid)
-        cdef _NodeMembers members
         if proc is not None:
             if proc not in self.members:
                 return False
             self.members.discard(proc)
             (<Connection>proc).groups.remove(self.members)
             return True
-        parsed = to_pid(pid)
-        members = self.remote.get(parsed.node)
-        proxy = None if node.remote is None else node.remote.proxy_of(parsed)
-        if members is None or proxy is None or proxy not in members.members:
+        members, proxy = self._remote_member(node, pid)
+        if proxy is None:
             return False
-        members.discard(proxy)
+        (<_NodeMembers>members).discard(proxy)
         (<RemoteProcess>proxy).groups.remove(members)
         node.remote.drop_proxy_if_idle(proxy)
         return True
@@ -150,12 +147,19 @@ cdef class Group:
     def __contains__(self, pid):
         cdef Node node = calling_process("Group.__contains__").node
         cdef Process proc = node.lookup(pid)
-        cdef _NodeMembers members
         if proc is not None:
             return proc in self.members
+        return self._remote_member(node, pid)[1] is not None
+
+    cdef tuple _remote_member(self, Node node, object pid):
+        """(the members of its node, its proxy) when ``pid``, of another
+        node, is a member; (None, None) otherwise."""
         parsed = to_pid(pid)
-        members = self.remote.get(parsed.node)
-        return members is not None and any((<RemoteProcess>p).pid == parsed for p in members.members)
+        cdef _NodeMembers members = self.remote.get(parsed.node)
+        proxy = None if node.remote is None else node.remote.proxy_of(parsed)
+        if members is None or proxy is None or proxy not in members.members:
+            return None, None
+        return members, proxy
 
     def pids(self):
         cdef _NodeMembers members
