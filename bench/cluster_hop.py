@@ -11,6 +11,11 @@ delivery into a process's mailbox, its ``inbox.receive``.
 
 - round trip: a process of node A sends to an echo process of node B and
   awaits the answer, one at a time: p50 and p99;
+- call: the same round trip as ``process.call`` to a process of B that
+  answers with ``msg.reply`` (its waiter, the monitor of the callee and the
+  reply address cross too): p50 and p99, taking turns with the hand-made
+  round trip in blocks of BLOCK (both from the same run, the best by the
+  round trip's p50);
 - one way: a process of A sends ``--messages`` messages of ``--size`` bytes to
   a sink process of B as fast as it can, with a window (the sink acknowledges
   every 5,000; the sender stops while 50,000 are unacknowledged): messages per
@@ -28,14 +33,17 @@ import os
 import subprocess
 import sys
 import time
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import psutil
 
-from .processes import ECHO, in_process, register, round_trips
+from .processes import ECHO, REPLIER, in_process, percentiles, register
 
 ACK_EVERY = 5_000
 WINDOW = 50_000
+# Round trips, then as many calls, in turn: both see the same moments of a
+# shared machine.
+BLOCK = 100
 
 
 def _register() -> None:
@@ -79,11 +87,46 @@ async def _child(url: str) -> None:
     from wsrelay import process
 
     transport = await _join(os.environ["WSRELAY_NODE"], url, os.environ["WSRELAY_CLUSTER_TOKEN"])
-    print(json.dumps({"echo": str(process.spawn(ECHO)), "sink": str(process.spawn("hop:sink"))}), flush=True)
+    print(json.dumps({"echo": str(process.spawn(ECHO)), "sink": str(process.spawn("hop:sink")),
+                      "replier": str(process.spawn(REPLIER))}), flush=True)
     reader = asyncio.StreamReader()
     await asyncio.get_running_loop().connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     await reader.read()
     await transport.stop()
+
+
+async def _timed_each(ask: Callable[[int], Awaitable[Any]], first: int, count: int) -> list[float]:
+    times = []
+    for i in range(first, first + count):
+        start = time.perf_counter()
+        await ask(i)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+async def _hops_and_calls(echo: Any, replier: Any, count: int) -> dict[str, float]:
+    """``count`` hand-made round trips and ``count`` calls, in turn by BLOCK;
+    p50 and p99 of each, in µs."""
+    from wsrelay import process
+
+    inbox = process.inbox()
+
+    async def hop(i: int) -> None:
+        process.send(echo, "ping", i)
+        await inbox.receive()
+
+    async def call(i: int) -> None:
+        await process.call(replier, "ping", i)
+
+    hops: list[float] = []
+    calls: list[float] = []
+    for first in range(0, count, BLOCK):
+        n = min(BLOCK, count - first)
+        hops += await _timed_each(hop, first, n)
+        calls += await _timed_each(call, first, n)
+    (rtt_p50, rtt_p99), (call_p50, call_p99) = percentiles(hops), percentiles(calls)
+    return {"rtt_p50_us": rtt_p50 * 1e6, "rtt_p99_us": rtt_p99 * 1e6,
+            "call_p50_us": call_p50 * 1e6, "call_p99_us": call_p99 * 1e6}
 
 
 async def _one_way(sink: Any, messages: int, size: int, broker: psutil.Process) -> dict[str, float]:
@@ -140,11 +183,11 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
                 await asyncio.sleep(0.01)
             best: dict[str, Any] = {}
             for _ in range(args.repeat):
-                p50, p99 = await in_process(lambda: round_trips(pids["echo"], args.round_trips))
+                trips = await in_process(lambda: _hops_and_calls(pids["echo"], pids["replier"], args.round_trips))
                 one = await in_process(lambda: _one_way(pids["sink"], args.messages, args.size,
                                                         psutil.Process(broker.pid)))
-                if not best or p50 < best["rtt_p50_us"]:
-                    best.update(rtt_p50_us=p50 * 1e6, rtt_p99_us=p99 * 1e6)
+                if not best or trips["rtt_p50_us"] < best["rtt_p50_us"]:
+                    best.update(trips)
                 if one["msgs_per_s"] > best.get("msgs_per_s", 0):
                     best.update(one)
             await transport.stop()
@@ -179,6 +222,8 @@ def main(argv: list[str]) -> int:
     args.repeat = args.repeat or (1 if args.quick else 3)
     result = uvloop.run(_main(args))
     print(f"round trip through processes: p50 {result['rtt_p50_us']:.0f} us, p99 {result['rtt_p99_us']:.0f} us")
+    print(f"call (process.call + msg.reply): p50 {result['call_p50_us']:.0f} us, p99 {result['call_p99_us']:.0f} us"
+          f" ({result['call_p50_us'] / result['rtt_p50_us']:.2f}× the round trip's p50)")
     print(f"one way at {args.size} B: {result['msgs_per_s']:,.0f} messages/s; CPU per message: sender "
           f"{result['cpu_us_sender']:.2f} us, receiver {result['cpu_us_receiver']:.2f} us, "
           f"broker {result['cpu_us_broker']:.2f} us")

@@ -1,7 +1,8 @@
 """Benchmark work inside wsrelay processes, shared by the in-process
 benchmarks (bench.runtime, bench.cluster_transport, bench.cluster_hop): a
 driver that runs a case inside a process as an application would, an echo,
-a sink, and timed round trips.
+a replier (the echo's counterpart for ``process.call``), a sink, and timed
+round trips.
 
 ``register()`` makes the process functions spawnable. Registering makes the
 node, which reads its settings then: bench.cluster_hop calls it once it has
@@ -21,6 +22,7 @@ from wsrelay import process
 
 DRIVER = "bench:driver"
 ECHO = "bench:echo"
+REPLIER = "bench:replier"
 SINK = "bench:sink"
 
 
@@ -43,6 +45,14 @@ async def _echo() -> None:
         process.send(msg.sender, "pong", msg.payload)
 
 
+async def _replier() -> None:
+    """Answer every call with its payload (``msg.reply``), until ``stop``."""
+    async for msg in process.inbox():
+        if msg.topic == "stop":
+            return
+        msg.reply(msg.payload)
+
+
 async def _sink(count: int, observer: Any) -> None:
     """Take ``count`` messages, as many at a time as are queued; then tell ``observer``."""
     inbox = process.inbox()
@@ -54,8 +64,8 @@ async def _sink(count: int, observer: Any) -> None:
 
 @functools.cache
 def register() -> None:
-    """Register the driver, the echo and the sink (once)."""
-    for name, fn in ((DRIVER, _driver), (ECHO, _echo), (SINK, _sink)):
+    """Register the driver, the echo, the replier and the sink (once)."""
+    for name, fn in ((DRIVER, _driver), (ECHO, _echo), (REPLIER, _replier), (SINK, _sink)):
         wsrelay.register(name)(fn)
 
 

@@ -12,8 +12,13 @@ case is measured twice, like against like:
   until the queue is empty;
 - one at a time: ``await inbox.receive()`` against ``await queue.get()``.
 
-Spawn + exit and the hop are one at a time by nature and have that variant
-only: a hop has a single message in flight, so there is never a batch to
+The call row compares ``process.call`` + ``msg.reply`` with the same request
+and reply made by hand (``process.send`` + ``inbox.receive`` each way: the
+hop), both from a process, in the same run: what a call's waiter, monitor
+and timer cost on top of the two messages.
+
+Spawn + exit, the hop and the call are one at a time by nature and have that
+variant only: a hop has a single message in flight, so there is never a batch to
 take, and the spawn case awaits each exit signal (asyncio: each task's done
 callback) as it comes, on both sides.
 
@@ -37,7 +42,7 @@ import uvloop
 import wsrelay
 from wsrelay import EXIT, process
 
-from .processes import ECHO, SINK, in_process, register
+from .processes import ECHO, REPLIER, SINK, in_process, register
 
 BATCHED = "batched"
 ONE = "one at a time"
@@ -86,6 +91,13 @@ async def wsrelay_hop(n: int) -> None:
         process.send(echo, "x", i)
         await inbox.receive()
     process.send(echo, "stop")
+
+
+async def wsrelay_call(n: int) -> None:
+    replier = process.spawn(REPLIER)
+    for i in range(n):
+        await process.call(replier, "x", i)
+    process.send(replier, "stop")
 
 
 async def wsrelay_stream(n: int, variant: str) -> None:
@@ -216,6 +228,7 @@ class Case:
     count: int
     ours: Callable[[], Awaitable[None]]
     theirs: Callable[[], Awaitable[None]]
+    baseline: str = "asyncio"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -225,6 +238,7 @@ class Row:
     unit: str
     ours: float
     theirs: float
+    baseline: str = "asyncio"
 
 
 async def timed(fn: Callable[[], Awaitable[None]]) -> float:
@@ -242,6 +256,9 @@ def cases(quick: bool) -> list[Case]:
              lambda: wsrelay_spawn(n_spawn), lambda: asyncio_spawn(n_spawn)),
         Case("hop (send + receive, round trip / 2)", ONE, "hops/s", 2 * n_hop,
              lambda: wsrelay_hop(n_hop), lambda: asyncio_hop(n_hop)),
+        Case("call (process.call + msg.reply; baseline: the same request and reply by hand)", ONE,
+             "round trips/s", n_hop, lambda: wsrelay_call(n_hop),
+             lambda: in_process(lambda: wsrelay_hop(n_hop)), "by hand"),
     ]
     for variant in (BATCHED, ONE):
         out.append(Case("stream (one sender, one receiver)", variant, "messages/s", n_stream,
@@ -260,19 +277,19 @@ async def run(quick: bool, rounds: int) -> list[Row]:
         for _ in range(rounds):
             t_ours = min(t_ours, await timed(lambda work=case.ours: in_process(work)))
             t_theirs = min(t_theirs, await timed(case.theirs))
-        row = Row(case.name, case.receive, case.unit, case.count / t_ours, case.count / t_theirs)
+        row = Row(case.name, case.receive, case.unit, case.count / t_ours, case.count / t_theirs, case.baseline)
         rows.append(row)
         print(f"  {row.name}, {row.receive}: wsrelay {row.ours:,.0f} {row.unit}, "
-              f"asyncio {row.theirs:,.0f} {row.unit}", file=sys.stderr)
+              f"{row.baseline} {row.theirs:,.0f} {row.unit}", file=sys.stderr)
     return rows
 
 
 def table(rows: list[Row], rounds: int) -> str:
     lines = [
-        f"best of {rounds} rounds",
+        f"best of {rounds} rounds; the baseline is asyncio.Queue + Task unless the operation names another",
         "",
-        "| operation | receive | unit | wsrelay | asyncio.Queue + Task | wsrelay / asyncio "
-        "| µs per op (wsrelay / asyncio) |",
+        "| operation | receive | unit | wsrelay | baseline | wsrelay / baseline "
+        "| µs per op (wsrelay / baseline) |",
         "| --- | --- | --- | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:

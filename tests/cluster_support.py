@@ -160,6 +160,9 @@ class Recorder:
     def on_send(self, dest_id: int, dest_host: str, topic: Any, payload: Any, sender: Any) -> None:
         self._add(("send", dest_id, dest_host, topic, payload, sender))
 
+    def on_call(self, dest_id: int, dest_host: str, topic: Any, payload: Any, sender: Any, reply_to: Any) -> None:
+        self._add(("call", dest_id, dest_host, topic, payload, sender, reply_to))
+
     def on_signal(self, kind: int, dest: Any, src: Any, reason: Any) -> None:
         self._add(("signal", kind, dest, src, reason))
 

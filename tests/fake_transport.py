@@ -15,13 +15,15 @@ from wsrelay._core.runtime import Node, reset_node
 
 class FakeTransport(Outbound):
     """Peers are up when listed in ``up`` (name -> incarnation); everything
-    the core sends is appended to ``sent``, ``signals`` and ``frames``."""
+    the core sends is appended to ``sent``, ``calls``, ``signals`` and
+    ``frames_sent``."""
 
     def __init__(self, incarnation: int = 1, up: Optional[dict[str, int]] = None) -> None:
         self.incarnation = incarnation
         self.up = dict(up or {})
         self.hooks: Any = None
         self.sent: list[tuple[Any, ...]] = []
+        self.calls: list[tuple[Any, ...]] = []
         self.signals: list[tuple[Any, ...]] = []
         self.frames_sent: list[tuple[Any, ...]] = []
         self.names: dict[str, wsrelay.Pid] = {}
@@ -34,6 +36,12 @@ class FakeTransport(Outbound):
         if dest.node not in self.up:
             return False
         self.sent.append((dest, topic, payload, sender))
+        return True
+
+    def call(self, dest, topic, payload, sender, reply_to) -> bool:
+        if dest.node not in self.up:
+            return False
+        self.calls.append((dest, topic, payload, sender, reply_to))
         return True
 
     def signal(self, kind, dest, src, reason) -> bool:

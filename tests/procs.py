@@ -19,6 +19,7 @@ import asyncio
 import hashlib
 import json
 import os
+import random
 import time
 from typing import Any
 
@@ -226,6 +227,108 @@ async def link_crash(observer, client) -> None:
     async for msg in process.inbox():
         if msg.topic == "crash":
             raise RuntimeError("linked process failed on purpose")
+
+
+# -- callees and callers of process.call (test:*) -------------------------------------------------
+
+
+@wsrelay.register("test:replier")
+async def replier(observer: Any = None) -> None:
+    """Answers every call with [topic, payload, caller]; returns on
+    ``stop``, raises on ``crash``; a ``hold`` call is not answered
+    (``observer`` hears ``held``), a ``slow`` one after ``payload`` s."""
+    async for msg in process.inbox():
+        if msg.topic == "stop":
+            return
+        if msg.topic == "crash":
+            raise RuntimeError("test:replier crashes on purpose")
+        if msg.topic == "hold":
+            process.send(observer, "held", msg.payload)
+            continue
+        if msg.topic == "slow":
+            await asyncio.sleep(msg.payload)
+        msg.reply([msg.topic, msg.payload, str(msg.sender)])
+
+
+@wsrelay.register("test:call_server")
+async def call_server() -> None:
+    """Replies to every call with (topic, payload); ``raise`` raises,
+    ``return`` returns without replying, ``hold`` is never answered, and a
+    ``twice`` call is answered two times."""
+    async for msg in process.inbox():
+        if msg.topic == "raise":
+            raise RuntimeError("the server fails on purpose")
+        if msg.topic == "return":
+            return
+        if msg.topic == "hold":
+            continue
+        assert msg.reply((msg.topic, msg.payload)) is True
+        if msg.topic == "twice":
+            assert msg.reply("again") is False
+
+
+@wsrelay.register("test:call_collect")
+async def call_collect(count: int, order: str, observer) -> None:
+    """Takes ``count`` calls, then answers them all in ``order`` (reversed
+    or shuffled), each with its own payload; tells ``observer`` when done."""
+    inbox = process.inbox()
+    calls = [await inbox.receive() for _ in range(count)]
+    if order == "reversed":
+        calls.reverse()
+    else:
+        random.Random(7).shuffle(calls)
+    for msg in calls:
+        msg.reply(("answer", msg.payload, str(msg.sender)))
+    process.send(observer, "answered", count)
+
+
+@wsrelay.register("test:call_late")
+async def call_late(delay: float, observer) -> None:
+    """Answers its one call after ``delay`` s; tells ``observer`` what
+    msg.reply returned."""
+    msg = await process.inbox().receive()
+    await asyncio.sleep(delay)
+    process.send(observer, "replied", msg.reply("too late"))
+
+
+@wsrelay.register("test:caller")
+async def caller(dest, count: int, observer) -> None:
+    """Makes ``count`` concurrent calls to ``dest`` from this one process
+    (each on its own task) and sends ``observer`` what came back."""
+    me = str(process.self())
+    results = await asyncio.gather(*(process.call(dest, "q", (me, i)) for i in range(count)))
+    process.send(observer, "results", results)
+
+
+@wsrelay.register("test:busy_caller")
+async def busy_caller(dest, observer) -> None:
+    """Calls ``dest`` while other messages arrive in its inbox; then reports
+    the reply and its inbox, in order."""
+    process.send(observer, "ready", process.self())
+    inbox = process.inbox()
+    assert (await inbox.receive()).topic == "go"
+    value = await process.call(dest, "hold", None)
+    rest = [(msg.topic, msg.payload) for msg in await inbox.receive_many()]
+    process.send(observer, "done", (value, rest))
+
+
+@wsrelay.register("test:answer_after")
+async def answer_after(signal_to) -> None:
+    """Takes a call, asks ``signal_to`` for a go (a chance to fill the
+    caller's inbox meanwhile), then answers."""
+    msg = await process.inbox().receive()
+    process.send(signal_to, "called")
+    while (await process.inbox().receive()).topic != "answer":
+        pass
+    msg.reply("slow answer")
+
+
+@wsrelay.register("test:call_self")
+async def call_self(observer) -> None:
+    try:
+        await process.call(process.self(), "t")
+    except ValueError as exc:
+        process.send(observer, "refused", str(exc))
 
 
 # -- relay targets (relay:*) ------------------------------------------------------------------
@@ -478,6 +581,10 @@ async def _run(cmd: dict[str, Any]) -> Any:
     if op == "whereis_global":
         pid = process.whereis_global(cmd["name"])
         return None if pid is None else str(pid)
+    if op == "call":
+        return await process.call(cmd["pid"], cmd["topic"], cmd.get("payload"), cmd.get("call_timeout", 5.0))
+    if op == "call_many":
+        return await asyncio.gather(*(process.call(cmd["pid"], cmd["topic"], n) for n in range(cmd["count"])))
     if op == "is_alive":
         return process.is_alive(cmd["pid"])
     raise ValueError(f"unknown op {op!r}")

@@ -4,10 +4,17 @@ tests play the other nodes by calling the Cluster's hooks."""
 
 from __future__ import annotations
 
+import asyncio
+
+import pytest
+
+import wsrelay
+from tests import procs
 from tests.fake_transport import FakeTransport, joined_node
+from tests.harness import until
 from wsrelay import EXIT, LINK_DOWN, Group, Pid, node, process
 from wsrelay._core.signals import Signal
-from wsrelay._core.vocab import NOCONNECTION, NOPROC
+from wsrelay._core.vocab import NOCONNECTION, NOPROC, REPLY
 
 # A process of node "b", which is up in its incarnation 7.
 REMOTE = Pid("app", (7 << 32) | 5, "b")
@@ -107,6 +114,48 @@ async def test_a_send_from_another_node_reaches_the_local_process() -> None:
         cluster.on_send(me.id, me.host, "hello", {"n": 1}, REMOTE)
         msg = await process.inbox().receive(timeout=5)
         assert (msg.topic, msg.payload, msg.sender) == ("hello", {"n": 1}, REMOTE)
+
+
+async def test_a_call_to_a_remote_pid_reaches_the_transport_as_a_call() -> None:
+    with joined_node(transport=_fake()) as (cluster, fake):
+        me = process.self()
+        call = asyncio.ensure_future(process.call(REMOTE, "get", {"k": 1}))
+        await until(lambda: fake.calls, 5, "the call's request")
+        [(dest, topic, payload, sender, waiter)] = fake.calls
+        assert (dest, topic, payload, sender) == (REMOTE, "get", {"k": 1}, me)
+        # The request carries the monitor, and the reply from the callee's
+        # node takes it down: no MONITOR, no DEMONITOR.
+        cluster.on_send(waiter.id, waiter.host, REPLY, "blue", REMOTE)
+        assert await call == "blue"
+        assert fake.signals == [] and fake.sent == []
+
+
+async def test_a_remote_call_that_times_out_tells_the_callees_node_to_demonitor() -> None:
+    with joined_node(transport=_fake()) as (_, fake):
+        with pytest.raises(TimeoutError):
+            await process.call(REMOTE, "get", None, timeout=0.01)
+        [(_, _, _, _, waiter)] = fake.calls
+        assert fake.signals == [(Signal.DEMONITOR, REMOTE, waiter, None)]
+
+
+async def test_a_call_from_another_node_is_answered_through_the_transport() -> None:
+    with joined_node(transport=_fake()) as (cluster, fake):
+        # (The joined node is fresh: nothing is registered on it yet.)
+        wsrelay.register("test:call_server")(procs.call_server)
+        srv = process.spawn("test:call_server")
+        caller, waiter = Pid("app", (7 << 32) | 1, "b"), Pid("app", (7 << 32) | 2, "b")
+        cluster.on_call(srv.id, srv.host, "q", 1, caller, waiter)
+        await until(lambda: fake.sent, 5, "the reply")
+        assert fake.sent == [(waiter, REPLY, ("q", 1), srv)]
+        # The monitor its request set up went with the reply: the callee's
+        # end tells node b nothing.
+        process.monitor(srv)
+        process.terminate(srv, "done")
+        await _event(EXIT)
+        assert fake.signals == []
+        # A request for a process that is gone is answered noproc at once.
+        cluster.on_call(srv.id, srv.host, "q", 2, caller, waiter)
+        assert fake.signals == [(Signal.EXIT, waiter, srv, NOPROC)]
 
 
 async def test_a_group_send_to_remote_members_ships_one_frame_per_node() -> None:

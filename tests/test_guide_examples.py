@@ -311,6 +311,11 @@ def test_processes_script():
         "send to an exited PID: False",
         "supervisor: True error job failed",
         "linked: True True crashed",
+        "put: ok",
+        "get: blue",
+        "no reply within 0.1 s",
+        "CallError: error RuntimeError('kv failed')",
+        "CallError: noproc",
         "mailbox full after 16 messages; capacity 16",
     ], program.output()
 

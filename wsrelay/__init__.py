@@ -16,6 +16,7 @@ from ._core.vocab import EXIT, LINK_DOWN
 from .app import App
 from .cli import run
 from .errors import (
+    CallError,
     ConfigError,
     MailboxFull,
     NoTransport,
@@ -63,6 +64,7 @@ __all__ = [
     "Response",
     "EXIT",
     "LINK_DOWN",
+    "CallError",
     "ConfigError",
     "Inbox",
     "MailboxFull",

@@ -5,6 +5,7 @@ derive from WsrelayError."""
 from __future__ import annotations
 
 from ._core.errors import (
+    CallError,
     CorruptMessage,
     MailboxFull,
     MessageTooBig,
@@ -18,6 +19,7 @@ from ._core.errors import (
 __all__ = [
     "BrokerError",
     "BrokerNotFound",
+    "CallError",
     "ClusterConnectError",
     "ClusterError",
     "ConfigError",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from ._core.call import call
 from ._core.group import broadcast
 from ._core.pid import Pid
 from ._core.runtime import (
@@ -31,6 +32,7 @@ from ._core.runtime import register as register
 
 __all__ = [
     "broadcast",
+    "call",
     "inbox",
     "is_alive",
     "link",

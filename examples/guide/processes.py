@@ -13,7 +13,7 @@ import asyncio
 import uvloop
 
 import wsrelay
-from wsrelay import EXIT, LINK_DOWN, MailboxFull, process
+from wsrelay import EXIT, LINK_DOWN, CallError, MailboxFull, process
 
 # -- process functions ----------------------------------------------------------------
 
@@ -55,6 +55,22 @@ async def linked(partner, report_to):
     process.link(partner)
     process.send(report_to, "linked")
     await asyncio.Event().wait()  # waits for ever: only the link ends it
+
+
+@wsrelay.register("guide:kv")
+async def kv():
+    """A store that answers calls: "put" (key, value) and "get" key."""
+    store = {}
+    async for msg in process.inbox():
+        if msg.topic == "put":
+            key, value = msg.payload
+            store[key] = value
+            msg.reply("ok")
+        elif msg.topic == "get":
+            msg.reply(store.get(msg.payload))
+        elif msg.topic == "crash":
+            raise RuntimeError("kv failed")
+        # Any other topic gets no reply: its caller times out.
 
 
 @wsrelay.register("guide:idle")
@@ -125,6 +141,24 @@ async def links():
     print("linked:", event.topic == EXIT, event.payload["pid"] == other, event.payload["reason"])
 
 
+async def calls():
+    pid = process.spawn("guide:kv")
+    print("put:", await process.call(pid, "put", ("colour", "blue")))
+    print("get:", await process.call(pid, "get", "colour"))
+    try:
+        await process.call(pid, "ignored", timeout=0.1)
+    except TimeoutError:
+        print("no reply within 0.1 s")
+    try:
+        await process.call(pid, "crash")
+    except CallError as exc:  # the callee ended before replying
+        print("CallError:", exc.reason, repr(exc.error))
+    try:
+        await process.call(pid, "get", "colour")
+    except CallError as exc:
+        print("CallError:", exc.reason)  # it was already gone
+
+
 async def mailbox_full():
     gate = asyncio.Event()
     pid = process.spawn("guide:idle", None, gate)  # reads nothing until the gate opens
@@ -144,6 +178,7 @@ async def main():
     await names()
     await monitors()
     await links()
+    await calls()
     await mailbox_full()
 
 

@@ -51,3 +51,16 @@ class MessageTooBig(WsrelayError):
 
 class CorruptMessage(WsrelayError):
     """A compressed payload is not a valid DEFLATE stream."""
+
+
+class CallError(WsrelayError):
+    """A ``process.call`` that ended without a reply: the callee ended first
+    (``reason`` is its exit reason, ``error`` the exception it raised, if
+    any), was not alive (``noproc``), or its node was lost (``noconnection``).
+    """
+
+    def __init__(self, pid, reason, error=None):
+        super().__init__(f"call to {pid} got no reply: {reason}")
+        self.pid = pid
+        self.reason = reason
+        self.error = error

@@ -50,3 +50,6 @@ cdef class Cluster(Remote):
     cdef int dropped(self, str reason, Py_ssize_t count, str what) except -1
     cdef Process connection(self, long long ident)
     cdef Pid local_pid(self, str host, long long ident)
+    # The monitor a call's request from another node set up here, taken
+    # down as its reply leaves (on_call).
+    cdef int replied(self, Pid waiter) except -1

@@ -33,14 +33,14 @@ from .message cimport Message, new_message
 from .mailbox cimport Mailbox, RoomWaiter
 from .pid cimport Pid, PidCache, make_pid
 from .relayspec cimport parse_control
-from .runtime cimport (Node, Process, Remote, exit_event, get_node, join_links, part_links,
-                       part_monitor)
+from .runtime cimport (Node, Process, Remote, deliver_request, exit_event, get_node, join_links, part_links,
+                       part_monitor, reply_dropped)
 from .stats cimport Counters, LimitedLog
 from .signals cimport Signal
 
 from .errors import MailboxFull
 from .stats import COUNTERS
-from .vocab import EXIT, MAILBOX_FULL, NOCONNECTION, NOPROC, REJECTED, UNREACHABLE
+from .vocab import EXIT, MAILBOX_FULL, NOCONNECTION, NOPROC, REJECTED, REPLY, UNREACHABLE
 
 cdef LimitedLog _log = LimitedLog("wsrelay.cluster")
 
@@ -59,11 +59,18 @@ cdef class Outbound:
 
     def attach(self, hooks):
         """Deliver what arrives from now on to ``hooks`` (the Cluster):
-        ``on_send``, ``on_signal``, ``on_frames``, ``on_node_up``, ``on_node_down``."""
+        ``on_send``, ``on_call``, ``on_signal``, ``on_frames``, ``on_node_up``,
+        ``on_node_down``."""
         raise NotImplementedError
 
     def send(self, Pid dest, topic, payload, Pid sender):
         """A message for ``dest``, a process of another node."""
+        raise NotImplementedError
+
+    def call(self, Pid dest, topic, payload, Pid sender, Pid reply_to):
+        """A call's request for ``dest``, a process of another node: a
+        message that carries the address of its reply (``reply_to``, the
+        caller's waiter); its node calls ``on_call`` with it."""
         raise NotImplementedError
 
     def signal(self, int kind, Pid dest, Pid src, reason):
@@ -292,6 +299,8 @@ cdef class Cluster(Remote):
             elif topic == "ws.control":
                 parse_control(payload)
             sent = self.transport.send(dest, topic, payload, sender)
+            if topic == REPLY:
+                self.replied(dest)
         if not sent:
             self.dropped(UNREACHABLE, 1, f"{topic!r} to {dest}")
         return sent
@@ -303,6 +312,12 @@ cdef class Cluster(Remote):
 
     cdef bint ship_frames(self, str node, list ids, bytes frame) except -1:
         return self.transport.frames(node, ids, frame)
+
+    cdef bint call(self, Pid dest, str topic, object payload, Pid sender, Pid reply_to) except -1:
+        sent = self.transport.call(dest, topic, payload, sender, reply_to)
+        if not sent:
+            self.dropped(UNREACHABLE, 1, f"call {topic!r} to {dest}")
+        return sent
 
     cdef Pid global_name(self, str name):
         return self.transport.whereis_global(name)
@@ -414,6 +429,9 @@ cdef class Cluster(Remote):
     def on_send(self, long long dest_id, str dest_host, topic, payload, Pid sender):
         cdef Process proc = self.node.lookup(self.local_pid(dest_host, dest_id))
         if proc is None:
+            if topic == REPLY:
+                # For a call of this node that had already ended.
+                return reply_dropped(self.node, self.local_pid(dest_host, dest_id), sender)
             self.dropped(NOPROC, 1, f"{topic!r} from {sender} to {{{self.node.name}@{dest_host}|{dest_id:#x}}}")
             return
         try:
@@ -425,6 +443,39 @@ cdef class Cluster(Remote):
             # A connection refused it (a topic it does not take): nobody to
             # raise it to, the sender is on another node.
             self.dropped(REJECTED, 1, f"{topic!r} from {sender} to {proc.pid}: {exc}")
+
+    def on_call(self, long long dest_id, str dest_host, topic, payload, Pid sender, Pid reply_to):
+        """A call's request from another node: its reply goes to ``reply_to``
+        (the caller's waiter), which monitors the callee from now until the
+        reply leaves (``send``), as if it had sent a MONITOR: an EXIT, noproc
+        at once when the callee is not alive. A request the callee cannot take
+        is dropped and counted; the caller's timeout tells it."""
+        cdef Pid dest = self.local_pid(dest_host, dest_id)
+        cdef Process proc = self.node.lookup(dest)
+        if proc is None:
+            self.send_signal(Signal.EXIT, reply_to, dest, NOPROC)
+            return
+        try:
+            deliver_request(proc, topic, payload, sender, reply_to)
+        except MailboxFull:
+            self.dropped(MAILBOX_FULL, 1, f"call {topic!r} from {sender} to {proc.pid}")
+            return
+        except ValueError as exc:
+            self.dropped(REJECTED, 1, f"call {topic!r} from {sender} to {proc.pid}: {exc}")
+            return
+        self.node.add_monitor(self.proxy(reply_to), proc)
+
+    cdef int replied(self, Pid waiter) except -1:
+        """A reply left for ``waiter``, a call of another node: the monitor
+        its request set up here is taken down (its node knows: the reply
+        comes from here)."""
+        cdef RemoteProcess proxy = self.proxies.get(waiter)
+        if proxy is None:
+            return 0
+        if proxy.monitoring:
+            for target in list(proxy.monitoring):
+                self.node.remove_monitor(proxy, target)
+        return self.drop_proxy_if_idle(proxy)
 
     def on_frames(self, list ids, bytes frame):
         cdef Py_ssize_t size = _payload_size(frame)

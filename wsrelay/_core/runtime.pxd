@@ -58,6 +58,9 @@ cdef class Remote:
     # Forget ``proxy`` once nothing here monitors, links or groups it.
     cdef int drop_proxy_if_idle(self, Process proxy) except -1
     cdef bint send(self, Pid dest, str topic, object payload, Pid sender) except -1
+    # A call's request (call.pyx) for another node's ``dest``, its reply to
+    # go to ``reply_to``: whether it was accepted.
+    cdef bint call(self, Pid dest, str topic, object payload, Pid sender, Pid reply_to) except -1
     # One frame for connections ``ids`` of ``node``: whether it was accepted.
     cdef bint ship_frames(self, str node, list ids, bytes frame) except -1
     cdef Pid global_name(self, str name)
@@ -112,3 +115,5 @@ cdef Process current_process()
 cdef Process calling_process(str what)
 cdef Message exit_event(str topic, Pid pid, str reason, object error)
 cdef str check_topic(object topic)
+cdef bint deliver_request(Process proc, str topic, object payload, Pid sender, Pid reply_to) except -1
+cdef int reply_dropped(Node node, Pid waiter, Pid sender) except -1

@@ -23,12 +23,12 @@ from libc.stdint cimport uint64_t
 
 from .includes.capi cimport TypeSlots, PyExc_StopIteration, PyErr_SetObject
 from .pid cimport Pid, PidCache, make_pid, to_pid
-from .message cimport Message, new_message
+from .message cimport Message, new_message, new_request, set_replier
 from .mailbox cimport Mailbox
 from .stats cimport Counters, LimitedLog
 
 from .errors import MailboxFull, NoTransport, WrongThread
-from .vocab import ERROR, EXIT, LINK_DOWN, NOPROC, NORMAL, SHUTDOWN, TERMINATED
+from .vocab import ERROR, EXIT, LINK_DOWN, NOPROC, NORMAL, REPLY, SHUTDOWN, TERMINATED
 
 cdef enum:
     # Messages a process may take from its mailbox in a row before it lets
@@ -64,6 +64,21 @@ cdef str check_topic(object topic):
     return <str>topic
 
 
+cdef inline bint _queue(Process proc, Message msg) except -1:
+    """Into ``proc``'s mailbox (a send, or a call's request), or MailboxFull,
+    counted and logged."""
+    cdef Mailbox mailbox = proc.mailbox
+    if not mailbox.push(msg):
+        proc.node.counters.mailbox_full += 1
+        if _limited.allow("mailbox_full"):
+            _limited.write(logging.WARNING, f"mailbox of {proc.pid} is full ({mailbox.capacity} messages): "
+                                            f"{'call ' if msg.reply_to is not None else ''}{msg.topic!r} "
+                                            f"from {msg.sender} refused with MailboxFull")
+        raise MailboxFull(proc.pid, mailbox.capacity)
+    proc.node.counters.messages_sent += 1
+    return True
+
+
 cdef class Process:
     """A running process. Only the runtime creates these."""
 
@@ -71,14 +86,7 @@ cdef class Process:
         return f"<Process {self.pid} {'alive' if self.alive else 'exited'}>"
 
     cdef bint deliver(self, str topic, object payload, Pid sender) except -1:
-        if not self.mailbox.push(new_message(topic, payload, sender)):
-            self.node.counters.mailbox_full += 1
-            if _limited.allow("mailbox_full"):
-                _limited.write(logging.WARNING, f"mailbox of {self.pid} is full ({self.mailbox.capacity} "
-                                                f"messages): {topic!r} from {sender} refused with MailboxFull")
-            raise MailboxFull(self.pid, self.mailbox.capacity)
-        self.node.counters.messages_sent += 1
-        return True
+        return _queue(self, new_message(topic, payload, sender))
 
     cdef int signal(self, Message msg) except -1:
         # System events are bounded by the number of monitors and links, so
@@ -141,6 +149,9 @@ cdef class Remote:
         return 0
 
     cdef bint send(self, Pid dest, str topic, object payload, Pid sender) except -1:
+        return False
+
+    cdef bint call(self, Pid dest, str topic, object payload, Pid sender, Pid reply_to) except -1:
         return False
 
     cdef bint ship_frames(self, str node, list ids, bytes frame) except -1:
@@ -940,3 +951,41 @@ def whereis(str name):
 
 def is_alive(pid):
     return get_node().is_alive(pid)
+
+
+# -- calls: a request and its reply (the waiter and process.call are call.pyx's) ------
+
+
+cdef bint deliver_request(Process proc, str topic, object payload, Pid sender, Pid reply_to) except -1:
+    """Queue a call's request for ``proc``, a local process: a message that
+    carries its reply address. MailboxFull as for a send."""
+    cdef Mailbox mailbox = proc.mailbox
+    if mailbox is None:
+        raise ValueError(f"{proc.pid} takes no calls: it has no inbox to read a request from "
+                         f"(a WebSocket connection takes 'ws.send', 'ws.close' and 'ws.control' sends only)")
+    return _queue(proc, new_request(topic, payload, sender, reply_to))
+
+
+cdef int reply_dropped(Node node, Pid waiter, Pid sender) except -1:
+    """A reply for a call of this node that had already ended (it timed out,
+    its caller was cancelled, or it was answered before): dropped, as Erlang
+    drops a late reply, and counted."""
+    node.counters.call_replies_dropped += 1
+    if _limited.allow("call_reply_dropped"):
+        _limited.write(logging.INFO, f"reply from {sender} dropped: the call {waiter} had already ended")
+    return 0
+
+
+cdef bint _reply(Message msg, object value) except -1:
+    cdef Process replier = calling_process("msg.reply")
+    cdef Node node = replier.node
+    if node.send_from(msg.reply_to, REPLY, value, replier.pid):
+        return True
+    if msg.reply_to.node == node.name:
+        # (A reply for another node's call that cannot leave is counted by
+        # the cluster, as unreachable; one that arrives late, by that node.)
+        reply_dropped(node, msg.reply_to, replier.pid)
+    return False
+
+
+set_replier(_reply)

@@ -8,6 +8,7 @@ cdef class Counters:
     cdef public counter_t processes_exited
     cdef public counter_t processes_crashed
     cdef public counter_t messages_sent
+    cdef public counter_t call_replies_dropped
     cdef public counter_t mailbox_full
     cdef public counter_t system_events_dropped
     cdef public counter_t runtime_errors

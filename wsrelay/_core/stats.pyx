@@ -61,6 +61,8 @@ COUNTERS = (
     ("processes_exited", "wsrelay_processes_exited", None, "Processes (and connections) ended"),
     ("processes_crashed", "wsrelay_processes_crashed", None, "Processes that raised"),
     ("messages_sent", "wsrelay_messages_sent", None, "Messages queued into mailboxes"),
+    ("call_replies_dropped", "wsrelay_call_replies_dropped", None,
+     "Replies to calls that had already ended (timed out, caller cancelled, or answered before): dropped"),
 )
 
 

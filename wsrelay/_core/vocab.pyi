@@ -1,5 +1,6 @@
 EXIT: str
 LINK_DOWN: str
+REPLY: str
 NORMAL: str
 NOPROC: str
 NOCONNECTION: str

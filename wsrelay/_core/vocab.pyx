@@ -7,6 +7,8 @@ dropped. (The signal kinds between nodes are in signals.pxd.)"""
 # are reserved for them).
 EXIT = "@exit"
 LINK_DOWN = "@link_down"
+# A call's reply, sent to the caller's waiter (call.pyx).
+REPLY = "@reply"
 
 # Why a process ended, as its EXIT and LINK_DOWN events say.
 NORMAL = "normal"

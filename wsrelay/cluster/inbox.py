@@ -103,6 +103,15 @@ class Inbox:
                 hooks.on_signal(signal_kind, dest, src, reason)
             except Exception:
                 self._trouble.hook_failed("on_signal")
+        elif kind == wire.CALL:
+            _, dest_id, dest_host, sender_text, topic, payload, reply_text = record
+            if type(dest_id) is not int or type(dest_host) is not str:
+                raise wire.Malformed("a call's destination must be an int and a str")
+            sender, reply_to = self._pid(sender_text), self._pid(reply_text)
+            try:
+                hooks.on_call(dest_id, dest_host, topic, payload, sender, reply_to)
+            except Exception:
+                self._trouble.hook_failed("on_call")
         elif kind == wire.FRAMES:
             _, conn_ids, frame = record
             if type(conn_ids) is not list or type(frame) is not bytes:

@@ -183,6 +183,12 @@ class Transport(Outbound):
         record = wire.record_send(dest.id, dest.host, str(sender), topic, payload)
         return self._append_for(dest, record)
 
+    def call(self, dest: Pid, topic: Any, payload: Any, sender: Pid, reply_to: Pid) -> bool:
+        """Queue a call's request for ``dest``: a send with the address of
+        its reply (the caller's waiter); as ``send`` otherwise."""
+        record = wire.record_call(dest.id, dest.host, str(sender), topic, payload, str(reply_to))
+        return self._append_for(dest, record)
+
     def signal(self, kind: int, dest: Pid, src: Pid, reason: Any) -> bool:
         """Queue a signal (wire.MONITOR ... wire.CREDIT) for ``dest``; in
         order with the messages from the same node."""

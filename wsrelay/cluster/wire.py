@@ -12,6 +12,10 @@ carried fails there, not later):
 
     record: [SEND, destination id, destination host, sender, topic, payload]
             [SIGNAL, kind, destination, source, reason]     (PIDs as text)
+            [CALL, destination id, destination host, sender, topic, payload,
+             reply to]    (a call's request: a send with the address of its
+                          reply, which also monitors the destination until
+                          the reply leaves; remote.pyx, on_call)
             [FRAMES, [connection id, ...], frame]
             [FRAGMENT, chunk, last]    (a record larger than a NATS message)
 
@@ -33,7 +37,8 @@ from .._core.signals import Signal
 from ..errors import Malformed
 from .codec import decode, encode
 
-VERSION = 1
+# 2: the CALL record.
+VERSION = 2
 
 # Node names are NATS subject tokens: no '.', '*', '>' or white space.
 NODE_NAME = re.compile(r"[A-Za-z0-9_-]+")
@@ -56,6 +61,7 @@ SEND = 0
 SIGNAL = 1
 FRAMES = 2
 FRAGMENT = 3
+CALL = 4
 
 # Signal kinds between processes, as the core declares them (signals.pxd),
 # as plain ints: the numbers a SIGNAL record carries. (EXIT here is the
@@ -127,6 +133,10 @@ def parse_batch(data: bytes) -> tuple[Header, list[Any]]:
 
 def record_send(dest_id: int, dest_host: str, sender: str, topic: Any, payload: Any) -> bytes:
     return encode([SEND, dest_id, dest_host, sender, topic, payload])
+
+
+def record_call(dest_id: int, dest_host: str, sender: str, topic: Any, payload: Any, reply_to: str) -> bytes:
+    return encode([CALL, dest_id, dest_host, sender, topic, payload, reply_to])
 
 
 def record_signal(kind: int, dest: str, src: str, reason: Any) -> bytes:
