@@ -151,7 +151,7 @@ async def test_a_def_endpoint_reaches_the_clients_through_wsrelay_threads(exampl
         await joined(ws, "dee")
         async with example.client() as http:
             res = await http.post("/rooms/attic/notices", json={"text": "the lift is out"}, headers=bearer(dee))
-            assert (res.status_code, res.json()) == (200, {"room": "attic", "sent": True})
+            assert (res.status_code, res.json()) == (200, {"room": "attic", "sent": True, "to": ["dee"]})
             assert await recv_until(ws, lambda e: e["event"] == "notice") == \
                 {"event": "notice", "room": "attic", "by": "dee", "text": "the lift is out"}
             # wsrelay.threads.send's False, said by the def endpoint.

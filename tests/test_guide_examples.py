@@ -2,7 +2,8 @@
 and these tests run those files against real gateways over real sockets.
 
 - Every ```python and ```yaml block of the guide must appear, verbatim, in a
-  file of examples/guide/.
+  file of examples/guide/, or of examples/fastapi/ (section 11's, run by
+  tests/test_example_fastapi.py).
 - examples/guide/app.yaml runs under `wsrelay serve` (a subprocess, on a port
   the kernel picks), and websocket clients exercise each example.
 - processes.py, python_app.py and with_aiohttp.py run as the guide says to
@@ -31,6 +32,8 @@ from tests.wsclient import HTTPResponse, http_request
 
 GUIDE = REPO / "docs" / "guide.md"
 EXAMPLES = REPO / "examples" / "guide"
+# The folders whose files the guide's code blocks come from.
+SHOWN = (EXAMPLES, REPO / "examples" / "fastapi")
 # The machine has 2 shared cores: generous bounds, strict conditions.
 TIMEOUT = 20.0
 UPGRADE = {
@@ -116,13 +119,15 @@ def _code_blocks(markdown: str) -> list[tuple[str, str]]:
 def test_every_code_block_of_the_guide_is_in_an_example_file():
     blocks = [(lang, code) for lang, code in _code_blocks(GUIDE.read_text()) if lang in ("python", "yaml")]
     assert len(blocks) >= 10, "the guide lost its examples"
-    files = {path.name: path.read_text() for path in sorted(EXAMPLES.iterdir()) if path.suffix in (".py", ".yaml")}
+    files = {f"{folder.name}/{path.name}": path.read_text() for folder in SHOWN for path in sorted(folder.iterdir())
+             if path.suffix in (".py", ".yaml")}
     missing = [code for _, code in blocks if not any(code in text for text in files.values())]
-    assert not missing, "guide blocks that are in no file of examples/guide/:\n\n" + "\n---\n".join(missing)
+    folders = " or ".join(f"examples/{folder.name}/" for folder in SHOWN)
+    assert not missing, f"guide blocks that are in no file of {folders}:\n\n" + "\n---\n".join(missing)
     # And every example file is shown, at least in part, by the guide.
     guide = GUIDE.read_text()
     for name in files:
-        assert f"examples/guide/{name}" in guide, f"the guide never mentions examples/guide/{name}"
+        assert f"examples/{name}" in guide, f"the guide never mentions examples/{name}"
 
 
 def test_check_command_accepts_the_guide_app():

@@ -73,11 +73,14 @@ async def who_is_online(room: str) -> dict:
 @api.post("/rooms/{room}/notices")
 def post_notice(room: str, body: Text, user: str = Depends(current_user)) -> dict:
     """POST /rooms/{room}/notices {"text": ...}: a notice to everyone in the
-    room, from a def endpoint (a worker thread of FastAPI's pool)."""
+    room, from a def endpoint (a worker thread of FastAPI's pool), and who
+    it reached."""
     try:
         queued = wsrelay.threads.send(room_name(room), "notice", {"by": user, "text": body.text}, timeout=5.0)
     except MailboxFull:
         raise HTTPException(503, f"room {room!r} is busy: try again") from None
     if not queued:
         raise HTTPException(404, f"nobody has joined room {room!r}")
-    return {"room": room, "sent": True}
+    # A call, awaited on the loop; the room takes it after the notice.
+    reached = wsrelay.threads.call(process.call, room_name(room), "online")
+    return {"room": room, "sent": True, "to": reached}
