@@ -21,7 +21,7 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.harness import ServerProcess, health
+from tests.harness import ServerProcess
 
 # The machine has 2 shared cores: generous bounds, strict conditions.
 TIMEOUT = 20.0
@@ -160,19 +160,21 @@ async def test_a_def_endpoint_reaches_the_clients_through_wsrelay_threads(exampl
 
 
 async def test_the_websocket_endpoint_refuses_an_unknown_token(example: Example):
-    before = (await health(example.gateway))["processes"]
     for token in ("forged", ""):
         with pytest.raises(InvalidStatus) as refused:
-            async with example.connect("garden", token):
+            async with example.connect("vault", token):
                 pass
         assert refused.value.response.status_code == 401
         assert refused.value.response.headers["WWW-Authenticate"] == "Bearer"
+    eve = await example.login("eve")
     with pytest.raises(InvalidStatus) as refused:
-        async with example.connect("Not A Room", await example.login("eve")):
+        async with example.connect("Not A Room", eve):
             pass
     assert refused.value.response.status_code == 400
-    # A refused connection started no room.
-    assert (await health(example.gateway))["processes"] == before
+    # A refused connection started no room: no process holds the name.
+    async with example.client() as http:
+        res = await http.post("/rooms/vault/messages", json={"text": "anyone?"}, headers=bearer(eve))
+    assert res.status_code == 404, res.text
 
 
 def refused(address: tuple[str, int]) -> bool:
