@@ -199,9 +199,12 @@ class ServiceRuntime:
         node.begin_journal()
         failed = True
         timeout = self.gateway.settings.handler_timeout
+        # The handler runs in this task (the guard's), cancelled if it is
+        # still running at the deadline: cheaper than wait_for's task of its own.
+        deadline = _Deadline(timeout)
         try:
             try:
-                await asyncio.wait_for(endpoint.func(req, res), timeout)
+                await deadline.run(endpoint.func(req, res))
             except asyncio.TimeoutError:
                 log.warning("handler %s on %s %s did not finish within %g s (WSRELAY_HANDLER_TIMEOUT)",
                             endpoint.id, req.method, req.path, timeout)
@@ -378,6 +381,38 @@ class Gateway:
 
     async def __aexit__(self, *exc: Any) -> None:
         await self.shutdown()
+
+
+class _Deadline:
+    """Run a coroutine in the current task for at most ``timeout`` seconds:
+    past it the coroutine is cancelled and TimeoutError raised. (Python 3.10
+    has no asyncio.timeout; wait_for would make a task per handler.)"""
+
+    __slots__ = ("timeout", "expired")
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.expired = False
+
+    async def run(self, coro: Any) -> Any:
+        task = asyncio.current_task()
+        assert task is not None
+        timer = asyncio.get_running_loop().call_later(self.timeout, self._expire, task)
+        try:
+            return await coro
+        except asyncio.CancelledError:
+            if not self.expired:
+                raise  # cancelled from outside: not ours to turn into a timeout
+            uncancel = getattr(task, "uncancel", None)
+            if uncancel is not None:
+                uncancel()
+            raise asyncio.TimeoutError() from None
+        finally:
+            timer.cancel()
+
+    def _expire(self, task: asyncio.Task) -> None:
+        self.expired = True
+        task.cancel()
 
 
 def _answer(res: Response) -> Any:

@@ -7,19 +7,38 @@ framework for the rest.
 
 from __future__ import annotations
 
-import http.client
-import io
 from http import HTTPStatus
 from http.cookies import CookieError, SimpleCookie
 from typing import Any, Callable, Optional, Union
 from urllib.parse import parse_qs, unquote
 
+import httptools
 import orjson
 from multidict import CIMultiDict
 from picows import WSUpgradeResponse
 
 from ._core.pid import Pid
 from ._core.relayspec import RELAY_HEADER, parse_relay_header
+
+
+class _HeadReader:
+    """httptools' callbacks for one request head."""
+
+    __slots__ = ("url", "headers", "complete")
+
+    def __init__(self) -> None:
+        self.url = bytearray()
+        self.headers: CIMultiDict = CIMultiDict()
+        self.complete = False
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.add(name.decode("latin-1"), value.decode("latin-1"))
+
+    def on_headers_complete(self) -> None:
+        self.complete = True
 
 
 class Request:
@@ -65,19 +84,21 @@ class Request:
     @classmethod
     def from_head(cls, head: bytes, transport: Any = None) -> Request:
         """The request in ``head``, the bytes of a request line and headers
-        (what the handshake guard read), parsed by the standard library's
-        HTTP header parser. ValueError when it is not one."""
-        line, _, rest = head.partition(b"\r\n")
-        parts = line.split(b" ")
-        if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
-            raise ValueError("malformed request line")
+        (what the handshake guard read), parsed by httptools (uvicorn's HTTP
+        parser). ValueError naming the problem when it is not one."""
+        reader = _HeadReader()
+        parser = httptools.HttpRequestParser(reader)
         try:
-            message = http.client.parse_headers(io.BytesIO(rest))
-        except http.client.HTTPException as exc:
-            raise ValueError(f"malformed headers: {exc}") from None
-        raw = parts[1].decode("latin-1")
+            parser.feed_data(head)
+        except httptools.HttpParserUpgrade:
+            pass  # an upgrade request ends where the WebSocket data would begin: what we expect
+        except httptools.HttpParserError as exc:
+            raise ValueError(f"malformed request: {exc}") from None
+        if not reader.complete:
+            raise ValueError("incomplete request head")
+        raw = bytes(reader.url).decode("latin-1")
         path, _, query = raw.partition("?")
-        return cls(parts[0].decode("latin-1"), unquote(path), query, CIMultiDict(message.items()), transport)
+        return cls(parser.get_method().decode("latin-1"), unquote(path), query, reader.headers, transport)
 
     def query(self, name: str, default: Optional[str] = None) -> Optional[str]:
         """The first value of query parameter ``name``."""

@@ -255,3 +255,16 @@ class RunningServer:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+# The handshake of an endpoint that has to wait (docs/performance.md, "Handlers
+# that wait"): the same relay echo, its handler first finding the user of the
+# request's token, synchronously (a dict the handler reads) or from a
+# directory process through ``await process.call`` in an ``async def`` handler.
+for _name, _path, _how in (
+    ("wsrelay+lookup", "/ws/echo_lookup", "a plain handler that looks the user up in a dict, then relays"),
+    ("wsrelay+call", "/ws/echo_call", "an async def handler that asks a directory process (process.call), "
+                                      "then relays"),
+):
+    SERVERS[_name] = dataclasses.replace(SERVERS["wsrelay"], name=_name,
+                                         description=f"{SERVERS['wsrelay'].description}; {_how}",
+                                         paths={**SERVERS["wsrelay"].paths, "echo": _path})

@@ -32,6 +32,44 @@ def echo_endpoint(req, res):
     res.header("X-WS-Relay", orjson.dumps({"target_pid": str(pid)}).decode())
 
 
+# The directory the waiting handlers' benchmark consults: who a token is.
+DIRECTORY = "load:directory"
+
+
+def _user_of(token):
+    """The work both ways of finding a user do, the same."""
+    return f"user-{token}"
+
+
+def lookup_echo_endpoint(req, res):
+    """echo_endpoint, after finding the request's user synchronously."""
+    user = _user_of(req.query("token", "anonymous"))
+    pid = process.spawn("load:echo", "load:processes")
+    res.header("X-WS-Relay", orjson.dumps({"target_pid": str(pid), "metadata": {"user": user}}).decode())
+
+
+async def call_echo_endpoint(req, res):
+    """echo_endpoint, after asking the directory process who the user is."""
+    user = await process.call(_directory(), "lookup", req.query("token", "anonymous"))
+    pid = process.spawn("load:echo", "load:processes")
+    res.header("X-WS-Relay", orjson.dumps({"target_pid": str(pid), "metadata": {"user": user}}).decode())
+
+
+def _directory():
+    pid = process.registry.lookup(DIRECTORY)
+    if pid is None:
+        pid = process.spawn("load:directory", "load:processes")
+        process.register(DIRECTORY, pid)
+    return pid
+
+
+async def directory():
+    """Answer every lookup with the token's user."""
+    async for msg in process.inbox():
+        if msg.topic == "lookup":
+            msg.reply(_user_of(msg.payload))
+
+
 async def echo():
     """Send every client message back to the client; end when it leaves."""
     async for msg in process.inbox():
