@@ -285,21 +285,23 @@ async def test_connection_lost_when_the_client_vanishes():
         await ended(s, "connection_lost", None)
 
 
-async def test_connection_lost_mid_fragmented_message_relays_nothing():
+async def _vanish(ws) -> None:
+    await ws.drain()
+    ws.abort()
+
+
+async def _close(ws) -> None:
+    assert (await ws.close_handshake(1000)).close_code == 1000
+
+
+@pytest.mark.parametrize("leave, reason, code", [(_vanish, "connection_lost", None), (_close, "client_closed", 1000)],
+                         ids=["connection lost", "client close"])
+async def test_a_client_leaving_mid_fragmented_message_relays_nothing(leave, reason, code):
     async with running(app_for()) as gw:
         s = await connect(gw, monitor=True)
         s.ws.send_text("part", fin=False)
-        await s.ws.drain()
-        s.ws.abort()
-        await ended(s, "connection_lost", None)
-
-
-async def test_client_close_mid_fragmented_message_relays_nothing():
-    async with running(app_for()) as gw:
-        s = await connect(gw, monitor=True)
-        s.ws.send_text("part", fin=False)
-        assert (await s.ws.close_handshake(1000)).close_code == 1000
-        await ended(s, "client_closed", 1000)
+        await leave(s.ws)
+        await ended(s, reason, code)
 
 
 @pytest.mark.parametrize("end, after, reason, code", [

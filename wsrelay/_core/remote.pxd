@@ -21,6 +21,8 @@ cdef class RemoteProcess(Process):
     cdef bint relay(self, Pid client, str topic, object payload) except -1
     cdef int watch_for_groups(self) except -1
     cdef int leave_groups(self) except -1
+    cdef int _watched_by(self, int kind, Process other) except -1
+    cdef int _unwatched_by(self, int kind, Process other) except -1
 
 
 cdef class RelayInbox(RoomWaiter):

@@ -158,22 +158,27 @@ cdef class RemoteProcess(Process):
         return 0
 
     cdef int on_monitored(self, Process watcher) except -1:
-        if not self.cluster.send_signal(Signal.MONITOR, self.pid, watcher.pid, None):
-            # Its node is down or unknown: the monitor fires at once.
-            self.node.finish(self, NOCONNECTION, None)
-        return 0
+        return self._watched_by(Signal.MONITOR, watcher)
 
     cdef int on_demonitored(self, Process watcher) except -1:
-        self.cluster.send_signal(Signal.DEMONITOR, self.pid, watcher.pid, None)
-        return self.cluster.drop_proxy_if_idle(self)
+        return self._unwatched_by(Signal.DEMONITOR, watcher)
 
     cdef int on_linked(self, Process other) except -1:
-        if not self.cluster.send_signal(Signal.LINK, self.pid, other.pid, None):
+        return self._watched_by(Signal.LINK, other)
+
+    cdef int on_unlinked(self, Process other) except -1:
+        return self._unwatched_by(Signal.UNLINK, other)
+
+    cdef int _watched_by(self, int kind, Process other) except -1:
+        """Tell its node that ``other`` monitors or links it (``kind``)."""
+        if not self.cluster.send_signal(kind, self.pid, other.pid, None):
+            # Its node is down or unknown: the monitor or link fires at once.
             self.node.finish(self, NOCONNECTION, None)
         return 0
 
-    cdef int on_unlinked(self, Process other) except -1:
-        self.cluster.send_signal(Signal.UNLINK, self.pid, other.pid, None)
+    cdef int _unwatched_by(self, int kind, Process other) except -1:
+        """Tell its node that ``other`` no longer monitors or links it."""
+        self.cluster.send_signal(kind, self.pid, other.pid, None)
         return self.cluster.drop_proxy_if_idle(self)
 
     cdef int on_exit(self, str reason, object error) except -1:

@@ -43,14 +43,15 @@ def _user_of(token):
 
 def lookup_echo_endpoint(req, res):
     """echo_endpoint, after finding the request's user synchronously."""
-    user = _user_of(req.query("token", "anonymous"))
-    pid = process.spawn("load:echo", "load:processes")
-    res.header("X-WS-Relay", orjson.dumps({"target_pid": str(pid), "metadata": {"user": user}}).decode())
+    _relay_echo(res, _user_of(req.query("token", "anonymous")))
 
 
 async def call_echo_endpoint(req, res):
     """echo_endpoint, after asking the directory process who the user is."""
-    user = await process.call(_directory(), "lookup", req.query("token", "anonymous"))
+    _relay_echo(res, await process.call(_directory(), "lookup", req.query("token", "anonymous")))
+
+
+def _relay_echo(res, user):
     pid = process.spawn("load:echo", "load:processes")
     res.header("X-WS-Relay", orjson.dumps({"target_pid": str(pid), "metadata": {"user": user}}).decode())
 
