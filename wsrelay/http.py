@@ -24,12 +24,13 @@ from ._core.relayspec import RELAY_HEADER, parse_relay_header
 class _HeadReader:
     """httptools' callbacks for one request head."""
 
-    __slots__ = ("url", "headers", "complete")
+    __slots__ = ("url", "headers", "complete", "upgrade")
 
     def __init__(self) -> None:
         self.url = bytearray()
         self.headers: CIMultiDict = CIMultiDict()
         self.complete = False
+        self.upgrade = False
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -91,7 +92,9 @@ class Request:
         try:
             parser.feed_data(head)
         except httptools.HttpParserUpgrade:
-            pass  # an upgrade request ends where the WebSocket data would begin: what we expect
+            # The head of an upgrade request ends where the WebSocket data
+            # would begin: the parser says so by raising, once it has read it.
+            reader.upgrade = True
         except httptools.HttpParserError as exc:
             raise ValueError(f"malformed request: {exc}") from None
         if not reader.complete:

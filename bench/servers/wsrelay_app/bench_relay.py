@@ -57,10 +57,16 @@ def _relay_echo(res, user):
 
 
 def _directory():
-    pid = process.registry.lookup(DIRECTORY)
+    return _named("load:directory", DIRECTORY)
+
+
+def _named(function, name):
+    """The process registered as ``name``, started (running ``function``) by
+    the first handler that needs it."""
+    pid = process.registry.lookup(name)
     if pid is None:
-        pid = process.spawn("load:directory", "load:processes")
-        process.register(DIRECTORY, pid)
+        pid = process.spawn(function, "load:processes")
+        process.register(name, pid)
     return pid
 
 
@@ -83,12 +89,8 @@ async def echo():
 
 
 def _local_room():
-    """The room of this node, started by the first handler that needs it."""
-    pid = process.registry.lookup(ROOM)
-    if pid is None:
-        pid = process.spawn("load:room", "load:processes")
-        process.register(ROOM, pid)
-    return pid
+    """The room of this node."""
+    return _named("load:room", ROOM)
 
 
 def _global_room():
