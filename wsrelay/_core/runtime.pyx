@@ -28,7 +28,7 @@ from .mailbox cimport Mailbox
 from .stats cimport Counters, LimitedLog
 
 from .errors import MailboxFull, NoTransport, WrongThread
-from .vocab import ERROR, EXIT, LINK_DOWN, NOPROC, NORMAL, REPLY, SHUTDOWN, TERMINATED
+from .vocab import ERROR, EXIT, LINK_DOWN, MAILBOX_FULL, NOPROC, NORMAL, REPLY, SHUTDOWN, TERMINATED
 
 cdef enum:
     # Messages a process may take from its mailbox in a row before it lets
@@ -70,7 +70,7 @@ cdef inline bint _queue(Process proc, Message msg) except -1:
     cdef Mailbox mailbox = proc.mailbox
     if not mailbox.push(msg):
         proc.node.counters.mailbox_full += 1
-        if _limited.allow("mailbox_full"):
+        if _limited.allow(MAILBOX_FULL):
             _limited.write(logging.WARNING, f"mailbox of {proc.pid} is full ({mailbox.capacity} messages): "
                                             f"{'call ' if msg.reply_to is not None else ''}{msg.topic!r} "
                                             f"from {msg.sender} refused with MailboxFull")
