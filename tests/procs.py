@@ -261,6 +261,8 @@ async def call_server() -> None:
         if msg.topic == "return":
             return
         if msg.topic == "hold":
+            if msg.payload is not None:
+                process.send(msg.payload, "holding")  # the call is in: its waiter exists
             continue
         assert msg.reply((msg.topic, msg.payload)) is True
         if msg.topic == "twice":
@@ -301,13 +303,13 @@ async def caller(dest, count: int, observer) -> None:
 
 
 @wsrelay.register("test:busy_caller")
-async def busy_caller(dest, observer) -> None:
+async def busy_caller(dest, observer, dest_tells=None) -> None:
     """Calls ``dest`` while other messages arrive in its inbox; then reports
     the reply and its inbox, in order."""
     process.send(observer, "ready", process.self())
     inbox = process.inbox()
     assert (await inbox.receive()).topic == "go"
-    value = await process.call(dest, "hold", None)
+    value = await process.call(dest, "hold", None if dest_tells is None else observer)
     rest = [(msg.topic, msg.payload) for msg in await inbox.receive_many()]
     process.send(observer, "done", (value, rest))
 

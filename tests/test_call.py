@@ -69,8 +69,8 @@ async def test_a_callee_that_returns_without_replying_is_a_normal_exit():
 
 async def test_a_terminated_callee_gives_the_termination_reason():
     srv = process.spawn("test:call_server")
-    task = asyncio.ensure_future(process.call(srv, "hold"))
-    await asyncio.sleep(0.01)
+    task = asyncio.ensure_future(process.call(srv, "hold", process.self()))
+    await receive("holding")
     process.terminate(srv, "shut down")
     with pytest.raises(CallError) as info:
         await task
@@ -106,8 +106,7 @@ async def test_a_timeout_then_the_late_reply_is_dropped_and_counted():
     assert table_size() == before
     assert (await receive("replied")).payload is False
     assert node.counters.call_replies_dropped == dropped + 1
-    # The late reply is in nobody's inbox.
-    await asyncio.sleep(0.01)
+    # The late reply is in nobody's inbox (msg.reply dropped it, and said so).
     assert process.inbox().receive_nowait() is None
 
 
@@ -125,26 +124,28 @@ async def test_a_second_reply_is_dropped_and_counted():
 async def test_a_cancelled_caller_leaves_no_waiter_and_no_monitor():
     srv = process.spawn("test:call_server")
     before = table_size()
-    task = asyncio.ensure_future(process.call(srv, "hold", timeout=None))
-    await asyncio.sleep(0.01)
+    task = asyncio.ensure_future(process.call(srv, "hold", process.self(), timeout=None))
+    await receive("holding")
     assert table_size() == before + 1  # the waiter, for the call's duration
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     assert table_size() == before
-    # Its monitor went with it: the callee's end tells the system process nothing.
+    # Its monitor went with it: the callee's end tells the system process
+    # nothing (a monitor of our own, set after, is the one EXIT that comes).
     process.terminate(srv, "done")
-    await asyncio.sleep(0.01)
+    process.monitor(srv)
+    assert (await receive(EXIT)).payload["pid"] == srv
     assert process.inbox().receive_nowait() is None
 
 
 async def test_a_terminated_calling_process_leaves_nothing_behind():
     srv = process.spawn("test:call_server")
     before = table_size()
-    holder = process.spawn_monitored("test:busy_caller", None, srv, process.self())
+    holder = process.spawn_monitored("test:busy_caller", None, srv, process.self(), True)
     await receive("ready")
     process.send(holder, "go")
-    await asyncio.sleep(0.01)
+    await receive("holding")
     assert table_size() == before + 2  # the caller and its waiter
     process.terminate(holder, "bye")
     assert (await receive(EXIT)).payload["reason"] == "bye"

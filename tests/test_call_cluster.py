@@ -54,7 +54,8 @@ async def test_a_call_and_its_reply_across_nodes(app: Path, broker: Broker) -> N
         await cb.call("monitor", pid=replier)
         await cb.call("send", pid=replier, topic="stop")
         await cb.event("@exit")
-        await asyncio.sleep(0.2)
+        # A round trip through b's loop: what its exit would send is out by then.
+        await alive(b)
         assert (await local_metrics(b))("wsrelay_cluster_messages_out_total") == sent
         await ca.call("send", pid=ca.pid, topic="marker")
         await ca.event("marker")
