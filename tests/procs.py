@@ -760,3 +760,24 @@ def room_endpoint(req: Any, res: Any) -> None:
         res.status(404).write("no room")
         return
     relay_to(res, pid)
+
+
+@wsrelay.register("relay:channel_room")
+async def channel_room(observer, channel) -> None:
+    """A channels target (docs/guide.md, "Channels"). On ws.join it publishes
+    ``{"joined": client}`` to ``channel`` (a connection its handler granted
+    the channel hears it: it was subscribed before ws.join) and reports
+    ("joined", client); ws.leave is reported as ("left", client); a
+    ws.message is published to ``channel`` as is."""
+    async for msg in process.inbox():
+        if msg.topic == "ws.join":
+            client = msg.payload["client_pid"]
+            wsrelay.channels.publish(channel, {"joined": str(client)})
+            process.send(observer, "joined", client)
+        elif msg.topic == "ws.leave":
+            process.send(observer, "left", msg.payload["client_pid"])
+        elif msg.topic == "ws.message":
+            wsrelay.channels.publish(channel, msg.payload["data"])
+        elif msg.topic == "stop":
+            return
+
