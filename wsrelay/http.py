@@ -202,7 +202,7 @@ class Response:
         try:
             raw = orjson.dumps(fields).decode()
         except TypeError as exc:
-            raise TypeError(f"res.relay(): metadata and channels' info must be JSON-serialisable: {exc}") from None
+            raise TypeError(f"res.relay(): metadata must be JSON-serialisable, as must channels' info: {exc}") from None
         # The middleware reads the header again; reading it here makes a bad
         # value fail at this call, in the handler's traceback.
         parse_relay_header(raw)
