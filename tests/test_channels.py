@@ -15,8 +15,8 @@ import pytest
 import websockets
 
 import wsrelay
-from tests.apps import relay_app
-from tests.harness import expect, running, until
+from tests.apps import CHANNELS_APP_YAML, relay_app, write_channels_app
+from tests.harness import ServerProcess, expect, run_to_exit, running, serve_command, until
 from tests.procs import relay_to
 from wsrelay import channels, process
 from wsrelay._core.relayspec import parse_relay_header, set_max_channels_per_connection
@@ -306,3 +306,28 @@ def test_namespace_errors_name_the_field(field, value, named):
     entry = {"name": "rooms", "kind": "channel.namespace", "pattern": "room:*", field: value}
     with pytest.raises(ConfigError, match=named):
         build_app({"version": "1.0", "entries": [entry]})
+
+
+# -- a served app ---------------------------------------------------------------------------------
+
+
+async def test_wsrelay_serve_grants_and_publishes(tmp_path):
+    async with ServerProcess(serve_command(write_channels_app(tmp_path))) as server:
+        async with websockets.connect(server.url(f"/ws/chat?ch={LOBBY}&user=ann")) as ann:
+            first = await recv_json(ann)
+            assert first["channel"] == LOBBY and "joined" in first["data"]
+            async with websockets.connect(server.url("/ws/chat?ch=elsewhere")) as outsider:
+                assert (await recv_json(ann))["data"]["joined"] != first["data"]["joined"]
+                await outsider.send("hello")  # published to LOBBY: ann hears it, the outsider not
+                assert await recv_json(ann) == envelope(LOBBY, "hello")
+            with pytest.raises(websockets.InvalidStatus) as info:
+                await websockets.connect(server.url("/ws/chat?ch=a%20b"))
+            assert info.value.response.status_code == 500
+        assert await server.stopped() == 0, server.output()
+
+
+def test_wsrelay_serve_names_a_bad_namespace_field(tmp_path):
+    bad = CHANNELS_APP_YAML.replace("presence: true", "presense: true")
+    done = run_to_exit(serve_command(write_channels_app(tmp_path, bad)))
+    assert done.returncode == 2
+    assert "entry 'ch:rooms', field 'presense'" in done.stderr and "did you mean presence" in done.stderr, done.stderr

@@ -87,8 +87,6 @@ cdef int _join(Connection conn, str name, object info) except -1:
         (<Channel>conn.channels[name]).members[conn] = info
         return 0
     if len(conn.channels) >= max_channels_per_connection():
-        if not conn.channels:
-            conn.channels = None
         raise ValueError(f"{conn.pid} is already in {max_channels_per_connection()} channels, the limit "
                          "(WSRELAY_MAX_CHANNELS_PER_CONNECTION)")
     channel = _table.get(name)
