@@ -8,9 +8,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import zlib
 from typing import Any, AsyncIterator
 from urllib.parse import parse_qs
 
+import orjson
 import pytest
 import websockets
 
@@ -18,6 +20,7 @@ import wsrelay
 from tests.apps import CHANNELS_APP_YAML, relay_app, write_channels_app
 from tests.harness import ServerProcess, expect, run_to_exit, running, serve_command, until
 from tests.procs import relay_to
+from tests.wsclient import RSV1, RawWebSocket
 from wsrelay import channels, process
 from wsrelay._core.relayspec import parse_relay_header, set_max_channels_per_connection
 from wsrelay.config import build_app
@@ -265,6 +268,48 @@ async def test_compressed_and_plain_subscribers_both_receive_a_publication():
                 for ws in (packed, plain):
                     while (got := await recv_json(ws))["data"] != text:
                         assert "joined" in got["data"]
+
+
+async def test_a_publication_is_the_frame_a_group_send_of_its_envelope_is():
+    """Compressed and plain subscribers get the frames Group.send builds for
+    the same text: the same FanOut, compressed once for the ones that agreed."""
+    async with channel_room() as room:
+        async with running(grant_app(room), compression=True, compression_min_size=0) as gw:
+            path = f"/ws/chat?ch={LOBBY}"
+            packed = [await RawWebSocket.connect(gw, path, {"Sec-WebSocket-Extensions": "permessage-deflate"})
+                      for _ in range(2)]
+            plain = await RawWebSocket.connect(gw, path)
+            pids = [await expect("joined") for _ in range(3)]
+
+            async def publication(ws: RawWebSocket) -> Any:
+                while True:
+                    frame = await ws.recv_frame()
+                    text = _inflate(frame.payload) if frame.rsv & RSV1 else frame.payload
+                    if b'"publication","data":"' in text:
+                        return frame
+
+            text = "wörd " * 300
+            channels.publish(LOBBY, text)
+            a, b, c = [await publication(ws) for ws in (*packed, plain)]
+            assert a.rsv & RSV1 and b.rsv & RSV1 and not c.rsv & RSV1
+            assert a.payload == b.payload
+            body = orjson.dumps(envelope(LOBBY, text))
+            assert _inflate(a.payload) == c.payload == body
+            group = wsrelay.Group()
+            for pid in pids:
+                group.add(pid)
+            assert group.send({"type": "text", "data": body.decode()}) == 3
+            assert [(await ws.recv_frame()).payload for ws in (*packed, plain)] == [a.payload, a.payload, body]
+            for ws in (*packed, plain):
+                ws.send_close(1000)
+                await ws.expect_close()
+            for _ in range(3):
+                await expect("left")
+
+
+def _inflate(data: bytes) -> bytes:
+    d = zlib.decompressobj(-15)
+    return d.decompress(data + b"\x00\x00\xff\xff") + d.flush()
 
 
 # -- namespaces ---------------------------------------------------------------------------------

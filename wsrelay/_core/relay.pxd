@@ -79,7 +79,7 @@ cdef class Connection(Output):
     cdef list groups
     # The handler's grant ({name: info}) until the connection opens, then
     # the channels it is subscribed to (channels.pyx); None when it has none.
-    cdef public dict channels
+    cdef dict channels
     # The target is on another node: messages sent to it and not yet
     # acknowledged, and all acknowledged so far.
     cdef bint remote_target
