@@ -68,7 +68,7 @@ def test_good_names(name):
 @pytest.mark.parametrize("name, named", [("room lobby", "' ' at position 4"), ("", "1 to 255"),
                                          ("x" * 256, "got 256"), ("é", "'é' at position 0"),
                                          ("a#b", "'#' at position 1"), (5, "must be a str")])
-def test_bad_names_are_refused_naming_the_problem(name, named):
+async def test_bad_names_are_refused_naming_the_problem(name, named):
     with pytest.raises(ValueError, match=named):
         channels.check_channel_name(name)
     with pytest.raises(ValueError, match=named):
@@ -164,7 +164,7 @@ async def test_publish_reaches_each_subscriber_once_in_order_and_no_one_else():
                 assert await recv_json(a) == envelope(LOBBY, "end")
 
 
-def test_publish_refuses_data_that_is_not_json():
+async def test_publish_refuses_data_that_is_not_json():
     with pytest.raises(TypeError, match="not JSON-serialisable"):
         channels.publish(LOBBY, {"x": object()})
 
@@ -325,7 +325,7 @@ NAMESPACES_YAML = {
 }
 
 
-def test_namespaces_are_read_from_the_file_first_match_wins():
+async def test_namespaces_are_read_from_the_file_first_match_wins():
     app = build_app(NAMESPACES_YAML)
     rooms = app.namespace_of("room:lobby")
     assert (rooms.id, rooms.history_size, rooms.history_ttl, rooms.presence, rooms.join_leave) == (

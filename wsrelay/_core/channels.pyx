@@ -171,6 +171,7 @@ def publish(name, data):
     """Send ``data`` (a JSON value) to every subscriber of ``name`` on this
     node, in a ``publication`` envelope encoded and framed once; ``{}``."""
     cdef str checked = check_channel_name(name)
+    calling_process("channels.publish")  # on the loop's thread (WrongThread otherwise)
     cdef str text = _envelope(checked, PUBLICATION, data, True)
     cdef Channel channel = _table.get(checked)
     cdef FanOut out
@@ -186,6 +187,7 @@ def active(pattern=None):
     """{name: {"subscribers": n}} for this node's channels (those matching
     the fnmatch ``pattern`` when given)."""
     cdef Channel channel
+    calling_process("channels.active")
     if pattern is not None and type(pattern) is not str:
         raise ValueError(f"channels.active: pattern must be a str, got {type(pattern).__name__}")
     return {name: {"subscribers": len(channel.members)} for name, channel in _table.items()
@@ -195,4 +197,5 @@ def active(pattern=None):
 def subscribers(name):
     """The PIDs of channel ``name``'s subscribers on this node."""
     cdef Channel channel = _table.get(check_channel_name(name))
+    calling_process("channels.subscribers")
     return [] if channel is None else [(<Connection>conn).pid for conn in channel.members]
