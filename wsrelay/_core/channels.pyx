@@ -27,7 +27,8 @@ from .writer cimport FanOut, fan_out
 PUBLICATION = "publication"
 UNSUBSCRIBED = "unsubscribed"
 
-# name -> Channel, this node's channels that have subscribers.
+# name -> Channel, this node's channels that have subscribers. One table per
+# Python process: its connections are all served by one node, the gateway's.
 cdef dict _table = {}
 
 
