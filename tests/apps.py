@@ -84,6 +84,28 @@ entries:
   - {name: room, kind: http.endpoint, meta: {router: ws}, path: /room, func: "tests.procs:room_endpoint"}
 """
 
+CHANNELS_APP_YAML = """\
+version: "1.0"
+namespace: ch
+entries:
+  - {name: gateway, kind: http.service, addr: "127.0.0.1:0"}
+  - name: ws
+    kind: http.router
+    meta: {server: gateway}
+    prefix: /ws
+    post_middleware: [websocket_relay]
+    post_options: {wsrelay.allowed.origins: "*"}
+  - {name: chat, kind: http.endpoint, meta: {router: ws}, path: /chat, func: "tests.procs:channels_endpoint"}
+  - {name: rooms, kind: channel.namespace, pattern: "room:*", history_size: 10, history_ttl: 1m, presence: true}
+"""
+
+
+def write_channels_app(folder: Path, text: str = CHANNELS_APP_YAML) -> Path:
+    """The channels app (CHANNELS_APP_YAML, or ``text``) as a YAML file in ``folder``."""
+    path = folder / "channels_app.yaml"
+    path.write_text(text)
+    return path
+
 
 def write_app(folder: Path, addr: str = "127.0.0.1:0") -> Path:
     """The operations app (OPS_APP_YAML) as a YAML file in ``folder``."""

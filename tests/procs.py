@@ -22,6 +22,7 @@ import os
 import random
 import time
 from typing import Any
+from urllib.parse import parse_qs
 
 import wsrelay
 from wsrelay import Group, process
@@ -710,6 +711,16 @@ async def say_room(observer) -> None:
 # -- handlers of the YAML apps (tests/apps.py) ---------------------------------------------------
 
 
+def channels_endpoint(req, res) -> None:
+    """Relays to one shared relay:channel_room (publishing to room:lobby)
+    with the grant of the query: ``?ch=a&ch=b&user=u``."""
+    pid = process.whereis("channel_room")
+    if pid is None:
+        pid = process.spawn("relay:channel_room", None, None, "room:lobby")
+        process.register("channel_room", pid)
+    res.relay(pid, channels=parse_qs(req.query_string).get("ch"), user=req.query("user"))
+
+
 def echo_endpoint(req, res) -> None:
     pid = process.spawn("relay:echo")
     relay_to(res, pid)
@@ -762,3 +773,27 @@ def room_endpoint(req: Any, res: Any) -> None:
         res.status(404).write("no room")
         return
     relay_to(res, pid)
+
+
+@wsrelay.register("relay:channel_room")
+async def channel_room(observer, channel) -> None:
+    """A channels target (docs/guide.md, "Channels"). On ws.join it publishes
+    ``{"joined": client}`` to ``channel`` (a connection its handler granted
+    the channel hears it: it was subscribed before ws.join) and reports
+    ("joined", client) to ``observer`` (None: to no one); ws.leave is
+    reported as ("left", client); a ws.message is published to ``channel``
+    as is."""
+    async for msg in process.inbox():
+        if msg.topic == "ws.join":
+            client = msg.payload["client_pid"]
+            wsrelay.channels.publish(channel, {"joined": str(client)})
+            if observer is not None:
+                process.send(observer, "joined", client)
+        elif msg.topic == "ws.leave":
+            if observer is not None:
+                process.send(observer, "left", msg.payload["client_pid"])
+        elif msg.topic == "ws.message":
+            wsrelay.channels.publish(channel, msg.payload["data"])
+        elif msg.topic == "stop":
+            return
+

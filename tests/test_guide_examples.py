@@ -140,7 +140,7 @@ def test_a_bad_file_exits_non_zero_naming_the_entry(tmp_path: pathlib.Path):
     bad = tmp_path / "app.yaml"
     text = (EXAMPLES / "app.yaml").read_text().replace("func: session:handler", "func: session:nowhere")
     bad.write_text(text)
-    for name in ("handlers.py", "session.py", "presence.py", "broadcast.py", "transfer.py"):
+    for name in ("handlers.py", "session.py", "presence.py", "broadcast.py", "transfer.py", "rooms.py"):
         (tmp_path / name).write_text((EXAMPLES / name).read_text())
     done = run_to_exit([WSRELAY, "serve", bad, "--addr", "127.0.0.1:0"])
     assert done.returncode == 2
@@ -269,6 +269,30 @@ async def test_broadcast_with_a_set_of_clients(guide: ServerProcess):
             for ws in (ada, bob):
                 assert await recv(ws) == {"event": "message", "user": "bob", "text": "hi all"}
         assert await recv(ada) == {"event": "leave", "user": "bob", "online": 1}
+
+
+async def test_channels_granted_by_the_handler_and_published_by_a_process(guide: ServerProcess):
+    def publication(data: Any) -> dict[str, Any]:
+        return {"channel": "room:lobby", "event": "publication", "data": data}
+
+    async with websockets.connect(guide.url("/ws/rooms?room=lobby&user=ada")) as ada:
+        assert await recv(ada) == publication({"joined": "ada"})
+        async with websockets.connect(guide.url("/ws/rooms?room=lobby&user=bob")) as bob:
+            assert await recv(bob) == publication({"joined": "bob"})
+            assert await recv(ada) == publication({"joined": "bob"})
+            await bob.send("hi all")
+            for ws in (ada, bob):
+                assert await recv(ws) == publication({"user": "bob", "text": "hi all"})
+            await ada.send("/leave room:lobby")
+            assert await recv(ada) == {"channel": "room:lobby", "event": "unsubscribed"}
+            await bob.send("still here?")
+            assert await recv(bob) == publication({"user": "bob", "text": "still here?"})
+            await ada.send("/leave no room")
+            assert "not allowed" in await asyncio.wait_for(ada.recv(), TIMEOUT)
+    with pytest.raises(InvalidStatus) as info:
+        async with websockets.connect(guide.url("/ws/rooms?room=a%20b")):
+            pass
+    assert info.value.response.status_code == 400
 
 
 async def test_transfer_from_lobby_to_a_room(guide: ServerProcess):

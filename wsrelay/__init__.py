@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Any, Callable, TypeVar
 
+from . import channels as channels  # named fan-out (docs/guide.md, "Channels")
 from . import process
 from . import relay as relay  # registers the websocket_relay middleware
 from . import threads as threads  # calls from other threads (docs/guide.md, "One thread")
 from ._core.group import Group
 from ._core.message import Message
 from ._core.pid import Pid
+from ._core.relayspec import set_max_channels_per_connection
 from ._core.remote import join_cluster
 from ._core.runtime import Inbox, Node, node, set_node_factory
 from ._core.vocab import EXIT, LINK_DOWN
@@ -36,6 +38,7 @@ def _make_node() -> Node:
     from .settings import node_name
 
     s = _settings()
+    set_max_channels_per_connection(s.max_channels_per_connection)
     return Node(node_name(s), s.mailbox_capacity)
 
 
@@ -76,6 +79,7 @@ __all__ = [
     "RelaySettingsError",
     "SettingsError",
     "WrongThread",
+    "channels",
     "join_cluster",
     "node",
     "process",

@@ -19,6 +19,36 @@ Handler = Callable[[Any, Any], None]
 # picows reads GET requests without a body only; see docs/guide.md.
 SUPPORTED_METHODS = ("GET",)
 
+# The namespaces of the app installed last, for wsrelay.channels.namespace_of.
+_installed_namespaces: list[ChannelNamespace] = []
+
+
+@dataclasses.dataclass(frozen=True)
+class ChannelNamespace:
+    """Options for the channels whose names match ``pattern`` (fnmatch,
+    case-sensitive). History and presence are read and checked but do
+    nothing yet (docs/guide.md, "Channels")."""
+
+    id: str
+    pattern: str
+    history_size: int = 0
+    history_ttl: float = 0.0
+    presence: bool = False
+    join_leave: bool = False
+
+    def matches(self, name: str) -> bool:
+        from fnmatch import fnmatchcase
+
+        return fnmatchcase(name, self.pattern)
+
+    def options(self) -> dict[str, Any]:
+        return {"namespace": self.id, "history_size": self.history_size, "history_ttl": self.history_ttl,
+                "presence": self.presence, "join_leave": self.join_leave}
+
+
+def current_namespaces() -> list[ChannelNamespace]:
+    return _installed_namespaces
+
 
 def qualify(namespace: str, name: str) -> str:
     """``name`` as an id: unchanged when it already has a namespace."""
@@ -113,6 +143,8 @@ class App:
         self.routers: dict[str, Router] = {}
         self.hosts: list[str] = []
         self.functions: dict[str, Callable[..., Any]] = {}
+        # In declaration order: the first that matches a name wins.
+        self.channel_namespaces: list[ChannelNamespace] = []
 
     def service(self, name: str, addr: str = "127.0.0.1:8080") -> Service:
         """An HTTP service (``http.service``) listening on ``addr``."""
@@ -173,6 +205,29 @@ class App:
         """Register ``func`` (``async def``) as process function ``id``."""
         self.functions[qualify(self.namespace, id)] = func
 
+    def channel_namespace(self, name: str, pattern: str, history_size: int = 0, history_ttl: float = 0.0,
+                          presence: bool = False, join_leave: bool = False) -> ChannelNamespace:
+        """Options (``channel.namespace``) for the channels matching ``pattern``."""
+        nid = qualify(self.namespace, name)
+        if not isinstance(pattern, str) or not pattern:
+            raise ConfigError("must be a non-empty fnmatch pattern", nid, "pattern")
+        if isinstance(history_size, bool) or not isinstance(history_size, int) or history_size < 0:
+            raise ConfigError(f"must be a whole number, 0 or more, got {history_size!r}", nid, "history_size")
+        if isinstance(history_ttl, bool) or not isinstance(history_ttl, (int, float)) or history_ttl < 0:
+            raise ConfigError(f"must be a duration, 0 or more, got {history_ttl!r}", nid, "history_ttl")
+        for field, value in (("presence", presence), ("join_leave", join_leave)):
+            if not isinstance(value, bool):
+                raise ConfigError(f"must be true or false, got {value!r}", nid, field)
+        if any(ns.id == nid for ns in self.channel_namespaces):
+            raise ConfigError("declared twice", nid)
+        namespace = ChannelNamespace(nid, pattern, history_size, float(history_ttl), presence, join_leave)
+        self.channel_namespaces.append(namespace)
+        return namespace
+
+    def namespace_of(self, channel: str) -> Optional[ChannelNamespace]:
+        """The first of this app's channel namespaces matching ``channel``."""
+        return next((ns for ns in self.channel_namespaces if ns.matches(channel)), None)
+
     def check(self) -> None:
         """Refuse what only the whole app shows: an endpoint whose func is
         one of the app's process functions (``async def room(*args)`` can be
@@ -199,3 +254,4 @@ class App:
             n.set_default_host(self.hosts[0])
         for fid, func in self.functions.items():
             n.register_function(fid, func)
+        _installed_namespaces[:] = self.channel_namespaces

@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 import yaml
 
+from ._core.units import parse_duration
 from .app import App, qualify
 from .errors import ConfigError
 from .settings import did_you_mean
@@ -28,11 +29,12 @@ _KINDS: dict[str, tuple[set[str], set[str]]] = {
     "http.router": ({"meta"}, {"prefix", "pre_middleware", "pre_options", "post_middleware", "post_options"}),
     "http.endpoint": ({"meta", "path", "func"}, {"method"}),
     "process.function": ({"func"}, {"meta"}),
+    "channel.namespace": ({"pattern"}, {"history_size", "history_ttl", "presence", "join_leave"}),
 }
 _COMMON = {"name", "kind", "namespace"}
 _TOP_LEVEL = ("version", "namespace", "entries")
 # Entries are declared in this order, whatever their order in the file.
-_ORDER = ["http.service", "process.host", "http.router", "http.endpoint", "process.function"]
+_ORDER = ["http.service", "process.host", "http.router", "http.endpoint", "process.function", "channel.namespace"]
 
 
 def load_app(path: str) -> App:
@@ -162,6 +164,16 @@ def _declare(app: App, eid: str, ns: str, entry: dict) -> None:
         if not asyncio.iscoroutinefunction(func):
             raise ConfigError(f"{entry['func']} must be an 'async def' function", eid, "func")
         app.process_function(eid, func)
+    elif kind == "channel.namespace":
+        ttl = entry.get("history_ttl", 0)
+        if isinstance(ttl, str):
+            try:
+                ttl = parse_duration(ttl)
+            except ValueError as exc:
+                raise ConfigError(str(exc), eid, "history_ttl") from None
+        app.channel_namespace(eid, _string(eid, entry, "pattern"),
+                              entry.get("history_size", 0), ttl, entry.get("presence", False),
+                              entry.get("join_leave", False))
     else:  # pragma: no cover - _check_entry refuses other kinds
         raise ConfigError(f"unknown kind {kind!r}", eid, "kind")
 

@@ -176,10 +176,14 @@ class Response:
 
     def relay(self, target: Union[Pid, str], *, metadata: Optional[dict[str, Any]] = None,
               message_topic: Optional[str] = None,
-              heartbeat_interval: Union[float, str, None] = None) -> Response:
+              heartbeat_interval: Union[float, str, None] = None,
+              channels: Union[list[str], dict[str, dict[str, Any]], None] = None,
+              user: Optional[str] = None) -> Response:
         """Relay this connection to process ``target`` (a Pid or its text
         form): sets the ``X-WS-Relay`` header from Python values.
-        ``heartbeat_interval`` is seconds or a duration (``"30s"``). A value
+        ``heartbeat_interval`` is seconds or a duration (``"30s"``);
+        ``channels`` (names, or ``{name: {"info": {...}}}``) are subscribed
+        as the connection opens, ``user`` names its user. A value
         of the wrong type raises TypeError, a bad one RelayHeaderError (a
         ValueError), both here, naming the argument."""
         _argument("target", target, (Pid, str), "a Pid or its text form")
@@ -191,10 +195,14 @@ class Response:
         if heartbeat_interval is not None:
             fields["heartbeat_interval"] = _argument("heartbeat_interval", heartbeat_interval, (int, float, str),
                                                      "seconds (a float) or a duration like '30s'")
+        if channels is not None:
+            fields["channels"] = _argument("channels", channels, (list, dict), "a list of names or a dict")
+        if user is not None:
+            fields["user"] = _argument("user", user, str, "a str")
         try:
             raw = orjson.dumps(fields).decode()
         except TypeError as exc:
-            raise TypeError(f"res.relay(): metadata must be JSON-serialisable: {exc}") from None
+            raise TypeError(f"res.relay(): metadata must be JSON-serialisable, as must channels' info: {exc}") from None
         # The middleware reads the header again; reading it here makes a bad
         # value fail at this call, in the handler's traceback.
         parse_relay_header(raw)

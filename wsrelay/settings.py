@@ -45,6 +45,8 @@ class Settings:
     compression: bool = False
     # Messages shorter than this go out uncompressed on a compressed connection.
     compression_min_size: int = 128
+    # Channels one connection may be subscribed to at once.
+    max_channels_per_connection: int = 128
     # -- cluster (docs: wsrelay/cluster) --
     # Worker processes under a supervisor; 0: a single process.
     workers: int = 0
@@ -239,6 +241,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], object]]] = {
     "WSRELAY_GC_THRESHOLD": ("gc_threshold", _count(0, 1 << 30, "allocations")),
     "WSRELAY_COMPRESSION": ("compression", _on_off),
     "WSRELAY_COMPRESSION_MIN_SIZE": ("compression_min_size", _size(0, _GiB)),
+    "WSRELAY_MAX_CHANNELS_PER_CONNECTION": ("max_channels_per_connection", _count(1, 1 << 20, "channels")),
     "WSRELAY_WORKERS": ("workers", _workers),
     "WSRELAY_CLUSTER_URL": ("cluster_url", _cluster_urls),
     "WSRELAY_CLUSTER_TOKEN": ("cluster_token", _token),

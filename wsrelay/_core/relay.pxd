@@ -77,6 +77,9 @@ cdef class Connection(Output):
     cdef bint awaiting_pong
     # The member sets of the Groups this connection belongs to.
     cdef list groups
+    # The handler's grant ({name: info}) until the connection opens, then
+    # the channels it is subscribed to (channels.pyx); None when it has none.
+    cdef dict channels
     # The target is on another node: messages sent to it and not yet
     # acknowledged, and all acknowledged so far.
     cdef bint remote_target

@@ -23,6 +23,9 @@ STATES: tuple[str, ...]
 
 def _legal_moves() -> dict[str, set[str]]: ...
 def _enter_for_test(conn: Connection, to: str) -> str: ...
+def set_channel_hooks(grant: Any, leave: Any) -> None:
+    """Called once by channels.pyx: the functions that subscribe a connection
+    to its handler's grant as it opens, and take it out of its channels as it ends."""
 
 class RelayService:
     """What the connections of one gateway service share: limits, the

@@ -291,6 +291,18 @@ cdef class Backpressure(RoomWaiter):
         return 0
 
 
+# Set by channels.pyx, which comes after this module: subscribe a connection
+# to the channels its handler granted, and take it out of all of its channels.
+cdef object _grant_channels = None
+cdef object _leave_channels = None
+
+
+def set_channel_hooks(grant, leave):
+    global _grant_channels, _leave_channels
+    _grant_channels = grant
+    _leave_channels = leave
+
+
 cdef class Connection(Output):
     """A client connection as a process. Created by the relay middleware."""
 
@@ -312,6 +324,7 @@ cdef class Connection(Output):
         conn.message_topic = spec.message_topic
         conn.metadata = spec.metadata
         conn.heartbeat_interval = spec.heartbeat_interval
+        conn.channels = spec.channels
         conn.remote_target = isinstance(target, RemoteProcess)
         return conn
 
@@ -352,9 +365,13 @@ cdef class Connection(Output):
             # It ended between the handler and the upgrade.
             normal = self.target.exit_reason == NORMAL
             self.target = None
+            self.channels = None
             self.begin_close(1000 if normal else 1011, b"" if normal else b"target process failed",
                              TARGET_EXITED)
             return 0
+        if self.channels is not None:
+            # Subscribed before the target hears of it (docs/guide.md, "Channels").
+            _grant_channels(self)
         self.watch(self.target)
         self.deliver_join()
         self.schedule_heartbeat()
@@ -409,6 +426,8 @@ cdef class Connection(Output):
             for members in self.groups:
                 (<set>members).discard(self)
             self.groups = None
+        if self.channels is not None:
+            _leave_channels(self)
         if self.target is not None and self.target.alive:
             self.unwatch()
             if self.joined:
