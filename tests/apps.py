@@ -3,7 +3,7 @@ and process function they name is in tests/procs.py.
 
 - relay_app(): an App in Python, one relay route, for a gateway in the
   test's own process (tests/harness.running).
-- OPS_APP_YAML (write_app()): the YAML app of ``wsrelay serve`` subprocesses
+- ops_app_yaml() (write_app()): the YAML app of ``wsrelay serve`` subprocesses
   (tests/harness.ServerProcess): echo, sizer, stuck and sequence-check routes.
 - CLUSTER_APP_YAML (write_cluster_app()): the YAML app the cluster nodes run
   (tests/cluster_support.py). ``/ws/control``: the connection's target is a
@@ -47,57 +47,42 @@ def relay_app(handler: Callable[[Any, Any], None], origins: Optional[str] = None
 OPS_ROUTES = (("/echo", "echo_endpoint"), ("/sizer", "sizer_endpoint"), ("/stuck", "stuck_endpoint"),
               ("/check", "check_endpoint"), ("/async_echo", "async_echo_endpoint"), ("/slow", "slow_endpoint"))
 
-OPS_APP_YAML = """\
+def _ws_app(namespace: str, *entries: str, addr: str = "127.0.0.1:0", router: str = "ws") -> str:
+    """A YAML app of one service on ``addr`` and one relay router /ws open to
+    every origin, with ``entries`` (one flow-style line each)."""
+    return f"""\
 version: "1.0"
-namespace: ops
+namespace: {namespace}
 entries:
-  - name: gateway
-    kind: http.service
-    addr: "{addr}"
-  - name: ws_router
+  - {{name: gateway, kind: http.service, addr: "{addr}"}}
+  - name: {router}
     kind: http.router
     meta: {{server: gateway}}
     prefix: /ws
     post_middleware: [websocket_relay]
     post_options: {{wsrelay.allowed.origins: "*"}}
-""" + "".join(f"""\
-  - name: {func}
-    kind: http.endpoint
-    meta: {{{{router: ws_router}}}}
-    path: {path}
-    func: tests.procs:{func}
-""" for path, func in OPS_ROUTES)
+""" + "".join(f"  - {entry}\n" for entry in entries)
 
-CLUSTER_APP_YAML = """\
-version: "1.0"
-namespace: cl
-entries:
-  - {name: gateway, kind: http.service, addr: "127.0.0.1:0"}
-  - name: ws
-    kind: http.router
-    meta: {server: gateway}
-    prefix: /ws
-    post_middleware: [websocket_relay]
-    post_options: {wsrelay.allowed.origins: "*"}
-  - {name: control, kind: http.endpoint, meta: {router: ws}, path: /control, func: "tests.procs:control_endpoint"}
-  - {name: relay, kind: http.endpoint, meta: {router: ws}, path: /relay, func: "tests.procs:relay_endpoint"}
-  - {name: room, kind: http.endpoint, meta: {router: ws}, path: /room, func: "tests.procs:room_endpoint"}
-"""
 
-CHANNELS_APP_YAML = """\
-version: "1.0"
-namespace: ch
-entries:
-  - {name: gateway, kind: http.service, addr: "127.0.0.1:0"}
-  - name: ws
-    kind: http.router
-    meta: {server: gateway}
-    prefix: /ws
-    post_middleware: [websocket_relay]
-    post_options: {wsrelay.allowed.origins: "*"}
-  - {name: chat, kind: http.endpoint, meta: {router: ws}, path: /chat, func: "tests.procs:channels_endpoint"}
-  - {name: rooms, kind: channel.namespace, pattern: "room:*", history_size: 10, history_ttl: 1m, presence: true}
-"""
+def ops_app_yaml(addr: str = "127.0.0.1:0") -> str:
+    """The operations app: a relay route per OPS_ROUTES, on ``addr``."""
+    return _ws_app("ops", *(f'{{name: {func}, kind: http.endpoint, meta: {{router: ws_router}}, path: {path}, '
+                            f'func: "tests.procs:{func}"}}' for path, func in OPS_ROUTES),
+                   addr=addr, router="ws_router")
+
+
+CLUSTER_APP_YAML = _ws_app(
+    "cl",
+    '{name: control, kind: http.endpoint, meta: {router: ws}, path: /control, func: "tests.procs:control_endpoint"}',
+    '{name: relay, kind: http.endpoint, meta: {router: ws}, path: /relay, func: "tests.procs:relay_endpoint"}',
+    '{name: room, kind: http.endpoint, meta: {router: ws}, path: /room, func: "tests.procs:room_endpoint"}',
+)
+
+CHANNELS_APP_YAML = _ws_app(
+    "ch",
+    '{name: chat, kind: http.endpoint, meta: {router: ws}, path: /chat, func: "tests.procs:channels_endpoint"}',
+    '{name: rooms, kind: channel.namespace, pattern: "room:*", history_size: 10, history_ttl: 1m, presence: true}',
+)
 
 
 def write_channels_app(folder: Path, text: str = CHANNELS_APP_YAML) -> Path:
@@ -108,9 +93,9 @@ def write_channels_app(folder: Path, text: str = CHANNELS_APP_YAML) -> Path:
 
 
 def write_app(folder: Path, addr: str = "127.0.0.1:0") -> Path:
-    """The operations app (OPS_APP_YAML) as a YAML file in ``folder``."""
+    """The operations app (ops_app_yaml()) as a YAML file in ``folder``."""
     path = folder / "app.yaml"
-    path.write_text(OPS_APP_YAML.format(addr=addr))
+    path.write_text(ops_app_yaml(addr))
     return path
 
 
