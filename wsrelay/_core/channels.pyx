@@ -138,7 +138,7 @@ cdef int _changed(Node node, str name) except -1:
 def _announce(Node node):
     global _dirty
     names, _dirty = _dirty, None
-    if node.remote is not None:
+    if names is not None and node.remote is not None:
         node.remote.announce_channels(None, _counts(names))
 
 
@@ -248,7 +248,8 @@ def publish(name, data):
     cdef str checked = check_channel_name(name)
     cdef Node node = calling_process("channels.publish").node  # on the loop's thread (WrongThread otherwise)
     cdef str text = _envelope(checked, PUBLICATION, data, True)
-    _deliver(checked, text)
+    node.counters.channel_publications += 1
+    _deliver(node, checked, text)
     cdef dict nodes
     if node.remote is not None:
         nodes = _remote.get(checked)
@@ -258,12 +259,13 @@ def publish(name, data):
     return {}
 
 
-cdef int _deliver(str name, str text) except -1:
+cdef int _deliver(Node node, str name, str text) except -1:
     """A publication's envelope to this node's subscribers of ``name``."""
     cdef Channel channel = _table.get(name)
     cdef FanOut out
     cdef Connection conn
     if channel is not None:
+        node.counters.channel_deliveries += len(channel.members)
         out = fan_out({"type": "text", "data": text})
         for conn in channel.members:
             out.offer_to(conn)
@@ -330,7 +332,16 @@ cdef dict _ERRORS = {"ValueError": ValueError, "ProcessLookupError": ProcessLook
 
 def answer_request(list args):
     """This node's answer to another node's request about its connections:
-    ["ok", result] or ["error", the exception's type name, its message]."""
+    ["ok", result] or ["error", the exception's type name, its message].
+    What it changed is announced now, not at the end of the iteration, so
+    that it leaves before the answer."""
+    try:
+        return _answer(args)
+    finally:
+        _announce(get_node())
+
+
+cdef list _answer(list args):
     try:
         op = args[0]
         if op == "subscribe":
@@ -381,7 +392,9 @@ cdef class _ClusterChannels:
                     del _remote[name]
 
     def on_publication(self, str channel, str envelope):
-        _deliver(channel, envelope)
+        cdef Node node = get_node()
+        node.counters.channel_publications_remote += 1
+        _deliver(node, channel, envelope)
 
     def on_request(self, list args):
         return answer_request(args)
