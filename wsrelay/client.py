@@ -188,16 +188,20 @@ class _Dropped(Exception):
 
 
 class _Answer:
-    """httptools' callbacks for one response."""
+    """One response, parsed by httptools."""
 
     def __init__(self) -> None:
         self.chunks: list[bytes] = []
         self.complete = False
+        self.keep_alive = False
+        self.parser = httptools.HttpResponseParser(self)
 
     def on_body(self, body: bytes) -> None:
         self.chunks.append(body)
 
     def on_message_complete(self) -> None:
+        # Asked here: once the message is over, the parser has moved on.
+        self.keep_alive = self.parser.should_keep_alive()
         self.complete = True
 
 
@@ -247,7 +251,6 @@ class AsyncClient(_Base, _Methods[Awaitable[Any]]):
         writer.write(request)
         await writer.drain()
         answer = _Answer()
-        parser = httptools.HttpResponseParser(answer)
         started = False
         while not answer.complete:
             data = await reader.read(65536)
@@ -257,9 +260,9 @@ class AsyncClient(_Base, _Methods[Awaitable[Any]]):
                     raise ConnectionAbortedError(f"{self.url}: the connection closed in the middle of an answer")
                 raise _Dropped()
             started = True
-            parser.feed_data(data)
+            answer.parser.feed_data(data)
         body = answer.chunks[0] if len(answer.chunks) == 1 else b"".join(answer.chunks)
-        return parser.get_status_code(), body, not parser.should_keep_alive()
+        return answer.parser.get_status_code(), body, not answer.keep_alive
 
     async def aclose(self) -> None:
         streams, self._streams = self._streams, None
