@@ -538,3 +538,51 @@ def test_the_reference_names_every_method_and_error_code():
     missing += [f"| `{code}` | {status} |" for code, status in ERRORS.items() if f"| `{code}` | {status} |" not in doc]
     missing += [f"`{reason}`" for reason in REFUSALS if f"`{reason}`" not in doc]
     assert not missing, f"docs/api.md does not describe {missing}"
+
+
+# -- WSRELAY_WORKERS ----------------------------------------------------------------------------
+
+
+async def test_every_worker_serves_the_api_addr_and_a_publish_reaches_every_worker(tmp_path):
+    """Two workers each bind WSRELAY_API_ADDR (SO_REUSEPORT): requests on
+    new connections are spread over both, and each publication reaches the
+    subscribers of both workers."""
+    import socket
+
+    from tests.apps import write_channels_app
+    from tests.harness import ServerProcess, serve_command
+
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    env = {"WSRELAY_WORKERS": "2", "WSRELAY_API_KEY": KEY, "WSRELAY_API_ADDR": f"127.0.0.1:{port}",
+           "WSRELAY_LOG_LEVEL": "INFO"}
+    async with ServerProcess(serve_command(write_channels_app(tmp_path)), env=env) as server:
+        clients = [await websockets.connect(server.url("/ws/chat?ch=news")) for _ in range(8)]
+        try:
+            # The kernel spreads connections over the workers: both have subscribers.
+            nodes = {json.loads((await http_request(server, "/health")).body)["node"] for _ in range(20)}
+            assert len(nodes) == 2, nodes
+
+            async def everywhere() -> bool:
+                """Whether the workers asked (on new connections) see all 8 subscribers."""
+                for _ in range(6):
+                    async with connection(("127.0.0.1", port)) as conn:
+                        answer = await conn.call("channels", {"pattern": "news"})
+                        if answer.json["result"]["channels"] != {"news": {"subscribers": 8}}:
+                            return False
+                return True
+
+            while not await everywhere():
+                await asyncio.sleep(0.05)
+            for i in range(6):
+                async with connection(("127.0.0.1", port)) as conn:
+                    assert (await conn.call("publish", {"channel": "news", "data": i})).status == 200
+            for ws in clients:
+                assert [await recv_json(ws) for _ in range(6)] == [envelope("news", i) for i in range(6)]
+        finally:
+            for ws in clients:
+                await ws.close()
+        served = server.text()
+        assert served.count(f"the server API listening on http://127.0.0.1:{port}/api/") == 2, server.output()
