@@ -586,3 +586,27 @@ async def test_every_worker_serves_the_api_addr_and_a_publish_reaches_every_work
                 await ws.close()
         served = server.text()
         assert served.count(f"the server API listening on http://127.0.0.1:{port}/api/") == 2, server.output()
+
+
+async def test_the_idempotency_store_is_a_seam():
+    """Any IdempotencyStore (a cluster-wide one later) decides what is a
+    repeat: here a fake that has seen every key already."""
+
+    class SeenEverything:
+        def __init__(self) -> None:
+            self.claimed: list[str] = []
+
+        async def claim(self, key: str) -> bool:
+            self.claimed.append(key)
+            return False
+
+    async with served() as gw, websockets.connect(gw.url("/ws/chat?ch=a")) as ws:
+        await expect("joined")
+        gw.api.keys = store = SeenEverything()
+        async with connection(gw.address()) as conn:
+            answer = await conn.call("publish", {"channel": "a", "data": 1, "idempotency_key": "x"})
+            assert answer.json == {"result": {}}
+            await conn.call("broadcast", {"channels": ["a"], "data": 2, "idempotency_key": "y"})
+            await conn.call("publish", {"channel": "a", "data": 3})
+        assert store.claimed == ["x", "y"]
+        assert await recv_json(ws) == envelope("a", 3)
