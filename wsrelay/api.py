@@ -19,6 +19,7 @@ import hmac
 import inspect
 import logging
 import time
+from http import HTTPStatus
 from typing import Any, Awaitable, Callable, Optional, Protocol, Union
 
 import httptools
@@ -438,12 +439,8 @@ class Api:
 
 # -- one connection ---------------------------------------------------------------------------------
 
-_PHRASES = {status: phrase for status, phrase in (
-    (200, "OK"), (400, "Bad Request"), (401, "Unauthorized"), (404, "Not Found"), (405, "Method Not Allowed"),
-    (413, "Content Too Large"), (431, "Request Header Fields Too Large"), (500, "Internal Server Error"),
-    (501, "Not Implemented"), (503, "Service Unavailable"))}
-_HEADS = {status: b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: " % (status, phrase.encode())
-          for status, phrase in _PHRASES.items()}
+_HEADS = {status: b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: "
+          % (status, HTTPStatus(status).phrase.encode()) for status in {200, *ERRORS.values()}}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
