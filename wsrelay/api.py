@@ -4,7 +4,8 @@ applications outside wsrelay (a Django view, a Celery task, curl).
 It is mounted when WSRELAY_API_KEY is set: on every service (the handshake
 guard hands a request for ``/api/...`` to an ApiProtocol, which keeps the
 connection for the requests that follow), or only on WSRELAY_API_ADDR, a
-listener of its own. Each connection is an ApiProtocol: HTTP/1.1 parsed by
+listener of its own (the services' ``/api/`` then answers 404 saying
+where it is, as it does while the API is off). Each connection is an ApiProtocol: HTTP/1.1 parsed by
 httptools, keep-alive, pipelined requests answered in order, bounds on the
 head, the body and the time a request or an idle connection may take. An
 ``Api`` (one per gateway) holds the key, the methods, the idempotency keys
@@ -46,6 +47,7 @@ MAX_IDEMPOTENCY_KEY = 128
 LINGER = 2.0
 # A request must arrive whole within WSRELAY_HANDSHAKE_TIMEOUT of its first
 # byte, and an idle keep-alive connection is closed after as long.
+
 # Requests parsed while an awaited one runs wait in order; past this many,
 # reading pauses until they are answered.
 MAX_PIPELINE = 64
