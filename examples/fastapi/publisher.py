@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import sys
 from typing import AsyncIterator
@@ -73,6 +74,11 @@ def main(addr: str = "127.0.0.1:8001") -> None:
     host, _, port = addr.rpartition(":")
     sock = socket.create_server((host, int(port)))
     print("publisher on http://{}:{}".format(*sock.getsockname()[:2]), flush=True)
+    # uvicorn takes SIGTERM and SIGINT while it serves and, once it has
+    # stopped, raises them again to the handlers it found: these end the
+    # program with status 0 rather than by the signal.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: sys.exit(0))
     uvicorn.Server(uvicorn.Config(api, log_level="info")).run(sockets=[sock])
 
 
