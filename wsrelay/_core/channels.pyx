@@ -52,6 +52,8 @@ cdef dict _remote = {}
 cdef set _dirty = None
 # user -> set of this node's connections its handler said were theirs.
 cdef dict _users = {}
+# Subscriptions of this node's connections, all channels together.
+cdef Py_ssize_t _subscriptions = 0
 
 cdef LimitedLog _log = LimitedLog("wsrelay.channels")
 
@@ -110,13 +112,17 @@ cdef int _join(Connection conn, str name, object info) except -1:
     channel = _table.get(name)
     if channel is None:
         channel = _table[name] = Channel(name)
+    global _subscriptions
     channel.members[conn] = info
     conn.channels[name] = channel
+    _subscriptions += 1
     return _changed(conn.service.node, name)
 
 
 cdef int _part(Connection conn, Channel channel) except -1:
+    global _subscriptions
     del channel.members[conn]
+    _subscriptions -= 1
     if not channel.members:
         del _table[channel.name]
     return _changed(conn.service.node, channel.name)
@@ -138,7 +144,7 @@ cdef int _changed(Node node, str name) except -1:
 def _announce(Node node):
     global _dirty
     names, _dirty = _dirty, None
-    if node.remote is not None:
+    if names is not None and node.remote is not None:
         node.remote.announce_channels(None, _counts(names))
 
 
@@ -248,7 +254,8 @@ def publish(name, data):
     cdef str checked = check_channel_name(name)
     cdef Node node = calling_process("channels.publish").node  # on the loop's thread (WrongThread otherwise)
     cdef str text = _envelope(checked, PUBLICATION, data, True)
-    _deliver(checked, text)
+    node.counters.channel_publications += 1
+    _deliver(node, checked, text)
     cdef dict nodes
     if node.remote is not None:
         nodes = _remote.get(checked)
@@ -258,12 +265,13 @@ def publish(name, data):
     return {}
 
 
-cdef int _deliver(str name, str text) except -1:
+cdef int _deliver(Node node, str name, str text) except -1:
     """A publication's envelope to this node's subscribers of ``name``."""
     cdef Channel channel = _table.get(name)
     cdef FanOut out
     cdef Connection conn
     if channel is not None:
+        node.counters.channel_deliveries += len(channel.members)
         out = fan_out({"type": "text", "data": text})
         for conn in channel.members:
             out.offer_to(conn)
@@ -286,6 +294,11 @@ def active(pattern=None):
         if pattern is None or fnmatchcase(name, pattern):
             counts[name] = counts.get(name, 0) + sum((<dict>nodes).values())
     return {name: {"subscribers": n} for name, n in counts.items()}
+
+
+def here():
+    """(channels, subscriptions, users) of this node's connections, for /metrics."""
+    return len(_table), _subscriptions, len(_users)
 
 
 def subscribers(name):
@@ -330,7 +343,16 @@ cdef dict _ERRORS = {"ValueError": ValueError, "ProcessLookupError": ProcessLook
 
 def answer_request(list args):
     """This node's answer to another node's request about its connections:
-    ["ok", result] or ["error", the exception's type name, its message]."""
+    ["ok", result] or ["error", the exception's type name, its message].
+    What it changed is announced now, not at the end of the iteration, so
+    that it leaves before the answer."""
+    try:
+        return _answer(args)
+    finally:
+        _announce(get_node())
+
+
+cdef list _answer(list args):
     try:
         op = args[0]
         if op == "subscribe":
@@ -381,7 +403,9 @@ cdef class _ClusterChannels:
                     del _remote[name]
 
     def on_publication(self, str channel, str envelope):
-        _deliver(channel, envelope)
+        cdef Node node = get_node()
+        node.counters.channel_publications_remote += 1
+        _deliver(node, channel, envelope)
 
     def on_request(self, list args):
         return answer_request(args)

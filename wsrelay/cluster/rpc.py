@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Awaitable, Callable, Optional
 
 import nats
 
@@ -24,9 +24,11 @@ class Rpc:
     """``metrics`` gives this node's metrics text (None: b"")."""
 
     def __init__(self, bus: Bus, by_node: dict[str, Peer], machine: str, metrics: Optional[Callable[[], bytes]],
-                 trouble: Trouble, hooks: Callable[[], Optional[Hooks]]) -> None:
+                 trouble: Trouble, hooks: Callable[[], Optional[Hooks]],
+                 published: Callable[[], Awaitable[None]]) -> None:
         self._bus = bus
         self._hooks = hooks
+        self._published = published
         self._by_node = by_node
         self._machine = machine
         self.metrics = metrics
@@ -91,6 +93,10 @@ class Rpc:
             except Exception:
                 # Answered with None: the asking node reports no answer.
                 self._trouble.hook_failed("on_channel_request")
+            # What the request changed (a subscription's count) is queued
+            # for every node: out before the answer, so the asker hears of it
+            # first (both come in order from us).
+            await self._published()
         elif request == wire.METRICS:
             try:
                 body = self.metrics() if self.metrics is not None else b""

@@ -84,7 +84,8 @@ class Transport(Outbound):
         self._inbox = Inbox(self._bus, self._peers, self.counters, self._trouble)
         self._heartbeat = Heartbeat(self._bus, self.machine, self.heartbeat_interval, self._peers,
                                     self._publisher.schedule, self._trouble)
-        self._rpc = Rpc(self._bus, self._by_node, self.machine, metrics, self._trouble, lambda: self.hooks)
+        self._rpc = Rpc(self._bus, self._by_node, self.machine, metrics, self._trouble, lambda: self.hooks,
+                        self._publisher.published)
         self._names: Optional[GlobalNames] = None
         self._tasks: list[asyncio.Task[None]] = []
 
