@@ -338,11 +338,17 @@ METHODS: dict[str, Callable[[Api, dict[str, Any]], Outcome]] = {
 
 class Api:
     """The server API of one gateway: its key, bounds, idempotency keys,
-    connections and counters. ``protocol`` makes the protocol of a connection."""
+    connections and counters. ``protocol`` makes the protocol of a connection.
 
-    def __init__(self, key: str, *, max_body: int, request_timeout: float, max_head: int = 16384,
-                 keys: Optional[IdempotencyStore] = None) -> None:
-        self.key = key.encode()
+    With ``off`` (a message) instead of a key, every request is answered
+    404 saying it: the services' ``/api/`` while the API is off, or is on
+    a listener of its own."""
+
+    def __init__(self, key: Optional[str], *, max_body: int, request_timeout: float, max_head: int = 16384,
+                 keys: Optional[IdempotencyStore] = None, off: Optional[str] = None) -> None:
+        assert (key is None) != (off is None), "an API has a key, or is off"
+        self.key = b"" if key is None else key.encode()
+        self.off = off
         self.max_body = max_body
         self.max_head = max_head
         self.request_timeout = request_timeout
@@ -566,6 +572,9 @@ class ApiProtocol(asyncio.BufferedProtocol):
         name = self._name()
         label = name if name in METHODS else UNKNOWN
         api = self.api
+        if api.off is not None:
+            self.refusal = api.failed(label, ApiError("not_found", api.off))
+            return
         if not self.authorized:
             self._stop(api.refuse(label, "unauthorized", ApiError(
                 "unauthorized", "missing or wrong API key: send the header 'Authorization: apikey <key>'")))

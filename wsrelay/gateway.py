@@ -84,9 +84,10 @@ class ServiceRuntime:
             routes[b"/metrics"] = self.machine_metrics
         # The server API on the service's port: its requests go to it from
         # the guard, and their connection stays with it.
-        prefixes = {API_PREFIX: gateway.api.protocol} if gateway.api is not None and not s.api_addr else None
+        assert gateway.service_api is not None
         self.handshakes = Handshakes(loop, self.make_protocol, timeout=s.handshake_timeout,
-                                     receive_buffer=s.socket_receive_buffer, routes=routes, prefixes=prefixes)
+                                     receive_buffer=s.socket_receive_buffer, routes=routes,
+                                     prefixes={API_PREFIX: gateway.service_api.protocol})
         self.server: Optional[asyncio.AbstractServer] = None
         self.accepting = True
 
@@ -300,6 +301,8 @@ class Gateway:
         self._metrics_registry: Any = None
         # The server API (WSRELAY_API_KEY), and its own listener (WSRELAY_API_ADDR).
         self.api: Optional[Api] = None
+        # What the services answer on /api/: the API, or a 404 saying where it is.
+        self.service_api: Optional[Api] = None
         self.api_server: Optional[asyncio.AbstractServer] = None
 
     async def start(self) -> None:
@@ -309,8 +312,14 @@ class Gateway:
         threads.attach()  # other threads reach the runtime through this loop
         _quiet_picows(logging.getLogger("wsrelay").getEffectiveLevel())
         s = self.settings
+        bounds = {"max_body": s.api_max_body, "request_timeout": s.handshake_timeout}
         if s.api_key:
-            self.api = Api(s.api_key, max_body=s.api_max_body, request_timeout=s.handshake_timeout)
+            self.api = Api(s.api_key, **bounds)
+        if self.api is not None and not s.api_addr:
+            self.service_api = self.api
+        else:
+            self.service_api = Api(None, **bounds, off="the server API is off: WSRELAY_API_KEY is not set" if
+                                   self.api is None else "the server API is on WSRELAY_API_ADDR, not on the services")
         for index, service in enumerate(self.app.services.values()):
             routers = [r for r in self.app.routers.values() if r.service == service.id]
             rt = ServiceRuntime(self, service, routers)
@@ -364,8 +373,8 @@ class Gateway:
         timeout = self.settings.drain_timeout if drain_timeout is None else drain_timeout
         if self.api_server is not None:
             self.api_server.close()
-        if self.api is not None:
-            self.api.close_all()
+        for api in {self.api, self.service_api} - {None}:
+            api.close_all()
         for rt in self.services.values():
             rt.accepting = False
             if rt.server is not None:
