@@ -218,10 +218,10 @@ def chat_demo() -> ServerProcess:
                          env={"WSRELAY_API_KEY": PUBLISHER_KEY})
 
 
-def publisher(demo: ServerProcess) -> ServerProcess:
+def publisher(demo: ServerProcess, key: str = PUBLISHER_KEY) -> ServerProcess:
     """`python examples/fastapi/publisher.py 127.0.0.1:0`, pointed at ``demo``."""
     return ServerProcess([sys.executable, "examples/fastapi/publisher.py", "127.0.0.1:0"],
-                         env={"WSRELAY_URL": demo.url("", "http"), "WSRELAY_API_KEY": PUBLISHER_KEY},
+                         env={"WSRELAY_URL": demo.url("", "http"), "WSRELAY_API_KEY": key},
                          ready=PUBLISHER_READY)
 
 
@@ -266,4 +266,11 @@ async def test_a_fastapi_process_of_its_own_publishes_to_the_chat_demos_rooms():
             assert (await http.post("/rooms/garden/announcements", json={"text": ""})).status_code == 422
 
         assert await api.stopped() == 0, api.output()
+
+        # wsrelay's refusal, named in a 502.
+        async with publisher(demo, key="not-the-key") as api, \
+                httpx.AsyncClient(base_url=f"http://{api.host}:{api.port}", timeout=TIMEOUT) as http:
+            for res in (await http.post("/rooms/garden/announcements", json={"text": "x"}), await http.get("/rooms")):
+                assert res.status_code == 502, res.text
+                assert "unauthorized" in res.json()["detail"], res.text
         assert await demo.stopped() == 0, demo.output()
