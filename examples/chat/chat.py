@@ -49,9 +49,10 @@ def room_channel(room: str) -> str:
 async def chat():
     """Publishes each tab's arrival, messages and departure to its room.
 
-    The tabs of this node are relayed here; the rooms' members are known to
-    no one process. The member list belongs to presence, which the
-    ``room_channels`` namespace of app.yaml turns on when the engine has it."""
+    The tabs of this node are relayed here; no process knows a room's
+    members. Who is in a channel is presence, an option of app.yaml's
+    ``room_channels`` namespace (docs/guide.md, "Namespaces") that the
+    engine reads but does not implement yet."""
     async for msg in process.inbox():
         data = msg.payload
         if msg.topic not in ("ws.join", "ws.message", "ws.leave"):
