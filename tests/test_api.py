@@ -517,3 +517,24 @@ async def test_an_idle_connection_is_closed_on_shutdown():
             await until(lambda: not gw.api.connections, what="the API connections to go")
         finally:
             conn.close()
+
+
+async def test_history_and_presence_of_a_namespace_that_asks_for_them_are_not_implemented_yet():
+    app = relay_app(lambda req, res: None)
+    app.channel_namespace("rooms", "room:*", history_size=10, presence=True)
+    async with running(app, api_key=KEY) as gw, connection(gw.address()) as conn:
+        for method in ("history", "presence", "presence_stats"):
+            answer = await conn.call(method, {"channel": LOBBY})
+            assert (answer.status, answer.error()[0]) == (501, "not_implemented"), answer.body
+        assert (await conn.call("history", {"channel": "user:1"})).error()[0] == "history_not_enabled"
+
+
+def test_the_reference_names_every_method_and_error_code():
+    from tests.harness import REPO
+    from wsrelay.api import ERRORS, REFUSALS
+
+    doc = (REPO / "docs" / "api.md").read_text()
+    missing = [f"### `{m}`" for m in METHODS if f"`{m}`" not in doc]
+    missing += [f"| `{code}` | {status} |" for code, status in ERRORS.items() if f"| `{code}` | {status} |" not in doc]
+    missing += [f"`{reason}`" for reason in REFUSALS if f"`{reason}`" not in doc]
+    assert not missing, f"docs/api.md does not describe {missing}"

@@ -40,12 +40,11 @@ IDEMPOTENCY_TTL = 300.0
 IDEMPOTENCY_CAPACITY = 50_000
 MAX_IDEMPOTENCY_KEY = 128
 
-# Seconds an idle keep-alive connection is kept open. A request must arrive
-# whole within WSRELAY_HANDSHAKE_TIMEOUT of its first byte.
-KEEPALIVE_TIMEOUT = 60.0
 # Seconds a refused client may go on sending before its socket is dropped
 # (as the handshake guard lingers, so the answer is not lost to a reset).
 LINGER = 2.0
+# A request must arrive whole within WSRELAY_HANDSHAKE_TIMEOUT of its first
+# byte, and an idle keep-alive connection is closed after as long.
 # Requests parsed while an awaited one runs wait in order; past this many,
 # reading pauses until they are answered.
 MAX_PIPELINE = 64
@@ -474,9 +473,10 @@ class ApiProtocol(asyncio.BufferedProtocol):
     def __init__(self, api: Api) -> None:
         self.api = api
         self.transport: Any = None
-        self.parser = httptools.HttpRequestParser(self)
+        self.parser: Any = httptools.HttpRequestParser(self)
         self.buffer = memoryview(bytearray(_READ_BUFFER))
         self.timer: Optional[asyncio.TimerHandle] = None
+        self.timer_at = 0.0
         self.deadline = 0.0
         # The request being read (in_request: its first byte is in).
         self.in_request = False
@@ -503,7 +503,7 @@ class ApiProtocol(asyncio.BufferedProtocol):
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
         self.api.connections.add(self)
-        self._arm(KEEPALIVE_TIMEOUT)
+        self._arm(self.api.request_timeout)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.buffer
@@ -526,6 +526,10 @@ class ApiProtocol(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Optional[Exception]) -> None:
         self.api.connections.discard(self)
         self.transport = None
+        # The parser and this protocol refer to each other: without this,
+        # the pair and its buffer would wait for a garbage collection, which
+        # WSRELAY_GC_THRESHOLD makes rare.
+        self.parser = None
         self.queue.clear()
         if self.timer is not None:
             self.timer.cancel()
@@ -655,7 +659,7 @@ class ApiProtocol(asyncio.BufferedProtocol):
         if keep_alive:
             transport.write(b"%s%d\r\n\r\n%s" % (_HEADS[status], len(body), body))
             if not self.busy and not self.queue and not self.in_request:
-                self._arm(KEEPALIVE_TIMEOUT)
+                self._arm(self.api.request_timeout)
             return
         transport.write(b"%s%d\r\nConnection: close\r\n\r\n%s" % (_HEADS[status], len(body), body))
         self._linger()
@@ -714,11 +718,16 @@ class ApiProtocol(asyncio.BufferedProtocol):
     # -- time ------------------------------------------------------------------------------------
 
     def _arm(self, seconds: float) -> None:
-        # One timer per connection, moved by setting a float: a request
-        # costs no timer of its own.
-        self.deadline = self.api.loop.time() + seconds
-        if self.timer is None:
-            self.timer = self.api.loop.call_at(self.deadline, self._on_timer)
+        # One timer per connection, moved later by setting a float (a
+        # request and the idle time after it have the same bound, so a
+        # request costs no timer of its own); made anew only to fire sooner.
+        loop = self.api.loop
+        self.deadline = deadline = loop.time() + seconds
+        if self.timer is None or deadline < self.timer_at:
+            if self.timer is not None:
+                self.timer.cancel()
+            self.timer = loop.call_at(deadline, self._on_timer)
+            self.timer_at = deadline
 
     def _on_timer(self) -> None:
         self.timer = None
@@ -727,6 +736,7 @@ class ApiProtocol(asyncio.BufferedProtocol):
             return
         if self.api.loop.time() < self.deadline:
             self.timer = self.api.loop.call_at(self.deadline, self._on_timer)
+            self.timer_at = self.deadline
         elif self.busy:
             # An awaited method bounds its own time; the connection waits for it.
             self._arm(self.api.request_timeout)
