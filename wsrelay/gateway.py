@@ -314,7 +314,9 @@ class Gateway:
         s = self.settings
         bounds = {"max_body": s.api_max_body, "request_timeout": s.handshake_timeout}
         if s.api_key:
-            self.api = Api(s.api_key, **bounds)
+            # In a cluster, a key claimed through one node is claimed for all.
+            keys = None if self.transport is None else self.transport.idempotency
+            self.api = Api(s.api_key, keys=keys, **bounds)
         if self.api is not None and not s.api_addr:
             self.service_api = self.api
         else:
