@@ -1,6 +1,7 @@
 """The gateway: an App's services listening on picows, routing each request to
-its router and endpoint, with /health and /metrics on every service, and
-the server API (wsrelay/api.py) on every service or on a listener of its own."""
+its router and endpoint, with /health, /metrics and the browser client
+(/wsrelay.js, wsrelay/browser.py) on every service, and the server API
+(wsrelay/api.py) on every service or on a listener of its own."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import orjson
 import picows
 from picows import WSUpgradeResponseWithListener
 
-from . import load_runtime, threads
+from . import browser, load_runtime, threads
 from ._core.handshake import Handshakes, http_answer
 from ._core.picows_private import server_protocol_factory
 from ._core.relay import RelayListener, RelayService
@@ -165,6 +166,9 @@ class ServiceRuntime:
             return self.health()
         if path == "/metrics":
             return self.metrics()
+        client = browser.answer(path, req.header("If-None-Match"))
+        if client is not None:
+            return client
         if not self.accepting:
             return plain(503, "503 Service Unavailable: shutting down")
         for rt in self.routers:
