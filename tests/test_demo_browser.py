@@ -1,48 +1,35 @@
 """The chat demo in a real browser: `wsrelay serve examples/chat/app.yaml`,
-as `make run` starts it, driven by headless Chromium through selenium.
+as `make run` starts it, driven by headless Chromium through selenium
+(tests/browser.py). The page talks to the gateway through wsrelay.js, the
+browser client (tests/test_wsrelay_js.py tests it on its own).
 
-Needs Debian's chromium and chromium-driver (mk/browser.mk installs them
-before `make test` runs pytest). Every wait is a WebDriverWait on a DOM
-condition or a wait for an event of the server process; nothing sleeps.
+Every wait is a WebDriverWait on a DOM condition or a wait for an event of
+the server process; nothing sleeps.
 """
 
 from __future__ import annotations
 
 import contextlib
 import http.client
-import http.server
-import os
-import shutil
-import subprocess
-import tempfile
-import threading
 import uuid
 from typing import Callable, Iterator
 
-import psutil
 import pytest
 from selenium import webdriver
 from selenium.common.exceptions import TimeoutException
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
+from tests.browser import DOM_TIMEOUT, chromium, page_server, require_browser
 from tests.harness import REPO, WSRELAY, Metrics, ServerProcess
 
 APP = "examples/chat/app.yaml"
 PAGE = REPO / "examples" / "chat" / "index.html"
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
-# The machine has 2 shared cores: generous limits, strict conditions.
-DOM_TIMEOUT = 45.0
-STOP_TIMEOUT = 30.0
+
 
 @pytest.fixture(autouse=True)
 def _browser_installed() -> None:
-    # `make test` installs them first (mk/browser.mk); without them this test
-    # cannot say anything, and says so rather than passing quietly.
-    if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
-        pytest.fail(f"{CHROMIUM} or {CHROMEDRIVER} is missing; `make browser` installs them")
+    require_browser()
 
 
 # -- the demo server, as `make run` starts it --------------------------------------------
@@ -80,41 +67,8 @@ def metrics(server: ServerProcess) -> Metrics:
 
 @pytest.fixture
 def browser() -> Iterator[webdriver.Chrome]:
-    """Headless Chromium with a fresh profile. Every process it started
-    (chromedriver, chromium and its helpers) is gone after the test."""
-    me = psutil.Process()
-    before = {p.pid for p in me.children(recursive=True)}
-    profile = tempfile.mkdtemp(prefix="wsrelay-chromium-")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in (
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        # Without these, Chromium's own background connections are refused by
-        # this machine's closed network, and it stalls on them.
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--disable-dev-shm-usage", "--no-proxy-server",
-        f"--user-data-dir={profile}",
-    ):
-        options.add_argument(flag)
-    service = Service(executable_path=CHROMEDRIVER, log_output=subprocess.DEVNULL)
-    driver = webdriver.Chrome(service=service, options=options)
-    driver.set_page_load_timeout(DOM_TIMEOUT)
-    try:
+    with chromium() as driver:
         yield driver
-    finally:
-        # Taken while chromedriver is alive: once it exits, the browser's
-        # processes would be re-parented and no longer be our children.
-        started = [p for p in me.children(recursive=True) if p.pid not in before]
-        try:
-            driver.quit()
-        finally:
-            _gone, alive = psutil.wait_procs(started, timeout=STOP_TIMEOUT)
-            for proc in alive:
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    proc.kill()
-            psutil.wait_procs(alive, timeout=STOP_TIMEOUT)
-            shutil.rmtree(profile, ignore_errors=True)
-            assert not alive, f"browser processes outlived driver.quit(): {alive}"
 
 
 def wait_for(driver: webdriver.Chrome, what: str, condition: Callable[[webdriver.Chrome], object]) -> object:
@@ -162,7 +116,7 @@ def test_two_tabs_chat_in_the_same_room(demo: ServerProcess, browser: webdriver.
     wait_for(browser, "alice connected", status_is("connected"))
     wait_for(browser, "alice's join", log_has(f"alice joined {room}"))
     # Chromium offered permessage-deflate and the gateway accepted it.
-    assert browser.execute_script("return ws.extensions") == (
+    assert browser.execute_script("return relay.socket.extensions") == (
         "permessage-deflate; server_no_context_takeover; client_no_context_takeover")
 
     browser.switch_to.new_window("window")
@@ -204,8 +158,8 @@ def test_two_tabs_chat_in_the_same_room(demo: ServerProcess, browser: webdriver.
     wait_for(browser, "bob's leave", log_has("bob left"))
 
     # Alice moves to another room: the old socket's late close event must not
-    # overwrite the new socket's status.
-    browser.execute_script("window.previousSocket = ws;")
+    # overwrite the new socket's status (the old client is closed for good).
+    browser.execute_script("window.previousSocket = relay.socket;")
     other_room = room + "_2"
     join(browser, "alice", other_room)
     wait_for(browser, "alice in the other room", log_has(f"alice joined {other_room}"))
@@ -226,38 +180,19 @@ def test_two_tabs_chat_in_the_same_room(demo: ServerProcess, browser: webdriver.
     assert demo.stop() == 0, demo.output()
 
 
-class _Page(http.server.BaseHTTPRequestHandler):
-    body = b""
-
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-        self.send_response(200)
-        self.send_header("Content-Type", "text/html; charset=utf-8")
-        self.send_header("Content-Length", str(len(self.body)))
-        self.end_headers()
-        self.wfile.write(self.body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
 @contextlib.contextmanager
 def foreign_site(gateway_ws_url: str) -> Iterator[str]:
     """A copy of the demo page served from another origin (another port),
-    pointing its WebSocket at the gateway through window.WSRELAY_URL."""
+    loading wsrelay.js from the gateway and pointing its WebSocket at it
+    through window.WSRELAY_URL."""
     html = PAGE.read_text()
-    marker = "<script>"
-    assert marker in html
+    client, marker = '<script src="/wsrelay.js"></script>', "<script>"
+    assert client in html and marker in html
+    gateway = gateway_ws_url.replace("ws://", "http://", 1)
+    html = html.replace(client, f'<script src="{gateway}/wsrelay.js"></script>', 1)
     setting = f"<script>window.WSRELAY_URL = {gateway_ws_url!r};</script>\n"
-    handler = type("ForeignPage", (_Page,), {"body": html.replace(marker, setting + marker, 1).encode()})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(STOP_TIMEOUT)
+    with page_server(html.replace(marker, setting + marker, 1)) as site:
+        yield site
 
 
 def test_page_from_another_origin_is_refused(demo: ServerProcess, browser: webdriver.Chrome) -> None:
@@ -267,12 +202,21 @@ def test_page_from_another_origin_is_refused(demo: ServerProcess, browser: webdr
     with foreign_site(demo.url()) as site:
         browser.get(site + "/")
         assert browser.execute_script("return window.WSRELAY_URL") == demo.url()
+        # The page's client retries a refused socket, as any lost one, after
+        # a delay; here the delay is an hour, so that the gateway counts one
+        # refusal while the page says it was refused and will retry.
+        browser.execute_script(
+            "const Client = WsRelay;"
+            "window.WsRelay = class extends Client {"
+            "  constructor(url, options) { super(url, {...options, minDelay: 3600000, maxDelay: 3600000}); } };")
         join(browser, "mallory", "lobby")
-        wait_for(browser, "the refusal", status_is("refused (1006)"))
+        wait_for(browser, "the refusal", lambda d: _text(d, "status").startswith("refused (1006), retrying in "))
         # The socket never opened: no connected status, no event in the log,
-        # and the browser's WebSocket is CLOSED.
-        assert browser.execute_script("return ws.readyState") == 3
+        # and the client waits without a socket.
+        assert browser.execute_script("return [relay.state, relay.socket]") == ["reconnecting", None]
         assert _text(browser, "log") == ""
+        browser.execute_script("relay.close()")
+        assert _text(browser, "status") == "closed (1000)"
 
     # The gateway refused it for its origin, before any handler ran.
     assert origin_failures() == 1
