@@ -87,6 +87,17 @@ CHANNELS_APP_YAML = _ws_app(
 )
 
 
+# The browser client's app (tests/test_wsrelay_js.py): /ws/chat and /ws/member
+# as in the channels app, its rooms with history enough to recover a
+# reconnection while publications go on.
+JS_APP_YAML = _ws_app(
+    "js",
+    '{name: chat, kind: http.endpoint, meta: {router: ws}, path: /chat, func: "tests.procs:channels_endpoint"}',
+    '{name: member, kind: http.endpoint, meta: {router: ws}, path: /member, func: "tests.procs:member_endpoint"}',
+    '{name: rooms, kind: channel.namespace, pattern: "room:*", history_size: 1000, history_ttl: 5m}',
+)
+
+
 def write_channels_app(folder: Path, text: str = CHANNELS_APP_YAML) -> Path:
     """The channels app (CHANNELS_APP_YAML, or ``text``) as a YAML file in ``folder``."""
     path = folder / "channels_app.yaml"

@@ -1,0 +1,359 @@
+"""wsrelay.js, the browser client (docs/guide.md, "The browser client:
+wsrelay.js"), in headless Chromium (tests/browser.py) against `wsrelay serve`
+of tests/apps.py's JS_APP_YAML, on one process and on two workers.
+
+The test page comes from another origin, as a site's pages would, and loads
+the client from the gateway: GET /wsrelay.js as a classic script, or
+/wsrelay.mjs as an ES module. It records every event the client gives, for
+the test to read; publications are made through the server API
+(wsrelay.client.Client), and the sockets are cut by the API's disconnect, by
+a SIGKILLed worker and by a restart. Every wait is a WebDriverWait on the
+page's state or a wait for the server's output; nothing sleeps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import re
+import signal
+import threading
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import psutil
+import pytest
+from selenium import webdriver
+from selenium.common.exceptions import TimeoutException
+from selenium.webdriver.support.ui import WebDriverWait
+
+from tests.apps import JS_APP_YAML, write_channels_app
+from tests.browser import DOM_TIMEOUT, chromium, page_server, require_browser
+from tests.harness import Metrics, ServerProcess, serve_command
+from wsrelay.browser import MODULE_EXPORTS, SOURCE
+from wsrelay.client import APIError, Client
+
+KEY = "wsrelay-js-test-key"
+LOBBY = "room:lobby"
+# Short delays, so that reconnections are quick; the back-off still doubles.
+FAST = {"minDelay": 100, "maxDelay": 800}
+
+# The page: the client, loaded as `loader` says, and a record of each event.
+PAGE = """<!doctype html>
+<meta charset="utf-8"><title>wsrelay.js</title>
+{loader}
+<script>
+window.seen = {{}};
+// A client whose every event is recorded in seen[event], in order.
+window.start = (Client, url, options) => {{
+  const relay = new Client(url, options);
+  for (const event of Client.EVENTS) {{
+    seen[event] = [];
+    relay.on(event, (detail) => seen[event].push(detail));
+  }}
+  return relay;
+}};
+</script>
+"""
+LOADERS = {
+    # window.WsRelay, from a classic script.
+    "script": '<script src="{gateway}/wsrelay.js"></script>\n'
+              "<script>window.Client = window.WsRelay;</script>",
+    # The module's export; the module form defines no global of its own.
+    "module": '<script type="module">\n'
+              'import {{ WsRelay }} from "{gateway}/wsrelay.mjs";\n'
+              'window.leaked = "WsRelay" in window;\n'
+              "window.Client = WsRelay;\n"
+              "</script>",
+}
+
+
+@pytest.fixture(autouse=True)
+def _browser_installed() -> None:
+    require_browser()
+
+
+@pytest.fixture
+def browser() -> Iterator[webdriver.Chrome]:
+    with chromium() as driver:
+        yield driver
+
+
+def serve(tmp_path: Path, *args: str, **env: str) -> ServerProcess:
+    """`wsrelay serve` of JS_APP_YAML with the server API on."""
+    app = write_channels_app(tmp_path, JS_APP_YAML)
+    return ServerProcess(serve_command(app, *args), env={"WSRELAY_API_KEY": KEY, **env})
+
+
+def get(server: ServerProcess, path: str, headers: Optional[dict[str, str]] = None) -> http.client.HTTPResponse:
+    conn = http.client.HTTPConnection(server.host, server.port, timeout=DOM_TIMEOUT)
+    try:
+        conn.request("GET", path, headers=headers or {})
+        response = conn.getresponse()
+        response.read()
+        return response
+    finally:
+        conn.close()
+
+
+def metrics(server: ServerProcess) -> Metrics:
+    conn = http.client.HTTPConnection(server.host, server.port, timeout=DOM_TIMEOUT)
+    try:
+        conn.request("GET", "/metrics?local=1")
+        return Metrics(conn.getresponse().read().decode())
+    finally:
+        conn.close()
+
+
+class Page:
+    """The test page in ``driver``, its client started on a gateway's route."""
+
+    def __init__(self, driver: webdriver.Chrome, server: ServerProcess, path: str, **options: Any) -> None:
+        self.driver = driver
+        self.driver.execute_script("window.relay = start(Client, arguments[0], arguments[1])",
+                                   server.url(path), options)
+
+    def js(self, script: str, *args: Any) -> Any:
+        return self.driver.execute_script(script, *args)
+
+    def wait(self, what: str, expression: str, *args: Any) -> Any:
+        """The value of JS ``expression`` once it is truthy."""
+        try:
+            return WebDriverWait(self.driver, DOM_TIMEOUT).until(
+                lambda d: d.execute_script(f"return {expression}", *args))
+        except TimeoutException:
+            raise AssertionError(f"timed out waiting for {what}; the client's state: {self.js('return relay.state')}, "
+                                 f"its events: {json.dumps(self.js('return seen'))[:4000]}") from None
+
+    def states(self) -> list[str]:
+        return self.js("return seen.state.map((s) => s.state)")
+
+    def numbers(self) -> list[int]:
+        """The ``n`` of each publication {"n": ...} handed to the page, in order."""
+        return self.js("return seen.publication.filter((p) => p.data && p.data.n).map((p) => p.data.n)")
+
+
+@pytest.fixture
+def open_page(browser: webdriver.Chrome) -> Iterator[Any]:
+    """A function: the test page (loaded as `loader` says) from another
+    origin, for a gateway."""
+    with contextlib.ExitStack() as stack:
+        def load(server: ServerProcess, loader: str = "script") -> webdriver.Chrome:
+            site = stack.enter_context(page_server(PAGE.format(loader=LOADERS[loader].format(
+                gateway=server.url("", "http")))))
+            browser.get(site + "/")
+            WebDriverWait(browser, DOM_TIMEOUT).until(
+                lambda d: d.execute_script("return typeof window.Client === 'function'"))
+            return browser
+
+        yield load
+
+
+# -- the file ------------------------------------------------------------------------------------
+
+
+def test_every_service_answers_wsrelay_js(tmp_path: Path) -> None:
+    with serve(tmp_path) as server:
+        script = get(server, "/wsrelay.js")
+        assert script.status == 200
+        assert script.getheader("Content-Type") == "text/javascript; charset=utf-8"
+        assert script.getheader("Cache-Control") == "no-cache"
+        assert script.getheader("Access-Control-Allow-Origin") == "*"
+        assert int(script.getheader("Content-Length")) == len(SOURCE.read_bytes())
+        etag = script.getheader("ETag")
+        assert re.fullmatch(r'"[0-9a-f]{32}"', etag), etag
+        # A browser that has it asks whether it is still current: it is.
+        for tag in (etag, f"W/{etag}", f'"other", {etag}', "*"):
+            again = get(server, "/wsrelay.js", {"If-None-Match": tag})
+            assert again.status == 304, tag
+            assert again.getheader("ETag") == etag and again.getheader("Content-Length") in (None, "0")
+        assert get(server, "/wsrelay.js", {"If-None-Match": '"other"'}).status == 200
+
+        module = get(server, "/wsrelay.mjs")
+        assert module.status == 200
+        assert module.getheader("Content-Type") == "text/javascript; charset=utf-8"
+        assert int(module.getheader("Content-Length")) == len(SOURCE.read_bytes() + MODULE_EXPORTS)
+        assert module.getheader("ETag") not in (None, etag)
+        assert get(server, "/wsrelay.js/more").status == 404
+        assert server.stop() == 0, server.output()
+
+
+@pytest.mark.parametrize("loader", ["script", "module"])
+def test_the_page_loads_it_and_receives(tmp_path: Path, open_page: Any, loader: str) -> None:
+    """As a classic script and as an ES module: publications of the channels
+    the handler granted, the target's own messages, and what the page sends."""
+    with serve(tmp_path) as server:
+        driver = open_page(server, loader)
+        if loader == "module":
+            assert driver.execute_script("return window.leaked") is False
+        page = Page(driver, server, f"/ws/member?ch={LOBBY}&user=ada")
+        page.wait("the socket open", "relay.state === 'open'")
+        assert page.states() == ["open"]
+        assert page.js("return seen.state[0].previous") == "connecting"
+        # The target's message (tests/procs.py relay:member): no envelope, so
+        # the application's own.
+        me = json.loads(page.wait("the target's message", "seen.message.length && seen.message[0].data"))["me"]
+        with Client(server.url("", "http"), KEY) as client:
+            client.publish(LOBBY, {"n": 1})
+            client.publish("room:other", {"n": 99})  # not granted: not received
+            client.publish(LOBBY, {"n": 2})
+        page.wait("two publications", "seen.publication.length === 2")
+        assert [(p["channel"], p["data"]) for p in page.js("return seen.publication")] == [
+            (LOBBY, {"n": 1}), (LOBBY, {"n": 2})]
+        assert page.js("return relay.send('hello')") is True
+        with Client(server.url("", "http"), KEY) as client:
+            assert client.disconnect(client=me) == {"closed": 1}
+        page.wait("the reconnection", "seen.state.length === 3")
+        assert page.states() == ["open", "reconnecting", "open"]
+        page.js("relay.close()")
+        assert page.states()[-1] == "closed"
+        assert page.js("return [relay.socket, relay.send('late')]") == [None, False]
+        assert server.stop() == 0, server.output()
+
+
+# -- reconnecting ---------------------------------------------------------------------------------
+
+
+def test_disconnected_by_the_server_it_reconnects(tmp_path: Path, open_page: Any) -> None:
+    """The API's disconnect closes with the caller's code: the client comes
+    back, with what the page said meanwhile, unless the page marked the code
+    final."""
+    with serve(tmp_path) as server, Client(server.url("", "http"), KEY) as client:
+        page = Page(open_page(server), server, f"/ws/chat?ch={LOBBY}&user=ada", finalCodes=[4009], **FAST)
+        # Said while it reconnects (relay:channel_room publishes what its
+        # clients say to the lobby): kept, then sent once it is back.
+        page.js("relay.on('state', (s) => {"
+                "  if (s.state === 'reconnecting') relay.send(`said while away ${s.code}`); })")
+        page.wait("the first join", "seen.publication.some((p) => p.data.joined)")
+
+        for code, reason in ((4001, "come back"), (1000, "")):
+            opened = page.states().count("open")
+            assert client.disconnect(user="ada", code=code, reason=reason) == {"closed": 1}
+            page.wait(f"back after {code}", "seen.state.filter((s) => s.state === 'open').length === arguments[0]",
+                      opened + 1)
+            lost = page.js("return seen.state.filter((s) => s.state === 'reconnecting').pop()")
+            assert (lost["code"], lost["reason"], lost["previous"], lost["attempt"]) == (code, reason, "open", 1)
+            # The first retry waits between half of minDelay and all of it.
+            assert FAST["minDelay"] / 2 <= lost["delay"] <= FAST["minDelay"], lost
+            page.wait("what was said meanwhile", "seen.publication.some((p) => p.data === arguments[0])",
+                      f"said while away {code}")
+        assert page.states() == ["open", "reconnecting", "open", "reconnecting", "open"]
+
+        # A code the page marked final: closed, and no retry.
+        assert client.disconnect(user="ada", code=4009, reason="go away") == {"closed": 1}
+        page.wait("closed", "relay.state === 'closed'")
+        closed = page.js("return seen.state[seen.state.length - 1]")
+        assert (closed["code"], closed["reason"], closed["initiator"]) == (4009, "go away", "server")
+        assert page.js("return [relay.socket, relay.send('late')]") == [None, False]
+        assert metrics(server)("wsrelay_connections_total") == 3
+        assert server.stop() == 0, server.output()
+
+
+class Publisher(threading.Thread):
+    """Publishes {"n": 1}, {"n": 2}, ... to ``channel`` through the API, one
+    about every ``every`` seconds, until stopped. Each has an idempotency key
+    and is retried until the API takes it (its worker may be killed during
+    the call), so each number is published once: ``published`` is the last."""
+
+    def __init__(self, url: str, channel: str, every: float = 0.02) -> None:
+        super().__init__(daemon=True)
+        self.url, self.channel, self.every = url, channel, every
+        self.published = 0
+        self.retries = 0
+        self.failure: Optional[BaseException] = None
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        try:
+            with Client(self.url, KEY, timeout=5.0) as client:
+                while not self._halt.is_set():
+                    self._publish(client, self.published + 1)
+                    self.published += 1
+                    self._halt.wait(self.every)  # the pace of publication, not a synchronisation
+        except BaseException as exc:
+            self.failure = exc
+
+    def _publish(self, client: Client, n: int) -> None:
+        for _attempt in range(100):
+            try:
+                client.publish(self.channel, {"n": n}, idempotency_key=f"n{n}")
+                return
+            except (OSError, APIError):
+                # A worker killed under the call, or still starting again:
+                # once more, as a task would retry.
+                self.retries += 1
+                self._halt.wait(0.05)
+        raise AssertionError(f"publication {n} refused 100 times")
+
+    def stop(self) -> int:
+        """Stop; the last number published."""
+        self._halt.set()
+        self.join(DOM_TIMEOUT)
+        assert not self.is_alive() and self.failure is None, self.failure
+        return self.published
+
+
+def worker_process(server: ServerProcess, index: int) -> psutil.Process:
+    for child in psutil.Process(server.pid).children():
+        if child.cmdline()[-2:] == ["--worker", str(index)]:
+            return child
+    raise AssertionError(f"no worker {index} under {server.pid}")
+
+
+def test_a_killed_worker_loses_nothing(tmp_path: Path, open_page: Any) -> None:
+    """WSRELAY_WORKERS=2: the worker that holds the page's socket is
+    SIGKILLed while publications go on; the client reconnects (to whichever
+    worker the kernel gives it) and hands the page each publication once, in
+    order."""
+    with serve(tmp_path, WSRELAY_WORKERS="2", WSRELAY_NODE="web", WSRELAY_CLUSTER_DOWN_AFTER="2s") as server:
+        page = Page(open_page(server), server, f"/ws/chat?ch={LOBBY}&user=ada", **FAST)
+        joined = page.wait("the join", "seen.publication.filter((p) => p.data.joined).map((p) => p.data.joined)[0]")
+        index = int(re.match(r"\{web-(\d+)[|@]", joined).group(1))
+        publisher = Publisher(server.url("", "http"), LOBBY)
+        publisher.start()
+        try:
+            page.wait("publications", "seen.publication.filter((p) => p.data.n).length >= 10")
+            victim = worker_process(server, index)
+            victim.send_signal(signal.SIGKILL)
+            page.wait("the reconnection", "seen.state.length >= 3 && relay.state === 'open'")
+            lost = page.js("return seen.state[1]")
+            assert (lost["state"], lost["code"]) == ("reconnecting", 1006), lost
+            # Publications made after it is back arrive live.
+            after = publisher.published + 10
+            page.wait("live publications", "Math.max(...seen.publication.map((p) => p.data.n || 0)) >= arguments[0]",
+                      after)
+        finally:
+            last = publisher.stop()
+        page.wait("the last publication", "seen.publication.some((p) => p.data.n === arguments[0])", last)
+        numbers = page.numbers()
+        assert numbers == sorted(set(numbers)), numbers  # none twice, in order
+        assert page.states()[-1] == "open"
+        server.wait_text(rf"worker {index} \(pid {victim.pid}\) exited with signal SIGKILL")
+        assert server.stop() == 0, server.output()
+
+
+def test_restarted_it_backs_off_then_reconnects(tmp_path: Path, open_page: Any) -> None:
+    """A single process stopped and started again on its port: while it is
+    away, each failed attempt waits twice as long (up to maxDelay); then
+    the client is back, its back-off from the start."""
+    with serve(tmp_path) as server:
+        port = server.port
+        page = Page(open_page(server), server, f"/ws/chat?ch={LOBBY}&user=ada", **FAST)
+        page.wait("the join", "seen.publication.some((p) => p.data.joined)")
+        assert server.stop() == 0, server.output()  # its sockets closed with 1001
+        page.wait("five failed attempts", "seen.state.length >= 6")
+        with serve(tmp_path, "--addr", f"127.0.0.1:{port}") as again:
+            page.wait("back", "relay.state === 'open' && seen.publication.filter((p) => p.data.joined).length === 2")
+            lost = page.js("return seen.state.filter((s) => s.state === 'reconnecting')")
+            assert lost[0]["code"] == 1001 and lost[0]["previous"] == "open"
+            for attempt, state in enumerate(lost, start=1):
+                ceiling = min(FAST["maxDelay"], FAST["minDelay"] * 2 ** (attempt - 1))
+                assert state["attempt"] == attempt and ceiling / 2 <= state["delay"] <= ceiling, lost
+            assert all(s["code"] == 1006 for s in lost[1:]), lost  # nothing was listening
+            assert again.stop() == 0, again.output()
+        # Its back-off starts again: the next loss waits at most minDelay.
+        states = page.wait("the loss", "seen.state.length > arguments[0] && seen.state", len(lost) + 2)
+        assert states[len(lost) + 1]["state"] == "open", states
+        assert (states[len(lost) + 2]["code"], states[len(lost) + 2]["attempt"]) == (1001, 1), states
+        assert states[len(lost) + 2]["delay"] <= FAST["minDelay"], states
