@@ -11,7 +11,8 @@ and cibuildwheel's test step all do). It uses the standard library only.
    extension module installed in site-packages, not a file of a source tree;
 2. starts ``wsrelay serve APP_YAML --addr 127.0.0.1:<free port>`` (default
    APP_YAML: ``examples/chat/app.yaml`` of the source tree, or of the current
-   directory) and waits for ``/health``; checks ``/metrics``;
+   directory) and waits for ``/health``; checks ``/metrics`` and
+   ``/wsrelay.js`` (the browser client, package data of the wheel);
 3. connects two WebSocket clients (a minimal RFC 6455 client on a raw socket)
    to the chat room, sends a message from one and checks that the room's
    channel publishes it to both; closes both with a close handshake;
@@ -308,6 +309,10 @@ def run(app_yaml: pathlib.Path, timeout: float) -> None:
             if status != 200 or not body:
                 raise SmokeError(f"/metrics answered {status} {body[:200]!r}")
             step(f"/metrics: {len(body)} bytes of {ctype.split(';')[0]}")
+            status, ctype, body = http_get(port, "/wsrelay.js")
+            if status != 200 or not ctype.startswith("text/javascript") or b"var WsRelay" not in body:
+                raise SmokeError(f"/wsrelay.js answered {status} {ctype!r} {body[:200]!r}")
+            step(f"/wsrelay.js: {len(body)} bytes of {ctype.split(';')[0]}")
             chat(port, timeout)
             proc.send_signal(signal.SIGTERM)
             try:
