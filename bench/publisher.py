@@ -1,0 +1,152 @@
+"""The publisher side of ``python -m bench publish``: one driver that every
+server's publisher script runs in a process of its own
+(bench/servers/wsrelay_publish.py, bench/servers/django_channels/publish.py,
+bench/servers/socketio_publish.py), each giving it a ``Sender`` that
+publishes one text message to the room its own way.
+
+Talk with the bench (bench/publish.py) goes over stdin and stdout, one JSON
+object a line. Until the first line arrives the driver publishes a probe a
+few times a second (the subscribers' sign that they are in the room); the
+line ``{"t_end": ns, "rate": r, "window": w}`` starts the run: publications
+numbered from 0 until the instant ``t_end`` (CLOCK_MONOTONIC, which the
+load generator's processes share), ``rate`` a second (None: as fast as the
+window lets), at most ``window`` of them not yet received by every
+subscriber (None: no limit). What the subscribers received is read from a
+small file every load generator worker writes its progress to (``Shared``).
+The last line on stdout is the result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import mmap
+import os
+import select
+import sys
+import time
+from typing import Any, Callable, Optional
+
+Sender = Callable[[str], None]
+now_ns = time.monotonic_ns
+
+# A publication is text: a stamp, '~' then the send time in ns (20 digits)
+# and the sequence number (signed, 20 characters), then a filler. Every
+# server wraps it its own way (a channel envelope, a Socket.IO event); the
+# subscriber finds the stamp by its '~', which none of the wrappings use.
+STAMP = "~"
+STAMP_LEN = 41
+PROBE = -1
+PROBE_EVERY_S = 0.25
+FILLER_WORDS = "the room meeting at ten see you there ok thanks lunch build deploy green review "
+
+
+def filler(size: int) -> str:
+    """The part after the stamp of a ``size``-character message (letters and
+    spaces: the same length once JSON-encoded)."""
+    n = max(0, size - STAMP_LEN)
+    return (FILLER_WORDS * (n // len(FILLER_WORDS) + 1))[:n]
+
+
+def message(ts: int, seq: int, tail: str) -> str:
+    return f"{STAMP}{ts:020d}{seq:+020d}{tail}"
+
+
+class Shared:
+    """The file the load generator workers and the publisher share (int64
+    slots, mapped): slot 0 the last sequence number published, slot 1 + i
+    the highest one every subscriber of worker i has received."""
+
+    def __init__(self, path: str, workers: int, create: bool = False) -> None:
+        size = 8 * (1 + workers)
+        fd = os.open(path, os.O_RDWR | (os.O_CREAT | os.O_TRUNC if create else 0), 0o600)
+        try:
+            if create:
+                os.ftruncate(fd, size)
+            self._map = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+        self.slots = memoryview(self._map).cast("q")
+        if create:
+            for i in range(len(self.slots)):
+                self.slots[i] = -1
+
+    def slowest(self) -> int:
+        return min(self.slots[1:])
+
+    def close(self) -> None:
+        self.slots.release()
+        self._map.close()
+
+
+def _line(timeout: float) -> Optional[str]:
+    """A line of stdin if one comes within ``timeout`` s."""
+    ready, _, _ = select.select([sys.stdin], [], [], timeout)
+    return sys.stdin.readline() if ready else None
+
+
+def drive(publish: Sender, shared: Shared, size: int) -> dict[str, Any]:
+    """Probe until told to start, then publish as told; what it did."""
+    tail = filler(size)
+    errors: dict[str, int] = {}
+
+    def send(seq: int) -> bool:
+        try:
+            publish(message(now_ns(), seq, tail))
+        except Exception as exc:  # counted by kind and reported: the run goes on, as a server's user's would
+            kind = f"publish:{type(exc).__name__}"
+            errors[kind] = errors.get(kind, 0) + 1
+            return False
+        return True
+
+    line = None
+    while not line:
+        send(PROBE)
+        line = _line(PROBE_EVERY_S)
+    order = json.loads(line)
+    t_end, rate, window = order["t_end"], order.get("rate"), order.get("window")
+    slots = shared.slots
+    seq = published = held = 0
+    cpu0 = time.process_time()
+    t0 = now_ns()
+    latest = 0  # how far behind its schedule a steady publisher fell, at most (ns)
+    while True:
+        now = now_ns()
+        if now >= t_end:
+            break
+        if window is not None and seq - shared.slowest() > window:
+            held += 1
+            time.sleep(0.0002)
+            continue
+        if rate:
+            due = t0 + int(seq * 1e9 / rate)
+            if due > now:
+                time.sleep(min(due - now, t_end - now) / 1e9)
+                continue
+            latest = max(latest, now - due)
+        if send(seq):
+            published += 1
+        slots[0] = seq
+        seq += 1
+    return {"published": published, "elapsed_s": (now_ns() - t0) / 1e9, "cpu_s": time.process_time() - cpu0,
+            "held": held, "behind_ms": latest / 1e6, "errors": errors}
+
+
+def run(ways: dict[str, Callable[[str], Sender]]) -> None:
+    """The command line of every publisher script: ``--target`` (its
+    server's URL or Redis), ``--via`` (one of the script's ``ways`` to
+    publish, the first by default), ``--shared`` and ``--workers`` (the file
+    of ``Shared``), ``--size``; the result as the last line of stdout."""
+    p = argparse.ArgumentParser()
+    p.add_argument("--target", required=True)
+    p.add_argument("--via", choices=list(ways), default=next(iter(ways)))
+    p.add_argument("--shared", required=True)
+    p.add_argument("--workers", type=int, required=True)
+    p.add_argument("--size", type=int, default=64)
+    args = p.parse_args()
+    shared = Shared(args.shared, args.workers)
+    try:
+        result = drive(ways[args.via](args.target), shared, args.size)
+    finally:
+        shared.close()
+    print(json.dumps(result), flush=True)
