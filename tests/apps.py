@@ -76,6 +76,7 @@ CLUSTER_APP_YAML = _ws_app(
     '{name: control, kind: http.endpoint, meta: {router: ws}, path: /control, func: "tests.procs:control_endpoint"}',
     '{name: relay, kind: http.endpoint, meta: {router: ws}, path: /relay, func: "tests.procs:relay_endpoint"}',
     '{name: room, kind: http.endpoint, meta: {router: ws}, path: /room, func: "tests.procs:room_endpoint"}',
+    '{name: member, kind: http.endpoint, meta: {router: ws}, path: /member, func: "tests.procs:member_endpoint"}',
 )
 
 CHANNELS_APP_YAML = _ws_app(

@@ -26,6 +26,10 @@ class FakeTransport(Outbound):
         self.calls: list[tuple[Any, ...]] = []
         self.signals: list[tuple[Any, ...]] = []
         self.frames_sent: list[tuple[Any, ...]] = []
+        self.interests: list[tuple[Any, ...]] = []
+        self.publications: list[tuple[Any, ...]] = []
+        # node -> what it answers to a channel request (a function of the args)
+        self.answers: dict[str, Any] = {}
         self.names: dict[str, wsrelay.Pid] = {}
         self.released: list[wsrelay.Pid] = []
 
@@ -55,6 +59,22 @@ class FakeTransport(Outbound):
             return False
         self.frames_sent.append((node, sorted(conn_ids), frame))
         return True
+
+    def interest(self, node, changes) -> None:
+        self.interests.append((node, changes))
+
+    def publication(self, node, channel, envelope) -> bool:
+        if node not in self.up:
+            return False
+        self.publications.append((node, channel, envelope))
+        return True
+
+    async def channel_request(self, node, args) -> Any:
+        answer = self.answers.get(node)
+        return None if answer is None else answer(args)
+
+    def up_nodes(self) -> list[str]:
+        return list(self.up)
 
     def is_up(self, node) -> bool:
         return node in self.up

@@ -25,7 +25,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import wsrelay
-from wsrelay import Group, process
+from wsrelay import Group, channels, process
 
 REPORT_ENV = "TESTS_REPORT_FILE"
 
@@ -590,6 +590,17 @@ async def _run(cmd: dict[str, Any]) -> Any:
         return await asyncio.gather(*(process.call(cmd["pid"], cmd["topic"], n) for n in range(cmd["count"])))
     if op == "is_alive":
         return process.is_alive(cmd["pid"])
+    if op == "publish":
+        return channels.publish(cmd["channel"], cmd["data"])
+    if op == "subscribe":
+        return (await channels.subscribe(cmd["pid"], cmd["channel"], cmd.get("info"))).channel
+    if op == "unsubscribe":
+        return channels.unsubscribe(cmd["pid"], cmd["channel"])
+    if op == "disconnect":
+        return await channels.disconnect(client=cmd.get("pid"), user=cmd.get("user"), code=cmd.get("code", 1000),
+                                         reason=cmd.get("reason", ""))
+    if op == "active":
+        return channels.active(cmd.get("pattern"))
     raise ValueError(f"unknown op {op!r}")
 
 
@@ -719,6 +730,22 @@ def channels_endpoint(req, res) -> None:
         pid = process.spawn("relay:channel_room", None, None, "room:lobby")
         process.register("channel_room", pid)
     res.relay(pid, channels=parse_qs(req.query_string).get("ch"), user=req.query("user"))
+
+
+def member_endpoint(req, res) -> None:
+    """A channel member of its own (relay:member), granted the channels
+    and user of the query: ``?ch=a&ch=b&user=u``."""
+    res.relay(process.spawn("relay:member"), channels=parse_qs(req.query_string).get("ch"), user=req.query("user"))
+
+
+@wsrelay.register("relay:member")
+async def member() -> None:
+    """Tells its client its PID on ws.join (``{"me": pid}``); ends on ws.leave."""
+    async for msg in process.inbox():
+        if msg.topic == "ws.join":
+            _say(msg.payload["client_pid"], {"me": str(msg.payload["client_pid"])})
+        elif msg.topic == "ws.leave":
+            return
 
 
 def echo_endpoint(req, res) -> None:

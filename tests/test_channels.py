@@ -191,7 +191,7 @@ async def test_subscribe_and_unsubscribe_from_a_process():
                 assert await ws.recv() == "plain"
                 with pytest.raises(ValueError, match="not a WebSocket connection"):
                     await channels.subscribe(room, "news")
-                with pytest.raises(NotImplementedError, match="across nodes are not there yet"):
+                with pytest.raises(ProcessLookupError, match="which this node does not reach"):
                     await channels.subscribe(wsrelay.Pid("h", 7, node="elsewhere"), "news")
             await expect("left")
             with pytest.raises(ProcessLookupError, match="not alive"):

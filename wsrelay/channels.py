@@ -1,26 +1,31 @@
 """Channels: named fan-out any process can publish to (docs/guide.md, "Channels").
 
-The compiled core (``_core/channels.pyx``) holds this node's channel table
-and does the fan-out; this module names its functions, and makes
-``subscribe`` awaitable, as it will wait for other nodes and for history
-once they exist. Calls made outside any process act as the node's system
-process. Namespaces (per-channel options from the configuration file) are
-looked up with ``namespace_of``.
+The compiled core (``_core/channels.pyx``) holds this node's channel table,
+its view of the other nodes' subscribers, and does the fan-out; this module
+names its functions and asks another node what only it can do: subscribe
+one of its connections, close them. Calls made outside any process act as
+the node's system process. Namespaces (per-channel options from the
+configuration file) are looked up with ``namespace_of``.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Optional, Union
 
-from ._core.channels import Subscription, active, publish, subscribers, unsubscribe
+from ._core.channels import Subscription, active, check_close, disconnect_here, publish, raise_answer, subscribers
 from ._core.channels import subscribe as _subscribe
+from ._core.channels import unsubscribe as _unsubscribe
 from ._core.pid import Pid
 from ._core.relayspec import check_channel_name
+from ._core.runtime import node as get_node
+from ._core.stats import LimitedLog
 
 __all__ = [
     "Subscription",
     "active",
     "check_channel_name",
+    "disconnect",
     "namespace_of",
     "publish",
     "subscribe",
@@ -28,11 +33,92 @@ __all__ = [
     "unsubscribe",
 ]
 
+_log = LimitedLog("wsrelay.channels")
+# Requests to other nodes that nobody awaits (an unsubscribe), kept until done.
+_pending: set[asyncio.Task[Any]] = set()
+
+
+def _elsewhere(pid: Union[Pid, str]) -> tuple[Optional[Any], Pid]:
+    """(this node's cluster side, the PID) when ``pid`` is another node's;
+    (None, the PID) when it is this node's."""
+    if isinstance(pid, Pid):
+        parsed = pid
+    elif isinstance(pid, str):
+        parsed = Pid.parse(pid)
+    else:
+        raise TypeError(f"expected a connection's Pid or its text form, got {type(pid).__name__}")
+    node = get_node()
+    if parsed.node == node.name or node.remote is None:
+        return None, parsed
+    return node.remote, parsed
+
 
 async def subscribe(conn_pid: Union[Pid, str], name: str, info: Optional[dict[str, Any]] = None) -> Subscription:
-    """Subscribe the connection ``conn_pid`` (on this node) to channel
-    ``name``; its client then receives the channel's publications."""
-    return _subscribe(conn_pid, name, info)
+    """Subscribe the connection ``conn_pid``, of any node, to channel
+    ``name``; its client then receives the channel's publications.
+    ValueError for a bad name or info, a process that is not a connection or
+    one at its limit of channels; ProcessLookupError when it has ended or
+    its node did not answer."""
+    remote, pid = _elsewhere(conn_pid)
+    if remote is None:
+        return _subscribe(pid, name, info)
+    checked = check_channel_name(name)
+    if info is not None and not isinstance(info, dict):
+        raise ValueError(f"channels.subscribe: info must be a dict, got {type(info).__name__}")
+    raise_answer(await remote.channel_request(pid.node, ["subscribe", str(pid), checked, info]), pid.node)
+    return Subscription(checked)
+
+
+def unsubscribe(conn_pid: Union[Pid, str], name: str) -> bool:
+    """Take the connection ``conn_pid`` out of channel ``name``; its client
+    gets an ``unsubscribed`` event. This node's: False when it was not in it
+    (or has ended). Another node's: that node is asked, and True is returned
+    at once (what it answers is logged when it is an error)."""
+    remote, pid = _elsewhere(conn_pid)
+    if remote is None:
+        return _unsubscribe(pid, name)
+    checked = check_channel_name(name)
+    task = asyncio.ensure_future(_ask(remote, pid, ["unsubscribe", str(pid), checked]))
+    _pending.add(task)
+    task.add_done_callback(_pending.discard)
+    return True
+
+
+async def _ask(remote: Any, pid: Pid, args: list[Any]) -> None:
+    try:
+        raise_answer(await remote.channel_request(pid.node, args), pid.node)
+    except (ValueError, ProcessLookupError) as exc:
+        _log.warning(args[0], f"channels.{args[0]}({pid}): {exc}")
+
+
+async def disconnect(*, client: Union[Pid, str, None] = None, user: Optional[str] = None, code: int = 1000,
+                     reason: str = "") -> int:
+    """Close the connection ``client`` (of any node), or every connection of
+    ``user`` on every node, with ``code`` and ``reason``; how many were
+    open. ValueError for a bad code or reason, or not exactly one of
+    ``client`` and ``user``. A node that does not answer in time counts
+    none (and is logged)."""
+    if (client is None) == (user is None):
+        raise ValueError("channels.disconnect: give client or user (one of them)")
+    if user is not None and type(user) is not str:
+        raise ValueError(f"channels.disconnect: user must be a str, got {type(user).__name__}")
+    close = check_close(code, reason)
+    if client is not None:
+        remote, pid = _elsewhere(client)
+        if remote is None:
+            return disconnect_here(pid, None, close)
+        return raise_answer(await remote.channel_request(pid.node, ["disconnect", str(pid), None, close]), pid.node)
+    closed = disconnect_here(None, user, close)
+    remote = get_node().remote
+    if remote is not None:
+        nodes = remote.up_nodes()
+        answers = await asyncio.gather(*(remote.channel_request(n, ["disconnect", None, user, close]) for n in nodes))
+        for node, answer in zip(nodes, answers):
+            try:
+                closed += raise_answer(answer, node)
+            except (ValueError, ProcessLookupError) as exc:
+                _log.warning("disconnect", f"channels.disconnect(user={user!r}) on node {node}: {exc}")
+    return closed
 
 
 def namespace_of(name: str) -> Optional[dict[str, Any]]:
@@ -45,3 +131,4 @@ def namespace_of(name: str) -> Optional[dict[str, Any]]:
         if namespace.matches(name):
             return namespace.options()
     return None
+

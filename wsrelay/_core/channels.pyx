@@ -10,17 +10,32 @@ None until its first subscription, and goes back to None after its last.
 A publication is encoded once (orjson, the envelope naming the channel) and
 framed once, compressed once per window size, for all subscribers, with the
 same FanOut as ``Group.send`` (writer.pyx).
+
+In a cluster (docs/cluster.md, "Channels"), each node tells the others how
+many subscribers it has of each of its channels (absolute counts, gathered
+per loop iteration; all of them to a node that comes up, on the ordered
+stream between the two nodes), and keeps their counts in ``_remote``. A
+publication goes to this node's subscribers, then, as its envelope text,
+once to each node that has subscribers of the channel, which frames it once
+for its own. A node that is lost takes its counts with it. What concerns a
+connection of another node (subscribe it, close a user's connections) is a
+request to that node, answered by ``answer_request`` there.
 """
 
+import asyncio
+import logging
 from fnmatch import fnmatchcase
 
 import orjson
 
+from .frames cimport parse_close_payload
 from .pid cimport Pid, to_pid
 from .relay cimport Connection
 from .relay import set_channel_hooks
 from .relayspec cimport check_channel_name, max_channels_per_connection
-from .runtime cimport Node, Process, calling_process
+from .remote import set_channel_handlers
+from .runtime cimport Node, Process, Remote, calling_process, get_node
+from .stats cimport LimitedLog
 from .writer cimport FanOut, fan_out
 
 # What a client receives, by event.
@@ -30,6 +45,15 @@ UNSUBSCRIBED = "unsubscribed"
 # name -> Channel, this node's channels that have subscribers. One table per
 # Python process: its connections are all served by one node, the gateway's.
 cdef dict _table = {}
+# name -> {node: subscribers}: the other nodes' counts, as they announced them.
+cdef dict _remote = {}
+# Names whose count here changed since the last announcement (None: no
+# announcement is scheduled).
+cdef set _dirty = None
+# user -> set of this node's connections its handler said were theirs.
+cdef dict _users = {}
+
+cdef LimitedLog _log = LimitedLog("wsrelay.channels")
 
 
 cdef class Channel:
@@ -62,18 +86,11 @@ cdef class Subscription:
                 f"offset={self.offset!r}, epoch={self.epoch!r})")
 
 
-cdef Connection _connection(Node node, object pid, str what):
+cdef Connection _connection(Node node, Pid pid, str what):
     """The local connection ``pid`` names, or None when it has ended;
-    NotImplementedError for another node's, ValueError for a process that is
-    not a connection."""
+    ValueError for a process that is not a connection."""
     cdef Process proc = node.lookup(pid)
-    cdef Pid parsed
     if proc is None:
-        parsed = to_pid(pid)
-        if parsed.node != node.name:
-            raise NotImplementedError(
-                f"{what}: {parsed} is a connection of node {parsed.node!r}; channels across nodes are not "
-                "there yet (subscribe it from a process on its own node)")
         return None
     if not isinstance(proc, Connection):
         raise ValueError(f"{what}: {proc.pid} is not a WebSocket connection; channels hold connections")
@@ -95,20 +112,53 @@ cdef int _join(Connection conn, str name, object info) except -1:
         channel = _table[name] = Channel(name)
     channel.members[conn] = info
     conn.channels[name] = channel
-    return 0
+    return _changed(conn.service.node, name)
 
 
 cdef int _part(Connection conn, Channel channel) except -1:
     del channel.members[conn]
     if not channel.members:
         del _table[channel.name]
+    return _changed(conn.service.node, channel.name)
+
+
+cdef int _changed(Node node, str name) except -1:
+    """``name``'s count here changed: the other nodes hear of it at the end
+    of this loop iteration, with every other change made meanwhile."""
+    global _dirty
+    if node.remote is None:
+        return 0
+    if _dirty is None:
+        _dirty = set()
+        asyncio.get_running_loop().call_soon(_announce, node)
+    _dirty.add(name)
     return 0
+
+
+def _announce(Node node):
+    global _dirty
+    names, _dirty = _dirty, None
+    if names is not None and node.remote is not None:
+        node.remote.announce_channels(None, _counts(names))
+
+
+cdef list _counts(names):
+    cdef Channel channel
+    cdef list changes = []
+    for name in names:
+        channel = _table.get(name)
+        changes.append([name, 0 if channel is None else len(channel.members)])
+    return changes
 
 
 def _grant(Connection conn):
     """The handler's grant ({name: info}, checked by relayspec) made
-    subscriptions, as the connection opens."""
+    subscriptions, and its user known, as the connection opens."""
     cdef dict granted = conn.channels
+    if conn.user is not None:
+        _users.setdefault(conn.user, set()).add(conn)
+    if granted is None:
+        return
     conn.channels = None
     for name, info in granted.items():
         _join(conn, name, info)
@@ -117,6 +167,15 @@ def _grant(Connection conn):
 def _leave_all(Connection conn):
     """The connection has ended: out of all its channels."""
     cdef Channel channel
+    cdef set mine
+    if conn.user is not None:
+        mine = _users.get(conn.user)
+        if mine is not None:
+            mine.discard(conn)
+            if not mine:
+                del _users[conn.user]
+    if conn.channels is None:
+        return
     for channel in conn.channels.values():
         _part(conn, channel)
     conn.channels = None
@@ -135,15 +194,27 @@ cdef str _envelope(str name, str event, object data, bint with_data):
         raise TypeError(f"channels.publish({name!r}): data is not JSON-serialisable: {exc}") from None
 
 
+cdef Pid _local_pid(Node node, object pid, str what):
+    """``pid`` parsed; ProcessLookupError when it is another node's
+    (wsrelay.channels asks that node instead, when this one is in a
+    cluster)."""
+    cdef Pid parsed = to_pid(pid)
+    if parsed.node != node.name:
+        raise ProcessLookupError(f"{what}: {parsed} is a connection of node {parsed.node!r}, which this node "
+                                 "does not reach")
+    return parsed
+
+
 def subscribe(pid, name, info=None):
-    """Subscribe the connection ``pid`` (a Pid or its text, on this node)
+    """Subscribe the connection ``pid`` (a Pid or its text, of this node)
     to channel ``name``; a Subscription. ProcessLookupError when the
     connection has ended, ValueError for a bad name, a non-connection or a
     connection at its limit of channels."""
     cdef str checked = check_channel_name(name)
     if info is not None and not isinstance(info, dict):
         raise ValueError(f"channels.subscribe: info must be a dict, got {type(info).__name__}")
-    cdef Connection conn = _connection(calling_process("channels.subscribe").node, pid, "channels.subscribe")
+    cdef Node node = calling_process("channels.subscribe").node
+    cdef Connection conn = _connection(node, _local_pid(node, pid, "channels.subscribe"), "channels.subscribe")
     if conn is None or not conn.alive:
         raise ProcessLookupError(f"channels.subscribe: connection {pid} is not alive")
     _join(conn, checked, info)
@@ -151,11 +222,12 @@ def subscribe(pid, name, info=None):
 
 
 def unsubscribe(pid, name):
-    """Take the connection ``pid`` out of channel ``name`` and tell its
-    client (an ``unsubscribed`` event); False when it was not in it (or has
-    ended)."""
+    """Take the connection ``pid`` (of this node) out of channel ``name``
+    and tell its client (an ``unsubscribed`` event); False when it was not
+    in it (or has ended)."""
     cdef str checked = check_channel_name(name)
-    cdef Connection conn = _connection(calling_process("channels.unsubscribe").node, pid, "channels.unsubscribe")
+    cdef Node node = calling_process("channels.unsubscribe").node
+    cdef Connection conn = _connection(node, _local_pid(node, pid, "channels.unsubscribe"), "channels.unsubscribe")
     if conn is None or conn.channels is None:
         return False
     channel = conn.channels.pop(checked, None)
@@ -169,30 +241,53 @@ def unsubscribe(pid, name):
 
 
 def publish(name, data):
-    """Send ``data`` (a JSON value) to every subscriber of ``name`` on this
-    node, in a ``publication`` envelope encoded and framed once; ``{}``."""
+    """Send ``data`` (a JSON value) to every subscriber of ``name``: this
+    node's, in a ``publication`` envelope encoded and framed once, and
+    every other node's, the envelope shipped once to each node that has
+    subscribers; ``{}``."""
     cdef str checked = check_channel_name(name)
-    calling_process("channels.publish")  # on the loop's thread (WrongThread otherwise)
+    cdef Node node = calling_process("channels.publish").node  # on the loop's thread (WrongThread otherwise)
     cdef str text = _envelope(checked, PUBLICATION, data, True)
-    cdef Channel channel = _table.get(checked)
-    cdef FanOut out
-    cdef Connection conn
-    if channel is not None:
-        out = fan_out({"type": "text", "data": text})
-        for conn in channel.members:
-            out.offer_to(conn)
+    node.counters.channel_publications += 1
+    _deliver(node, checked, text)
+    cdef dict nodes
+    if node.remote is not None:
+        nodes = _remote.get(checked)
+        if nodes:
+            for other in nodes:
+                node.remote.ship_publication(other, checked, text)
     return {}
 
 
+cdef int _deliver(Node node, str name, str text) except -1:
+    """A publication's envelope to this node's subscribers of ``name``."""
+    cdef Channel channel = _table.get(name)
+    cdef FanOut out
+    cdef Connection conn
+    if channel is not None:
+        node.counters.channel_deliveries += len(channel.members)
+        out = fan_out({"type": "text", "data": text})
+        for conn in channel.members:
+            out.offer_to(conn)
+    return 0
+
+
 def active(pattern=None):
-    """{name: {"subscribers": n}} for this node's channels (those matching
-    the fnmatch ``pattern`` when given)."""
+    """{name: {"subscribers": n}} for the channels with subscribers on any
+    node, as this node knows them (those matching the fnmatch ``pattern``
+    when given)."""
     cdef Channel channel
+    cdef dict counts = {}
     calling_process("channels.active")
     if pattern is not None and type(pattern) is not str:
         raise ValueError(f"channels.active: pattern must be a str, got {type(pattern).__name__}")
-    return {name: {"subscribers": len(channel.members)} for name, channel in _table.items()
-            if pattern is None or fnmatchcase(name, pattern)}
+    for name, channel in _table.items():
+        if pattern is None or fnmatchcase(name, pattern):
+            counts[name] = len(channel.members)
+    for name, nodes in _remote.items():
+        if pattern is None or fnmatchcase(name, pattern):
+            counts[name] = counts.get(name, 0) + sum((<dict>nodes).values())
+    return {name: {"subscribers": n} for name, n in counts.items()}
 
 
 def subscribers(name):
@@ -200,3 +295,121 @@ def subscribers(name):
     cdef Channel channel = _table.get(check_channel_name(name))
     calling_process("channels.subscribers")
     return [] if channel is None else [(<Connection>conn).pid for conn in channel.members]
+
+
+def check_close(code, reason):
+    """The ``ws.close`` payload closing with ``code`` and ``reason``;
+    ValueError naming what is wrong with them."""
+    cdef int checked = 0
+    payload = {"code": code, "reason": reason}
+    parse_close_payload(payload, &checked)
+    return payload
+
+
+def disconnect_here(client=None, user=None, close=None):
+    """Close this node's connection ``client`` (a Pid), or every connection
+    of ``user``, with the ``ws.close`` payload ``close``; how many were open."""
+    cdef Node node = calling_process("channels.disconnect").node
+    cdef Connection conn
+    cdef list conns
+    cdef Py_ssize_t closed = 0
+    if client is not None:
+        found = _connection(node, _local_pid(node, client, "channels.disconnect"), "channels.disconnect")
+        conns = [] if found is None else [found]
+    else:
+        conns = list(_users.get(user, ()))
+    for conn in conns:
+        if conn.deliver("ws.close", close, node.system.pid):
+            closed += 1
+    return closed
+
+
+# -- the cluster ----------------------------------------------------------------------
+
+# The errors a request's answer may carry back, by name.
+cdef dict _ERRORS = {"ValueError": ValueError, "ProcessLookupError": ProcessLookupError}
+
+
+def answer_request(list args):
+    """This node's answer to another node's request about its connections:
+    ["ok", result] or ["error", the exception's type name, its message].
+    What it changed is announced now, not at the end of the iteration, so
+    that it leaves before the answer."""
+    try:
+        return _answer(args)
+    finally:
+        _announce(get_node())
+
+
+cdef list _answer(list args):
+    try:
+        op = args[0]
+        if op == "subscribe":
+            sub = subscribe(args[1], args[2], args[3])
+            return ["ok", sub.channel]
+        if op == "unsubscribe":
+            return ["ok", unsubscribe(args[1], args[2])]
+        if op == "disconnect":
+            return ["ok", disconnect_here(args[1], args[2], args[3])]
+        raise ValueError(f"unknown channel request {op!r}")
+    except (ValueError, ProcessLookupError) as exc:
+        return ["error", type(exc).__name__, str(exc)]
+    except (TypeError, IndexError) as exc:  # a request not made by wsrelay.channels
+        return ["error", "ValueError", f"malformed channel request: {exc}"]
+
+
+def raise_answer(answer, str node):
+    """The result in another node's answer; its error raised here."""
+    if answer is None:
+        raise ProcessLookupError(f"node {node} did not answer")
+    if type(answer) is not list or len(answer) < 2:
+        raise ProcessLookupError(f"node {node} gave a malformed answer")
+    if answer[0] == "ok":
+        return answer[1]
+    raise _ERRORS.get(answer[1], ValueError)(answer[2] if len(answer) > 2 else "")
+
+
+cdef class _ClusterChannels:
+    """What arrives from the other nodes for channels (remote.pyx calls it)."""
+
+    def on_interest(self, str node, list changes):
+        cdef dict nodes
+        for change in changes:
+            if type(change) is not list or len(change) != 2 or type(change[0]) is not str \
+                    or type(change[1]) is not int or change[1] < 0:
+                if _log.allow("interest"):
+                    _log.write(logging.WARNING, f"channels: malformed interest from {node} dropped: {change!r}")
+                continue
+            name, count = change
+            nodes = _remote.get(name)
+            if count:
+                if nodes is None:
+                    nodes = _remote[name] = {}
+                nodes[node] = count
+            elif nodes is not None:
+                nodes.pop(node, None)
+                if not nodes:
+                    del _remote[name]
+
+    def on_publication(self, str channel, str envelope):
+        cdef Node node = get_node()
+        node.counters.channel_publications_remote += 1
+        _deliver(node, channel, envelope)
+
+    def on_request(self, list args):
+        return answer_request(args)
+
+    def on_node_up(self, str node):
+        cdef Node here = get_node()
+        if _table and here.remote is not None:
+            here.remote.announce_channels(node, _counts(list(_table)))
+
+    def on_node_down(self, str node):
+        for name in [n for n, nodes in _remote.items() if node in <dict>nodes]:
+            nodes = _remote[name]
+            del nodes[node]
+            if not nodes:
+                del _remote[name]
+
+
+set_channel_handlers(_ClusterChannels())

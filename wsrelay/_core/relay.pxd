@@ -80,6 +80,8 @@ cdef class Connection(Output):
     # The handler's grant ({name: info}) until the connection opens, then
     # the channels it is subscribed to (channels.pyx); None when it has none.
     cdef dict channels
+    # the user its handler authenticated (X-WS-Relay "user"), or None.
+    cdef readonly str user
     # The target is on another node: messages sent to it and not yet
     # acknowledged, and all acknowledged so far.
     cdef bint remote_target

@@ -292,7 +292,8 @@ cdef class Backpressure(RoomWaiter):
 
 
 # Set by channels.pyx, which comes after this module: subscribe a connection
-# to the channels its handler granted, and take it out of all of its channels.
+# to the channels its handler granted (and know it by its user), and take it
+# out of all of its channels.
 cdef object _grant_channels = None
 cdef object _leave_channels = None
 
@@ -325,6 +326,7 @@ cdef class Connection(Output):
         conn.metadata = spec.metadata
         conn.heartbeat_interval = spec.heartbeat_interval
         conn.channels = spec.channels
+        conn.user = spec.user
         conn.remote_target = isinstance(target, RemoteProcess)
         return conn
 
@@ -369,7 +371,7 @@ cdef class Connection(Output):
             self.begin_close(1000 if normal else 1011, b"" if normal else b"target process failed",
                              TARGET_EXITED)
             return 0
-        if self.channels is not None:
+        if self.channels is not None or self.user is not None:
             # Subscribed before the target hears of it (docs/guide.md, "Channels").
             _grant_channels(self)
         self.watch(self.target)
@@ -426,7 +428,7 @@ cdef class Connection(Output):
             for members in self.groups:
                 (<set>members).discard(self)
             self.groups = None
-        if self.channels is not None:
+        if self.channels is not None or self.user is not None:
             _leave_channels(self)
         if self.target is not None and self.target.alive:
             self.unwatch()

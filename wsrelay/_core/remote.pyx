@@ -59,7 +59,8 @@ cdef class Outbound:
 
     def attach(self, hooks):
         """Deliver what arrives from now on to ``hooks`` (the Cluster):
-        ``on_send``, ``on_call``, ``on_signal``, ``on_frames``, ``on_node_up``,
+        ``on_send``, ``on_call``, ``on_signal``, ``on_frames``, ``on_interest``,
+        ``on_publication``, ``on_channel_request``, ``on_node_up``,
         ``on_node_down``."""
         raise NotImplementedError
 
@@ -100,6 +101,38 @@ cdef class Outbound:
     def release_globals(self, Pid pid):
         """``pid`` ended: release the names it held."""
         raise NotImplementedError
+
+    def interest(self, node, list changes):
+        """This node's subscriber counts of channels, [[name, count], ...]
+        (0: it has none left), for ``node``, or for every node up (None)."""
+        raise NotImplementedError
+
+    def publication(self, str node, str channel, str envelope):
+        """A channel's publication (the JSON text its clients receive) for
+        the subscribers of ``node``: whether it was accepted."""
+        raise NotImplementedError
+
+    async def channel_request(self, str node, list args):
+        """``node``'s core's ``on_channel_request(args)``, None when it did
+        not answer in time."""
+        raise NotImplementedError
+
+    def up_nodes(self):
+        """The names of the nodes that are up."""
+        raise NotImplementedError
+
+
+# Set by channels.pyx (which comes after this module): what arrives for
+# channels, and the peers coming and going that its view of who subscribes
+# to what follows.
+cdef object _channels = None
+
+
+def set_channel_handlers(handlers):
+    """``handlers``: on_interest(node, changes), on_publication(channel,
+    envelope), on_request(args), on_node_up(node), on_node_down(node)."""
+    global _channels
+    _channels = handlers
 
 
 def join_cluster(Outbound transport not None, Node node=None):
@@ -317,6 +350,24 @@ cdef class Cluster(Remote):
 
     cdef bint ship_frames(self, str node, list ids, bytes frame) except -1:
         return self.transport.frames(node, ids, frame)
+
+    cdef int announce_channels(self, str node, list changes) except -1:
+        self.transport.interest(node, changes)
+        return 0
+
+    cdef bint ship_publication(self, str node, str channel, str envelope) except -1:
+        sent = self.transport.publication(node, channel, envelope)
+        if not sent:
+            self.dropped(UNREACHABLE, 1, f"a publication of {channel!r} for node {node}")
+        return sent
+
+    async def channel_request(self, str node not None, list args not None):
+        """What ``node`` answers to a channel request (channels.pyx), None
+        when it did not in time."""
+        return await self.transport.channel_request(node, args)
+
+    def up_nodes(self):
+        return self.transport.up_nodes()
 
     cdef bint call(self, Pid dest, str topic, object payload, Pid sender, Pid reply_to) except -1:
         sent = self.transport.call(dest, topic, payload, sender, reply_to)
@@ -551,8 +602,17 @@ cdef class Cluster(Remote):
             else:
                 local.kill(reason, None)
 
+    def on_interest(self, str node, list changes):
+        _channels.on_interest(node, changes)
+
+    def on_publication(self, str channel, str envelope):
+        _channels.on_publication(channel, envelope)
+
+    def on_channel_request(self, list args):
+        return _channels.on_request(args)
+
     def on_node_up(self, str name, long incarnation):
-        return None
+        _channels.on_node_up(name)
 
     def on_node_down(self, str name, long incarnation, str reason):
         """Everything of that node's run ends for us, with ``reason``
@@ -560,6 +620,7 @@ cdef class Cluster(Remote):
         cdef RemoteProcess proxy
         cdef RelayInbox inbox
         self.node.counters.cluster_node_losses += 1
+        _channels.on_node_down(name)
         for proxy in [p for p in self.proxies.values() if (<RemoteProcess>p).pid.node == name]:
             self.node.finish(proxy, reason, None)
         for client in [c for c in self.relay_in if (<Pid>c).node == name]:

@@ -63,6 +63,10 @@ cdef class Remote:
     cdef bint call(self, Pid dest, str topic, object payload, Pid sender, Pid reply_to) except -1
     # One frame for connections ``ids`` of ``node``: whether it was accepted.
     cdef bint ship_frames(self, str node, list ids, bytes frame) except -1
+    # Channels (channels.pyx): this node's subscriber counts for ``node``
+    # (None: every node up), and a publication for ``node``'s subscribers.
+    cdef int announce_channels(self, str node, list changes) except -1
+    cdef bint ship_publication(self, str node, str channel, str envelope) except -1
     cdef Pid global_name(self, str name)
     cdef int forget(self, Process proc) except -1
 

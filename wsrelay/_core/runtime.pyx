@@ -157,6 +157,12 @@ cdef class Remote:
     cdef bint ship_frames(self, str node, list ids, bytes frame) except -1:
         return False
 
+    cdef int announce_channels(self, str node, list changes) except -1:
+        return 0
+
+    cdef bint ship_publication(self, str node, str channel, str envelope) except -1:
+        return False
+
     cdef Pid global_name(self, str name):
         return None
 

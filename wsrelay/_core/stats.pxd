@@ -9,6 +9,9 @@ cdef class Counters:
     cdef public counter_t processes_crashed
     cdef public counter_t messages_sent
     cdef public counter_t call_replies_dropped
+    cdef public counter_t channel_publications
+    cdef public counter_t channel_publications_remote
+    cdef public counter_t channel_deliveries
     cdef public counter_t mailbox_full
     cdef public counter_t system_events_dropped
     cdef public counter_t runtime_errors

@@ -61,6 +61,12 @@ COUNTERS = (
     ("processes_exited", "wsrelay_processes_exited", None, "Processes (and connections) ended"),
     ("processes_crashed", "wsrelay_processes_crashed", None, "Processes that raised"),
     ("messages_sent", "wsrelay_messages_sent", None, "Messages queued into mailboxes"),
+    ("channel_publications", "wsrelay_channel_publications", ("origin", "local"),
+     "Channel publications: made on this node (local), or arriving from another node for subscribers here "
+     "(remote)"),
+    ("channel_publications_remote", "wsrelay_channel_publications", ("origin", "remote"), None),
+    ("channel_deliveries", "wsrelay_channel_deliveries", None,
+     "Channel publications offered to this node's subscribers (one per subscriber)"),
     ("call_replies_dropped", "wsrelay_call_replies_dropped", None,
      "Replies to calls that had already ended (timed out, caller cancelled, or answered before): dropped"),
 )

@@ -120,6 +120,22 @@ class Inbox:
                 hooks.on_frames(conn_ids, frame)
             except Exception:
                 self._trouble.hook_failed("on_frames")
+        elif kind == wire.PUBLISH:
+            _, channel, envelope = record
+            if type(channel) is not str or type(envelope) is not str:
+                raise wire.Malformed("a publication must be a channel name and its text")
+            try:
+                hooks.on_publication(channel, envelope)
+            except Exception:
+                self._trouble.hook_failed("on_publication")
+        elif kind == wire.INTEREST:
+            _, changes = record
+            if type(changes) is not list:
+                raise wire.Malformed("interest must be a list of [channel, count]")
+            try:
+                hooks.on_interest(peer.node, changes)
+            except Exception:
+                self._trouble.hook_failed("on_interest")
         elif kind == wire.FRAGMENT:
             _, chunk, last = record
             if type(chunk) is not bytes:

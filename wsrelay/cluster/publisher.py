@@ -60,6 +60,14 @@ class Publisher:
         if wake is not None and not wake.done():
             wake.set_result(None)
 
+    async def published(self) -> None:
+        """Returns once what is queued now has been published (``run``
+        publishes until nothing is left, then says so)."""
+        assert self._flushed is not None
+        if self._dirty:
+            self._flushed.clear()
+            await self._flushed.wait()
+
     async def goodbye(self, peers: Iterable[Peer]) -> None:
         """Send each live one of ``peers`` a last batch saying goodbye (it sees
         us go at once, after what we sent before); returns once they are

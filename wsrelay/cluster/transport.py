@@ -84,7 +84,8 @@ class Transport(Outbound):
         self._inbox = Inbox(self._bus, self._peers, self.counters, self._trouble)
         self._heartbeat = Heartbeat(self._bus, self.machine, self.heartbeat_interval, self._peers,
                                     self._publisher.schedule, self._trouble)
-        self._rpc = Rpc(self._bus, self._by_node, self.machine, metrics, self._trouble)
+        self._rpc = Rpc(self._bus, self._by_node, self.machine, metrics, self._trouble, lambda: self.hooks,
+                        self._publisher.published)
         self._names: Optional[GlobalNames] = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -204,6 +205,36 @@ class Transport(Outbound):
             return False
         self._append(peer, record)
         return True
+
+    def interest(self, node: Optional[str], changes: list[list[Any]]) -> None:
+        """This node's subscriber counts of channels, [[name, count], ...],
+        for ``node``, or (None) for every node that is up."""
+        record = wire.record_interest(changes)
+        if node is None:
+            for peer in self._by_node.values():
+                if peer.state == UP:
+                    self._append(peer, record)
+            return
+        peer = self._by_node.get(node)
+        if peer is not None and peer.state == UP:
+            self._append(peer, record)
+
+    def publication(self, node: str, channel: str, envelope: str) -> bool:
+        """A channel's publication for the subscribers of ``node``."""
+        peer = self._by_node.get(node)
+        if peer is None or peer.state != UP:
+            self.counters.refused += 1
+            return False
+        self._append(peer, wire.record_publish(channel, envelope))
+        return True
+
+    async def channel_request(self, node: str, args: list[Any], timeout: float = 5.0) -> Any:
+        """``node``'s answer to a channel request, None if none in ``timeout``."""
+        return await self._rpc.channel_request(node, args, timeout)
+
+    def up_nodes(self) -> list[str]:
+        """The nodes that are up."""
+        return [node for node, peer in self._by_node.items() if peer.state == UP]
 
     def _append_for(self, dest: Pid, record: bytes) -> bool:
         """Queue ``record`` for the node of ``dest``: False, counted, when that

@@ -18,6 +18,11 @@ carried fails there, not later):
                           the reply leaves; remote.pyx, on_call)
             [FRAMES, [connection id, ...], frame]
             [FRAGMENT, chunk, last]    (a record larger than a NATS message)
+            [INTEREST, [[channel, subscribers], ...]]    (the source node's
+                          subscriber counts of these channels, 0 = none left;
+                          all of them when a session opens; channels.pyx)
+            [PUBLISH, channel, envelope]    (a channel's publication, the
+                          JSON text its subscribers here receive)
 
 Sequence numbers count the batches of one session of one (source ->
 destination) stream from 1, and "records before" the records sent in the
@@ -37,8 +42,8 @@ from .._core.signals import Signal
 from ..errors import Malformed
 from .codec import decode, encode
 
-# 2: the CALL record.
-VERSION = 2
+# 2: the CALL record; 3: INTEREST and PUBLISH (channels).
+VERSION = 3
 
 # Node names are NATS subject tokens: no '.', '*', '>' or white space.
 NODE_NAME = re.compile(r"[A-Za-z0-9_-]+")
@@ -62,6 +67,8 @@ SIGNAL = 1
 FRAMES = 2
 FRAGMENT = 3
 CALL = 4
+INTEREST = 5
+PUBLISH = 6
 
 # Signal kinds between processes, as the core declares them (signals.pxd),
 # as plain ints: the numbers a SIGNAL record carries. (EXIT here is the
@@ -77,9 +84,12 @@ FLAG_BYE = 1  # the source is stopping: this is its last batch to us
 HB = "hb"
 DOWN = "down"
 
-# RPC operations: request [VERSION, op]; reply [VERSION, node, incarnation, body].
+# RPC operations: request [VERSION, op] or [VERSION, CHANNEL, args]; reply
+# [VERSION, node, incarnation, body]. CHANNEL asks the node for something
+# about its own connections (channels.pyx, ``answer_request``).
 PING = "ping"
 METRICS = "metrics"
+CHANNEL = "channel"
 
 
 class Header(NamedTuple):
@@ -147,6 +157,14 @@ def record_frames(conn_ids: list[int], frame: bytes) -> bytes:
     return encode([FRAMES, conn_ids, frame])
 
 
+def record_interest(changes: list[list[Any]]) -> bytes:
+    return encode([INTEREST, changes])
+
+
+def record_publish(channel: str, envelope: str) -> bytes:
+    return encode([PUBLISH, channel, envelope])
+
+
 def fragments(record: bytes, size: int) -> list[bytes]:
     """``record`` cut into FRAGMENT records of at most ``size`` bytes of it each."""
     chunks = [record[i:i + size] for i in range(0, len(record), size)]
@@ -181,18 +199,21 @@ def parse_notice(data: bytes) -> list[Any]:
     raise Malformed(f"unknown notice {body[0]!r}")
 
 
-def rpc_request(op: str) -> bytes:
-    return encode([VERSION, op])
+def rpc_request(op: str, args: Any = None) -> bytes:
+    return encode([VERSION, op] if args is None else [VERSION, op, args])
 
 
-def decode_rpc_request(data: bytes) -> str:
+def decode_rpc_request(data: bytes) -> tuple[str, Any]:
+    """(op, args): args is None but for CHANNEL, whose args are a list."""
     try:
         msg = decode(data)
     except (ValueError, TypeError) as exc:
         raise Malformed(f"undecodable request ({exc})") from None
-    if type(msg) is not list or len(msg) != 2 or msg[0] != VERSION or msg[1] not in (PING, METRICS):
-        raise Malformed("a request must be [version, 'ping' or 'metrics']")
-    return msg[1]
+    if type(msg) is list and len(msg) == 2 and msg[0] == VERSION and msg[1] in (PING, METRICS):
+        return msg[1], None
+    if type(msg) is list and len(msg) == 3 and msg[0] == VERSION and msg[1] == CHANNEL and type(msg[2]) is list:
+        return CHANNEL, msg[2]
+    raise Malformed("a request must be [version, 'ping' or 'metrics'] or [version, 'channel', args]")
 
 
 def rpc_reply(node: str, incarnation: int, body: Any) -> bytes:
