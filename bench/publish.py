@@ -572,6 +572,7 @@ class PublishRunner:
             "client_cpu_pct": 100.0 * (client1 - client0) / elapsed,
             "publisher_cpu_pct": 100.0 * (pub1 - pub0) / elapsed,
             "publisher_behind_ms": pub.get("behind_ms"),
+            "publisher_held_s": pub.get("held_s"),
             "deliveries": deliveries,
             "published": published,
             "server_rss_mib": rss / 2**20,

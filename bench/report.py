@@ -806,6 +806,12 @@ def _cpu_parts(r: Row) -> str:
     return " + ".join(f"{k} {v:.0f}" for k, v in parts.items()) if parts else "-"
 
 
+def _publishes_cell(r: Row) -> str:
+    """Publishes/s; at a steady rate, how long the window held the publisher back (the server was behind)."""
+    held = r.get("publisher_held_s") if r.get("mode") == "steady" else None
+    return _f(r.get("publishes_per_s")) + (f" (held back {held:.1f} s)" if held and held >= 0.05 else "")
+
+
 def table_publish(rows: list[Row]) -> str:
     """Per (subscribers, mode): each server, its ratios to the best incumbent of the same point."""
     header = ["subscribers", "mode", "server", "publishes/s", "deliveries/s", "÷ best incumbent", "p50 ms",
@@ -816,7 +822,7 @@ def table_publish(rows: list[Row]) -> str:
         for r in group:
             lines.append([_f(subs), mode + (f" {_f(r.get('rate'))}/s" if mode == "steady" else
                                             f" (window {r.get('window')})"),
-                          f"**{r['server']}**" if r is best else r["server"], _f(r.get("publishes_per_s")),
+                          f"**{r['server']}**" if r is best else r["server"], _publishes_cell(r),
                           _f(r.get("deliveries_per_s")),
                           _ratio(r.get("deliveries_per_s"), best and best.get("deliveries_per_s")),
                           _f(r.get("p50_ms"), 2), _f(r.get("p99_ms"), 2), _f(r.get("cpu_us_per_delivery"), 2),
