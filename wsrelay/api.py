@@ -160,8 +160,12 @@ def _string(body: dict[str, Any], field: str, required: bool = True) -> Optional
 
 
 def _channel(body: dict[str, Any], field: str = "channel") -> str:
-    name = _string(body, field)
-    assert name is not None
+    return _channel_name(_required(body, field), field)
+
+
+def _channel_name(name: Any, field: str) -> str:
+    if type(name) is not str or not name:
+        raise _bad(field, f"must be a non-empty string, got {_shown(name)}")
     try:
         return channels.check_channel_name(name)
     except ValueError as exc:
@@ -218,7 +222,7 @@ def _broadcast(api: Api, body: dict[str, Any]) -> Outcome:
     names = _required(body, "channels")
     if type(names) is not list or not names:
         raise _bad("channels", f"must be a non-empty list of channel names, got {_shown(names)}")
-    checked = [_channel({"channel": name}, f"channels[{i}]") for i, name in enumerate(names)]
+    checked = [_channel_name(name, f"channels[{i}]") for i, name in enumerate(names)]
     data = _required(body, "data")
     key = _idempotency_key(body)
 
@@ -286,9 +290,10 @@ async def _disconnect(api: Api, body: dict[str, Any]) -> Any:
     return {"closed": closed}
 
 
-async def _channels(api: Api, body: dict[str, Any]) -> Any:
+def _channels(api: Api, body: dict[str, Any]) -> Outcome:
     pattern = _string(body, "pattern", required=False)
-    return {"channels": await channels.stats(pattern)}
+    # Every node's channels, as this one knows them.
+    return {"channels": channels.active(pattern)}
 
 
 def _history(api: Api, body: dict[str, Any]) -> Outcome:
