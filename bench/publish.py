@@ -57,7 +57,6 @@ from .scenarios import Options
 from .servers import BENCH, ROOT, RunningServer, ServerError, ServerSpec
 
 APP = BENCH / "servers" / "wsrelay_app" / "app.yaml"
-MODES = ("max", "steady")
 PARTS = ("peers", "group", "workers", "api")
 # Seconds the subscribers may take to connect, beyond 1 s per 50.
 CONNECT_S = 60
@@ -70,8 +69,9 @@ class Framing:
     """How a server's WebSocket carries the publications: a text message
     holding the publisher's stamp somewhere (a channel envelope, the
     consumer's text), found by ``bench.publisher.STAMP``. ``control``
-    answers what is not a publication; True when the message was one of
-    those."""
+    answers what is a message of the protocol, not a publication; True when
+    the message was one of those (anything else without a stamp counts as
+    ``no_stamp``)."""
 
     name = "text"
 
@@ -98,7 +98,7 @@ class SocketIO(Framing):
         elif data.startswith(self.OPEN):
             transport.send(picows.WSMsgType.TEXT, self.CONNECT)
         else:
-            raise ValueError(f"unexpected Engine.IO packet {data[:40]!r}")
+            return False
         return True
 
 
@@ -253,9 +253,6 @@ class Peer:
     redis: bool = False
     workers: int = 0
 
-    def spec(self) -> ServerSpec:
-        return ServerSpec(self.name, self.description, lambda host, port: [], {})
-
 
 def _uvicorn(app: str) -> Callable[[str, int, str], list[str]]:
     """uvicorn as its docs run it, on uvloop, its WebSocket protocol its
@@ -363,7 +360,7 @@ class PeerServer(RunningServer):
         self.redis = redis
         self._log_offset = log_path.stat().st_size if log_path.exists() else 0
         url = redis.url if redis is not None else ""
-        spec = dataclasses.replace(peer.spec(), argv=lambda host, port: peer.argv(host, port, url))
+        spec = ServerSpec(peer.name, peer.description, lambda host, port: peer.argv(host, port, url), {})
         super().__init__(spec, log_path, start_timeout=60.0, env={**env, "BENCH_REDIS_URL": url} if url else env)
 
     def wait_ready(self, timeout: float) -> None:
@@ -587,17 +584,12 @@ def _shared_path(tag: str) -> pathlib.Path:
     return base / f"wsrelay-bench-publish-{os.getpid()}-{tag}"
 
 
-def steady_rate(rows: list[dict[str, Any]], subscribers: int) -> Optional[float]:
-    """Half the best incumbent's ``max`` publish rate at ``subscribers``
-    (wsrelay's when no incumbent got one): a rate every server there should
-    sustain."""
-    def best(names: tuple[str, ...]) -> Optional[float]:
-        rates = [r["publishes_per_s"] for r in rows if r["server"] in names and r.get("mode") == "max"
-                 and r["subscribers"] == subscribers and r.get("publishes_per_s") and not r.get("failed")]
-        return max(rates) if rates else None
-
-    rate = best(INCUMBENTS) or best(("wsrelay",))
-    return None if rate is None else max(1.0, round(rate / 2, 1))
+def steady_rate(rows: list[dict[str, Any]], subscribers: int, names: tuple[str, ...]) -> Optional[float]:
+    """Half the best ``max`` publish rate of the servers ``names`` at
+    ``subscribers`` in this run: a rate the best of them sustains."""
+    rates = [r["publishes_per_s"] for r in rows if r["server"] in names and r.get("mode") == "max"
+             and r["subscribers"] == subscribers and r.get("publishes_per_s") and not r.get("failed")]
+    return max(1.0, round(max(rates) / 2, 1)) if rates else None
 
 
 Step = Callable[[], list[dict[str, Any]]]
@@ -616,8 +608,10 @@ def steps(runner: PublishRunner, counts: list[int], servers: list[str], parts: t
             return [] if p is None else [runner.measure(PEERS[peer], p)]
         out.append(step)
 
-    def steady(n: int) -> Optional[Point]:
-        r = rate or steady_rate(rows, n)
+    def steady(n: int, *of: tuple[str, ...]) -> Optional[Point]:
+        """The steady point at ``n``: ``--rate``, or from the max rates of
+        the first of ``of`` that has one."""
+        r = rate or next((x for x in (steady_rate(rows, n, names) for names in of) if x), None)
         if r is None:
             log(f"publish n={n}: no max rate measured, no steady run")
             return None
@@ -625,19 +619,27 @@ def steps(runner: PublishRunner, counts: list[int], servers: list[str], parts: t
         # holds the publisher back (its publishes/s say so) rather than queue without end.
         return Point(n, "steady", rate=r, window=max(window, int(2 * r)), size=size)
 
+    def at_max(n: int) -> Point:
+        return Point(n, "max", window=window, size=size)
+
     largest = max(counts)
     if "peers" in parts:
         for n in counts:
             for name in servers:
-                one(name, lambda n=n: Point(n, "max", window=window, size=size))
+                one(name, lambda n=n: at_max(n))
             for name in servers:
-                one(name, lambda n=n: steady(n))
-    if "group" in parts:
+                one(name, lambda n=n: steady(n, INCUMBENTS, ("wsrelay",)))
+    # Group.send and the workers beside the channel: at max rate, then all
+    # three at one steady rate (half the channel's max), for CPU per
+    # delivery at the same work per second.
+    beside = [name for part, name in (("group", "wsrelay-group"), ("workers", "wsrelay-w2")) if part in parts]
+    if beside:
         if "peers" not in parts or "wsrelay" not in servers:
-            one("wsrelay", lambda: Point(largest, "max", window=window, size=size))
-        one("wsrelay-group", lambda: Point(largest, "max", window=window, size=size))
-    if "workers" in parts:
-        one("wsrelay-w2", lambda: Point(largest, "max", window=window, size=size))
+            one("wsrelay", lambda: at_max(largest))
+        for name in beside:
+            one(name, lambda: at_max(largest))
+        for name in ("wsrelay", *beside):
+            one(name, lambda: steady(largest, ("wsrelay",)))
     if "api" in parts:
         one("wsrelay", lambda: Point(1, "api", size=size))
     return out
