@@ -52,7 +52,7 @@ from . import procfs
 from .cluster import SERVING
 from .common import log, ms, per, split, status_rate, sum_errors
 from .loadgen import LoadGen, LoadGenError, Worker, latencies, now_ns, percentile, source_ips
-from .publisher import PROBE, STAMP, STAMP_LEN, Shared, filler
+from .publisher import NOTHING, STAMP, STAMP_LEN, Shared, filler
 from .scenarios import Options
 from .servers import BENCH, ROOT, RunningServer, ServerError, ServerSpec
 
@@ -139,7 +139,7 @@ class Subscribers:
         self.shared = Shared(p["shared"], p["workers"])
         self.slot = 1 + worker.index
         self.n_subs = p["conns"]
-        self.done = -1
+        self.done = NOTHING
         self.synced = 0
 
     def connected(self, n: int) -> None:
@@ -185,25 +185,25 @@ class Subscribers:
                     stats.error("no_stamp")
                     return
                 ts, seq = int(data[i + 1:i + 21]), int(data[i + 21:i + STAMP_LEN])
-                if seq == PROBE:
+                if seq < 0:  # a probe: in the room
                     if not self.synced:
                         self.synced = True
                         run.synced += 1
                         counters["synced"] += 1
                         if run.synced == run.n_subs:
                             worker.emit("phase", phase="synced")
-                    return
-                if seq != self.expect_seq:
-                    stats.error("missed" if seq > self.expect_seq else "out_of_order",
-                                max(1, seq - self.expect_seq))
-                self.expect_seq = seq + 1
-                if (self.n & 63) == 0:
-                    counters["checked"] += 1
-                    if data[i + STAMP_LEN:i + STAMP_LEN + len(tail)] != tail:
-                        stats.error("wrong_content")
-                self.n += 1
-                counters["msgs"] += 1
-                worker.count_in_window(now, ts, len(data))
+                else:
+                    if seq != self.expect_seq:
+                        stats.error("missed" if seq > self.expect_seq else "out_of_order",
+                                    max(1, seq - self.expect_seq))
+                    self.expect_seq = seq + 1
+                    if (self.n & 63) == 0:
+                        counters["checked"] += 1
+                        if data[i + STAMP_LEN:i + STAMP_LEN + len(tail)] != tail:
+                            stats.error("wrong_content")
+                    self.n += 1
+                    counters["msgs"] += 1
+                    worker.count_in_window(now, ts, len(data))
                 c = pending.get(seq, 0) + 1
                 if c >= run.n_subs:
                     pending.pop(seq, None)
@@ -527,6 +527,7 @@ class PublishRunner:
                     publisher = Publisher(peer, target, shared_path, procs, point.size,
                                           self.logs / f"publisher-{tag}.log", env)
                     lg.wait_phase("synced", 60 + subs / 200)
+                    self.wait_quiet(lg, shared, 60 + subs / 200)
                     t_measure = now_ns() + int(opts.warmup * 1e9)
                     t_end = t_measure + int(opts.duration * 1e9)
                     lg.send_all("go", t_measure=t_measure, t_end=t_end)
@@ -577,6 +578,17 @@ class PublishRunner:
             "errors": errors,
             "procs": procs,
         }
+
+
+    @staticmethod
+    def wait_quiet(lg: LoadGen, shared: Shared, timeout: float) -> None:
+        """Until every subscriber has the last probe: nothing of the sync is
+        still queued in the server when the run starts."""
+        deadline = now_ns() + int(timeout * 1e9)
+        while not shared.quiet():
+            if now_ns() > deadline:
+                raise LoadGenError(f"the last probe had not reached every subscriber after {timeout:.0f}s")
+            lg.wait_until(now_ns() + 50_000_000)
 
 
 def _shared_path(tag: str) -> pathlib.Path:

@@ -5,8 +5,10 @@ bench/servers/socketio_publish.py), each giving it a ``Sender`` that
 publishes one text message to the room its own way.
 
 Talk with the bench (bench/publish.py) goes over stdin and stdout, one JSON
-object a line. Until the first line arrives the driver publishes a probe a
-few times a second (the subscribers' sign that they are in the room); the
+object a line. Until the first line arrives the driver publishes probes (the
+subscribers' sign that they are in the room): the next one once every
+subscriber has the last, or after ``REPROBE_S`` (one that joined late), so
+that a slow server has no probes queued when the run starts; the
 line ``{"t_end": ns, "rate": r, "window": w}`` starts the run: publications
 numbered from 0 until the instant ``t_end`` (CLOCK_MONOTONIC, which the
 load generator's processes share), ``rate`` a second (None: as fast as the
@@ -36,8 +38,11 @@ now_ns = time.monotonic_ns
 # subscriber finds the stamp by its '~', which none of the wrappings use.
 STAMP = "~"
 STAMP_LEN = 41
-PROBE = -1
-PROBE_EVERY_S = 0.25
+# Probes are numbered from PROBE_FIRST up, below 0 (the first publication):
+# the subscribers' progress through them is tracked as through publications.
+PROBE_FIRST = -(1 << 40)
+REPROBE_S = 5.0
+NOTHING = -(1 << 62)  # a slot before anything was received
 FILLER_WORDS = "the room meeting at ten see you there ok thanks lunch build deploy green review "
 
 
@@ -54,8 +59,9 @@ def message(ts: int, seq: int, tail: str) -> str:
 
 class Shared:
     """The file the load generator workers and the publisher share (int64
-    slots, mapped): slot 0 the last sequence number published, slot 1 + i
-    the highest one every subscriber of worker i has received."""
+    slots, mapped): slot 0 the last sequence number published (a probe's
+    before the run), slot 1 + i the highest one every subscriber of worker
+    i has received."""
 
     def __init__(self, path: str, workers: int, create: bool = False) -> None:
         size = 8 * (1 + workers)
@@ -69,10 +75,14 @@ class Shared:
         self.slots = memoryview(self._map).cast("q")
         if create:
             for i in range(len(self.slots)):
-                self.slots[i] = -1
+                self.slots[i] = NOTHING
 
     def slowest(self) -> int:
         return min(self.slots[1:])
+
+    def quiet(self) -> bool:
+        """Every subscriber has the last thing published: nothing is queued."""
+        return self.slowest() >= self.slots[0]
 
     def close(self) -> None:
         self.slots.release()
@@ -99,13 +109,18 @@ def drive(publish: Sender, shared: Shared, size: int) -> dict[str, Any]:
             return False
         return True
 
+    slots = shared.slots
     line = None
+    probe = PROBE_FIRST
     while not line:
-        send(PROBE)
-        line = _line(PROBE_EVERY_S)
+        send(probe)
+        slots[0] = probe
+        reprobe = now_ns() + int(REPROBE_S * 1e9)
+        while not line and (now_ns() < reprobe or shared.quiet()):
+            line = _line(0.02)
+        probe += 1
     order = json.loads(line)
     t_end, rate, window = order["t_end"], order.get("rate"), order.get("window")
-    slots = shared.slots
     seq = published = 0
     held = 0  # ns the window held the publisher back: the subscribers were behind
     cpu0 = time.process_time()
@@ -115,7 +130,7 @@ def drive(publish: Sender, shared: Shared, size: int) -> dict[str, Any]:
         now = now_ns()
         if now >= t_end:
             break
-        if window is not None and seq - shared.slowest() > window:
+        if window is not None and seq - max(-1, shared.slowest()) > window:
             time.sleep(0.0002)
             held += now_ns() - now
             continue
