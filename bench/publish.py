@@ -518,7 +518,7 @@ class PublishRunner:
                 params = {"op": "publish", "url": server.url, "path": peer.path, "framing": peer.framing,
                           "shared": str(shared_path), "workers": procs, "size": point.size,
                           "source_ips": self.ips, "timeout": opts.timeout,
-                          "connect_concurrency": opts.connect_concurrency, "drain": 10.0}
+                          "connect_concurrency": opts.connect_concurrency, "drain": drain_s(subs)}
                 with LoadGen(procs, params, f"publish {peer.name} n={subs} {point.mode}",
                              status_rate("msgs", "deliveries"), lambda i, _: {"conns": parts[i]},
                              worker=PublishWorker) as lg:
@@ -540,7 +540,7 @@ class PublishRunner:
                     cpu1, client1, pub1 = server.cpu_parts(), lg.cpu_seconds(), publisher.cpu_seconds()
                     rss = server.rss()
                     pub = publisher.result(30)
-                    results = lg.wait_results(opts.timeout + 60)
+                    results = lg.wait_results(opts.timeout + drain_s(subs) + 60)
         finally:
             if publisher is not None:
                 publisher.stop()
@@ -589,6 +589,13 @@ class PublishRunner:
             if now_ns() > deadline:
                 raise LoadGenError(f"the last probe had not reached every subscriber after {timeout:.0f}s")
             lg.wait_until(now_ns() + 50_000_000)
+
+
+def drain_s(subscribers: int) -> float:
+    """Seconds the subscribers wait after the window for the last
+    publication: a window of them at a slow server's few thousand
+    deliveries a second (Django Channels: 4 × 15k in about 20 s)."""
+    return 10.0 + subscribers / 500
 
 
 def _shared_path(tag: str) -> pathlib.Path:
