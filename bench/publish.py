@@ -39,6 +39,7 @@ import os
 import pathlib
 import resource
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -49,12 +50,12 @@ from typing import Any, Callable, Optional
 import picows
 
 from . import procfs
-from .cluster import SERVING
+from .cluster import GONE, SERVING
 from .common import log, ms, per, split, status_rate, sum_errors
 from .loadgen import LoadGen, LoadGenError, Worker, latencies, now_ns, percentile, source_ips
 from .publisher import NOTHING, STAMP, STAMP_LEN, Shared, filler
 from .scenarios import Options
-from .servers import BENCH, ROOT, RunningServer, ServerError, ServerSpec
+from .servers import BENCH, ROOT, RunningServer, ServerError, ServerSpec, free_port
 
 APP = BENCH / "servers" / "wsrelay_app" / "app.yaml"
 PARTS = ("peers", "group", "workers", "api")
@@ -299,7 +300,7 @@ class Redis:
         exe = _redis_server()
         if exe is None:
             raise ServerError("redis-server is not installed (make redis)")
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.log = open(log_path, "ab")
         self.proc = subprocess.Popen([exe, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
@@ -336,17 +337,9 @@ class Redis:
 
 
 def _redis_server() -> Optional[str]:
-    for d in (*os.environ.get("PATH", "").split(os.pathsep), "/usr/sbin", "/usr/local/sbin"):
-        exe = pathlib.Path(d) / "redis-server"
-        if d and exe.exists():
-            return str(exe)
-    return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """Debian puts it in /usr/sbin, which a user's PATH may lack."""
+    return shutil.which("redis-server", path=os.pathsep.join((os.environ.get("PATH", ""), "/usr/sbin",
+                                                              "/usr/local/sbin")))
 
 
 class PeerServer(RunningServer):
@@ -375,15 +368,19 @@ class PeerServer(RunningServer):
                 raise ServerError(f"{self.peer.name}: its workers were not all serving; see {self.log_path}")
             time.sleep(0.05)
 
-    def cpu_parts(self) -> dict[str, float]:
-        """CPU seconds so far: the server's process tree, the redis-server."""
-        server = 0.0
+    def _tree(self, read: Callable[[int], float]) -> float:
+        """``read`` summed over the server's process tree."""
+        total = 0.0
         for pid in procfs.descendants(self.pid):
             try:
-                server += procfs.cpu_seconds(pid)
-            except (OSError, IndexError, ValueError):
+                total += read(pid)
+            except GONE:
                 continue  # a process of the tree that ended between the walk and the read
-        parts = {"server": server}
+        return total
+
+    def cpu_parts(self) -> dict[str, float]:
+        """CPU seconds so far: the server's process tree, the redis-server."""
+        parts = {"server": self._tree(procfs.cpu_seconds)}
         if self.redis is not None:
             parts["redis"] = procfs.cpu_seconds(self.redis.pid)
         return parts
@@ -392,13 +389,8 @@ class PeerServer(RunningServer):
         return sum(self.cpu_parts().values())
 
     def rss(self) -> int:
-        total = 0
-        for pid in procfs.descendants(self.pid) + ([self.redis.pid] if self.redis else []):
-            try:
-                total += procfs.rss_bytes(pid)
-            except (OSError, IndexError, ValueError):
-                continue  # ended between the walk and the read
-        return total
+        redis = procfs.rss_bytes(self.redis.pid) if self.redis is not None else 0
+        return int(self._tree(procfs.rss_bytes)) + redis
 
     def stop(self, timeout: float = 30.0) -> Optional[int]:
         try:
