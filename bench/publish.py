@@ -416,10 +416,17 @@ class Publisher:
         self.proc = subprocess.Popen(argv, cwd=str(ROOT), env=full_env, stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=self.log)
 
-    def start(self, t_end: int, rate: Optional[float], window: Optional[int]) -> None:
+    def _tell(self, order: dict[str, Any]) -> None:
         assert self.proc.stdin is not None
-        self.proc.stdin.write((json.dumps({"t_end": t_end, "rate": rate, "window": window}) + "\n").encode())
+        self.proc.stdin.write((json.dumps(order) + "\n").encode())
         self.proc.stdin.flush()
+
+    def hold(self) -> None:
+        """No more probes: every subscriber is in the room."""
+        self._tell({"cmd": "hold"})
+
+    def start(self, t_end: int, rate: Optional[float], window: Optional[int]) -> None:
+        self._tell({"cmd": "go", "t_end": t_end, "rate": rate, "window": window})
 
     def cpu_seconds(self) -> float:
         return procfs.cpu_seconds(self.proc.pid)
@@ -519,6 +526,7 @@ class PublishRunner:
                     publisher = Publisher(peer, target, shared_path, procs, point.size,
                                           self.logs / f"publisher-{tag}.log", env)
                     lg.wait_phase("synced", 60 + subs / 200)
+                    publisher.hold()
                     self.wait_quiet(lg, shared, 60 + subs / 200)
                     t_measure = now_ns() + int(opts.warmup * 1e9)
                     t_end = t_measure + int(opts.duration * 1e9)
@@ -574,8 +582,8 @@ class PublishRunner:
 
     @staticmethod
     def wait_quiet(lg: LoadGen, shared: Shared, timeout: float) -> None:
-        """Until every subscriber has the last probe: nothing of the sync is
-        still queued in the server when the run starts."""
+        """Until every subscriber has the last probe (the publisher holds):
+        nothing of the sync is still queued in the server when the run starts."""
         deadline = now_ns() + int(timeout * 1e9)
         while not shared.quiet():
             if now_ns() > deadline:

@@ -5,11 +5,11 @@ bench/servers/socketio_publish.py), each giving it a ``Sender`` that
 publishes one text message to the room its own way.
 
 Talk with the bench (bench/publish.py) goes over stdin and stdout, one JSON
-object a line. Until the first line arrives the driver publishes probes (the
-subscribers' sign that they are in the room): the next one once every
-subscriber has the last, or after ``REPROBE_S`` (one that joined late), so
-that a slow server has no probes queued when the run starts; the
-line ``{"t_end": ns, "rate": r, "window": w}`` starts the run: publications
+object a line. Until told ``{"cmd": "hold"}`` the driver publishes probes
+(the subscribers' sign that they are in the room): another one only when the
+last has not reached every subscriber ``REPROBE_S`` after it (one joined the
+room late), so that a slow server has few probes queued when the run
+starts. ``{"cmd": "go", "t_end": ns, "rate": r, "window": w}`` starts the run: publications
 numbered from 0 until the instant ``t_end`` (CLOCK_MONOTONIC, which the
 load generator's processes share), ``rate`` a second (None: as fast as the
 window lets), at most ``window`` of them not yet received by every
@@ -89,10 +89,29 @@ class Shared:
         self._map.close()
 
 
-def _line(timeout: float) -> Optional[str]:
-    """A line of stdin if one comes within ``timeout`` s."""
-    ready, _, _ = select.select([sys.stdin], [], [], timeout)
-    return sys.stdin.readline() if ready else None
+class Orders:
+    """The bench's lines on stdin, read without Python's buffering (a
+    buffered read may take two lines at once, and select() would not say
+    the second one is there)."""
+
+    def __init__(self) -> None:
+        self.fd = sys.stdin.fileno()
+        self.buf = b""
+
+    def next(self, timeout: float) -> Optional[dict[str, Any]]:
+        """The next order, if one comes within ``timeout`` s."""
+        if b"\n" not in self.buf:
+            ready, _, _ = select.select([self.fd], [], [], timeout)
+            if not ready:
+                return None
+            chunk = os.read(self.fd, 4096)
+            if not chunk:
+                raise EOFError("the bench closed the publisher's stdin before go")
+            self.buf += chunk
+            if b"\n" not in self.buf:
+                return None
+        line, self.buf = self.buf.split(b"\n", 1)
+        return json.loads(line)
 
 
 def drive(publish: Sender, shared: Shared, size: int) -> dict[str, Any]:
@@ -110,16 +129,24 @@ def drive(publish: Sender, shared: Shared, size: int) -> dict[str, Any]:
         return True
 
     slots = shared.slots
-    line = None
-    probe = PROBE_FIRST
-    while not line:
-        send(probe)
-        slots[0] = probe
-        reprobe = now_ns() + int(REPROBE_S * 1e9)
-        while not line and (now_ns() < reprobe or shared.quiet()):
-            line = _line(0.02)
-        probe += 1
-    order = json.loads(line)
+    orders = Orders()
+    probe = PROBE_FIRST - 1
+    probing = True
+    reprobe = 0
+    while True:
+        # Another probe when the last is still on its way REPROBE_S after it
+        # (a subscriber may have joined the room after it), until told to hold.
+        if probing and now_ns() >= reprobe and (probe < PROBE_FIRST or not shared.quiet()):
+            probe += 1
+            send(probe)
+            slots[0] = probe
+            reprobe = now_ns() + int(REPROBE_S * 1e9)
+        order = orders.next(0.02)
+        if order is None:
+            continue
+        if order["cmd"] == "go":
+            break
+        probing = False  # "hold": every subscriber is in the room
     t_end, rate, window = order["t_end"], order.get("rate"), order.get("window")
     seq = published = 0
     held = 0  # ns the window held the publisher back: the subscribers were behind
