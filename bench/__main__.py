@@ -184,10 +184,9 @@ def cluster_parser() -> argparse.ArgumentParser:
 
 def _peers(text: str) -> list[str]:
     names = [s.strip() for s in text.split(",") if s.strip()]
-    known = [n for n in publish.PEERS if n not in ("wsrelay-group", "wsrelay-w2")]
-    unknown = [n for n in names if n not in known]
+    unknown = [n for n in names if n not in publish.SIDE_BY_SIDE]
     if unknown:
-        raise argparse.ArgumentTypeError(f"unknown server(s) {unknown}; known: {', '.join(known)}")
+        raise argparse.ArgumentTypeError(f"unknown server(s) {unknown}; known: {', '.join(publish.SIDE_BY_SIDE)}")
     return names
 
 
@@ -196,7 +195,7 @@ def publish_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     _quick_and_procs(p.add_argument, "load generator processes at least (default 2)")
     _client_options(p.add_argument)
-    p.add_argument("--servers", type=_peers, default=["wsrelay", *publish.INCUMBENTS],
+    p.add_argument("--servers", type=_peers, default=list(publish.SIDE_BY_SIDE),
                    help="the servers side by side (default wsrelay,django-channels,python-socketio)")
     p.add_argument("--subscribers", type=parse_ints, help="room sizes (default 1k,15k; quick 200,1k)")
     p.add_argument("--window", type=int, default=4,

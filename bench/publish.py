@@ -291,6 +291,9 @@ PEERS: dict[str, Peer] = {p.name: p for p in (
                   workers=2),
 )}
 INCUMBENTS = ("django-channels", "python-socketio")
+# The servers of the side-by-side part (--servers); wsrelay-group and
+# wsrelay-w2 run in their own parts.
+SIDE_BY_SIDE = ("wsrelay", *INCUMBENTS)
 
 
 class Redis:
