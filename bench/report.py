@@ -20,6 +20,7 @@ import matplotlib
 import matplotlib.pyplot as plt
 
 from .procfs import loadavg, proc_lines
+from .publish import INCUMBENTS
 from .servers import NODE_DIR, ROOT
 
 SERVER_ORDER = ("wsrelay", "wsrelay@base", "picows", "websockets", "aiohttp", "node")
@@ -790,12 +791,9 @@ def cluster_plots(data: dict[str, Any], out: pathlib.Path) -> list[pathlib.Path]
 # -- the publish scenario -----------------------------------------------------------------------------------------
 
 
-PUBLISH_INCUMBENTS = ("django-channels", "python-socketio")
-
-
 def _best_incumbent(rows: list[Row], subscribers: int, mode: str, rate: Optional[float] = None) -> Optional[Row]:
     """The incumbent with the most deliveries/s at this point of the run."""
-    peers = [r for r in rows if r["scenario"] == "publish" and r["server"] in PUBLISH_INCUMBENTS
+    peers = [r for r in rows if r["scenario"] == "publish" and r["server"] in INCUMBENTS
              and r["subscribers"] == subscribers and r["mode"] == mode and r.get("rate") == rate
              and r.get("deliveries_per_s") and not r.get("failed")]
     return max(peers, key=lambda r: r["deliveries_per_s"], default=None)
