@@ -22,9 +22,14 @@ every server (``--rate``, by default half the best incumbent's ``max``
 rate at that N measured in this run). Beside them, at the largest N:
 ``wsrelay-group`` (the same subscribers, relayed to a room process that
 holds a ``wsrelay.Group`` of them, made to send by the API), and
-``wsrelay-w2`` (the channel publish over ``WSRELAY_WORKERS=2``). ``--api``:
-one client's publishes per second over keep-alive to a channel with one
-subscriber, and the server CPU per call.
+``wsrelay-w2`` (the channel publish over ``WSRELAY_WORKERS=2``), at max
+rate and then, with the channel, at one steady rate (half the channel's
+max). ``--api``: one client's publishes per second over keep-alive to a
+channel with one subscriber, and the server CPU per call.
+
+Before each window the publisher probes until every subscriber is in the
+room, then holds until the last probe has reached them all (``PublishRunner.
+wait_quiet``); bench/publisher.py says how.
 
 Server CPU is summed over every process of the server (its process tree:
 wsrelay's workers and broker, uvicorn) and its redis-server.
