@@ -439,6 +439,15 @@ class Publisher:
     def cpu_seconds(self) -> float:
         return procfs.cpu_seconds(self.proc.pid)
 
+    def ended(self) -> bool:
+        return self.proc.poll() is not None
+
+    def check(self) -> None:
+        """Raise if the publisher ended before its run."""
+        if self.ended():
+            raise LoadGenError(f"the publisher ended before its run (exit {self.proc.returncode}); "
+                               f"see {self.log.name}")
+
     def result(self, timeout: float) -> dict[str, Any]:
         try:
             out, _ = self.proc.communicate(timeout=timeout)
@@ -533,9 +542,9 @@ class PublishRunner:
                     target = redis.url if redis is not None else f"http://{server.host}:{server.port}"
                     publisher = Publisher(peer, target, shared_path, procs, point.size,
                                           self.logs / f"publisher-{tag}.log", env)
-                    lg.wait_phase("synced", 60 + subs / 200)
+                    self.wait_synced(lg, publisher, 60 + subs / 200)
                     publisher.hold()
-                    self.wait_quiet(lg, shared, 60 + subs / 200)
+                    self.wait_quiet(lg, publisher, shared, 60 + subs / 200)
                     t_measure = now_ns() + int(opts.warmup * 1e9)
                     t_end = t_measure + int(opts.duration * 1e9)
                     lg.send_all("go", t_measure=t_measure, t_end=t_end)
@@ -589,11 +598,21 @@ class PublishRunner:
 
 
     @staticmethod
-    def wait_quiet(lg: LoadGen, shared: Shared, timeout: float) -> None:
+    def wait_synced(lg: LoadGen, publisher: Publisher, timeout: float) -> None:
+        """Until every worker's subscribers have had a probe; a publisher
+        that ended meanwhile fails the row at once."""
+        deadline = now_ns() + int(timeout * 1e9)
+        lg.wait_until(deadline, lambda: publisher.ended() or all(("synced", i) in lg.phases for i in range(lg.procs)))
+        publisher.check()
+        lg.wait_phase("synced", 0)
+
+    @staticmethod
+    def wait_quiet(lg: LoadGen, publisher: Publisher, shared: Shared, timeout: float) -> None:
         """Until every subscriber has the last probe (the publisher holds):
         nothing of the sync is still queued in the server when the run starts."""
         deadline = now_ns() + int(timeout * 1e9)
         while not shared.quiet():
+            publisher.check()
             if now_ns() > deadline:
                 raise LoadGenError(f"the last probe had not reached every subscriber after {timeout:.0f}s")
             lg.wait_until(now_ns() + 50_000_000)
