@@ -82,6 +82,7 @@ CLUSTER_APP_YAML = _ws_app(
 CHANNELS_APP_YAML = _ws_app(
     "ch",
     '{name: chat, kind: http.endpoint, meta: {router: ws}, path: /chat, func: "tests.procs:channels_endpoint"}',
+    '{name: member, kind: http.endpoint, meta: {router: ws}, path: /member, func: "tests.procs:member_endpoint"}',
     '{name: rooms, kind: channel.namespace, pattern: "room:*", history_size: 10, history_ttl: 1m, presence: true}',
 )
 

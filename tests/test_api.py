@@ -517,3 +517,98 @@ async def test_an_idle_connection_is_closed_on_shutdown():
             await until(lambda: not gw.api.connections, what="the API connections to go")
         finally:
             conn.close()
+
+
+async def test_history_and_presence_of_a_namespace_that_asks_for_them_are_not_implemented_yet():
+    app = relay_app(lambda req, res: None)
+    app.channel_namespace("rooms", "room:*", history_size=10, presence=True)
+    async with running(app, api_key=KEY) as gw, connection(gw.address()) as conn:
+        for method in ("history", "presence", "presence_stats"):
+            answer = await conn.call(method, {"channel": LOBBY})
+            assert (answer.status, answer.error()[0]) == (501, "not_implemented"), answer.body
+        assert (await conn.call("history", {"channel": "user:1"})).error()[0] == "history_not_enabled"
+
+
+def test_the_reference_names_every_method_and_error_code():
+    from tests.harness import REPO
+    from wsrelay.api import ERRORS, REFUSALS
+
+    doc = (REPO / "docs" / "api.md").read_text()
+    missing = [f"### `{m}`" for m in METHODS if f"`{m}`" not in doc]
+    missing += [f"| `{code}` | {status} |" for code, status in ERRORS.items() if f"| `{code}` | {status} |" not in doc]
+    missing += [f"`{reason}`" for reason in REFUSALS if f"`{reason}`" not in doc]
+    assert not missing, f"docs/api.md does not describe {missing}"
+
+
+# -- WSRELAY_WORKERS ----------------------------------------------------------------------------
+
+
+async def test_every_worker_serves_the_api_addr_and_a_publish_reaches_every_worker(tmp_path):
+    """Two workers each bind WSRELAY_API_ADDR (SO_REUSEPORT): requests on
+    new connections are spread over both, and each publication reaches the
+    subscribers of both workers."""
+    import socket
+
+    from tests.apps import write_channels_app
+    from tests.harness import ServerProcess, serve_command
+
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    env = {"WSRELAY_WORKERS": "2", "WSRELAY_API_KEY": KEY, "WSRELAY_API_ADDR": f"127.0.0.1:{port}",
+           "WSRELAY_LOG_LEVEL": "INFO"}
+    async with ServerProcess(serve_command(write_channels_app(tmp_path)), env=env) as server:
+        clients = [await websockets.connect(server.url("/ws/chat?ch=news")) for _ in range(8)]
+        try:
+            # The kernel spreads connections over the workers: both have subscribers.
+            nodes = {json.loads((await http_request(server, "/health")).body)["node"] for _ in range(20)}
+            assert len(nodes) == 2, nodes
+
+            async def everywhere() -> bool:
+                """Whether the workers asked (on new connections) see all 8 subscribers."""
+                for _ in range(6):
+                    async with connection(("127.0.0.1", port)) as conn:
+                        answer = await conn.call("channels", {"pattern": "news"})
+                        if answer.json["result"]["channels"] != {"news": {"subscribers": 8}}:
+                            return False
+                return True
+
+            while not await everywhere():
+                await asyncio.sleep(0.05)
+            for i in range(6):
+                async with connection(("127.0.0.1", port)) as conn:
+                    assert (await conn.call("publish", {"channel": "news", "data": i})).status == 200
+            for ws in clients:
+                # Each worker is a publisher of its own: no order between them.
+                got = sorted([await recv_json(ws) for _ in range(6)], key=lambda e: e["data"])
+                assert got == [envelope("news", i) for i in range(6)]
+        finally:
+            for ws in clients:
+                await ws.close()
+        served = server.text()
+        assert served.count(f"the server API listening on http://127.0.0.1:{port}/api/") == 2, server.output()
+
+
+async def test_the_idempotency_store_is_a_seam():
+    """Any IdempotencyStore (a cluster-wide one later) decides what is a
+    repeat: here a fake that has seen every key already."""
+
+    class SeenEverything:
+        def __init__(self) -> None:
+            self.claimed: list[str] = []
+
+        async def claim(self, key: str) -> bool:
+            self.claimed.append(key)
+            return False
+
+    async with served() as gw, websockets.connect(gw.url("/ws/chat?ch=a")) as ws:
+        await expect("joined")
+        gw.api.keys = store = SeenEverything()
+        async with connection(gw.address()) as conn:
+            answer = await conn.call("publish", {"channel": "a", "data": 1, "idempotency_key": "x"})
+            assert answer.json == {"result": {}}
+            await conn.call("broadcast", {"channels": ["a"], "data": 2, "idempotency_key": "y"})
+            await conn.call("publish", {"channel": "a", "data": 3})
+        assert store.claimed == ["x", "y"]
+        assert await recv_json(ws) == envelope("a", 3)

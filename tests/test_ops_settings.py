@@ -85,6 +85,8 @@ EXTRA = [
     ({"WSRELAY_PING_INTERVAL": "1s", "WSRELAY_PING_TIMEOUT": "2s"}, "WSRELAY_PING_TIMEOUT"),
     # An API listener without a key would serve nothing.
     ({"WSRELAY_API_ADDR": "127.0.0.1:0"}, "WSRELAY_API_ADDR"),
+    # Each worker would bind a port of its own.
+    ({"WSRELAY_API_KEY": "k", "WSRELAY_API_ADDR": "127.0.0.1:0", "WSRELAY_WORKERS": "2"}, "WSRELAY_API_ADDR"),
 ]
 
 

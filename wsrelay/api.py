@@ -4,7 +4,8 @@ applications outside wsrelay (a Django view, a Celery task, curl).
 It is mounted when WSRELAY_API_KEY is set: on every service (the handshake
 guard hands a request for ``/api/...`` to an ApiProtocol, which keeps the
 connection for the requests that follow), or only on WSRELAY_API_ADDR, a
-listener of its own. Each connection is an ApiProtocol: HTTP/1.1 parsed by
+listener of its own (the services' ``/api/`` then answers 404 saying
+where it is, as it does while the API is off). Each connection is an ApiProtocol: HTTP/1.1 parsed by
 httptools, keep-alive, pipelined requests answered in order, bounds on the
 head, the body and the time a request or an idle connection may take. An
 ``Api`` (one per gateway) holds the key, the methods, the idempotency keys
@@ -19,6 +20,7 @@ import hmac
 import inspect
 import logging
 import time
+from http import HTTPStatus
 from typing import Any, Awaitable, Callable, Optional, Protocol, Union
 
 import httptools
@@ -40,12 +42,12 @@ IDEMPOTENCY_TTL = 300.0
 IDEMPOTENCY_CAPACITY = 50_000
 MAX_IDEMPOTENCY_KEY = 128
 
-# Seconds an idle keep-alive connection is kept open. A request must arrive
-# whole within WSRELAY_HANDSHAKE_TIMEOUT of its first byte.
-KEEPALIVE_TIMEOUT = 60.0
 # Seconds a refused client may go on sending before its socket is dropped
 # (as the handshake guard lingers, so the answer is not lost to a reset).
 LINGER = 2.0
+# A request must arrive whole within WSRELAY_HANDSHAKE_TIMEOUT of its first
+# byte, and an idle keep-alive connection is closed after as long.
+
 # Requests parsed while an awaited one runs wait in order; past this many,
 # reading pauses until they are answered.
 MAX_PIPELINE = 64
@@ -439,12 +441,8 @@ class Api:
 
 # -- one connection ---------------------------------------------------------------------------------
 
-_PHRASES = {status: phrase for status, phrase in (
-    (200, "OK"), (400, "Bad Request"), (401, "Unauthorized"), (404, "Not Found"), (405, "Method Not Allowed"),
-    (413, "Content Too Large"), (431, "Request Header Fields Too Large"), (500, "Internal Server Error"),
-    (501, "Not Implemented"), (503, "Service Unavailable"))}
-_HEADS = {status: b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: " % (status, phrase.encode())
-          for status, phrase in _PHRASES.items()}
+_HEADS = {status: b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: "
+          % (status, HTTPStatus(status).phrase.encode()) for status in {200, *ERRORS.values()}}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
@@ -474,9 +472,10 @@ class ApiProtocol(asyncio.BufferedProtocol):
     def __init__(self, api: Api) -> None:
         self.api = api
         self.transport: Any = None
-        self.parser = httptools.HttpRequestParser(self)
+        self.parser: Any = httptools.HttpRequestParser(self)
         self.buffer = memoryview(bytearray(_READ_BUFFER))
         self.timer: Optional[asyncio.TimerHandle] = None
+        self.timer_at = 0.0
         self.deadline = 0.0
         # The request being read (in_request: its first byte is in).
         self.in_request = False
@@ -503,7 +502,7 @@ class ApiProtocol(asyncio.BufferedProtocol):
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
         self.api.connections.add(self)
-        self._arm(KEEPALIVE_TIMEOUT)
+        self._arm(self.api.request_timeout)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.buffer
@@ -526,6 +525,10 @@ class ApiProtocol(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Optional[Exception]) -> None:
         self.api.connections.discard(self)
         self.transport = None
+        # The parser and this protocol refer to each other: without this,
+        # the pair and its buffer would wait for a garbage collection, which
+        # WSRELAY_GC_THRESHOLD makes rare.
+        self.parser = None
         self.queue.clear()
         if self.timer is not None:
             self.timer.cancel()
@@ -655,7 +658,7 @@ class ApiProtocol(asyncio.BufferedProtocol):
         if keep_alive:
             transport.write(b"%s%d\r\n\r\n%s" % (_HEADS[status], len(body), body))
             if not self.busy and not self.queue and not self.in_request:
-                self._arm(KEEPALIVE_TIMEOUT)
+                self._arm(self.api.request_timeout)
             return
         transport.write(b"%s%d\r\nConnection: close\r\n\r\n%s" % (_HEADS[status], len(body), body))
         self._linger()
@@ -714,11 +717,16 @@ class ApiProtocol(asyncio.BufferedProtocol):
     # -- time ------------------------------------------------------------------------------------
 
     def _arm(self, seconds: float) -> None:
-        # One timer per connection, moved by setting a float: a request
-        # costs no timer of its own.
-        self.deadline = self.api.loop.time() + seconds
-        if self.timer is None:
-            self.timer = self.api.loop.call_at(self.deadline, self._on_timer)
+        # One timer per connection, moved later by setting a float (a
+        # request and the idle time after it have the same bound, so a
+        # request costs no timer of its own); made anew only to fire sooner.
+        loop = self.api.loop
+        self.deadline = deadline = loop.time() + seconds
+        if self.timer is None or deadline < self.timer_at:
+            if self.timer is not None:
+                self.timer.cancel()
+            self.timer = loop.call_at(deadline, self._on_timer)
+            self.timer_at = deadline
 
     def _on_timer(self) -> None:
         self.timer = None
@@ -727,6 +735,7 @@ class ApiProtocol(asyncio.BufferedProtocol):
             return
         if self.api.loop.time() < self.deadline:
             self.timer = self.api.loop.call_at(self.deadline, self._on_timer)
+            self.timer_at = self.deadline
         elif self.busy:
             # An awaited method bounds its own time; the connection waits for it.
             self._arm(self.api.request_timeout)

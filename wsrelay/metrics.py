@@ -14,6 +14,7 @@ from typing import Any, Iterator
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from ._core.channels import here as channels_here
 from ._core.runtime import node
 from ._core.stats import COUNTERS
 
@@ -53,6 +54,11 @@ class _GatewayCollector:
                                 value=sum(rt.handshakes.pending for rt in services))
         yield GaugeMetricFamily("wsrelay_processes_alive", "Live processes, connections and the system process",
                                 value=node().process_count())
+        channels, subscriptions, users = channels_here()
+        yield GaugeMetricFamily("wsrelay_channels", "Channels with subscribers on this node", value=channels)
+        yield GaugeMetricFamily("wsrelay_channel_subscriptions", "Subscriptions of this node's connections",
+                                value=subscriptions)
+        yield GaugeMetricFamily("wsrelay_users", "Users with connections on this node", value=users)
         transport = getattr(self.gateway, "transport", None)
         if transport is not None:
             from .cluster.stats import COUNTERS as CLUSTER_COUNTERS

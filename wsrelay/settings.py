@@ -138,6 +138,12 @@ def _addr(text: str) -> str:
     return text
 
 
+def _addr_port(text: str) -> int:
+    from .app import parse_addr
+
+    return parse_addr(text)[1]
+
+
 def _level(text: str) -> str:
     name = text.strip().upper()
     if name not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
@@ -318,6 +324,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     if result.api_addr is not None and result.api_key is None:
         raise SettingsError("WSRELAY_API_ADDR", result.api_addr,
                             "needs WSRELAY_API_KEY: the server API is off without a key")
+    if result.api_addr is not None and result.workers and _addr_port(result.api_addr) == 0:
+        raise SettingsError("WSRELAY_API_ADDR", result.api_addr,
+                            "needs a fixed port with WSRELAY_WORKERS: every worker binds it (SO_REUSEPORT)")
     if result.cluster_token is not None and result.cluster_creds is not None:
         raise SettingsError("WSRELAY_CLUSTER_CREDS", result.cluster_creds,
                             "cannot be combined with WSRELAY_CLUSTER_TOKEN: choose one")

@@ -52,6 +52,8 @@ cdef dict _remote = {}
 cdef set _dirty = None
 # user -> set of this node's connections its handler said were theirs.
 cdef dict _users = {}
+# Subscriptions of this node's connections, all channels together.
+cdef Py_ssize_t _subscriptions = 0
 
 cdef LimitedLog _log = LimitedLog("wsrelay.channels")
 
@@ -110,13 +112,17 @@ cdef int _join(Connection conn, str name, object info) except -1:
     channel = _table.get(name)
     if channel is None:
         channel = _table[name] = Channel(name)
+    global _subscriptions
     channel.members[conn] = info
     conn.channels[name] = channel
+    _subscriptions += 1
     return _changed(conn.service.node, name)
 
 
 cdef int _part(Connection conn, Channel channel) except -1:
+    global _subscriptions
     del channel.members[conn]
+    _subscriptions -= 1
     if not channel.members:
         del _table[channel.name]
     return _changed(conn.service.node, channel.name)
@@ -288,6 +294,11 @@ def active(pattern=None):
         if pattern is None or fnmatchcase(name, pattern):
             counts[name] = counts.get(name, 0) + sum((<dict>nodes).values())
     return {name: {"subscribers": n} for name, n in counts.items()}
+
+
+def here():
+    """(channels, subscriptions, users) of this node's connections, for /metrics."""
+    return len(_table), _subscriptions, len(_users)
 
 
 def subscribers(name):

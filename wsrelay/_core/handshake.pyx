@@ -23,10 +23,10 @@ picows_private.server_protocol_factory), which upgrades or answers as usual. Wha
   own time. Its outcome is an answer written here (bytes), a picows
   protocol factory that the socket is then handed to as usual (an upgrade
   or a response decided by the endpoint), or None (nothing left to do);
-- a request whose path starts with one of ``prefixes`` is handed straight
-  to that prefix's protocol factory, with the bytes read so far (the
-  server API, wsrelay/api.py, which then keeps the connection for its
-  keep-alive requests).
+- a request whose path starts with one of ``prefixes`` (as sent: not
+  percent-decoded) is handed straight to that prefix's protocol factory,
+  with the bytes read so far (the server API, wsrelay/api.py, which then
+  keeps the connection for its keep-alive requests).
 """
 
 import asyncio
@@ -210,16 +210,20 @@ cdef class HandshakeGuard(_GuardBase, asyncio.BufferedProtocol):
 
     cdef _upgrade(self):
         self._finish()
-        if self.owner.routes or self.owner.prefixes:
+        cdef Py_ssize_t path_at
+        if self.owner.prefixes:
+            # Looked for in place: an upgrade request pays no copy for it.
+            path_at = self.buffer.find(b" ", 0, self.used) + 1
+            for prefix, make_protocol in self.owner.prefixes:
+                if path_at and self.buffer.startswith(prefix, path_at):
+                    self._hand_over(make_protocol)
+                    return
+        if self.owner.routes:
             line = bytes(self.buffer[:self.buffer.find(b"\r\n")]).split(b" ")
             if len(line) == 3:
                 path = line[1].partition(b"?")[0]
                 if b"%" in path:
                     path = unquote_to_bytes(path)
-                for prefix, make_protocol in self.owner.prefixes:
-                    if path.startswith(prefix):
-                        self._hand_over(make_protocol)
-                        return
                 route = self.owner.routes.get(path)
                 if route is not None:
                     self.waiting = True
