@@ -220,11 +220,15 @@ def test_disconnected_by_the_server_it_reconnects(tmp_path: Path, open_page: Any
     back, with what the page said meanwhile, unless the page marked the code
     final."""
     with serve(tmp_path) as server, Client(server.url("", "http"), KEY) as client:
-        page = Page(open_page(server), server, f"/ws/chat?ch={LOBBY}&user=ada", finalCodes=[4009], **FAST)
+        page = Page(open_page(server), server, f"/ws/chat?ch={LOBBY}&user=ada", finalCodes=[4009], sendQueue=2,
+                    **FAST)
         # Said while it reconnects (relay:channel_room publishes what its
-        # clients say to the lobby): kept, then sent once it is back.
-        page.js("relay.on('state', (s) => {"
-                "  if (s.state === 'reconnecting') relay.send(`said while away ${s.code}`); })")
+        # clients say to the lobby): two kept, then sent once it is back; the
+        # third refused, the queue being full.
+        page.js("window.kept = [];"
+                "relay.on('state', (s) => {"
+                "  if (s.state !== 'reconnecting') return;"
+                "  for (const n of [1, 2, 3]) kept.push(relay.send(`said while away ${s.code} #${n}`)); })")
         page.wait("the first join", "seen.publication.some((p) => p.data.joined)")
 
         for code, reason in ((4001, "come back"), (1000, "")):
@@ -236,8 +240,11 @@ def test_disconnected_by_the_server_it_reconnects(tmp_path: Path, open_page: Any
             assert (lost["code"], lost["reason"], lost["previous"], lost["attempt"]) == (code, reason, "open", 1)
             # The first retry waits between half of minDelay and all of it.
             assert FAST["minDelay"] / 2 <= lost["delay"] <= FAST["minDelay"], lost
-            page.wait("what was said meanwhile", "seen.publication.some((p) => p.data === arguments[0])",
-                      f"said while away {code}")
+            said = page.wait("what was said meanwhile", "seen.publication.some((p) => p.data === arguments[0]) && "
+                             "seen.publication.map((p) => p.data).filter((d) => typeof d === 'string')",
+                             f"said while away {code} #2")
+            assert said[-2:] == [f"said while away {code} #1", f"said while away {code} #2"], said
+            assert page.js("return kept.splice(0)") == [True, True, False]
         assert page.states() == ["open", "reconnecting", "open", "reconnecting", "open"]
 
         # A code the page marked final: closed, and no retry.

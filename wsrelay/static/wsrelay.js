@@ -54,7 +54,7 @@ var WsRelay = (function () {
 
   // A listener that throws must not stop the others nor the client: its
   // error is reported as an uncaught one would be, and dispatch goes on.
-  const report = typeof reportError === "function" ? reportError : (err) => setTimeout(() => { throw err; });
+  const report = typeof reportError === "function" ? (err) => reportError(err) : (err) => setTimeout(() => { throw err; });
 
   // The envelope in a text message, or null: the application's own message.
   function envelope(text) {
