@@ -9,6 +9,7 @@ from . import process
 from . import relay as relay  # registers the websocket_relay middleware
 from . import threads as threads  # calls from other threads (docs/guide.md, "One thread")
 from ._core.group import Group
+from ._core.history import configure as configure_history
 from ._core.message import Message
 from ._core.pid import Pid
 from ._core.relayspec import set_max_channels_per_connection
@@ -39,6 +40,7 @@ def _make_node() -> Node:
 
     s = _settings()
     set_max_channels_per_connection(s.max_channels_per_connection)
+    configure_history(s.history_max_bytes, s.recovery_max)
     return Node(node_name(s), s.mailbox_capacity)
 
 

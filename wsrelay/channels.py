@@ -5,7 +5,9 @@ its view of the other nodes' subscribers, and does the fan-out; this module
 names its functions and asks another node what only it can do: subscribe
 one of its connections, close them. Calls made outside any process act as
 the node's system process. Namespaces (per-channel options from the
-configuration file) are looked up with ``namespace_of``.
+configuration file) are looked up with ``namespace_of``; those with
+``history_size`` and ``history_ttl`` give their channels a history
+(``_core/history.pyx``, read with ``history``).
 """
 
 from __future__ import annotations
@@ -13,9 +15,19 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Optional, Union
 
-from ._core.channels import Subscription, active, check_close, disconnect_here, publish, raise_answer, subscribers
+from ._core.channels import (
+    Subscription,
+    active,
+    check_close,
+    disconnect_here,
+    history,
+    publish,
+    raise_answer,
+    subscribers,
+)
 from ._core.channels import subscribe as _subscribe
 from ._core.channels import unsubscribe as _unsubscribe
+from ._core.history import set_policy
 from ._core.pid import Pid
 from ._core.relayspec import check_channel_name
 from ._core.runtime import node as get_node
@@ -26,6 +38,7 @@ __all__ = [
     "active",
     "check_channel_name",
     "disconnect",
+    "history",
     "namespace_of",
     "publish",
     "subscribe",
@@ -132,3 +145,19 @@ def namespace_of(name: str) -> Optional[dict[str, Any]]:
             return namespace.options()
     return None
 
+
+
+def history_limits(name: str) -> Optional[tuple[int, float]]:
+    """(history_size, history_ttl) of channel ``name`` when its namespace
+    gives it a history (both over 0), else None."""
+    from .app import current_namespaces
+
+    for namespace in current_namespaces():
+        if namespace.matches(name):
+            if namespace.history_size > 0 and namespace.history_ttl > 0:
+                return namespace.history_size, namespace.history_ttl
+            return None
+    return None
+
+
+set_policy(history_limits)

@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from ._core.channels import here as channels_here
+from ._core.history import logs as history_logs
 from ._core.runtime import node
 from ._core.stats import COUNTERS
 
@@ -54,6 +55,10 @@ class _GatewayCollector:
                                 value=sum(rt.handshakes.pending for rt in services))
         yield GaugeMetricFamily("wsrelay_processes_alive", "Live processes, connections and the system process",
                                 value=node().process_count())
+        logs, kept = history_logs()
+        yield GaugeMetricFamily("wsrelay_history_channels", "Channels with a history on this node", value=logs)
+        yield GaugeMetricFamily("wsrelay_history_bytes", "Bytes of publications the histories here keep",
+                                value=kept)
         channels, subscriptions, users = channels_here()
         yield GaugeMetricFamily("wsrelay_channels", "Channels with subscribers on this node", value=channels)
         yield GaugeMetricFamily("wsrelay_channel_subscriptions", "Subscriptions of this node's connections",

@@ -3,22 +3,27 @@ from typing import Any, Optional, Union
 from .pid import Pid
 
 PUBLICATION: str
+SUBSCRIBED: str
 UNSUBSCRIBED: str
 
 class Channel:
     name: str
 
 class Subscription:
-    """What ``subscribe`` returns (no history yet: not recovered, no offset or epoch)."""
+    """What ``subscribe`` returns: on a channel with history, its position
+    when the subscription began and whether it recovered."""
 
     channel: str
     recovered: bool
     offset: Optional[int]
     epoch: Optional[str]
+    def __init__(self, channel: str, recovered: bool = False, offset: Optional[int] = None,
+                 epoch: Optional[str] = None) -> None: ...
 
 def subscribe(pid: Union[Pid, str], name: str, info: Optional[dict[str, Any]] = None) -> Subscription: ...
 def unsubscribe(pid: Union[Pid, str], name: str) -> bool: ...
 def publish(name: str, data: Any) -> dict[str, Any]: ...
+def history(name: str, since: Optional[int] = None, limit: Optional[int] = None) -> dict[str, Any]: ...
 def active(pattern: Optional[str] = None) -> dict[str, dict[str, int]]: ...
 def subscribers(name: str) -> list[Pid]: ...
 def here() -> tuple[int, int, int]: ...

@@ -20,6 +20,13 @@ once to each node that has subscribers of the channel, which frames it once
 for its own. A node that is lost takes its counts with it. What concerns a
 connection of another node (subscribe it, close a user's connections) is a
 request to that node, answered by ``answer_request`` there.
+
+A channel with history (history.pyx) numbers its publications: each
+envelope carries its ``offset`` and the ``epoch``, and is kept in the
+channel's Log as sent. A subscription to it begins with a ``subscribed``
+event; one granted with a recover position (docs/guide.md, "History and
+recovery") is given the publications it missed right after that event,
+before anything live, which on one loop needs no holding back.
 """
 
 import asyncio
@@ -29,6 +36,8 @@ from fnmatch import fnmatchcase
 import orjson
 
 from .frames cimport parse_close_payload
+from .history cimport Log, existing, log_for
+from .history import set_busy
 from .pid cimport Pid, to_pid
 from .relay cimport Connection
 from .relay import set_channel_hooks
@@ -40,6 +49,7 @@ from .writer cimport FanOut, fan_out
 
 # What a client receives, by event.
 PUBLICATION = "publication"
+SUBSCRIBED = "subscribed"
 UNSUBSCRIBED = "unsubscribed"
 
 # name -> Channel, this node's channels that have subscribers. One table per
@@ -57,6 +67,9 @@ cdef Py_ssize_t _subscriptions = 0
 
 cdef LimitedLog _log = LimitedLog("wsrelay.channels")
 
+# A Log whose channel has subscribers here is kept (history.pyx).
+set_busy(_table)
+
 
 cdef class Channel:
     """One channel on this node: its subscribers and the info each
@@ -68,20 +81,21 @@ cdef class Channel:
 
 
 cdef class Subscription:
-    """What ``subscribe`` returns. ``recovered``, ``offset`` and ``epoch``
-    describe a history channel's recovery; without history (all channels
-    for now) they are False, None and None."""
+    """What ``subscribe`` returns. On a channel with history, ``offset`` and
+    ``epoch`` are its position when the subscription began and
+    ``recovered`` says whether the publications after the position asked
+    for were given; without history they are None, None and False."""
 
     cdef readonly str channel
     cdef readonly bint recovered
     cdef readonly object offset
     cdef readonly object epoch
 
-    def __cinit__(self, str channel):
+    def __cinit__(self, str channel, bint recovered=False, offset=None, epoch=None):
         self.channel = channel
-        self.recovered = False
-        self.offset = None
-        self.epoch = None
+        self.recovered = recovered
+        self.offset = offset
+        self.epoch = epoch
 
     def __repr__(self):
         return (f"Subscription(channel={self.channel!r}, recovered={self.recovered}, "
@@ -159,15 +173,43 @@ cdef list _counts(names):
 
 def _grant(Connection conn):
     """The handler's grant ({name: info}, checked by relayspec) made
-    subscriptions, and its user known, as the connection opens."""
+    subscriptions, and its user known, as the connection opens; a granted
+    channel with history recovers from the position the client named."""
     cdef dict granted = conn.channels
+    cdef dict positions = conn.recover
     if conn.user is not None:
         _users.setdefault(conn.user, set()).add(conn)
     if granted is None:
         return
     conn.channels = None
+    conn.recover = None
     for name, info in granted.items():
         _join(conn, name, info)
+        _begin(conn, name, None if positions is None else positions.get(name))
+
+
+cdef Subscription _begin(Connection conn, str name, object position):
+    """The ``subscribed`` event of a new subscription to a channel with
+    history, then the publications after ``position`` ((epoch, offset) or
+    None) when they can all be given; the Subscription saying so."""
+    cdef Log log = log_for(name)
+    cdef list missed = None
+    if log is None:
+        return Subscription(name)
+    if position is not None:
+        missed = log.after(position[0], position[1])
+        if missed is None:
+            conn.service.node.counters.history_not_recovered += 1
+        else:
+            conn.service.node.counters.history_recovered += 1
+    cdef bint recovered = missed is not None
+    fan_out({"type": "text", "data": orjson.dumps(
+        {"channel": name, "event": SUBSCRIBED, "offset": log.offset, "epoch": log.epoch, "recovered": recovered}
+    ).decode()}).offer_to(conn)
+    if recovered:
+        for text in missed:
+            fan_out({"type": "text", "data": text}).offer_to(conn)
+    return Subscription(name, recovered, log.offset, log.epoch)
 
 
 def _leave_all(Connection conn):
@@ -190,14 +232,21 @@ def _leave_all(Connection conn):
 set_channel_hooks(_grant, _leave_all)
 
 
-cdef str _envelope(str name, str event, object data, bint with_data):
+cdef bytes _encoded(str name, str event, object data, bint with_data, Log log):
     cdef dict message = {"channel": name, "event": event}
     if with_data:
         message["data"] = data
+    if log is not None:
+        message["offset"] = log.offset + 1
+        message["epoch"] = log.epoch
     try:
-        return orjson.dumps(message).decode()
+        return orjson.dumps(message)
     except orjson.JSONEncodeError as exc:
         raise TypeError(f"channels.publish({name!r}): data is not JSON-serialisable: {exc}") from None
+
+
+cdef str _envelope(str name, str event, object data, bint with_data):
+    return _encoded(name, event, data, with_data, None).decode()
 
 
 cdef Pid _local_pid(Node node, object pid, str what):
@@ -223,8 +272,13 @@ def subscribe(pid, name, info=None):
     cdef Connection conn = _connection(node, _local_pid(node, pid, "channels.subscribe"), "channels.subscribe")
     if conn is None or not conn.alive:
         raise ProcessLookupError(f"channels.subscribe: connection {pid} is not alive")
+    cdef Log log
+    if conn.channels is not None and checked in conn.channels:
+        _join(conn, checked, info)
+        log = existing(checked)
+        return Subscription(checked) if log is None else Subscription(checked, False, log.offset, log.epoch)
     _join(conn, checked, info)
-    return Subscription(checked)
+    return _begin(conn, checked, None)
 
 
 def unsubscribe(pid, name):
@@ -250,10 +304,17 @@ def publish(name, data):
     """Send ``data`` (a JSON value) to every subscriber of ``name``: this
     node's, in a ``publication`` envelope encoded and framed once, and
     every other node's, the envelope shipped once to each node that has
-    subscribers; ``{}``."""
+    subscribers; ``{}``, or on a channel with history ``{"offset",
+    "epoch"}`` of this publication, which its Log keeps."""
     cdef str checked = check_channel_name(name)
     cdef Node node = calling_process("channels.publish").node  # on the loop's thread (WrongThread otherwise)
-    cdef str text = _envelope(checked, PUBLICATION, data, True)
+    cdef Log log = log_for(checked)
+    cdef bytes encoded = _encoded(checked, PUBLICATION, data, True, log)
+    cdef str text = encoded.decode()
+    cdef dict result = {}
+    if log is not None:
+        log.keep(log.offset + 1, text, len(encoded))
+        result = {"offset": log.offset, "epoch": log.epoch}
     node.counters.channel_publications += 1
     _deliver(node, checked, text)
     cdef dict nodes
@@ -262,7 +323,24 @@ def publish(name, data):
         if nodes:
             for other in nodes:
                 node.remote.ship_publication(other, checked, text)
-    return {}
+    return result
+
+
+def history(name, since=None, limit=None):
+    """The publications of channel ``name`` kept here, oldest first: ``{"epoch",
+    "offset": <latest>, "publications": [{"offset", "epoch", "data"}]}``
+    (those after ``since``, the first ``limit``). ValueError for a channel
+    without history or a bad ``since``/``limit``."""
+    cdef str checked = check_channel_name(name)
+    calling_process("channels.history")
+    for field, value in (("since", since), ("limit", limit)):
+        if value is not None and (type(value) is not int or value < 0):
+            raise ValueError(f"channels.history: {field} must be a whole number, 0 or more, got {value!r}")
+    cdef Log log = log_for(checked)
+    if log is None:
+        raise ValueError(f"channels.history: channel {checked!r} has no history (no channel.namespace matching "
+                         "it sets history_size and history_ttl)")
+    return {"epoch": log.epoch, "offset": log.offset, "publications": log.publications(since, limit)}
 
 
 cdef int _deliver(Node node, str name, str text) except -1:
