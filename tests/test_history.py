@@ -247,20 +247,20 @@ async def test_history_gives_what_is_kept_oldest_first_since_and_limit():
     async with running_app(size=SIZE):
         for n in range(1, 8):
             epoch = channels.publish(ROOM, {"n": n})["epoch"]
-        whole = channels.history(ROOM)
+        whole = await channels.history(ROOM)
         assert whole == {"epoch": epoch, "offset": 7,
                          "publications": [{"offset": n, "epoch": epoch, "data": {"n": n}} for n in range(3, 8)]}
-        assert [p["offset"] for p in channels.history(ROOM, since=4)["publications"]] == [5, 6, 7]
-        assert [p["offset"] for p in channels.history(ROOM, since=4, limit=2)["publications"]] == [5, 6]
-        assert channels.history(ROOM, since=7)["publications"] == []
-        fresh = channels.history("room:never")
+        assert [p["offset"] for p in (await channels.history(ROOM, since=4))["publications"]] == [5, 6, 7]
+        assert [p["offset"] for p in (await channels.history(ROOM, since=4, limit=2))["publications"]] == [5, 6]
+        assert (await channels.history(ROOM, since=7))["publications"] == []
+        fresh = await channels.history("room:never")
         assert (fresh["offset"], fresh["publications"]) == (0, [])
         with pytest.raises(ValueError, match="no history"):
-            channels.history("plain:x")
+            await channels.history("plain:x")
         with pytest.raises(ValueError, match="since"):
-            channels.history(ROOM, since=-1)
+            await channels.history(ROOM, since=-1)
         with pytest.raises(ValueError, match="limit"):
-            channels.history(ROOM, limit="3")
+            await channels.history(ROOM, limit="3")
 
 
 async def test_history_max_bytes_bounds_a_channel_whatever_its_size():
@@ -268,7 +268,7 @@ async def test_history_max_bytes_bounds_a_channel_whatever_its_size():
         with limits(max_bytes=2000):
             for _ in range(100):
                 channels.publish(ROOM, "x" * 100)
-            kept = channels.history(ROOM)["publications"]
+            kept = (await channels.history(ROOM))["publications"]
             assert 10 <= len(kept) < 20
             assert [p["offset"] for p in kept] == list(range(101 - len(kept), 101))
             assert core_history.logs()[1] <= 2000

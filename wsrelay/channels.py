@@ -15,19 +15,21 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Optional, Union
 
+import orjson
+
 from ._core.channels import (
     Subscription,
     active,
     check_close,
     disconnect_here,
-    history,
     publish,
     raise_answer,
     subscribers,
 )
+from ._core.channels import history as _history
 from ._core.channels import subscribe as _subscribe
 from ._core.channels import unsubscribe as _unsubscribe
-from ._core.history import set_policy
+from ._core.history import current_keeper, set_policy
 from ._core.pid import Pid
 from ._core.relayspec import check_channel_name
 from ._core.runtime import node as get_node
@@ -41,6 +43,7 @@ __all__ = [
     "history",
     "namespace_of",
     "publish",
+    "publish_numbered",
     "subscribe",
     "subscribers",
     "unsubscribe",
@@ -145,6 +148,42 @@ def namespace_of(name: str) -> Optional[dict[str, Any]]:
             return namespace.options()
     return None
 
+
+
+async def history(name: str, since: Optional[int] = None, limit: Optional[int] = None) -> dict[str, Any]:
+    """The publications of channel ``name`` that its history keeps, oldest
+    first (docs/guide.md, "History and recovery"): ``{"epoch", "offset":
+    <latest>, "publications": [{"offset", "epoch", "data"}, ...]}``, those
+    after ``since``, the first ``limit`` of them. In a cluster, asked of the
+    channel's keeper, on whichever node. ValueError for a channel without
+    history or a bad ``since``/``limit``."""
+    keeper = current_keeper()
+    if keeper is None:
+        return _history(name, since, limit)
+    checked = check_channel_name(name)
+    for field, value in (("since", since), ("limit", limit)):
+        if value is not None and (type(value) is not int or value < 0):
+            raise ValueError(f"channels.history: {field} must be a whole number, 0 or more, got {value!r}")
+    if history_limits(checked) is None:
+        return _history(checked, since, limit)  # raises: no history
+    return await keeper.history(checked, since, limit)
+
+
+async def publish_numbered(name: str, data: Any) -> dict[str, Any]:
+    """``publish``, returning the publication's ``offset`` and ``epoch`` on
+    a channel with history on any node: in a cluster, once the channel's
+    keeper has numbered it (``publish`` answers ``{}`` on a node that does
+    not keep the channel, rather than wait)."""
+    keeper = current_keeper()
+    checked = check_channel_name(name)
+    if keeper is None or history_limits(checked) is None:
+        return publish(checked, data)
+    try:
+        encoded = orjson.dumps(data)
+    except orjson.JSONEncodeError as exc:
+        raise TypeError(f"channels.publish({name!r}): data is not JSON-serialisable: {exc}") from None
+    get_node().counters.channel_publications += 1
+    return await keeper.publish_stored(checked, encoded)
 
 
 def history_limits(name: str) -> Optional[tuple[int, float]]:

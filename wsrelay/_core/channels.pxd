@@ -2,3 +2,7 @@ cdef class Channel:
     cdef readonly str name
     # Connection -> the info it subscribed with (a dict or None).
     cdef dict members
+    # In a cluster, subscribers whose position the channel's keeper has not
+    # answered yet: Connection -> the publications held for it meanwhile
+    # (None when there are none).
+    cdef dict holding

@@ -26,7 +26,11 @@ envelope carries its ``offset`` and the ``epoch``, and is kept in the
 channel's Log as sent. A subscription to it begins with a ``subscribed``
 event; one granted with a recover position (docs/guide.md, "History and
 recovery") is given the publications it missed right after that event,
-before anything live, which on one loop needs no holding back.
+before anything live, which on one loop needs no holding back. In a
+cluster the channel's keeper, on whichever node, numbers and keeps its
+publications (docs/cluster.md, "History"): a new subscription here asks it
+for its position, and the publications that arrive meanwhile are held for
+that subscriber (bounded), then merged by offset at the seam.
 """
 
 import asyncio
@@ -36,7 +40,7 @@ from fnmatch import fnmatchcase
 import orjson
 
 from .frames cimport parse_close_payload
-from .history cimport Log, existing, log_for
+from .history cimport Log, cluster_keeper, existing, limits_of, log_for, recovery_max
 from .history import set_busy
 from .pid cimport Pid, to_pid
 from .relay cimport Connection
@@ -78,6 +82,25 @@ cdef class Channel:
     def __cinit__(self, str name):
         self.name = name
         self.members = {}
+        self.holding = None
+
+
+cdef class _Held:
+    """The publications held for one subscriber while its position is
+    asked: (offset, envelope) in arrival order, at most ``hold_limit()``;
+    past it the oldest go and the subscriber does not recover."""
+
+    cdef list texts
+    cdef bint overflowed
+
+    def __cinit__(self):
+        self.texts = []
+        self.overflowed = False
+
+
+cdef Py_ssize_t _hold_limit() noexcept:
+    # Enough for a recovery's worth of live traffic while the keeper answers.
+    return recovery_max() + 1000
 
 
 cdef class Subscription:
@@ -136,6 +159,10 @@ cdef int _join(Connection conn, str name, object info) except -1:
 cdef int _part(Connection conn, Channel channel) except -1:
     global _subscriptions
     del channel.members[conn]
+    if channel.holding is not None:
+        channel.holding.pop(conn, None)
+        if not channel.holding:
+            channel.holding = None
     _subscriptions -= 1
     if not channel.members:
         del _table[channel.name]
@@ -194,6 +221,9 @@ cdef Subscription _begin(Connection conn, str name, object position):
     None) when they can all be given; the Subscription saying so."""
     cdef Log log = log_for(name)
     cdef list missed = None
+    keeper = cluster_keeper()
+    if log is None and keeper is not None and limits_of(name) is not None:
+        return _ask_keeper(keeper, conn, name, position)
     if log is None:
         return Subscription(name)
     if position is not None:
@@ -202,14 +232,32 @@ cdef Subscription _begin(Connection conn, str name, object position):
             conn.service.node.counters.history_not_recovered += 1
         else:
             conn.service.node.counters.history_recovered += 1
+    return _subscribed(conn, name, log.epoch, log.delivered, missed)
+
+
+cdef Subscription _subscribed(Connection conn, str name, str epoch, unsigned long long latest, list missed):
     cdef bint recovered = missed is not None
     fan_out({"type": "text", "data": orjson.dumps(
-        {"channel": name, "event": SUBSCRIBED, "offset": log.offset, "epoch": log.epoch, "recovered": recovered}
+        {"channel": name, "event": SUBSCRIBED, "offset": latest, "epoch": epoch, "recovered": recovered}
     ).decode()}).offer_to(conn)
     if recovered:
         for text in missed:
             fan_out({"type": "text", "data": text}).offer_to(conn)
-    return Subscription(name, recovered, log.offset, log.epoch)
+    return Subscription(name, recovered, latest, epoch)
+
+
+cdef Subscription _ask_keeper(object keeper, Connection conn, str name, object position):
+    """A subscription to a channel another node may keep: what arrives for
+    it is held until the keeper's answer (``recovered``). The other nodes
+    hear of the new subscriber first (on the stream the question follows),
+    so the keeper ships it everything it delivers after answering."""
+    cdef Channel channel = conn.channels[name]
+    if channel.holding is None:
+        channel.holding = {}
+    channel.holding[conn] = _Held()
+    _announce(conn.service.node)
+    keeper.position(conn.pid, name, position)
+    return Subscription(name)
 
 
 def _leave_all(Connection conn):
@@ -308,22 +356,97 @@ def publish(name, data):
     "epoch"}`` of this publication, which its Log keeps."""
     cdef str checked = check_channel_name(name)
     cdef Node node = calling_process("channels.publish").node  # on the loop's thread (WrongThread otherwise)
+    keeper = cluster_keeper()
+    if keeper is not None and limits_of(checked) is not None:
+        # Numbered, stored and delivered by the channel's keeper (deliver_kept).
+        node.counters.channel_publications += 1
+        return keeper.publish(checked, _json(checked, data))
     cdef Log log = log_for(checked)
     cdef bytes encoded = _encoded(checked, PUBLICATION, data, True, log)
     cdef str text = encoded.decode()
     cdef dict result = {}
     if log is not None:
         log.keep(log.offset + 1, text, len(encoded))
+        log.delivered = log.offset
         result = {"offset": log.offset, "epoch": log.epoch}
     node.counters.channel_publications += 1
     _deliver(node, checked, text)
+    _ship(node, checked, text)
+    return result
+
+
+cdef bytes _json(str name, object data):
+    try:
+        return orjson.dumps(data)
+    except orjson.JSONEncodeError as exc:
+        raise TypeError(f"channels.publish({name!r}): data is not JSON-serialisable: {exc}") from None
+
+
+cdef int _ship(Node node, str name, str text) except -1:
+    """A publication's envelope once to each other node with subscribers."""
     cdef dict nodes
     if node.remote is not None:
-        nodes = _remote.get(checked)
+        nodes = _remote.get(name)
         if nodes:
             for other in nodes:
-                node.remote.ship_publication(other, checked, text)
-    return result
+                node.remote.ship_publication(other, name, text)
+    return 0
+
+
+def kept_publish(str name, bytes data):
+    """On the keeper of ``name`` (a cluster): the next publication, ``data``
+    JSON already, numbered in its Log; (offset, epoch, envelope) for the
+    keeper to store and then ``deliver_kept``."""
+    cdef Log log = existing(name)
+    if log is None:
+        raise LookupError(f"channel {name!r} is not kept on this node")
+    cdef bytes encoded = _encoded(name, PUBLICATION, orjson.Fragment(data), True, log)
+    cdef str text = encoded.decode()
+    log.keep(log.offset + 1, text, len(encoded))
+    return log.offset, log.epoch, text
+
+
+def deliver_kept(str name, unsigned long long offset, str text):
+    """On the keeper: publication ``offset`` of ``name`` is stored; to the
+    subscribers here and on every other node, in offset order."""
+    cdef Node node = get_node()
+    cdef Log log = existing(name)
+    if log is not None and offset > log.delivered:
+        log.delivered = offset
+    _deliver(node, name, text)
+    _ship(node, name, text)
+
+
+def recovered(Pid pid, str name, str epoch, unsigned long long latest, list missed, bint asked):
+    """The keeper's answer for a subscriber of this node asked about in
+    ``_ask_keeper`` (``asked``: with a position to recover from):
+    ``subscribed`` at ``latest``, the ``missed`` publications (None: not
+    recovered), then those held with a greater offset; a Subscription
+    (None when the subscription ended meanwhile)."""
+    cdef Node node = get_node()
+    cdef Connection conn = _connection(node, pid, "channels.recovered")
+    if conn is None or conn.channels is None or name not in conn.channels:
+        return None
+    cdef Channel channel = conn.channels[name]
+    if channel.holding is None or conn not in channel.holding:
+        return None
+    cdef _Held held = channel.holding.pop(conn)
+    if not channel.holding:
+        channel.holding = None
+    if held.overflowed:
+        # Live publications were let go of: from the first one still held,
+        # contiguous, and the client reloads.
+        latest = <unsigned long long>held.texts[0][0] - 1 if held.texts else latest
+        missed = None
+    if asked and missed is not None:
+        node.counters.history_recovered += 1
+    elif asked:
+        node.counters.history_not_recovered += 1
+    sub = _subscribed(conn, name, epoch, latest, missed)
+    for offset, text in held.texts:
+        if offset > latest:
+            fan_out({"type": "text", "data": text}).offer_to(conn)
+    return sub
 
 
 def history(name, since=None, limit=None):
@@ -348,11 +471,24 @@ cdef int _deliver(Node node, str name, str text) except -1:
     cdef Channel channel = _table.get(name)
     cdef FanOut out
     cdef Connection conn
+    cdef dict holding
     if channel is not None:
         node.counters.channel_deliveries += len(channel.members)
         out = fan_out({"type": "text", "data": text})
+        holding = channel.holding
         for conn in channel.members:
-            out.offer_to(conn)
+            if holding is not None and conn in holding:
+                _hold(<_Held>holding[conn], text)
+            else:
+                out.offer_to(conn)
+    return 0
+
+
+cdef int _hold(_Held held, str text) except -1:
+    held.texts.append((orjson.loads(text).get("offset", 0), text))
+    if len(held.texts) > _hold_limit():
+        del held.texts[0]
+        held.overflowed = True
     return 0
 
 

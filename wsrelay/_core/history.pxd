@@ -4,6 +4,10 @@ cdef class Log:
     cdef readonly str epoch
     # The latest publication's offset (0: none yet); the next one is offset + 1.
     cdef readonly unsigned long long offset
+    # The latest publication delivered to subscribers: ``offset`` on one
+    # node; in a cluster the keeper numbers a publication, stores it, and
+    # only then delivers it.
+    cdef public unsigned long long delivered
     # The namespace's history_size and history_ttl.
     cdef readonly Py_ssize_t size
     cdef readonly double ttl
@@ -20,5 +24,7 @@ cdef class Log:
 
 
 cdef Log log_for(str channel)
+cdef object limits_of(str channel)
+cdef object cluster_keeper()
 cdef Log existing(str channel)
 cdef Py_ssize_t recovery_max() noexcept

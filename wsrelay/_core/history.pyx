@@ -17,6 +17,14 @@ made again, so offsets of two histories are never taken for one.
 
 Which channels have history is the Python layer's to say (the
 configuration's namespaces): ``set_policy`` gives the function asked.
+
+In a cluster (docs/cluster.md, "History") one node keeps each channel, its
+*keeper* (wsrelay/cluster/history.py, set with ``set_keeper``): the Logs
+here are those of the channels this node keeps, made by ``adopt`` when it
+takes one over, and never dropped while it keeps them. A publication is
+numbered here, stored in JetStream, then delivered: ``delivered`` trails
+``offset`` by the writes in flight, and recovery gives only what was
+delivered, so that nothing is given twice.
 """
 
 import asyncio
@@ -41,6 +49,8 @@ cdef dict _logs = {}
 cdef dict _busy = {}
 cdef object _sweep_handle = None
 cdef object _sweep_loop = None
+# The cluster's history keeper (None on a single node).
+cdef object _keeper = None
 # How often expired entries are let go of, and idle Logs dropped.
 SWEEP_INTERVAL = 1.0
 # The largest offset a recover position may name (a JSON integer wsrelay
@@ -64,6 +74,26 @@ def set_policy(policy):
     _policy = policy
 
 
+def set_keeper(keeper):
+    """The cluster's keeper of history (None: a single node, history in
+    memory here)."""
+    global _keeper
+    _keeper = keeper
+
+
+cdef object cluster_keeper():
+    return _keeper
+
+
+def current_keeper():
+    """The cluster's keeper of history, or None on a single node."""
+    return _keeper
+
+
+cdef object limits_of(str channel):
+    return None if _policy is None else _policy(channel)
+
+
 def set_busy(dict table not None):
     global _busy
     _busy = table
@@ -80,6 +110,7 @@ cdef class Log:
         self.channel = channel
         self.epoch = token_hex(4)
         self.offset = 0
+        self.delivered = 0
         self.size = size
         self.ttl = ttl
         self.entries = deque()
@@ -108,21 +139,27 @@ cdef class Log:
         return 0
 
     cdef list after(self, str epoch, unsigned long long offset):
-        """The envelopes of the publications after ``offset`` when they can
-        all be given: the same epoch, none of them let go of, at most
-        WSRELAY_RECOVERY_MAX; else None."""
+        """The envelopes of the publications delivered after ``offset`` when
+        they can all be given: the same epoch, none of them let go of, at
+        most WSRELAY_RECOVERY_MAX; else None."""
         cdef unsigned long long first
-        if epoch != self.epoch or offset > self.offset or self.offset - offset > <unsigned long long>_recovery_max:
+        cdef unsigned long long top = self.delivered
+        if epoch != self.epoch or offset > top or top - offset > <unsigned long long>_recovery_max:
             return None
         self.trim(monotonic())
-        if offset == self.offset:
+        if offset == top:
             return []
         if not self.entries:
             return None
         first = <unsigned long long>(<tuple>self.entries[0])[0]
         if first > offset + 1:
             return None
-        return [entry[1] for entry in islice(self.entries, <Py_ssize_t>(offset + 1 - first), None)]
+        return [entry[1] for entry in islice(self.entries, <Py_ssize_t>(offset + 1 - first),
+                                             <Py_ssize_t>(top + 1 - first))]
+
+    def recovery(self, str epoch, unsigned long long offset):
+        """Python view of ``after``, for the cluster's keeper."""
+        return self.after(epoch, offset)
 
     def publications(self, since=None, limit=None):
         """[{offset, epoch, data}] kept, oldest first (after ``since``, at
@@ -132,6 +169,8 @@ cdef class Log:
         for entry in self.entries:
             if since is not None and entry[0] <= since:
                 continue
+            if entry[0] > self.delivered:
+                break
             if limit is not None and len(out) >= limit:
                 break
             out.append({"offset": entry[0], "epoch": self.epoch, "data": orjson.loads(entry[1])["data"]})
@@ -150,9 +189,9 @@ cdef Log existing(str channel):
 
 cdef Log log_for(str channel):
     """``channel``'s Log, made now if it has history and none yet; None for
-    a channel without history."""
+    a channel without history. In a cluster only the Logs this node keeps."""
     cdef Log log = _logs.get(channel)
-    if log is not None or _policy is None:
+    if log is not None or _policy is None or _keeper is not None:
         return log
     limits = _policy(channel)
     if limits is None:
@@ -181,12 +220,29 @@ def _sweep():
     cdef list idle = []
     for log in _logs.values():
         log.trim(now)
-        if not log.entries and now - log.last > log.ttl and log.channel not in _busy:
+        if _keeper is None and not log.entries and now - log.last > log.ttl and log.channel not in _busy:
             idle.append(log.channel)
     for name in idle:
         del _logs[name]
     if _logs:
         _schedule_sweep()
+
+
+def adopt(str channel, Py_ssize_t size, double ttl, str epoch, unsigned long long offset, list kept):
+    """The Log of a channel this node takes over in a cluster: ``epoch``
+    and ``offset`` as stored, ``kept`` its stored publications [(offset,
+    envelope text, seconds left to live)], oldest first, contiguous up to
+    ``offset``. Replaces any Log of the channel here."""
+    cdef Log log = Log(channel, size, ttl)
+    cdef double now = monotonic()
+    log.epoch = epoch
+    for entry_offset, text, left in kept:
+        log.entries.append((entry_offset, text, len(text), now + left))
+        log.nbytes += len(text)
+    log.offset = log.delivered = offset
+    _logs[channel] = log
+    _schedule_sweep()
+    return log
 
 
 def channel_log(name):

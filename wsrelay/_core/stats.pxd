@@ -15,6 +15,7 @@ cdef class Counters:
     cdef public counter_t history_recovered
     cdef public counter_t history_not_recovered
     cdef public counter_t history_recover_malformed
+    cdef public counter_t history_write_failures
     cdef public counter_t mailbox_full
     cdef public counter_t system_events_dropped
     cdef public counter_t runtime_errors

@@ -73,6 +73,8 @@ COUNTERS = (
     ("history_not_recovered", "wsrelay_history_recoveries", ("outcome", "not_recovered"), None),
     ("history_recover_malformed", "wsrelay_history_recover_malformed", None,
      "Upgrade requests whose recover parameter was malformed, and ignored"),
+    ("history_write_failures", "wsrelay_history_write_failures", None,
+     "Publications a channel's keeper could not store in JetStream (delivered all the same)"),
     ("call_replies_dropped", "wsrelay_call_replies_dropped", None,
      "Replies to calls that had already ended (timed out, caller cancelled, or answered before): dropped"),
 )

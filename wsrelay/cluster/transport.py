@@ -232,6 +232,12 @@ class Transport(Outbound):
         """``node``'s answer to a channel request, None if none in ``timeout``."""
         return await self._rpc.channel_request(node, args, timeout)
 
+    def jetstream(self) -> Any:
+        """A JetStream context on this node's connection (for the history of
+        channels, wsrelay/cluster/history.py)."""
+        assert self._bus.nc is not None, "start() first"
+        return self._bus.nc.jetstream()
+
     def up_nodes(self) -> list[str]:
         """The nodes that are up."""
         return [node for node, peer in self._by_node.items() if peer.state == UP]
