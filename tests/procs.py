@@ -592,6 +592,12 @@ async def _run(cmd: dict[str, Any]) -> Any:
         return process.is_alive(cmd["pid"])
     if op == "publish":
         return channels.publish(cmd["channel"], cmd["data"])
+    if op == "publish_many":
+        return [channels.publish(cmd["channel"], {"from": cmd["tag"], "n": n}) for n in range(cmd["count"])]
+    if op == "publish_numbered":
+        return await channels.publish_numbered(cmd["channel"], cmd["data"])
+    if op == "history":
+        return await channels.history(cmd["channel"], cmd.get("since"), cmd.get("limit"))
     if op == "subscribe":
         return (await channels.subscribe(cmd["pid"], cmd["channel"], cmd.get("info"))).channel
     if op == "unsubscribe":

@@ -78,12 +78,23 @@ class _Pending:
     """A publication numbered and being written: delivered once it and every
     one before it on its channel are."""
 
-    __slots__ = ("offset", "text", "written")
+    __slots__ = ("offset", "epoch", "text", "written", "waiter")
 
-    def __init__(self, offset: int, text: str) -> None:
+    def __init__(self, offset: int, epoch: str, text: str) -> None:
         self.offset = offset
+        self.epoch = epoch
         self.text = text
         self.written = False
+        # Told {"offset", "epoch"} once delivered: a call's message, or a future.
+        self.waiter: Any = None
+
+    def delivered(self) -> None:
+        result = {"offset": self.offset, "epoch": self.epoch}
+        if isinstance(self.waiter, asyncio.Future):
+            if not self.waiter.done():
+                self.waiter.set_result(result)
+        elif self.waiter is not None:
+            self.waiter.reply(result)
 
 
 class HistoryKeeper:
@@ -168,7 +179,9 @@ class HistoryKeeper:
         wherever the keeper is."""
         while True:
             if self._keeps(channel) and channel not in self._queued:
-                return self._number(channel, data)
+                waiter = asyncio.get_running_loop().create_future()
+                self._number(channel, data, waiter)
+                return await waiter
             keeper = process.whereis_global(lease(channel))
             if keeper is not None and channel not in self._queued:
                 try:
@@ -179,9 +192,10 @@ class HistoryKeeper:
                     continue
             await self._keeper_found(channel)
 
-    def _number(self, channel: str, data: bytes) -> dict[str, Any]:
+    def _number(self, channel: str, data: bytes, waiter: Any = None) -> dict[str, Any]:
         offset, epoch, text = core.kept_publish(channel, data)
-        pending = _Pending(offset, text)
+        pending = _Pending(offset, epoch, text)
+        pending.waiter = waiter
         self._writing.setdefault(channel, deque()).append(pending)
         self._spawn(self._write(channel, pending))
         return {"offset": offset, "epoch": epoch}
@@ -197,6 +211,7 @@ class HistoryKeeper:
         while writing and writing[0].written:
             done = writing.popleft()
             core.deliver_kept(channel, done.offset, done.text)
+            done.delivered()
         if writing is not None and not writing:
             del self._writing[channel]
 
@@ -362,9 +377,9 @@ class HistoryKeeper:
                 # The lease moved (or never was ours): the asker finds the keeper again.
                 raise LookupError(f"channel {channel!r} is not kept on this node")
             if topic == PUBLISH:
-                result = self._number(channel, payload[1].encode())
-                if not payload[2]:
-                    return
+                # A call is answered once the publication is stored and delivered.
+                self._number(channel, payload[1].encode(), msg if payload[2] else None)
+                return
             elif topic == POSITION:
                 result = list(self.answer_position(channel, payload[1]))
             elif topic == READ:
