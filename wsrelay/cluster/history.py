@@ -101,8 +101,10 @@ class HistoryKeeper:
     """This node's side of the cluster's history: the keeper of the channels
     whose lease it holds, and the forwarder of everything else."""
 
-    def __init__(self, js: Any, limits: tuple[int, float]) -> None:
-        self._js = js
+    def __init__(self, transport: Any, limits: tuple[int, float]) -> None:
+        self._transport = transport
+        self._node = transport.node
+        self._js = transport.jetstream()
         self._limits = limits
         self.pid: Optional[Pid] = None
         # channel -> publications being written, oldest first.
@@ -155,6 +157,17 @@ class HistoryKeeper:
         if not task.cancelled() and task.exception() is not None:
             _trouble.error("history", f"cluster history: {task.exception()!r}")
 
+    def _keeper_of(self, channel: str) -> Optional[Pid]:
+        """The keeper process of ``channel``, when it is known and its node
+        is up. A lease may outlive its holder for a moment (a restarted node
+        does not know the incarnation before it, whose names are released
+        by the others): such a holder is none, so that the lease is claimed,
+        and register_global finds the holder dead and replaces it."""
+        pid = process.whereis_global(lease(channel))
+        if pid is None or pid.node == self._node or self._transport.is_up(pid.node or ""):
+            return pid
+        return None
+
     def _keeps(self, channel: str) -> bool:
         return core_history.channel_log(channel) is not None
 
@@ -166,7 +179,7 @@ class HistoryKeeper:
         sent to the keeper (``{}``)."""
         if self._keeps(channel):
             return self._number(channel, data)
-        keeper = None if channel in self._queued else process.whereis_global(lease(channel))
+        keeper = None if channel in self._queued else self._keeper_of(channel)
         if keeper is not None:
             process.send(keeper, PUBLISH, [channel, data.decode(), False])
             return {}
@@ -182,7 +195,7 @@ class HistoryKeeper:
                 waiter = asyncio.get_running_loop().create_future()
                 self._number(channel, data, waiter)
                 return await waiter
-            keeper = process.whereis_global(lease(channel))
+            keeper = self._keeper_of(channel)
             if keeper is not None and channel not in self._queued:
                 try:
                     return await process.call(keeper, PUBLISH, [channel, data.decode(), True], ASK_TIMEOUT)
@@ -251,7 +264,7 @@ class HistoryKeeper:
     async def _claim(self, channel: str) -> None:
         """This node keeps the channel, or knows who does; then what was
         published here meanwhile goes on, in order."""
-        while not self._keeps(channel) and process.whereis_global(lease(channel)) is None:
+        while not self._keeps(channel) and self._keeper_of(channel) is None:
             if await process.register_global(lease(channel), self.pid):
                 await self._take_over(channel)
                 break
@@ -265,7 +278,7 @@ class HistoryKeeper:
             if self._keeps(channel):
                 self._number(channel, data)
             else:
-                process.send(process.whereis_global(lease(channel)), PUBLISH, [channel, data.decode(), False])
+                process.send(self._keeper_of(channel), PUBLISH, [channel, data.decode(), False])
         for msg in self._deferred.pop(channel, []):
             self.on_message(msg)
 
@@ -319,7 +332,7 @@ class HistoryKeeper:
             if self._keeps(channel):
                 epoch, latest, missed = self.answer_position(channel, position)
                 break
-            keeper = process.whereis_global(lease(channel))
+            keeper = self._keeper_of(channel)
             if keeper is None:
                 await self._keeper_found(channel)
                 continue
@@ -354,7 +367,7 @@ class HistoryKeeper:
             if kept is not None:
                 return {"epoch": kept.epoch, "offset": kept.delivered,
                         "publications": kept.publications(since, limit)}
-            keeper = process.whereis_global(lease(channel))
+            keeper = self._keeper_of(channel)
             if keeper is None:
                 await self._keeper_found(channel)
                 continue
@@ -422,6 +435,6 @@ async def start_history(transport: Any, namespaces: list[Any]) -> Optional[Histo
     limits = limits_of_app(namespaces)
     if limits is None:
         return None
-    keeper = HistoryKeeper(transport.jetstream(), limits)
+    keeper = HistoryKeeper(transport, limits)
     await keeper.start()
     return keeper
