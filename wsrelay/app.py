@@ -26,8 +26,9 @@ _installed_namespaces: list[ChannelNamespace] = []
 @dataclasses.dataclass(frozen=True)
 class ChannelNamespace:
     """Options for the channels whose names match ``pattern`` (fnmatch,
-    case-sensitive). History and presence are read and checked but do
-    nothing yet (docs/guide.md, "Channels")."""
+    case-sensitive): a history when ``history_size`` and ``history_ttl``
+    are both over 0 (docs/guide.md, "History and recovery"). Presence is
+    read and checked but does nothing yet (docs/guide.md, "Channels")."""
 
     id: str
     pattern: str
@@ -255,3 +256,6 @@ class App:
         for fid, func in self.functions.items():
             n.register_function(fid, func)
         _installed_namespaces[:] = self.channel_namespaces
+        from ._core.history import policy_changed
+
+        policy_changed()

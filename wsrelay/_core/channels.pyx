@@ -618,6 +618,14 @@ cdef class _ClusterChannels:
 
     def on_publication(self, str channel, str envelope):
         cdef Node node = get_node()
+        keeper = cluster_keeper()
+        if keeper is not None and limits_of(channel) is not None:
+            message = orjson.loads(envelope)
+            if "offset" not in message:
+                # Made on another node for this one to number: it keeps the
+                # channel (or knows who does now).
+                keeper.publish(channel, orjson.dumps(message["data"]))
+                return
         node.counters.channel_publications_remote += 1
         _deliver(node, channel, envelope)
 

@@ -42,6 +42,11 @@ cdef Py_ssize_t _max_bytes = 1 << 20
 cdef Py_ssize_t _recovery_max = 300
 # name -> (history_size, history_ttl) when the channel has history, else None.
 cdef object _policy = None
+# name -> what _policy answered: a publication to a channel without history
+# costs a dict lookup, not a match of every namespace's pattern. Emptied when
+# the policy changes (an app installed) and when it holds CACHE_SIZE names.
+cdef dict _limits = {}
+CACHE_SIZE = 4096
 # name -> Log.
 cdef dict _logs = {}
 # The channel table (channels.pyx): a Log whose channel has subscribers
@@ -72,6 +77,12 @@ def set_policy(policy):
     with history, None for one without."""
     global _policy
     _policy = policy
+    _limits.clear()
+
+
+def policy_changed():
+    """The namespaces the policy reads changed: ask it again."""
+    _limits.clear()
 
 
 def set_keeper(keeper):
@@ -91,7 +102,16 @@ def current_keeper():
 
 
 cdef object limits_of(str channel):
-    return None if _policy is None else _policy(channel)
+    if _policy is None:
+        return None
+    try:
+        return _limits[channel]
+    except KeyError:
+        pass
+    if len(_limits) >= CACHE_SIZE:
+        _limits.clear()
+    limits = _limits[channel] = _policy(channel)
+    return limits
 
 
 def set_busy(dict table not None):
@@ -193,7 +213,7 @@ cdef Log log_for(str channel):
     cdef Log log = _logs.get(channel)
     if log is not None or _policy is None or _keeper is not None:
         return log
-    limits = _policy(channel)
+    limits = limits_of(channel)
     if limits is None:
         return None
     log = _logs[channel] = Log(channel, limits[0], limits[1])

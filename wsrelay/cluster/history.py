@@ -52,14 +52,18 @@ STREAM = "wsrelay_history"
 SUBJECT_PREFIX = "wsrelay.hist."
 LEASE_PREFIX = "wsrelay:history:"
 KEEPER_FUNCTION = "wsrelay:history_keeper"
-# The keeper's topics: a publication made elsewhere (a send, or a call when
-# the publisher wants its offset), a subscriber's position, a read.
+# The keeper process's topics (calls): a publication whose publisher waits
+# for its offset, a subscriber's position, a read. A publication that nobody
+# waits for travels as a PUBLISH record instead (``_forward``).
 PUBLISH = "history.publish"
 POSITION = "history.position"
 READ = "history.read"
 # How long a node waits for a keeper's answer before asking again (the
 # keeper's node may have been lost meanwhile, and another take over).
 ASK_TIMEOUT = 5.0
+# How long a write to the stream may take (its turn in nats-py's window of
+# outstanding writes, then the ack).
+WRITE_TIMEOUT = 5.0
 # A recovery sent in one reply stays well under NATS' default max_payload.
 MAX_REPLY_BYTES = 512 << 10
 
@@ -181,11 +185,20 @@ class HistoryKeeper:
             return self._number(channel, data)
         keeper = None if channel in self._queued else self._keeper_of(channel)
         if keeper is not None:
-            process.send(keeper, PUBLISH, [channel, data.decode(), False])
+            self._forward(keeper, channel, data)
             return {}
         self._queued.setdefault(channel, []).append(data)
         self._find_keeper(channel)
         return {}
+
+    def _forward(self, keeper: Pid, channel: str, data: bytes) -> None:
+        """A publication to the keeper's node, as a PUBLISH record without an
+        offset (the core hands it back to us there): on the ordered stream
+        between the nodes, and bounded by it, not by a process's mailbox."""
+        envelope = orjson.dumps({"channel": channel, "event": "publication", "data": orjson.Fragment(data)})
+        if not self._transport.publication(keeper.node, channel, envelope.decode()):
+            _trouble.warning("forward", f"cluster history: a publication of {channel!r} for its keeper {keeper} "
+                                        "could not leave: its node is down")
 
     async def publish_stored(self, channel: str, data: bytes) -> dict[str, Any]:
         """As ``publish``, and the offset and epoch the keeper gave it,
@@ -198,8 +211,11 @@ class HistoryKeeper:
             keeper = self._keeper_of(channel)
             if keeper is not None and channel not in self._queued:
                 try:
-                    return await process.call(keeper, PUBLISH, [channel, data.decode(), True], ASK_TIMEOUT)
-                except (CallError, TimeoutError) as exc:
+                    return await process.call(keeper, PUBLISH, [channel, data.decode()], ASK_TIMEOUT)
+                except CallError as exc:
+                    # The keeper ended or its node was lost, most likely before it
+                    # numbered this one: the next keeper is asked (a publication
+                    # it did number is published twice).
                     _trouble.warning("publish", f"cluster history: keeper of {channel!r}: {exc}; asking again")
                     await asyncio.sleep(0.1)
                     continue
@@ -215,8 +231,11 @@ class HistoryKeeper:
 
     async def _write(self, channel: str, pending: _Pending) -> None:
         try:
-            ack = await self._js.publish_async(subject(channel), pending.text.encode(), stream=STREAM)
-            await ack
+            ack = await self._js.publish_async(subject(channel), pending.text.encode(), wait_stall=WRITE_TIMEOUT,
+                                               stream=STREAM)
+            # An ack that never comes would hold every later publication of
+            # the channel: past WRITE_TIMEOUT the write counts as failed.
+            await asyncio.wait_for(ack, WRITE_TIMEOUT)
         except Exception as exc:  # the broker away or refusing: delivered all the same, counted
             self._write_failed(channel, pending, exc)
         pending.written = True
@@ -278,7 +297,7 @@ class HistoryKeeper:
             if self._keeps(channel):
                 self._number(channel, data)
             else:
-                process.send(self._keeper_of(channel), PUBLISH, [channel, data.decode(), False])
+                self._forward(self._keeper_of(channel), channel, data)
         for msg in self._deferred.pop(channel, []):
             self.on_message(msg)
 
@@ -390,8 +409,8 @@ class HistoryKeeper:
                 # The lease moved (or never was ours): the asker finds the keeper again.
                 raise LookupError(f"channel {channel!r} is not kept on this node")
             if topic == PUBLISH:
-                # A call is answered once the publication is stored and delivered.
-                self._number(channel, payload[1].encode(), msg if payload[2] else None)
+                # Answered once the publication is stored and delivered.
+                self._number(channel, payload[1].encode(), msg)
                 return
             elif topic == POSITION:
                 result = list(self.answer_position(channel, payload[1]))
