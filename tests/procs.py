@@ -600,6 +600,9 @@ async def _run(cmd: dict[str, Any]) -> Any:
         return await channels.history(cmd["channel"], cmd.get("since"), cmd.get("limit"))
     if op == "subscribe":
         return (await channels.subscribe(cmd["pid"], cmd["channel"], cmd.get("info"))).channel
+    if op == "subscribe_position":
+        sub = await channels.subscribe(cmd["pid"], cmd["channel"])
+        return [sub.recovered, sub.offset, sub.epoch]
     if op == "unsubscribe":
         return channels.unsubscribe(cmd["pid"], cmd["channel"])
     if op == "disconnect":

@@ -139,6 +139,11 @@ async def test_a_client_recovers_on_another_node_than_the_one_it_was_on(app: Pat
         assert other.subscribed[ROOM]["offset"] == last + 210
         await cb.call("publish_many", channel=ROOM, tag="after", count=1)
         assert (await other.publications(1))[0]["offset"] == last + 211
+        # channels.subscribe on a node that does not keep the channel: its position, once the keeper answered.
+        later = await Client.open(b)
+        assert await cb.call("subscribe_position", pid=later.me, channel=ROOM) == [False, last + 211, epoch]
+        subscribed = json.loads(await later.ws.recv_text(timeout=20))
+        assert (subscribed["event"], subscribed["offset"]) == ("subscribed", last + 211)
 
 
 async def test_a_killed_keeper_is_succeeded_by_one_that_continues_the_offsets(app: Path, broker: Broker) -> None:

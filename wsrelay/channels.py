@@ -77,7 +77,14 @@ async def subscribe(conn_pid: Union[Pid, str], name: str, info: Optional[dict[st
     its node did not answer."""
     remote, pid = _elsewhere(conn_pid)
     if remote is None:
-        return _subscribe(pid, name, info)
+        subscription = _subscribe(pid, name, info)
+        keeper = current_keeper()
+        if keeper is not None and subscription.epoch is None:
+            # In a cluster a channel with history has its position from its keeper.
+            answered = await keeper.subscription(pid, subscription.channel)
+            if answered is not None:
+                return answered
+        return subscription
     checked = check_channel_name(name)
     if info is not None and not isinstance(info, dict):
         raise ValueError(f"channels.subscribe: info must be a dict, got {type(info).__name__}")

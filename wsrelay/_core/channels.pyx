@@ -417,6 +417,16 @@ def deliver_kept(str name, unsigned long long offset, str text):
     _ship(node, name, text)
 
 
+def holding(Pid pid, str name):
+    """Whether this node's connection ``pid`` still waits for ``name``'s
+    keeper to answer (False once answered, or when it left)."""
+    cdef Connection conn = _connection(get_node(), pid, "channels.holding")
+    if conn is None or conn.channels is None or name not in conn.channels:
+        return False
+    cdef Channel channel = conn.channels[name]
+    return channel.holding is not None and conn in channel.holding
+
+
 def recovered(Pid pid, str name, str epoch, unsigned long long latest, list missed, bint asked):
     """The keeper's answer for a subscriber of this node asked about in
     ``_ask_keeper`` (``asked``: with a position to recover from):

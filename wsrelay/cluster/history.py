@@ -121,6 +121,9 @@ class HistoryKeeper:
         # node was taking the channel over.
         self._deferred: dict[str, list[Any]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        # (connection, channel) -> its Subscription once the keeper answered,
+        # for the channels.subscribe that waits for it.
+        self._answers: dict[tuple[Pid, str], asyncio.Future[Any]] = {}
 
     # -- start ----------------------------------------------------------------------
 
@@ -343,11 +346,32 @@ class HistoryKeeper:
     def position(self, conn: Pid, channel: str, position: Optional[tuple[str, int]]) -> None:
         """A connection of this node subscribed to ``channel``: its position
         from the keeper, then ``core.recovered``."""
-        self._spawn(self._position(conn, channel, position))
+        answer = self._answers[(conn, channel)] = asyncio.get_running_loop().create_future()
+        self._spawn(self._position(conn, channel, position, answer))
 
-    async def _position(self, conn: Pid, channel: str, position: Optional[tuple[str, int]]) -> None:
+    async def subscription(self, conn: Pid, channel: str) -> Any:
+        """The Subscription of ``conn`` to ``channel`` once the keeper has
+        answered (None: not asked, or the connection left meanwhile)."""
+        answer = self._answers.get((conn, channel))
+        return None if answer is None else await asyncio.shield(answer)
+
+    async def _position(self, conn: Pid, channel: str, position: Optional[tuple[str, int]],
+                        answer: asyncio.Future[Any]) -> None:
+        subscription = None
+        try:
+            subscription = await self._ask(conn, channel, position)
+        finally:
+            # (None too when asking failed: channels.subscribe must not wait forever.)
+            if self._answers.get((conn, channel)) is answer:
+                del self._answers[(conn, channel)]
+            if not answer.done():
+                answer.set_result(subscription)
+
+    async def _ask(self, conn: Pid, channel: str, position: Optional[tuple[str, int]]) -> Any:
         asked = position is not None
         while True:
+            if not core.holding(conn, channel):
+                return None  # the connection left, or unsubscribed, meanwhile
             if self._keeps(channel):
                 epoch, latest, missed = self.answer_position(channel, position)
                 break
@@ -362,7 +386,7 @@ class HistoryKeeper:
             except (CallError, TimeoutError) as exc:
                 _trouble.warning("position", f"cluster history: keeper of {channel!r}: {exc}; asking again")
                 await asyncio.sleep(0.1)
-        core.recovered(conn, channel, epoch, latest, missed, asked)
+        return core.recovered(conn, channel, epoch, latest, missed, asked)
 
     def answer_position(self, channel: str, position: Optional[Any]) -> tuple[str, int, Optional[list[str]]]:
         """(epoch, latest delivered offset, the publications after
