@@ -217,3 +217,24 @@ async def reconnect(server: Any, *channels: str, **options: Any) -> Client:
         except (ConnectionError, OSError):
             assert asyncio.get_running_loop().time() < deadline, "no worker came back"
             await asyncio.sleep(0.1)
+
+
+async def test_cluster_data_keeps_history_over_a_restart_of_the_whole_server(app: Path, tmp_path: Path) -> None:
+    data = tmp_path / "jetstream"
+    position: dict[str, Any] = {}
+    for run in range(2):
+        async with supervised_server(app, WSRELAY_WORKERS="2", WSRELAY_CLUSTER_DATA=str(data)) as server:
+            client = await Client.open(server, "room:lobby", path="/ws/chat",
+                                       recover={"room:lobby": position} if position else None)
+            subscribed = client.subscribed["room:lobby"]
+            joined = (await client.publications(1))[0]  # the room publishes each join
+            if run == 0:
+                assert (subscribed["recovered"], joined["offset"]) == (False, 1)
+                position = {"epoch": joined["epoch"], "offset": joined["offset"]}
+            else:
+                # The same history: its epoch, its offsets, and recovery from before the restart.
+                assert subscribed["recovered"] is True and subscribed["epoch"] == position["epoch"]
+                assert (joined["offset"], joined["epoch"]) == (2, position["epoch"])
+            client.ws.abort()
+            assert await server.stopped() == 0, server.output()
+    assert any(data.iterdir()), "the broker's JetStream data is kept in WSRELAY_CLUSTER_DATA"
