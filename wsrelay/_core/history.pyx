@@ -265,6 +265,11 @@ def adopt(str channel, Py_ssize_t size, double ttl, str epoch, unsigned long lon
     return log
 
 
+def drop(str channel):
+    """Forget ``channel``'s Log here (in a cluster: another node keeps it now)."""
+    _logs.pop(channel, None)
+
+
 def channel_log(name):
     """The Log of channel ``name`` (made now when it has history and none
     yet), or None: the channel has no history."""

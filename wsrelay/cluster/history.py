@@ -171,12 +171,25 @@ class HistoryKeeper:
         by the others): such a holder is none, so that the lease is claimed,
         and register_global finds the holder dead and replaces it."""
         pid = process.whereis_global(lease(channel))
-        if pid is None or pid.node == self._node or self._transport.is_up(pid.node or ""):
+        if pid is None:
+            return None
+        if pid == self.pid:
+            # Ours, but without its Log (a takeover that failed): claimed again.
+            return pid if core_history.channel_log(channel) is not None else None
+        if pid.node == self._node or self._transport.is_up(pid.node or ""):
             return pid
         return None
 
     def _keeps(self, channel: str) -> bool:
-        return core_history.channel_log(channel) is not None
+        if core_history.channel_log(channel) is None:
+            return False
+        if process.whereis_global(lease(channel)) == self.pid:
+            return True
+        # The lease is another node's now (ours was released while this node
+        # was cut off, and someone claimed it): its Log is the channel's.
+        core_history.drop(channel)
+        _trouble.warning("lease", f"cluster history: {channel!r} is kept by another node now; this one stops")
+        return False
 
     # -- publishing ---------------------------------------------------------------
 
@@ -287,7 +300,8 @@ class HistoryKeeper:
         """This node keeps the channel, or knows who does; then what was
         published here meanwhile goes on, in order."""
         while not self._keeps(channel) and self._keeper_of(channel) is None:
-            if await process.register_global(lease(channel), self.pid):
+            if process.whereis_global(lease(channel)) == self.pid or \
+                    await process.register_global(lease(channel), self.pid):
                 await self._take_over(channel)
                 break
             # Another node won: our view of the names learns of it shortly.
