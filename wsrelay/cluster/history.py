@@ -465,9 +465,15 @@ class HistoryKeeper:
 
 
 async def _keeper_process(keeper: HistoryKeeper) -> None:
-    """The process other nodes send publications and questions to."""
+    """The process other nodes send publications and questions to. It holds
+    every lease of this node: a bug in one answer is logged, and the
+    process goes on, rather than release every channel this node keeps."""
     async for msg in process.inbox():
-        keeper.on_message(msg)
+        try:
+            keeper.on_message(msg)
+        except Exception:
+            node().counters.runtime_errors += 1
+            log.exception("cluster history: %s from %s failed", msg.topic, msg.sender)
 
 
 def _new_epoch() -> str:
