@@ -87,7 +87,7 @@ cdef class Channel:
 
 cdef class _Held:
     """The publications held for one subscriber while its position is
-    asked: (offset, envelope) in arrival order, at most ``hold_limit()``;
+    asked: (offset, envelope) in arrival order, at most ``_hold_limit()``;
     past it the oldest go and the subscriber does not recover."""
 
     cdef list texts
