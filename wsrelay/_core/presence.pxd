@@ -11,6 +11,9 @@ cdef class Presence:
     cdef dict local
     # node -> {client PID text: user, or (user, info) when info is not empty}
     cdef dict remote
+    # (clients, distinct users) as last counted, or None since a change:
+    # asked often (presence_stats), it costs a pass over every entry.
+    cdef tuple counted
 
     cdef Py_ssize_t count(self)
     cdef int tell(self, str event, dict entry, Py_ssize_t members) except -1

@@ -83,6 +83,7 @@ cdef class Presence:
         self.max_members = max_members
         self.local = None
         self.remote = {}
+        self.counted = None
 
     cdef Py_ssize_t count(self):
         cdef Py_ssize_t n = 0 if self.local is None else len(self.local)
@@ -150,11 +151,13 @@ cdef Presence attach(str name, dict members):
 
 cdef int joined(Node node, Presence presence, Connection conn, bint fresh) except -1:
     if fresh:
+        presence.counted = None
         presence.tell(JOIN, _local_entry(conn, presence.local[conn]), presence.count())
     return _changed(node, presence.name, conn)
 
 
 cdef int parted(Node node, Presence presence, Connection conn, object info) except -1:
+    presence.counted = None
     presence.tell(LEAVE, _local_entry(conn, info), presence.count() + 1)
     _changed(node, presence.name, conn)
     return _drop_if_empty(presence)
@@ -240,6 +243,7 @@ cdef int node_down(str peer) except -1:
 cdef int _forget(Presence presence, str peer, dict entries) except -1:
     """``peer``'s ``entries`` of ``presence`` are gone (taken out already)."""
     cdef Py_ssize_t members = presence.count() + len(entries)
+    presence.counted = None
     for client, value in entries.items():
         presence.tell(LEAVE, _remote_entry(client, value), members)
         members -= 1
@@ -261,6 +265,7 @@ cdef int on_presence(str peer, bint snapshot, list changes) except -1:
     if snapshot:
         for presence in [p for p in _table.values() if peer in (<Presence>p).remote]:
             before[presence.name] = presence.remote.pop(peer)
+            presence.counted = None
     for change in changes:
         if type(change) is not list or len(change) != 3 or type(change[0]) is not str \
                 or type(change[1]) is not list or type(change[2]) is not list:
@@ -275,6 +280,7 @@ cdef int on_presence(str peer, bint snapshot, list changes) except -1:
                     _log.write(logging.WARNING, f"presence: entries of {name!r} from {peer} dropped: its namespace "
                                "here has no presence (do the nodes run the same app?)")
                 continue
+        presence.counted = None
         entries = presence.remote.get(peer)
         if entries is None:
             entries = presence.remote[peer] = {}
@@ -345,10 +351,13 @@ def stats(name):
     node, and their distinct users (one user with several connections
     counts once; connections without a user count in clients only)."""
     cdef Presence presence = _asked(name, "channels.presence_stats")
-    cdef set users = set()
+    cdef set users
     cdef Connection conn
     if presence is None:
         return {"clients": 0, "users": 0}
+    if presence.counted is not None:
+        return {"clients": presence.counted[0], "users": presence.counted[1]}
+    users = set()
     if presence.local is not None:
         for conn in presence.local:
             if conn.user is not None:
@@ -359,7 +368,8 @@ def stats(name):
                 value = (<tuple>value)[0]
             if value is not None:
                 users.add(value)
-    return {"clients": presence.count(), "users": len(users)}
+    presence.counted = (presence.count(), len(users))
+    return {"clients": presence.counted[0], "users": presence.counted[1]}
 
 
 def here():
