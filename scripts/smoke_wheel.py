@@ -14,7 +14,7 @@ and cibuildwheel's test step all do). It uses the standard library only.
    directory) and waits for ``/health``; checks ``/metrics``;
 3. connects two WebSocket clients (a minimal RFC 6455 client on a raw socket)
    to the chat room, sends a message from one and checks that the room's
-   broadcast reaches both; closes both with a close handshake;
+   channel publishes it to both; closes both with a close handshake;
 4. sends SIGTERM and checks that the gateway exits with status 0.
 
 Exit status 0 when all of this holds; otherwise 1 with the step that failed and
@@ -244,30 +244,33 @@ class WSClient:
             self.sock.close()
 
 
-def expect(client: WSClient, who: str, **fields: object) -> dict:
+def expect(client: WSClient, who: str, channel: str, **fields: object) -> dict:
+    """The next message: a publication on ``channel`` whose data has ``fields``."""
     event = client.recv_json()
-    for key, value in fields.items():
-        if event.get(key) != value:
-            raise SmokeError(f"{who} expected {fields}, got {event}")
-    return event
+    data = event.get("data")
+    if (event.get("channel"), event.get("event")) != (channel, "publication") or not isinstance(data, dict) \
+            or any(data.get(key) != value for key, value in fields.items()):
+        raise SmokeError(f"{who} expected a publication on {channel} with {fields}, got {event}")
+    return data
 
 
 def chat(port: int, timeout: float) -> None:
+    room = "room:smoke"
     alice = WSClient(port, "/ws/chat?room=smoke&user=alice", timeout)
-    expect(alice, "alice", event="join", user="alice", room="smoke", members=["alice"])
+    expect(alice, "alice", room, kind="join", user="alice", room="smoke")
     bob = WSClient(port, "/ws/chat?room=smoke&user=bob", timeout)
-    expect(bob, "bob", event="join", user="bob", members=["alice", "bob"])
-    expect(alice, "alice", event="join", user="bob", members=["alice", "bob"])
+    expect(bob, "bob", room, kind="join", user="bob", room="smoke")
+    expect(alice, "alice", room, kind="join", user="bob", room="smoke")
     step("two clients joined the room")
     text = "hello from the wheel smoke test \u2713"
     alice.send_text(text)
-    expect(alice, "alice", event="message", user="alice", text=text)
-    expect(bob, "bob", event="message", user="alice", text=text)
-    step("a message was relayed to the room and its broadcast reached both clients")
+    expect(alice, "alice", room, kind="message", user="alice", text=text)
+    expect(bob, "bob", room, kind="message", user="alice", text=text)
+    step("a message was published to the room's channel and reached both clients")
     code = bob.close()
     if code != 1000:
         raise SmokeError(f"bob's close handshake answered code {code}")
-    expect(alice, "alice", event="leave", user="bob", members=["alice"])
+    expect(alice, "alice", room, kind="leave", user="bob")
     code = alice.close()
     if code != 1000:
         raise SmokeError(f"alice's close handshake answered code {code}")

@@ -21,6 +21,7 @@ from tests import test_cluster_core as core
 from tests.cluster_support import DOWN_AFTER, CallError, Control, controlled_cluster, local_metrics
 from tests.test_cluster_supervisor import kill_worker, supervised_server
 from tests.wsclient import RawWebSocket
+from wsrelay.client import AsyncClient
 from wsrelay.cluster.broker import Broker
 
 pytestmark = pytest.mark.timeout(120)
@@ -152,6 +153,19 @@ async def test_disconnect_a_user_on_every_node(app: Path, broker: Broker) -> Non
             await ca.call("disconnect", user="ada", code=999)
         with pytest.raises(CallError, match="give client or user"):
             await ca.call("disconnect")
+
+
+async def test_an_idempotency_key_is_claimed_for_every_node(app: Path, broker: Broker) -> None:
+    async with controlled_cluster(app, broker, "a", "b", WSRELAY_API_KEY="k") as ((a, ca), (b, cb)):
+        ws, _ = await member(b, "news")
+        await heard(cb, ca)
+        async with AsyncClient(a.url("", scheme="http"), "k") as via_a, \
+                AsyncClient(b.url("", scheme="http"), "k") as via_b:
+            assert await via_a.publish("news", "once", idempotency_key="k-1") == {}
+            # The retry through the other node is accepted, and not published.
+            assert await via_b.publish("news", "once", idempotency_key="k-1") == {}
+            assert await via_b.publish("news", "next") == {}
+        assert await publications(ws, 2) == [("news", "once"), ("news", "next")]
 
 
 async def test_a_lost_node_takes_its_subscribers_with_it(app: Path, broker: Broker) -> None:

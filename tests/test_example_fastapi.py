@@ -1,7 +1,9 @@
 """examples/fastapi, run as its README says: `python examples/fastapi/main.py`
 in a child process, FastAPI on uvicorn and the wsrelay gateway in its one
 event loop. Real WebSocket clients on the gateway's port, real HTTP requests
-(httpx) on the API's.
+(httpx) on the API's. Then `python examples/fastapi/publisher.py`, FastAPI
+in a process of its own publishing to the chat demo's rooms through the
+server API (wsrelay.client.AsyncClient).
 
 Nothing sleeps: every wait is for a line the example prints, a frame, an
 HTTP answer or the end of the process, with a generous upper bound.
@@ -21,7 +23,7 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.harness import ServerProcess
+from tests.harness import WSRELAY, ServerProcess
 
 # The machine has 2 shared cores: generous bounds, strict conditions.
 TIMEOUT = 20.0
@@ -202,3 +204,73 @@ async def test_sigterm_closes_the_websockets_and_exits_0_leaving_nothing():
     assert code == 0, server.output()
     assert "Traceback" not in server.text("stderr"), server.output()
     assert refused(api) and refused(example.gateway)
+
+
+# -- publisher.py: a FastAPI process of its own, publishing through the server API ------------
+
+PUBLISHER_KEY = "fastapi-publisher-key"
+PUBLISHER_READY = r"publisher on http://(127\.0\.0\.1):(\d+)$"
+
+
+def chat_demo() -> ServerProcess:
+    """The chat demo, its server API on (`WSRELAY_API_KEY=... make run`)."""
+    return ServerProcess([WSRELAY, "serve", "examples/chat/app.yaml", "--addr", "127.0.0.1:0"],
+                         env={"WSRELAY_API_KEY": PUBLISHER_KEY})
+
+
+def publisher(demo: ServerProcess, key: str = PUBLISHER_KEY) -> ServerProcess:
+    """`python examples/fastapi/publisher.py 127.0.0.1:0`, pointed at ``demo``."""
+    return ServerProcess([sys.executable, "examples/fastapi/publisher.py", "127.0.0.1:0"],
+                         env={"WSRELAY_URL": demo.url("", "http"), "WSRELAY_API_KEY": key},
+                         ready=PUBLISHER_READY)
+
+
+async def own_arrival(ws: Any, user: str) -> None:
+    """Until ``ws`` has seen its own join in its room: it is subscribed."""
+    await recv_until(ws, lambda e: e["data"].get("kind") == "join" and e["data"]["user"] == user)
+
+
+def announced(room: str, text: str) -> dict:
+    return {"channel": f"room:{room}", "event": "publication",
+            "data": {"kind": "message", "user": "announcer", "text": text}}
+
+
+def by_announcer(event: dict) -> bool:
+    return event["data"].get("user") == "announcer"
+
+
+async def test_a_fastapi_process_of_its_own_publishes_to_the_chat_demos_rooms():
+    async with chat_demo() as demo, publisher(demo) as api:
+        def join(room: str, user: str) -> Any:
+            return websockets.connect(demo.url(f"/ws/chat?room={room}&user={user}"), open_timeout=TIMEOUT)
+
+        async with join("garden", "ada") as ada, join("garden", "bob") as bob, join("kitchen", "cy") as cy, \
+                httpx.AsyncClient(base_url=f"http://{api.host}:{api.port}", timeout=TIMEOUT) as http:
+            for ws, user in ((ada, "ada"), (bob, "bob"), (cy, "cy")):
+                await own_arrival(ws, user)
+            res = await http.get("/rooms")
+            assert (res.status_code, res.json()) == (200, {"rooms": {"garden": 2, "kitchen": 1}})
+
+            res = await http.post("/rooms/garden/announcements", json={"text": "lunch is ready"})
+            assert (res.status_code, res.json()) == (200, {"room": "garden", "announced": True})
+            for ws in (ada, bob):
+                assert await recv_until(ws, by_announcer) == announced("garden", "lunch is ready")
+            # The garden's publication is made: had cy been sent it, it
+            # would come before the kitchen's, made after it by the same client.
+            res = await http.post("/rooms/kitchen/announcements", json={"text": "who took my spoon"})
+            assert res.status_code == 200, res.text
+            assert await recv_until(cy, by_announcer) == announced("kitchen", "who took my spoon")
+
+            # Refused by FastAPI's validation, before anything is published.
+            assert (await http.post("/rooms/Not A Room/announcements", json={"text": "x"})).status_code == 422
+            assert (await http.post("/rooms/garden/announcements", json={"text": ""})).status_code == 422
+
+        assert await api.stopped() == 0, api.output()
+
+        # wsrelay's refusal, named in a 502.
+        async with publisher(demo, key="not-the-key") as api, \
+                httpx.AsyncClient(base_url=f"http://{api.host}:{api.port}", timeout=TIMEOUT) as http:
+            for res in (await http.post("/rooms/garden/announcements", json={"text": "x"}), await http.get("/rooms")):
+                assert res.status_code == 502, res.text
+                assert "unauthorized" in res.json()["detail"], res.text
+        assert await demo.stopped() == 0, demo.output()

@@ -2,8 +2,9 @@
 and these tests run those files against real gateways over real sockets.
 
 - Every ```python and ```yaml block of the guide must appear, verbatim, in a
-  file of examples/guide/, or of examples/fastapi/ (section 11's, run by
-  tests/test_example_fastapi.py).
+  file of examples/guide/, or of the examples that tests of their own run:
+  examples/fastapi/ (tests/test_example_fastapi.py), examples/chat/
+  (tests/test_demo_browser.py), examples/django/ (tests/test_example_django.py).
 - examples/guide/app.yaml runs under `wsrelay serve` (a subprocess, on a port
   the kernel picks), and websocket clients exercise each example.
 - processes.py, python_app.py and with_aiohttp.py run as the guide says to
@@ -33,7 +34,8 @@ from tests.wsclient import HTTPResponse, http_request
 GUIDE = REPO / "docs" / "guide.md"
 EXAMPLES = REPO / "examples" / "guide"
 # The folders whose files the guide's code blocks come from.
-SHOWN = (EXAMPLES, REPO / "examples" / "fastapi")
+SHOWN = tuple(REPO / "examples" / folder for folder in (
+    "guide", "fastapi", "chat", "django/gateway", "django/notify_site"))
 # The machine has 2 shared cores: generous bounds, strict conditions.
 TIMEOUT = 20.0
 UPGRADE = {
@@ -119,15 +121,17 @@ def _code_blocks(markdown: str) -> list[tuple[str, str]]:
 def test_every_code_block_of_the_guide_is_in_an_example_file():
     blocks = [(lang, code) for lang, code in _code_blocks(GUIDE.read_text()) if lang in ("python", "yaml")]
     assert len(blocks) >= 10, "the guide lost its examples"
-    files = {f"{folder.name}/{path.name}": path.read_text() for folder in SHOWN for path in sorted(folder.iterdir())
-             if path.suffix in (".py", ".yaml")}
+    # By their paths in the repository; an empty file (a package's
+    # __init__.py) has nothing to show.
+    files = {path.relative_to(REPO).as_posix(): path.read_text() for folder in SHOWN
+             for path in sorted(folder.iterdir()) if path.suffix in (".py", ".yaml") and path.stat().st_size}
     missing = [code for _, code in blocks if not any(code in text for text in files.values())]
-    folders = " or ".join(f"examples/{folder.name}/" for folder in SHOWN)
+    folders = " or ".join(f"{folder.relative_to(REPO).as_posix()}/" for folder in SHOWN)
     assert not missing, f"guide blocks that are in no file of {folders}:\n\n" + "\n---\n".join(missing)
     # And every example file is shown, at least in part, by the guide.
     guide = GUIDE.read_text()
     for name in files:
-        assert f"examples/{name}" in guide, f"the guide never mentions examples/{name}"
+        assert name in guide, f"the guide never mentions {name}"
 
 
 def test_check_command_accepts_the_guide_app():
@@ -290,6 +294,14 @@ async def test_channels_granted_by_the_handler_and_published_by_a_process(guide:
             assert await recv(bob) == publication({"user": "bob", "text": "still here?"})
             await ada.send("/leave no room")
             assert "not allowed" in await asyncio.wait_for(ada.recv(), TIMEOUT)
+            # Subscribed by the process: ada hears the garden from now on.
+            await ada.send("/join room:garden")
+            await ada.send("/join no room")
+            assert "not allowed" in await asyncio.wait_for(ada.recv(), TIMEOUT)
+            async with websockets.connect(guide.url("/ws/rooms?room=garden&user=cy")) as cy:
+                garden = {"channel": "room:garden", "event": "publication", "data": {"joined": "cy"}}
+                assert await recv(cy) == garden
+                assert await recv(ada) == garden
     with pytest.raises(InvalidStatus) as info:
         async with websockets.connect(guide.url("/ws/rooms?room=a%20b")):
             pass

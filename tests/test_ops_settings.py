@@ -64,6 +64,10 @@ BAD = [
     ("WSRELAY_COMPRESSION_MIN_SIZE", "2GiB"),
     ("WSRELAY_MAX_CHANNELS_PER_CONNECTION", "0"),
     ("WSRELAY_MAX_CHANNELS_PER_CONNECTION", "many"),
+    ("WSRELAY_API_KEY", "two words"),
+    ("WSRELAY_API_ADDR", "nowhere"),
+    ("WSRELAY_API_MAX_BODY", "0"),
+    ("WSRELAY_API_MAX_BODY", "1.5MiB"),
     ("WSRELAY_WORKERS", "0"),
     ("WSRELAY_WORKERS", "many"),
     ("WSRELAY_CLUSTER_URL", "http://127.0.0.1:4222"),
@@ -79,6 +83,10 @@ EXTRA = [
     # A timeout without an interval to time out of: refused, naming the timeout.
     ({"WSRELAY_PING_INTERVAL": "10s", "WSRELAY_PING_TIMEOUT": "0"}, "WSRELAY_PING_TIMEOUT"),
     ({"WSRELAY_PING_INTERVAL": "1s", "WSRELAY_PING_TIMEOUT": "2s"}, "WSRELAY_PING_TIMEOUT"),
+    # An API listener without a key would serve nothing.
+    ({"WSRELAY_API_ADDR": "127.0.0.1:0"}, "WSRELAY_API_ADDR"),
+    # Each worker would bind a port of its own.
+    ({"WSRELAY_API_KEY": "k", "WSRELAY_API_ADDR": "127.0.0.1:0", "WSRELAY_WORKERS": "2"}, "WSRELAY_API_ADDR"),
 ]
 
 
@@ -123,7 +131,7 @@ def test_bad_value_exits_2_naming_the_variable_before_binding(refusals, index):
 
 
 @pytest.mark.parametrize("index", range(len(EXTRA)), ids=[EXTRA[i][1] + f"#{i}" for i in range(len(EXTRA))])
-def test_inconsistent_ping_settings_are_refused(refusals, index):
+def test_inconsistent_settings_are_refused(refusals, index):
     _assert_refused(refusals[len(BAD) + index], EXTRA[index][1])
 
 

@@ -44,7 +44,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
+    from . import load_runtime
     from .settings import load_settings, use_settings
+
+    load_runtime()
 
     try:
         settings = load_settings()

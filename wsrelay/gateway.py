@@ -1,5 +1,6 @@
 """The gateway: an App's services listening on picows, routing each request to
-its router and endpoint, with /health and /metrics on every service."""
+its router and endpoint, with /health and /metrics on every service, and
+the server API (wsrelay/api.py) on every service or on a listener of its own."""
 
 from __future__ import annotations
 
@@ -15,12 +16,14 @@ import orjson
 import picows
 from picows import WSUpgradeResponseWithListener
 
-from . import threads
+from . import load_runtime, threads
 from ._core.handshake import Handshakes, http_answer
 from ._core.picows_private import server_protocol_factory
 from ._core.relay import RelayListener, RelayService
 from ._core.runtime import node as get_node
 from ._core.runtime import terminate
+from .api import PREFIX as API_PREFIX
+from .api import Api
 from .app import App, Router, Service, parse_addr
 from .http import Middleware, Request, Response, middleware_factory, plain
 from .relay import normalize_upgrade_headers
@@ -28,6 +31,8 @@ from .settings import Settings
 from .settings import settings as current_settings
 
 log = logging.getLogger("wsrelay.gateway")
+
+load_runtime()  # the gateway may be imported before any other public name
 
 
 def _is_async(func: Any) -> bool:
@@ -77,8 +82,12 @@ class ServiceRuntime:
             # In a cluster /metrics answers for every worker of the machine,
             # gathered over the bus: it has to wait, so the guard answers it.
             routes[b"/metrics"] = self.machine_metrics
+        # The server API on the service's port: its requests go to it from
+        # the guard, and their connection stays with it.
+        assert gateway.service_api is not None
         self.handshakes = Handshakes(loop, self.make_protocol, timeout=s.handshake_timeout,
-                                     receive_buffer=s.socket_receive_buffer, routes=routes)
+                                     receive_buffer=s.socket_receive_buffer, routes=routes,
+                                     prefixes={API_PREFIX: gateway.service_api.protocol})
         self.server: Optional[asyncio.AbstractServer] = None
         self.accepting = True
 
@@ -290,6 +299,11 @@ class Gateway:
         self.services: dict[str, ServiceRuntime] = {}
         self.started_at = time.time()
         self._metrics_registry: Any = None
+        # The server API (WSRELAY_API_KEY), and its own listener (WSRELAY_API_ADDR).
+        self.api: Optional[Api] = None
+        # What the services answer on /api/: the API, or a 404 saying where it is.
+        self.service_api: Optional[Api] = None
+        self.api_server: Optional[asyncio.AbstractServer] = None
 
     async def start(self) -> None:
         self.app.install()
@@ -297,6 +311,17 @@ class Gateway:
         get_node().bind_thread()
         threads.attach()  # other threads reach the runtime through this loop
         _quiet_picows(logging.getLogger("wsrelay").getEffectiveLevel())
+        s = self.settings
+        bounds = {"max_body": s.api_max_body, "request_timeout": s.handshake_timeout}
+        if s.api_key:
+            # In a cluster, a key claimed through one node is claimed for all.
+            keys = None if self.transport is None else self.transport.idempotency
+            self.api = Api(s.api_key, keys=keys, **bounds)
+        if self.api is not None and not s.api_addr:
+            self.service_api = self.api
+        else:
+            self.service_api = Api(None, **bounds, off="the server API is off: WSRELAY_API_KEY is not set" if
+                                   self.api is None else "the server API is on WSRELAY_API_ADDR, not on the services")
         for index, service in enumerate(self.app.services.values()):
             routers = [r for r in self.app.routers.values() if r.service == service.id]
             rt = ServiceRuntime(self, service, routers)
@@ -304,22 +329,22 @@ class Gateway:
                 # Frames from other nodes name its connections by id.
                 get_node().remote.add_connection_host(service.id)
             addr = self.addr_override if (index == 0 and self.addr_override) else service.addr
-            host, port = parse_addr(addr)
             # Each socket starts with the handshake guard, which hands it to
             # picows once the request head is in (wsrelay._core.handshake).
-            try:
-                rt.server = await loop.create_server(rt.handshakes.protocol, host, port, reuse_address=True,
-                                                     reuse_port=self.reuse_port, backlog=4096)
-            except OSError as exc:
-                # The resolver's and the kernel's errors do not say which
-                # address they are about ("Name or service not known").
-                shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-                error = OSError(f"{shown} ({service.id}): {exc}")
-                error.errno = exc.errno
-                raise error from exc
+            rt.server = await _listen(loop, rt.handshakes.protocol, addr, service.id, self.reuse_port)
             rt.relay.start()
             self.services[service.id] = rt
             log.info("%s listening on %s", service.id, self.url("", service.id, scheme="http"))
+        if self.api is not None and s.api_addr:
+            self.api_server = await _listen(loop, self.api.protocol, s.api_addr, "the server API", self.reuse_port)
+            host, port = self.api_address()
+            log.info("the server API listening on http://%s:%d%s", host, port, API_PREFIX.decode())
+
+    def api_address(self) -> tuple[str, int]:
+        """Where the server API's own listener (WSRELAY_API_ADDR) listens."""
+        assert self.api_server is not None, "WSRELAY_API_ADDR is not set"
+        host, port = self.api_server.sockets[0].getsockname()[:2]
+        return host, port
 
     def connection_count(self) -> int:
         return sum(len(rt.relay.connections) for rt in self.services.values())
@@ -348,6 +373,10 @@ class Gateway:
         ``drain_timeout`` seconds; then drop what remains. True when every
         connection closed in time."""
         timeout = self.settings.drain_timeout if drain_timeout is None else drain_timeout
+        if self.api_server is not None:
+            self.api_server.close()
+        for api in {self.api, self.service_api} - {None}:
+            api.close_all()
         for rt in self.services.values():
             rt.accepting = False
             if rt.server is not None:
@@ -364,6 +393,8 @@ class Gateway:
         for rt in self.services.values():
             if rt.server is not None:
                 await rt.server.wait_closed()
+        if self.api_server is not None:
+            await self.api_server.wait_closed()
         return drained
 
     async def _wait_drained(self, deadline: float) -> bool:
@@ -381,6 +412,23 @@ class Gateway:
 
     async def __aexit__(self, *exc: Any) -> None:
         await self.shutdown()
+
+
+async def _listen(loop: asyncio.AbstractEventLoop, factory: Any, addr: str, what: str,
+                  reuse_port: bool) -> asyncio.AbstractServer:
+    """A listener on ``addr`` (``what`` listens there); a worker under a
+    supervisor shares it with the other workers (SO_REUSEPORT)."""
+    host, port = parse_addr(addr)
+    try:
+        return await loop.create_server(factory, host, port, reuse_address=True, reuse_port=reuse_port,
+                                        backlog=4096)
+    except OSError as exc:
+        # The resolver's and the kernel's errors do not say which
+        # address they are about ("Name or service not known").
+        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        error = OSError(f"{shown} ({what}): {exc}")
+        error.errno = exc.errno
+        raise error from exc
 
 
 class _Deadline:

@@ -84,6 +84,31 @@ class _GatewayCollector:
         for reason, count in sorted(totals.items()):
             failures.add_metric([reason], count)
         yield failures
+        api = getattr(self.gateway, "api", None)
+        if api is not None:
+            yield from _api_families(api)
+
+
+def _api_families(api: Any) -> Iterator[Metric]:
+    """The server API's counters (wsrelay/api.py): requests by method and
+    status, connections refused by reason, idempotency keys forgotten early."""
+    from .api import REFUSALS
+
+    requests = CounterMetricFamily("wsrelay_api_requests", "Server API requests answered, by method and status",
+                                   labels=["method", "status"])
+    for (method, status), count in sorted(api.requests.items()):
+        requests.add_metric([method, str(status)], count)
+    yield requests
+    refused = CounterMetricFamily("wsrelay_api_refused", "Server API connections closed on a refused request",
+                                  labels=["reason"])
+    for reason in REFUSALS:
+        refused.add_metric([reason], api.refused.get(reason, 0))
+    yield refused
+    yield CounterMetricFamily("wsrelay_api_idempotency_evicted",
+                              "Idempotency keys forgotten before their 5 minutes, to stay within the cap",
+                              value=getattr(api.keys, "evicted", 0))
+    yield GaugeMetricFamily("wsrelay_api_connections_open", "Open server API connections",
+                            value=len(api.connections))
 
 
 def render(gateway: Any) -> tuple[bytes, str]:

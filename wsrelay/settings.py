@@ -47,6 +47,12 @@ class Settings:
     compression_min_size: int = 128
     # Channels one connection may be subscribed to at once.
     max_channels_per_connection: int = 128
+    # -- the server API (docs/api.md) --
+    # The key of the server API; None: the API is off.
+    api_key: Optional[str] = dataclasses.field(default=None, repr=False)
+    # The API on a listener of its own (host:port) rather than on every service.
+    api_addr: Optional[str] = None
+    api_max_body: int = 1 << 20
     # -- cluster (docs: wsrelay/cluster) --
     # Worker processes under a supervisor; 0: a single process.
     workers: int = 0
@@ -132,6 +138,12 @@ def _addr(text: str) -> str:
     return text
 
 
+def _addr_port(text: str) -> int:
+    from .app import parse_addr
+
+    return parse_addr(text)[1]
+
+
 def _level(text: str) -> str:
     name = text.strip().upper()
     if name not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
@@ -213,7 +225,7 @@ def _command(text: str) -> str:
 def _shown(variable: str, raw: str) -> str:
     """``raw`` as an error message may show it: never a token, nor the
     credentials a URL may carry."""
-    if variable == "WSRELAY_CLUSTER_TOKEN":
+    if variable in ("WSRELAY_CLUSTER_TOKEN", "WSRELAY_API_KEY"):
         return "(hidden)"
     if variable == "WSRELAY_CLUSTER_URL":
         import re
@@ -242,6 +254,9 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], object]]] = {
     "WSRELAY_COMPRESSION": ("compression", _on_off),
     "WSRELAY_COMPRESSION_MIN_SIZE": ("compression_min_size", _size(0, _GiB)),
     "WSRELAY_MAX_CHANNELS_PER_CONNECTION": ("max_channels_per_connection", _count(1, 1 << 20, "channels")),
+    "WSRELAY_API_KEY": ("api_key", _token),
+    "WSRELAY_API_ADDR": ("api_addr", _addr),
+    "WSRELAY_API_MAX_BODY": ("api_max_body", _size(1, _GiB)),
     "WSRELAY_WORKERS": ("workers", _workers),
     "WSRELAY_CLUSTER_URL": ("cluster_url", _cluster_urls),
     "WSRELAY_CLUSTER_TOKEN": ("cluster_token", _token),
@@ -306,6 +321,12 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         raw = env.get(variable, "").strip()
         return raw if raw else f"{seconds:g}s (the default)"
 
+    if result.api_addr is not None and result.api_key is None:
+        raise SettingsError("WSRELAY_API_ADDR", result.api_addr,
+                            "needs WSRELAY_API_KEY: the server API is off without a key")
+    if result.api_addr is not None and result.workers and _addr_port(result.api_addr) == 0:
+        raise SettingsError("WSRELAY_API_ADDR", result.api_addr,
+                            "needs a fixed port with WSRELAY_WORKERS: every worker binds it (SO_REUSEPORT)")
     if result.cluster_token is not None and result.cluster_creds is not None:
         raise SettingsError("WSRELAY_CLUSTER_CREDS", result.cluster_creds,
                             "cannot be combined with WSRELAY_CLUSTER_TOKEN: choose one")

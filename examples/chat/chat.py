@@ -1,21 +1,24 @@
-"""Chat rooms: one process per room; every browser tab is a connection process
-relayed to its room.
+"""Chat rooms on channels: a room is the channel ``room:<name>``.
 
-With several workers (``WSRELAY_WORKERS``) or machines, a room is one process
-for the whole cluster, found by its cluster-wide name: tabs on any worker
-join the same room.
+The handler grants each browser tab its room's channel; what a tab says is
+relayed to this node's ``chat`` process, which publishes it to the room.
+Nothing here holds a room: a channel has the same subscribers seen from
+every worker (docs/guide.md, "Channels"), so with ``WSRELAY_WORKERS`` each
+worker runs its own ``chat`` process and a publication from any of them
+reaches the room's tabs on all of them.
 """
 
 from __future__ import annotations
 
-import json
 import pathlib
+import re
 
-from wsrelay import EXIT, process
+from wsrelay import channels, process
 
 PAGE = (pathlib.Path(__file__).parent / "index.html").read_bytes()
-# An empty room waits this long for someone to join before it ends.
-IDLE_SECONDS = 60.0
+ROOM = re.compile(r"[A-Za-z0-9_]{1,64}")
+# Longer messages are cut: a tab cannot make every other tab receive megabytes.
+MAX_TEXT = 2000
 
 
 def page(req, res):
@@ -24,73 +27,45 @@ def page(req, res):
 
 
 def endpoint(req, res):
-    """Relay the connection to its room's process, starting the room if needed."""
+    """GET /ws/chat?room=lobby&user=ada: subscribed to ``room:lobby``, relayed
+    to this node's chat process (started by the first tab)."""
     room = req.query("room") or "lobby"
     user = (req.query("user") or "anonymous")[:32]
-    if not room.isidentifier():
+    if not ROOM.fullmatch(room):
         res.status(400)
-        res.write("room names are letters, digits and _")
+        res.write("room names are 1 to 64 letters, digits and _")
         return
-    name = f"room:{room}"
-    # The room of the cluster, or one this worker started and that is still
-    # claiming the name (a handler cannot wait for the claim).
-    pid = process.whereis_global(name) or process.registry.lookup(name)
+    pid = process.registry.lookup("chat")
     if pid is None:
-        pid = process.spawn("app.ws:room", "app:processes", room)
-        process.register(name, pid)
-    res.header("X-WS-Relay", json.dumps({
-        "target_pid": str(pid),
-        "message_topic": "ws.message",
-        "heartbeat_interval": "30s",
-        "metadata": {"user": user, "room": room},
-    }))
+        pid = process.spawn("app.ws:chat", "app:processes")
+        process.register("chat", pid)
+    res.relay(pid, channels=[room_channel(room)], user=user, metadata={"user": user, "room": room})
 
 
-async def room(name: str):
-    if not await process.register_global(f"room:{name}"):
-        # Another worker started this room first: send our clients there.
-        return await hand_over(name)
-    members: dict = {}
-    inbox = process.inbox()
+def room_channel(room: str) -> str:
+    return f"room:{room}"
 
-    def broadcast(event: dict) -> None:
-        # One frame for the room, compressed once for the tabs that agreed to
-        # permessage-deflate: not once per member.
-        process.broadcast(list(members), {"type": "text", "data": json.dumps(event)})
 
-    while True:
-        try:
-            msg = await inbox.receive(timeout=None if members else IDLE_SECONDS)
-        except TimeoutError:
-            return  # empty for a while: the room ends and its name is freed
-        if msg.topic == EXIT:
-            continue
+async def chat():
+    """Publishes each tab's arrival, messages and departure to its room.
+
+    The tabs of this node are relayed here; no process knows a room's
+    members. Who is in a channel is presence, an option of app.yaml's
+    ``room_channels`` namespace (docs/guide.md, "Namespaces") that the
+    engine reads but does not implement yet."""
+    async for msg in process.inbox():
         data = msg.payload
-        if msg.topic == "ws.join":
-            client = data["client_pid"]
-            members[client] = data["metadata"]["user"]
-            broadcast({"event": "join", "user": data["metadata"]["user"], "room": name,
-                       "members": sorted(members.values()), "node": client.node})
-        elif msg.topic == "ws.message" and data["type"] == "text":
-            broadcast({"event": "message", "user": data["metadata"]["user"], "text": data["data"][:2000]})
-        elif msg.topic == "ws.leave":
-            user = members.pop(data["client_pid"], None)
-            if user is not None:
-                broadcast({"event": "leave", "user": user, "members": sorted(members.values())})
-
-
-async def hand_over(name: str):
-    """Transfer every client that joins this (losing) room to the room that
-    holds the name, until none has come for a while."""
-    process.unregister(f"room:{name}")
-    winner = process.whereis_global(f"room:{name}")
-    inbox = process.inbox()
-    while True:
-        try:
-            msg = await inbox.receive(timeout=IDLE_SECONDS)
-        except TimeoutError:
-            return
-        if msg.topic == "ws.join" and winner is not None:
-            process.send(msg.payload["client_pid"], "ws.control", {"target_pid": str(winner)})
-        elif msg.topic == "ws.leave" and msg.payload["reason"] == "transferred":
+        if msg.topic not in ("ws.join", "ws.message", "ws.leave"):
             continue
+        meta = data["metadata"]
+        room = room_channel(meta["room"])
+        if msg.topic == "ws.join":
+            # Subscribed before ws.join: the newcomer sees its own arrival.
+            # The node its connection came through shows where the kernel put it.
+            channels.publish(room, {"kind": "join", "user": meta["user"], "room": meta["room"],
+                                    "node": data["client_pid"].node})
+        elif msg.topic == "ws.message" and data["type"] == "text":
+            channels.publish(room, {"kind": "message", "user": meta["user"], "text": data["data"][:MAX_TEXT]})
+        elif msg.topic == "ws.leave":
+            # The connection has left its channels: the others hear of it.
+            channels.publish(room, {"kind": "leave", "user": meta["user"]})

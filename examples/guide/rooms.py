@@ -1,6 +1,8 @@
 """Channels (docs/guide.md, "Channels"): every /ws/rooms connection is
 subscribed by its handler to its room's channel and its user's, and relayed
-to one rooms process, which publishes what clients say to their room."""
+to one rooms process, which publishes what clients say to their room, and
+subscribes them to more channels (``/join NAME``) or takes them out
+(``/leave NAME``)."""
 
 from __future__ import annotations
 
@@ -30,11 +32,16 @@ async def rooms():
             meta = data["metadata"]
             channels.publish(f"room:{meta['room']}", {"joined": meta["user"]})
         elif msg.topic == "ws.message" and data["type"] == "text":
-            meta, text = data["metadata"], data["data"]
-            if text.startswith("/leave "):
-                try:
-                    channels.unsubscribe(data["client_pid"], text.removeprefix("/leave "))
-                except ValueError as exc:  # not a channel name
-                    process.send(data["client_pid"], "ws.send", {"type": "text", "data": str(exc)})
-            else:
-                channels.publish(f"room:{meta['room']}", {"user": meta["user"], "text": text})
+            meta, text, client = data["metadata"], data["data"], data["client_pid"]
+            command, _, name = text.partition(" ")
+            try:
+                if command == "/join":
+                    await channels.subscribe(client, name)
+                elif command == "/leave":
+                    channels.unsubscribe(client, name)
+                else:
+                    channels.publish(f"room:{meta['room']}", {"user": meta["user"], "text": text})
+            except ValueError as exc:  # not a channel name, or one channel too many
+                process.send(client, "ws.send", {"type": "text", "data": str(exc)})
+            except ProcessLookupError:
+                continue  # the client closed while it was being subscribed: nobody to tell

@@ -6,5 +6,6 @@ cdef class Handshakes:
     cdef readonly dict failures
     cdef object make_protocol
     cdef dict routes
+    cdef tuple prefixes
     cdef object loop
     cdef int count_failure(self, str reason) except -1

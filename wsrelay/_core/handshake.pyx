@@ -22,7 +22,11 @@ picows_private.server_protocol_factory), which upgrades or answers as usual. Wha
   so it holds its socket and its head, no more; the coroutine bounds its
   own time. Its outcome is an answer written here (bytes), a picows
   protocol factory that the socket is then handed to as usual (an upgrade
-  or a response decided by the endpoint), or None (nothing left to do).
+  or a response decided by the endpoint), or None (nothing left to do);
+- a request whose path starts with one of ``prefixes`` (as sent: not
+  percent-decoded) is handed straight to that prefix's protocol factory,
+  with the bytes read so far (the server API, wsrelay/api.py, which then
+  keeps the connection for its keep-alive requests).
 """
 
 import asyncio
@@ -51,7 +55,7 @@ cdef class Handshakes:
     """The handshakes of one service: their bounds, and their counts."""
 
     def __init__(self, loop, make_protocol, *, double timeout, Py_ssize_t max_head=16384,
-                 Py_ssize_t receive_buffer=0, dict routes=None):
+                 Py_ssize_t receive_buffer=0, dict routes=None, dict prefixes=None):
         if timeout <= 0:
             raise ValueError("the handshake timeout must be greater than 0")
         if max_head < 1024:
@@ -62,6 +66,7 @@ cdef class Handshakes:
         self.max_head = max_head
         self.receive_buffer = receive_buffer
         self.routes = routes or {}
+        self.prefixes = tuple((prefixes or {}).items())
         self.pending = 0
         self.failures = {}
 
@@ -205,6 +210,14 @@ cdef class HandshakeGuard(_GuardBase, asyncio.BufferedProtocol):
 
     cdef _upgrade(self):
         self._finish()
+        cdef Py_ssize_t path_at
+        if self.owner.prefixes:
+            # Looked for in place: an upgrade request pays no copy for it.
+            path_at = self.buffer.find(b" ", 0, self.used) + 1
+            for prefix, make_protocol in self.owner.prefixes:
+                if path_at and self.buffer.startswith(prefix, path_at):
+                    self._hand_over(make_protocol)
+                    return
         if self.owner.routes:
             line = bytes(self.buffer[:self.buffer.find(b"\r\n")]).split(b" ")
             if len(line) == 3:
@@ -219,7 +232,8 @@ cdef class HandshakeGuard(_GuardBase, asyncio.BufferedProtocol):
         self._hand_over(self.owner.make_protocol)
 
     cdef _hand_over(self, make_protocol):
-        """Give the socket, and what it has sent so far, to a picows protocol."""
+        """Give the socket, and what it has sent so far, to a protocol
+        (picows', or a prefix's)."""
         cdef Py_ssize_t fed = 0, n
         transport = self.transport
         data = memoryview(self.buffer)[:self.used]

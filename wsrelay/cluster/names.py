@@ -49,13 +49,14 @@ class _Holder:
         self.revision = revision
 
 
-async def bucket(js: Any, name: str) -> Any:
-    """The key-value bucket ``name``, made if it is missing. A bucket that
-    exists already is used as it is: the server may refuse to "create" it
-    again (seen with nats-server 2.9 as "subjects overlap with an existing
-    stream", the options nats-py asks for differing from those it stored)."""
+async def bucket(js: Any, name: str, ttl: Optional[float] = None) -> Any:
+    """The key-value bucket ``name`` (its entries kept ``ttl`` seconds, for
+    ever without), made if it is missing. A bucket that exists already is
+    used as it is: the server may refuse to "create" it again (seen with
+    nats-server 2.9 as "subjects overlap with an existing stream", the
+    options nats-py asks for differing from those it stored)."""
     try:
-        return await js.create_key_value(bucket=name, history=1)
+        return await js.create_key_value(bucket=name, history=1, ttl=ttl)
     except BadRequestError:
         return await js.key_value(name)
 

@@ -14,6 +14,7 @@ and /metrics; it composes these modules, one job each:
 - ``heartbeat``: our heartbeats and keepalives, and the notices of others;
 - ``rpc``: ping and the gathering of every local node's metrics;
 - ``names``: the cluster-wide names;
+- ``idempotency``: the server API's idempotency keys, shared by every node;
 - ``stats``: the counters, their one list ``COUNTERS``, and the rate-limited
   log of trouble.
 
@@ -37,6 +38,7 @@ from .bus import Bus, allocate_incarnation, connect_bus, display_urls
 from .errors import ClusterConnectError
 from .heartbeat import Heartbeat
 from .hooks import Hooks
+from .idempotency import ClusterIdempotency
 from .inbox import Inbox
 from .names import GlobalNames
 from .peers import UP, Peers
@@ -87,6 +89,8 @@ class Transport(Outbound):
         self._rpc = Rpc(self._bus, self._by_node, self.machine, metrics, self._trouble, lambda: self.hooks,
                         self._publisher.published)
         self._names: Optional[GlobalNames] = None
+        # The server API's idempotency keys, shared by every node (set by start).
+        self.idempotency: Optional[ClusterIdempotency] = None
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
@@ -138,6 +142,8 @@ class Transport(Outbound):
         self._names = self._peers.names = GlobalNames(js, self.node, bus.incarnation, self._peers.alive,
                                                        self._rpc.probe)
         await self._names.start()
+        self.idempotency = ClusterIdempotency(js, self._trouble)
+        await self.idempotency.start()
         # Our subscriptions are in place at the server before anyone hears of us.
         await nc.flush()
         self._tasks = [asyncio.ensure_future(self._publisher.run()), asyncio.ensure_future(self._heartbeat.run())]

@@ -1,0 +1,284 @@
+"""Clients of the server API (docs/api.md, "The Python client"), for
+applications in other processes and on other machines.
+
+- ``Client(url, api_key)``: synchronous (Django, Flask, Celery, scripts),
+  one keep-alive connection through ``http.client``;
+- ``AsyncClient(url, api_key)``: asyncio (FastAPI, aiohttp), one keep-alive
+  connection of its own, its answers parsed by httptools.
+
+Each has one method per API method, returning the server's ``result``; an
+error answer is raised as ``APIError`` with the server's code and message.
+A request that finds its kept-alive connection closed by the server (an
+idle timeout, a restart) is sent again once on a new connection.
+
+This module imports neither the compiled core nor the gateway: a process
+that imports it starts nothing (``import wsrelay`` is lazy).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import ssl as ssl_module
+import urllib.parse
+from typing import Any, Awaitable, Generic, Optional, TypeVar
+
+import httptools
+import orjson
+
+__all__ = ["APIError", "AsyncClient", "Client"]
+
+DEFAULT_TIMEOUT = 10.0
+
+R = TypeVar("R")
+
+
+class APIError(Exception):
+    """An error answer of the server API: its ``code`` (docs/api.md,
+    "Errors"), ``message`` and HTTP ``status``."""
+
+    def __init__(self, code: str, message: str, status: int) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.code = code
+        self.message = message
+        self.status = status
+
+
+def _result(status: int, body: bytes) -> Any:
+    """The result of an answer, or its error raised."""
+    try:
+        answer = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        # Not the API's answer (the API is off, or a proxy answered).
+        raise APIError("http_error", body.decode("utf-8", "replace").strip()[:200], status) from None
+    if status == 200 and isinstance(answer, dict) and "result" in answer:
+        return answer["result"]
+    error = answer.get("error") if isinstance(answer, dict) else None
+    if not isinstance(error, dict):
+        raise APIError("http_error", f"unexpected answer: {body[:200]!r}", status)
+    raise APIError(str(error.get("code")), str(error.get("message")), status)
+
+
+def _fields(**fields: Any) -> dict[str, Any]:
+    """A request's body: the fields given (None: left out)."""
+    return {name: value for name, value in fields.items() if value is not None}
+
+
+class _Base:
+    def __init__(self, url: str, api_key: str, timeout: float) -> None:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"url must look like http://host:port, got {url!r}")
+        self.url = url
+        self.host = parts.hostname
+        self.tls = parts.scheme == "https"
+        self.port = parts.port or (443 if self.tls else 80)
+        self.base = parts.path.rstrip("/") + "/api/"
+        self.timeout = timeout
+        self._headers = {"Authorization": f"apikey {api_key}", "Content-Type": "application/json"}
+
+
+class _Methods(Generic[R]):
+    """One method per API method (docs/api.md), each the server's result:
+    R is that result for Client, an awaitable of it for AsyncClient."""
+
+    def _call(self, method: str, body: dict[str, Any]) -> R:
+        raise NotImplementedError
+
+    def publish(self, channel: str, data: Any, idempotency_key: Optional[str] = None) -> R:
+        """Publish ``data`` (any JSON value) to ``channel``'s subscribers: ``{}``."""
+        return self._call("publish", _fields(channel=channel, data=data, idempotency_key=idempotency_key))
+
+    def broadcast(self, channels: list[str], data: Any, idempotency_key: Optional[str] = None) -> R:
+        """Publish ``data`` to each of ``channels``: one result per channel."""
+        return self._call("broadcast", _fields(channels=channels, data=data, idempotency_key=idempotency_key))
+
+    def send(self, to: str, topic: str, payload: Any) -> R:
+        """Send a message to a process (a PID's text, or a name): ``{"sent": bool}``."""
+        return self._call("send", {"to": to, "topic": topic, "payload": payload})
+
+    def subscribe(self, client: str, channel: str, info: Optional[dict[str, Any]] = None) -> R:
+        """Subscribe the connection ``client`` (its PID's text) to ``channel``: ``{}``."""
+        return self._call("subscribe", _fields(client=client, channel=channel, info=info))
+
+    def unsubscribe(self, client: str, channel: str) -> R:
+        """Take the connection ``client`` out of ``channel``: ``{}``."""
+        return self._call("unsubscribe", {"client": client, "channel": channel})
+
+    def disconnect(self, client: Optional[str] = None, user: Optional[str] = None, code: Optional[int] = None,
+                   reason: Optional[str] = None) -> R:
+        """Close the connection ``client``, or every connection of ``user``: ``{"closed": n}``."""
+        return self._call("disconnect", _fields(client=client, user=user, code=code, reason=reason))
+
+    def history(self, channel: str, since: Optional[dict[str, Any]] = None, limit: Optional[int] = None) -> R:
+        """The channel's recent publications (its namespace must keep history)."""
+        return self._call("history", _fields(channel=channel, since=since, limit=limit))
+
+    def presence(self, channel: str) -> R:
+        """Who is subscribed to ``channel`` (its namespace must have presence)."""
+        return self._call("presence", {"channel": channel})
+
+    def presence_stats(self, channel: str) -> R:
+        """How many connections and users are subscribed to ``channel``."""
+        return self._call("presence_stats", {"channel": channel})
+
+    def channels(self, pattern: Optional[str] = None) -> R:
+        """The active channels (matching the fnmatch ``pattern``): ``{"channels": {name: {"subscribers": n}}}``."""
+        return self._call("channels", _fields(pattern=pattern))
+
+
+# What a kept-alive connection that the server has closed raises on the next request.
+_DROPPED = (http.client.RemoteDisconnected, http.client.BadStatusLine, ConnectionResetError, BrokenPipeError)
+
+
+class Client(_Base, _Methods[Any]):
+    """A synchronous client of the server API, on one keep-alive connection
+    (not to be shared by threads: give each thread its own)."""
+
+    def __init__(self, url: str, api_key: str, timeout: float = DEFAULT_TIMEOUT) -> None:
+        super().__init__(url, api_key, timeout)
+        self._connection: Optional[http.client.HTTPConnection] = None
+        self._used = False
+
+    def _connect(self) -> http.client.HTTPConnection:
+        if self.tls:
+            return http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout)
+        return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+
+    def _call(self, method: str, body: dict[str, Any]) -> Any:
+        payload = orjson.dumps(body)
+        for attempt in (1, 2):
+            if self._connection is None:
+                self._connection = self._connect()
+                self._used = False
+            reused = self._used
+            try:
+                self._connection.request("POST", self.base + method, payload, self._headers)
+                response = self._connection.getresponse()
+                data = response.read()
+            except _DROPPED:
+                self.close()
+                if reused and attempt == 1:
+                    continue  # closed by the server while idle: once more on a new connection
+                raise
+            except BaseException:
+                # A timeout or an interruption: the connection's state is unknown.
+                self.close()
+                raise
+            self._used = True
+            if response.will_close:
+                self.close()
+            return _result(response.status, data)
+        raise AssertionError("not reached")
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class _Dropped(Exception):
+    """The connection ended before any of the answer came."""
+
+
+class _Answer:
+    """One response, parsed by httptools."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.complete = False
+        self.keep_alive = False
+        self.parser = httptools.HttpResponseParser(self)
+
+    def on_body(self, body: bytes) -> None:
+        self.chunks.append(body)
+
+    def on_message_complete(self) -> None:
+        # Asked here: once the message is over, the parser has moved on.
+        self.keep_alive = self.parser.should_keep_alive()
+        self.complete = True
+
+
+class AsyncClient(_Base, _Methods[Awaitable[Any]]):
+    """An asyncio client of the server API, on one keep-alive connection;
+    concurrent calls take turns on it (use several clients for more in flight)."""
+
+    def __init__(self, url: str, api_key: str, timeout: float = DEFAULT_TIMEOUT) -> None:
+        super().__init__(url, api_key, timeout)
+        self._head = "".join(f"{name}: {value}\r\n" for name, value in self._headers.items())
+        self._streams: Optional[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = None
+        self._used = False
+        self._turn: Optional[asyncio.Lock] = None
+
+    async def _call(self, method: str, body: dict[str, Any]) -> Any:  # type: ignore[override]
+        if self._turn is None:
+            self._turn = asyncio.Lock()
+        payload = orjson.dumps(body)
+        request = (f"POST {self.base}{method} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n{self._head}"
+                   f"Content-Length: {len(payload)}\r\n\r\n").encode() + payload
+        async with self._turn:
+            for attempt in (1, 2):
+                reused = self._streams is not None and self._used
+                try:
+                    status, data, closes = await asyncio.wait_for(self._exchange(request), self.timeout)
+                except (_Dropped, ConnectionResetError, BrokenPipeError):
+                    await self.aclose()
+                    if reused and attempt == 1:
+                        continue  # closed by the server while idle: once more on a new connection
+                    raise ConnectionResetError(f"{self.url}: the connection closed before the answer") from None
+                except BaseException:
+                    # A timeout or a cancellation: the connection's state is unknown.
+                    await self.aclose()
+                    raise
+                self._used = True
+                if closes:
+                    await self.aclose()
+                return _result(status, data)
+        raise AssertionError("not reached")
+
+    async def _exchange(self, request: bytes) -> tuple[int, bytes, bool]:
+        if self._streams is None:
+            self._streams = await asyncio.open_connection(
+                self.host, self.port, ssl=ssl_module.create_default_context() if self.tls else None)
+            self._used = False
+        reader, writer = self._streams
+        writer.write(request)
+        await writer.drain()
+        answer = _Answer()
+        started = False
+        while not answer.complete:
+            data = await reader.read(65536)
+            if not data:
+                if started:
+                    # Not sent again: the server has taken the request.
+                    raise ConnectionAbortedError(f"{self.url}: the connection closed in the middle of an answer")
+                raise _Dropped()
+            started = True
+            answer.parser.feed_data(data)
+        body = answer.chunks[0] if len(answer.chunks) == 1 else b"".join(answer.chunks)
+        return answer.parser.get_status_code(), body, not answer.keep_alive
+
+    async def aclose(self) -> None:
+        streams, self._streams = self._streams, None
+        if streams is not None:
+            writer = streams[1]
+            writer.close()
+            try:
+                await writer.wait_closed()
+            except (ConnectionError, ssl_module.SSLError):
+                pass  # closed by the peer already: nothing more to close
+
+    close = aclose
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.aclose()
+
