@@ -22,6 +22,7 @@ from tests.apps import relay_app
 from tests.fake_transport import FakeTransport, joined_node
 from tests.harness import running, until
 from wsrelay import App, Pid, channels, node, process
+from wsrelay.client import APIError, AsyncClient
 from wsrelay.config import build_app
 from wsrelay.errors import ConfigError
 
@@ -45,9 +46,12 @@ def presence_app(join_leave: bool = True, max_members: int = 1000) -> App:
     return app
 
 
+API_KEY = "presence-key"
+
+
 @contextlib.asynccontextmanager
 async def served(**options: Any) -> AsyncIterator[Any]:
-    async with running(presence_app(**options)) as gw:
+    async with running(presence_app(**options), api_key=API_KEY) as gw:
         try:
             yield gw
         finally:
@@ -136,6 +140,26 @@ async def test_presence_is_refused_where_the_namespace_has_none():
                 await call("user:1")
             with pytest.raises(ValueError, match="position 4"):
                 await call("room lobby")
+
+
+async def test_the_server_api_answers_presence_and_presence_stats():
+    async with served(join_leave=False) as gw, AsyncClient(gw.url("", scheme="http"), API_KEY) as api:
+        assert await api.presence(ROOM) == {"presence": []}
+        ada = await Client.open(gw, f"ch={ROOM}&user=ada&info=%7B%22n%22%3A1%7D")
+        anon = await Client.open(gw, f"ch={ROOM}")
+        assert by_client(await api.presence(ROOM)) == sorted([entry(ada, "ada", {"n": 1}), entry(anon)],
+                                                              key=lambda e: e["client"])
+        assert await api.presence_stats(ROOM) == {"clients": 2, "users": 1}
+        for method in (api.presence, api.presence_stats):
+            with pytest.raises(APIError) as info:
+                await method("user:1")
+            assert (info.value.code, info.value.status) == ("presence_not_enabled", 400)
+            assert "'user:1'" in info.value.message
+            with pytest.raises(APIError, match="channel: ") as info:
+                await method("room lobby")
+            assert info.value.code == "bad_request"
+        await ada.ws.close()
+        await anon.ws.close()
 
 
 # -- join and leave ----------------------------------------------------------------------------
