@@ -4,7 +4,8 @@ Scenarios: echo, broadcast, connections, churn (load, against wsrelay and its
 peers), all (the four in a row), setup (npm ci for the Node peer), report
 (rebuild the Markdown and plots of a results.json), runtime (the
 process-runtime microbenchmark, bench/runtime.py), cluster (WSRELAY_WORKERS
-against the single process, bench/cluster.py: ``python -m bench cluster -h``).
+against the single process, bench/cluster.py: ``python -m bench cluster -h``),
+presence (what presence costs, bench/presence.py: ``python -m bench presence -h``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import subprocess
 import sys
 from typing import Any, Callable, Optional, Sequence
 
-from . import cluster, report
+from . import cluster, presence, report
 from .cluster import OWN_VARIABLES, ClusterRunner, hop, server_spec
 from .common import log, parse_ints
 from .procfs import kernel_state, loadavg
@@ -101,7 +102,8 @@ def _client_options(add: Callable[..., Any]) -> None:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("scenario", choices=(*LOAD_SCENARIOS, "all", "setup", "report", "runtime", "cluster"))
+    p.add_argument("scenario", choices=(*LOAD_SCENARIOS, "all", "setup", "report", "runtime", "cluster",
+                                               "presence"))
     p.add_argument("path", nargs="?", help="report: the results.json to render")
     g = p.add_argument_group("all load scenarios")
     g.add_argument("--servers", type=_servers, default=list(DEFAULT_SERVERS),
@@ -179,6 +181,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return _runtime(argv[1:])
     if argv and argv[0] == "cluster":
         return run_cluster(argv[1:])
+    if argv and argv[0] == "presence":
+        return presence.main(argv[1:])
     args = parser().parse_args(argv)
     if args.scenario == "setup":
         return setup()
