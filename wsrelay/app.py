@@ -19,6 +19,10 @@ Handler = Callable[[Any, Any], None]
 # picows reads GET requests without a body only; see docs/guide.md.
 SUPPORTED_METHODS = ("GET",)
 
+# A channel namespace's presence_max_members when it gives none: past it, a
+# channel sends no join/leave events (docs/guide.md, "Presence").
+DEFAULT_PRESENCE_MAX_MEMBERS = 1000
+
 # The namespaces of the app installed last, for wsrelay.channels.namespace_of.
 _installed_namespaces: list[ChannelNamespace] = []
 
@@ -35,7 +39,7 @@ class ChannelNamespace:
     history_ttl: float = 0.0
     presence: bool = False
     join_leave: bool = False
-    presence_max_members: int = 1000
+    presence_max_members: int = DEFAULT_PRESENCE_MAX_MEMBERS
 
     def matches(self, name: str) -> bool:
         from fnmatch import fnmatchcase
@@ -209,7 +213,7 @@ class App:
 
     def channel_namespace(self, name: str, pattern: str, history_size: int = 0, history_ttl: float = 0.0,
                           presence: bool = False, join_leave: bool = False,
-                          presence_max_members: int = 1000) -> ChannelNamespace:
+                          presence_max_members: int = DEFAULT_PRESENCE_MAX_MEMBERS) -> ChannelNamespace:
         """Options (``channel.namespace``) for the channels matching ``pattern``."""
         nid = qualify(self.namespace, name)
         if not isinstance(pattern, str) or not pattern:

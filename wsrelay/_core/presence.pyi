@@ -2,7 +2,6 @@ from typing import Any
 
 JOIN: str
 LEAVE: str
-DEFAULT_MAX_MEMBERS: int
 
 class Presence:
     """The entries of one presence channel, this node's and the other nodes'."""

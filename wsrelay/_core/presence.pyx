@@ -41,9 +41,6 @@ from .writer cimport FanOut, fan_out
 # The events a subscriber receives.
 JOIN = "join"
 LEAVE = "leave"
-# A namespace's presence_max_members when it says none.
-DEFAULT_MAX_MEMBERS = 1000
-
 # (pattern, presence, join_leave, presence_max_members) of each channel
 # namespace of the app, in its order: the first match wins.
 cdef list _namespaces = []
