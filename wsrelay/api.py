@@ -309,9 +309,21 @@ def _history(api: Api, body: dict[str, Any]) -> Outcome:
     return None  # not reached: _needs raises until history is built
 
 
-def _presence(api: Api, body: dict[str, Any]) -> Outcome:
-    _needs(_channel(body), "presence", "presence_not_enabled", "presence")
-    return None  # not reached: _needs raises until presence is built
+async def _presence(api: Api, body: dict[str, Any]) -> Any:
+    return await _present(channels.presence, _channel(body))
+
+
+async def _presence_stats(api: Api, body: dict[str, Any]) -> Any:
+    return await _present(channels.presence_stats, _channel(body))
+
+
+async def _present(ask: Callable[[str], Awaitable[Any]], channel: str) -> Any:
+    """What ``ask`` answers of ``channel``: a name that passed ``_channel``
+    raises ValueError only when its namespace has no presence."""
+    try:
+        return await ask(channel)
+    except ValueError as exc:
+        raise ApiError("presence_not_enabled", str(exc)) from None
 
 
 def _needs(channel: str, option: str, code: str, what: str) -> None:
@@ -336,7 +348,7 @@ METHODS: dict[str, Callable[[Api, dict[str, Any]], Outcome]] = {
     "channels": _channels,
     "history": _history,
     "presence": _presence,
-    "presence_stats": _presence,
+    "presence_stats": _presence_stats,
 }
 
 
