@@ -48,6 +48,11 @@ build: $(VENV)/.built
 # build, plus what tests and benchmarks use
 dev: build $(VENV)/.deps
 
+# The publish benchmark's peers (Django Channels, python-socketio) and their redis-server (mk/redis.mk).
+$(VENV)/.deps-bench: $(VENV)/.deps requirements-bench.txt
+	$(BIN)/pip install -q --disable-pip-version-check -r requirements-bench.txt
+	touch $@
+
 # The demo runs with permessage-deflate on (browsers offer it); WSRELAY_COMPRESSION=off make run turns it off.
 run: build $(if $(WSRELAY_WORKERS)$(WSRELAY_CLUSTER_URL),nats)
 	WSRELAY_COMPRESSION=$${WSRELAY_COMPRESSION:-on} $(BIN)/wsrelay serve examples/chat/app.yaml
@@ -61,7 +66,7 @@ test-unit: dev $(TEST_PREREQS)
 
 test: test-unit $(TEST_STEPS)
 
-bench: dev
+bench: dev $(VENV)/.deps-bench redis
 	$(BIN)/python -m bench runtime
 
 clean:

@@ -3,8 +3,9 @@
 Load scenarios (``echo``, ``broadcast``, ``connections``, ``churn``) run the
 load generator (bench.loadgen) against wsrelay and its peers (bench.servers),
 one server process at a time; ``cluster`` runs wsrelay with WSRELAY_WORKERS
-against the single process. ``runtime`` is the process-runtime
-microbenchmark (bench.runtime).
+against the single process; ``publish`` has a publisher process publish to
+a room, wsrelay channels against Django Channels and python-socketio.
+``runtime`` is the process-runtime microbenchmark (bench.runtime).
 
 The modules, in the order they import each other:
 
@@ -13,7 +14,9 @@ The modules, in the order they import each other:
   wsrelay processes), bench.servers (the servers under test),
   bench.loadgen (the load generator);
 - scenarios: bench.scenarios (the load scenarios' ``Runner``), bench.cluster
-  (the cluster scenarios, on top of it), bench.report (results.md, plots,
+  (the cluster scenarios, on top of it), bench.publish (the publish
+  scenario, its servers and its load generator worker; bench.publisher is
+  the driver of its publisher processes), bench.report (results.md, plots,
   targets);
 - the driver: bench.__main__ (both command lines, results.json).
 

@@ -4,7 +4,11 @@ Scenarios: echo, broadcast, connections, churn (load, against wsrelay and its
 peers), all (the four in a row), setup (npm ci for the Node peer), report
 (rebuild the Markdown and plots of a results.json), runtime (the
 process-runtime microbenchmark, bench/runtime.py), cluster (WSRELAY_WORKERS
-against the single process, bench/cluster.py: ``python -m bench cluster -h``).
+against the single process, bench/cluster.py: ``python -m bench cluster -h``),
+publish (a publisher process to a room of subscribers, wsrelay channels
+against Django Channels and python-socketio, bench/publish.py:
+``python -m bench publish -h``), presence (what presence costs,
+bench/presence.py: ``python -m bench presence -h``).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import subprocess
 import sys
 from typing import Any, Callable, Optional, Sequence
 
-from . import cluster, report
+from . import cluster, presence, publish, report
 from .cluster import OWN_VARIABLES, ClusterRunner, hop, server_spec
 from .common import log, parse_ints
 from .procfs import kernel_state, loadavg
@@ -54,6 +58,12 @@ CLUSTER_DEFAULTS: dict[str, dict[str, Any]] = {
     "hop_quick": {"messages": 20_000, "round_trips": 300, "repeat": 1},
     "broadcast": {"subscribers": 60_000, "baseline": 15_000},
     "broadcast_quick": {"subscribers": 8_000, "baseline": 2_000},
+}
+
+PUBLISH_DEFAULTS: dict[str, dict[str, Any]] = {
+    # full run                                   # --quick
+    "publish": {"subscribers": [1_000, 15_000]},
+    "publish_quick": {"subscribers": [200, 1_000]},
 }
 
 
@@ -101,7 +111,8 @@ def _client_options(add: Callable[..., Any]) -> None:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("scenario", choices=(*LOAD_SCENARIOS, "all", "setup", "report", "runtime", "cluster"))
+    p.add_argument("scenario", choices=(*LOAD_SCENARIOS, "all", "setup", "report", "runtime", "cluster", "publish",
+                                        "presence"))
     p.add_argument("path", nargs="?", help="report: the results.json to render")
     g = p.add_argument_group("all load scenarios")
     g.add_argument("--servers", type=_servers, default=list(DEFAULT_SERVERS),
@@ -173,12 +184,47 @@ def cluster_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _peers(text: str) -> list[str]:
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [n for n in names if n not in publish.SIDE_BY_SIDE]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown server(s) {unknown}; known: {', '.join(publish.SIDE_BY_SIDE)}")
+    return names
+
+
+def publish_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench publish", description=publish.__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    _quick_and_procs(p.add_argument, "load generator processes at least (default 2)")
+    _client_options(p.add_argument)
+    p.add_argument("--servers", type=_peers, default=list(publish.SIDE_BY_SIDE),
+                   help="the servers side by side (default wsrelay,django-channels,python-socketio)")
+    p.add_argument("--subscribers", type=parse_ints, help="room sizes (default 1k,15k; quick 200,1k)")
+    p.add_argument("--window", type=int, default=4,
+                   help="max rate: publications not yet received by every subscriber, at most (default 4)")
+    p.add_argument("--rate", type=float,
+                   help="steady rate, publications/s (default: half the best incumbent's max rate at that N)")
+    p.add_argument("--size", type=int, default=64, help="characters per publication (default 64)")
+    p.add_argument("--parts", default=",".join(publish.PARTS),
+                   help=f"comma-separated subset of {','.join(publish.PARTS)} (default: all): the servers "
+                        "side by side; wsrelay-group at the largest N; wsrelay-w2 at the largest N; the API rate")
+    p.add_argument("--api", action="store_true", help="only the API part (--parts api)")
+    p.add_argument("--out", type=pathlib.Path, help="results directory (default bench/results/publish-<time>)")
+    # One run per row, nothing profiled: the options of the load scenarios this one has not.
+    p.set_defaults(profile=False, repeat=1)
+    return p
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "runtime":
         return _runtime(argv[1:])
     if argv and argv[0] == "cluster":
         return run_cluster(argv[1:])
+    if argv and argv[0] == "publish":
+        return run_publish(argv[1:])
+    if argv and argv[0] == "presence":
+        return presence.main(argv[1:])
     args = parser().parse_args(argv)
     if args.scenario == "setup":
         return setup()
@@ -363,6 +409,36 @@ def run_cluster(argv: Sequence[str]) -> int:
 
     _record(data, runner, out, args.images, [step(s) for s in chosen], finish)
     failed = [r for r in data["rows"] if r.get("failed") or r.get("check") or r.get("errors")]
+    return 1 if failed else 0
+
+
+# -- the publish scenario --------------------------------------------------------------------------
+
+
+def run_publish(argv: Sequence[str]) -> int:
+    p = publish_parser()
+    args = p.parse_args(list(argv))
+    parts = ("api",) if args.api else tuple(x.strip() for x in args.parts.split(",") if x.strip())
+    unknown = [x for x in parts if x not in publish.PARTS]
+    if unknown:
+        p.error(f"unknown part(s) {', '.join(unknown)}; known: {', '.join(publish.PARTS)}")
+    for name in ("WSRELAY_WORKERS", "WSRELAY_API_KEY"):
+        if os.environ.pop(name, None) is not None:
+            log(f"note: {name} from the environment is ignored: the publish bench sets it per server")
+    out = _results_dir(args, "publish")
+    opts = _options(args, out, args.servers, False)
+    runner = publish.PublishRunner(opts)
+    counts = args.subscribers or PUBLISH_DEFAULTS["publish_quick" if args.quick else "publish"]["subscribers"]
+    data = {"suite": "publish", **_run_record("python -m bench publish " + " ".join(argv), opts, args.quick)}
+    data["options"].update(servers=args.servers, subscribers=counts, window=args.window, rate=args.rate,
+                           size=args.size, parts=list(parts))
+    data.update(servers={name: publish.PEERS[name].description for name in publish.PEERS},
+                wsrelay_env=_wsrelay_env(), rows=[])
+
+    steps = publish.steps(runner, counts, args.servers, parts, args.window, args.rate, args.size, data["rows"])
+    _record(data, runner, out, None, steps)
+    # An incumbent's errors (deliveries it dropped) are a finding of the run, wsrelay's a failure.
+    failed = [r for r in data["rows"] if r.get("failed") or (r["server"].startswith("wsrelay") and r.get("errors"))]
     return 1 if failed else 0
 
 

@@ -887,12 +887,13 @@ class Broadcast:
                 worker.stats.error("not_delivered", missing)
 
 
-def worker_main(index: int, cmds: Connection, events: Connection, shared: Any, params: dict[str, Any]) -> None:
+def worker_main(index: int, cmds: Connection, events: Connection, shared: Any, params: dict[str, Any],
+                worker: type[Worker] = Worker) -> None:
     _raise_nofile()
     gc.freeze()
 
     async def main() -> None:
-        await Worker(index, cmds, events, shared, params).run()
+        await worker(index, cmds, events, shared, params).run()
 
     try:
         uvloop.run(main())
@@ -918,11 +919,14 @@ class LoadGen:
     ``params`` is common to all workers; ``split`` names integer parameters
     (connection counts, cycles) divided among them. While waiting for a phase
     it prints one progress line per second to stderr, built by ``status``.
+    ``worker`` is the class each worker process runs (a subclass adds
+    operations of its own, as bench.publish's does).
     """
 
     def __init__(self, procs: int, params: dict[str, Any], label: str,
                  status: Optional[Callable[[dict[str, Any], float], str]] = None,
-                 per_worker: Optional[Callable[[int, dict[str, Any]], dict[str, Any]]] = None) -> None:
+                 per_worker: Optional[Callable[[int, dict[str, Any]], dict[str, Any]]] = None,
+                 worker: type[Worker] = Worker) -> None:
         self.procs = procs
         self.label = label
         self.status = status
@@ -943,7 +947,7 @@ class LoadGen:
                 wp.update(per_worker(i, wp))
             cmd_r, cmd_w = ctx.Pipe(duplex=False)
             evt_r, evt_w = ctx.Pipe(duplex=False)
-            proc = ctx.Process(target=worker_main, args=(i, cmd_r, evt_w, self.shared, wp),
+            proc = ctx.Process(target=worker_main, args=(i, cmd_r, evt_w, self.shared, wp, worker),
                                name=f"bench-loadgen-{i}", daemon=True)
             proc.start()
             cmd_r.close()

@@ -20,6 +20,7 @@ import matplotlib
 import matplotlib.pyplot as plt
 
 from .procfs import loadavg, proc_lines
+from .publish import INCUMBENTS
 from .servers import NODE_DIR, ROOT
 
 SERVER_ORDER = ("wsrelay", "wsrelay@base", "picows", "websockets", "aiohttp", "node")
@@ -787,17 +788,159 @@ def cluster_plots(data: dict[str, Any], out: pathlib.Path) -> list[pathlib.Path]
     return made
 
 
+# -- the publish scenario -----------------------------------------------------------------------------------------
+
+
+def _best_incumbent(rows: list[Row], subscribers: int, mode: str, rate: Optional[float] = None) -> Optional[Row]:
+    """The incumbent with the most deliveries/s at this point of the run."""
+    peers = [r for r in rows if r["scenario"] == "publish" and r["server"] in INCUMBENTS
+             and r["subscribers"] == subscribers and r["mode"] == mode and r.get("rate") == rate
+             and r.get("deliveries_per_s") and not r.get("failed")]
+    return max(peers, key=lambda r: r["deliveries_per_s"], default=None)
+
+
+def _cpu_parts(r: Row) -> str:
+    parts = r.get("cpu_pct_by_part") or {}
+    return " + ".join(f"{k} {v:.0f}" for k, v in parts.items()) if parts else "-"
+
+
+def _publishes_cell(r: Row) -> str:
+    """Publishes/s; at a steady rate, how long the window held the publisher back (the server was behind)."""
+    held = r.get("publisher_held_s") if r.get("mode") == "steady" else None
+    return _f(r.get("publishes_per_s")) + (f" (held back {held:.1f} s)" if held and held >= 0.05 else "")
+
+
+def table_publish(rows: list[Row]) -> str:
+    """Per (subscribers, mode): each server, its ratios to the best incumbent of the same point."""
+    header = ["subscribers", "mode", "server", "publishes/s", "deliveries/s", "÷ best incumbent", "p50 ms",
+              "p99 ms", "CPU µs/delivery", "server CPU % (by part)", "loadgen CPU %", "publisher CPU %", "errors"]
+    lines = []
+    for (subs, mode, rate), group in _groups(rows, ("subscribers", "mode", "rate")):
+        best = _best_incumbent(rows, subs, mode, rate)
+        for r in group:
+            lines.append([_f(subs), mode + (f" {_f(r.get('rate'))}/s" if mode == "steady" else
+                                            f" (window {r.get('window')})"),
+                          f"**{r['server']}**" if r is best else r["server"], _publishes_cell(r),
+                          _f(r.get("deliveries_per_s")),
+                          _ratio(r.get("deliveries_per_s"), best and best.get("deliveries_per_s")),
+                          _f(r.get("p50_ms"), 2), _f(r.get("p99_ms"), 2), _f(r.get("cpu_us_per_delivery"), 2),
+                          f"{_f(r.get('server_cpu_pct'), 0)} ({_cpu_parts(r)})", _f(r.get("client_cpu_pct"), 0),
+                          _f(r.get("publisher_cpu_pct"), 0), _errors_cell(r)])
+    return _table(header, lines)
+
+
+def table_api(rows: list[Row]) -> str:
+    return _table(["server", "publishes/s", "server CPU µs/call", "p50 ms", "p99 ms", "server CPU %",
+                   "publisher CPU %", "errors"],
+                  [[r["server"], _f(r.get("publishes_per_s")), _f(r.get("cpu_us_per_call"), 2),
+                    _f(r.get("p50_ms"), 2), _f(r.get("p99_ms"), 2), _f(r.get("server_cpu_pct"), 0),
+                    _f(r.get("publisher_cpu_pct"), 0), _errors_cell(r)] for r in rows])
+
+
+def _beside(rows: list[Row], n: int, server: str) -> Optional[tuple[Row, Row, str]]:
+    """``server``'s row and the channel's measured alike at ``n``: at the
+    same steady rate when both have one (the same work per second), else
+    at max rate; and which."""
+    for r in rows:
+        if r["server"] == server and r["subscribers"] == n and r["mode"] == "steady" and r.get("cpu_us_per_delivery"):
+            c = _row(rows, "wsrelay", subscribers=n, mode="steady", rate=r.get("rate"))
+            if c and c.get("cpu_us_per_delivery"):
+                return r, c, f"both at {r['rate']:g}/s"
+    r = _row(rows, server, subscribers=n, mode="max")
+    c = _row(rows, "wsrelay", subscribers=n, mode="max")
+    if r and c and r.get("cpu_us_per_delivery") and c.get("cpu_us_per_delivery"):
+        return r, c, "both at max rate"
+    return None
+
+
+def publish_targets(rows: list[Row]) -> list[dict[str, Any]]:
+    """The publish scenario's targets (docs/performance.md, "Publish"), judged on this run's rows."""
+    out: list[dict[str, Any]] = []
+
+    def add(target: str, at: str, measured: str, met: Optional[bool]) -> None:
+        out.append({"target": target, "at": at, "measured": measured, "met": met})
+
+    pub = [r for r in rows if r["scenario"] == "publish" and not r.get("failed")]
+    counts = [r["subscribers"] for r in pub if r["server"] == "wsrelay"]
+    if counts:
+        n = max(counts)
+        at = f"{n:,} subscribers" + ("" if n >= 15000 else " (the target is at 15k)")
+        w = _row(pub, "wsrelay", subscribers=n, mode="max")
+        best = _best_incumbent(pub, n, "max")
+        bs = None if best is None else _row(pub, best["server"], subscribers=n, mode="steady")
+        ws = None if bs is None else _row(pub, "wsrelay", subscribers=n, mode="steady", rate=bs.get("rate"))
+        if w and best and ws and bs and ws.get("p99_ms") is not None and bs.get("p99_ms") is not None:
+            ratio = w["deliveries_per_s"] / best["deliveries_per_s"]
+            add("channel publish: ≥ 10× the best incumbent's deliveries/s, lower p99", at,
+                f"{ratio:.1f}× {best['server']} ({w['deliveries_per_s']:,.0f} vs {best['deliveries_per_s']:,.0f}/s "
+                f"at max rate); p99 at {ws.get('rate')}/s {ws['p99_ms']:.1f} vs {bs['p99_ms']:.1f} ms",
+                ratio >= 10 and ws["p99_ms"] < bs["p99_ms"] and not w.get("errors") and not ws.get("errors"))
+        pair = _beside(pub, n, "wsrelay-group")
+        if pair:
+            g, c, how = pair
+            ratio = c["cpu_us_per_delivery"] / g["cpu_us_per_delivery"]
+            add("channel publish within 10% of Group.send's server CPU per delivery", at,
+                f"{c['cpu_us_per_delivery']:.2f} vs {g['cpu_us_per_delivery']:.2f} µs = {ratio:.2f}× ({how})",
+                ratio <= 1.1)
+        pair = _beside(pub, n, "wsrelay-w2")
+        if pair:
+            w2, c, how = pair
+            ratio = w2["cpu_us_per_delivery"] / c["cpu_us_per_delivery"]
+            add("channel publish over WSRELAY_WORKERS=2: ≤ 1.2× the single process's CPU per delivery", at,
+                f"{w2['cpu_us_per_delivery']:.2f} vs {c['cpu_us_per_delivery']:.2f} µs = {ratio:.2f}× ({how})"
+                + (f"; errors {_errors_cell(w2)}" if w2.get("errors") else ""),
+                ratio <= 1.2 and not w2.get("errors"))
+    api = _row(rows, "wsrelay", scenario="api")
+    if api and api.get("publishes_per_s") and api.get("cpu_us_per_call"):
+        add("API: ≥ 10,000 publishes/s from one keep-alive client, ≤ 30 µs server CPU per call",
+            "one subscriber", f"{api['publishes_per_s']:,.0f}/s, {api['cpu_us_per_call']:.1f} µs/call",
+            api["publishes_per_s"] >= 10_000 and api["cpu_us_per_call"] <= 30 and not api.get("errors"))
+    return out
+
+
+def _publish_lines(data: dict[str, Any]) -> list[str]:
+    rows = data["rows"]
+    m = data.get("machine", {})
+    o = data.get("options", {})
+    lines = [f"# wsrelay publish benchmark — {data.get('started', '')}", "", f"`{data.get('command', '')}`", "",
+             f"{_machine_text(m)}, load average at start {' '.join(m.get('loadavg_at_start', []))}"
+             + (f"; wsrelay at {m['git']}" if m.get("git") else "") + ".", "",
+             "A publisher in a process of its own publishes to a room of N subscribers (the load generator, "
+             "on the same machine). `max`: as fast as the server delivers, at most "
+             f"{o.get('window')} publications not yet received by every subscriber; `steady`: the rate shown "
+             "(half the best incumbent's max rate at that N unless --rate), at most 2 s of publications in flight. "
+             "Server CPU is every process of the server and its redis-server; `÷ best incumbent` divides by "
+             "the incumbent (bold) with the most deliveries/s at the same point of this run. Latency is "
+             "publish call → receive, on the clock all processes share.", ""]
+    pub = [r for r in rows if r["scenario"] == "publish"]
+    if pub:
+        lines += ["## publish", "", table_publish(pub), ""]
+    api = [r for r in rows if r["scenario"] == "api"]
+    if api:
+        lines += ["## api", "", "One `wsrelay.client.Client` over keep-alive, publishing to a channel with "
+                  "one subscriber as fast as its round trips allow.", "", table_api(api), ""]
+    if data.get("targets"):
+        lines += ["## targets", "", table_targets(data["targets"], "measured (this run)", "not run"), ""]
+    lines += ["## servers", ""] + [f"- `{k}`: {v}" for k, v in data.get("servers", {}).items()] + [""]
+    return lines
+
+
 # -- results.md ------------------------------------------------------------------------------------------
 
 
 def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
     """The targets of the run's suite, judged on its rows."""
-    return (cluster_targets if data.get("suite") == "cluster" else load_targets)(data["rows"])
+    judge = {"cluster": cluster_targets, "publish": publish_targets}.get(data.get("suite", ""), load_targets)
+    return judge(data["rows"])
 
 
 def write(data: dict[str, Any], out: pathlib.Path, images: Optional[pathlib.Path] = None) -> pathlib.Path:
     """results.md and the PNG plots of ``data`` into ``out``; the plots also
     into ``images`` (as bench-NAME.png) when given."""
+    if data.get("suite") == "publish":
+        path = out / "results.md"
+        path.write_text("\n".join(_publish_lines(data)))
+        return path
     cluster = data.get("suite") == "cluster"
     made = (cluster_plots if cluster else load_plots)(data, out)
     if images is not None:

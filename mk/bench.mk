@@ -16,6 +16,11 @@
 #                           global names are wired); 3 runs each (medians;
 #                           the hop: the best of 3)
 #   make bench-cluster-quick  the same, small and short
+#   make bench-publish      a publisher process to rooms of 1k and 15k subscribers:
+#                           wsrelay channels against Django Channels and
+#                           python-socketio (their packages: requirements-bench.txt;
+#                           redis-server: mk/redis.mk), Group.send, 2 workers, the API
+#   make bench-publish-quick  the same, small and short
 #
 # BENCH_ARGS is passed to `python -m bench`, e.g.
 #   make bench-load BENCH_ARGS="--repeat 3 --servers wsrelay,picows,websockets"
@@ -26,9 +31,9 @@ BENCH_NODE   := bench/node
 BENCH_NODE_STAMP := $(BENCH_NODE)/node_modules/.package-lock.json
 
 .PHONY: bench-load bench-quick bench-setup bench-echo-inflight bench-echo bench-broadcast bench-connections bench-churn \
-        bench-cluster bench-cluster-quick
+        bench-cluster bench-cluster-quick bench-publish bench-publish-quick
 
-bench: bench-load
+bench: bench-load bench-publish
 
 $(BENCH_NODE_STAMP): $(BENCH_NODE)/package.json $(BENCH_NODE)/package-lock.json
 	@if command -v npm >/dev/null 2>&1; then \
@@ -58,3 +63,11 @@ bench-cluster: dev nats
 
 bench-cluster-quick: dev nats
 	$(BIN)/python -m bench cluster --quick $(BENCH_ARGS)
+
+# The peers' packages ($(VENV)/.deps-bench, Makefile) and redis-server (mk/redis.mk);
+# nats: the wsrelay-w2 row runs WSRELAY_WORKERS=2.
+bench-publish: dev $(VENV)/.deps-bench redis nats
+	$(BIN)/python -m bench publish $(BENCH_ARGS)
+
+bench-publish-quick: dev $(VENV)/.deps-bench redis nats
+	$(BIN)/python -m bench publish --quick $(BENCH_ARGS)

@@ -610,6 +610,10 @@ async def _run(cmd: dict[str, Any]) -> Any:
                                          reason=cmd.get("reason", ""))
     if op == "active":
         return channels.active(cmd.get("pattern"))
+    if op == "presence":
+        return await channels.presence(cmd["channel"])
+    if op == "presence_stats":
+        return await channels.presence_stats(cmd["channel"])
     raise ValueError(f"unknown op {op!r}")
 
 

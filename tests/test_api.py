@@ -519,13 +519,10 @@ async def test_an_idle_connection_is_closed_on_shutdown():
             conn.close()
 
 
-async def test_presence_of_a_namespace_that_asks_for_it_is_not_implemented_yet():
+async def test_history_needs_both_history_size_and_history_ttl():
     app = relay_app(lambda req, res: None)
     app.channel_namespace("rooms", "room:*", history_size=10, presence=True)
     async with running(app, api_key=KEY) as gw, connection(gw.address()) as conn:
-        for method in ("presence", "presence_stats"):
-            answer = await conn.call(method, {"channel": LOBBY})
-            assert (answer.status, answer.error()[0]) == (501, "not_implemented"), answer.body
         # history_size without history_ttl is no history.
         assert (await conn.call("history", {"channel": LOBBY})).error()[0] == "history_not_enabled"
         assert (await conn.call("history", {"channel": "user:1"})).error()[0] == "history_not_enabled"

@@ -67,7 +67,6 @@ ERRORS: dict[str, int] = {
     "payload_too_large": 413,
     "headers_too_large": 431,
     "internal": 500,
-    "not_implemented": 501,
     "mailbox_full": 503,
     "no_transport": 503,
 }
@@ -316,19 +315,21 @@ async def _history(api: Api, body: dict[str, Any]) -> Any:
     return result
 
 
-def _presence(api: Api, body: dict[str, Any]) -> Outcome:
-    _needs(_channel(body), "presence", "presence_not_enabled", "presence")
-    return None  # not reached: _needs raises until presence is built
+async def _presence(api: Api, body: dict[str, Any]) -> Any:
+    return await _present(channels.presence, _channel(body))
 
 
-def _needs(channel: str, option: str, code: str, what: str) -> None:
-    """Refuse ``what`` on ``channel`` unless its namespace sets ``option``:
-    which is every channel but those of a namespace that asks for it, which
-    is refused too until that part exists (docs/api.md, "history")."""
-    namespace = channels.namespace_of(channel)
-    if namespace is None or not namespace[option]:
-        raise ApiError(code, f"channel {channel!r} has no {what}: no channel.namespace matching it sets {option}")
-    raise ApiError("not_implemented", f"channel {channel!r}: {what} is not available in this version")
+async def _presence_stats(api: Api, body: dict[str, Any]) -> Any:
+    return await _present(channels.presence_stats, _channel(body))
+
+
+async def _present(ask: Callable[[str], Awaitable[Any]], channel: str) -> Any:
+    """What ``ask`` answers of ``channel``: a name that passed ``_channel``
+    raises ValueError only when its namespace has no presence."""
+    try:
+        return await ask(channel)
+    except ValueError as exc:
+        raise ApiError("presence_not_enabled", str(exc)) from None
 
 
 # The API's methods, by the name in the path (declared once: the dispatch,
@@ -343,7 +344,7 @@ METHODS: dict[str, Callable[[Api, dict[str, Any]], Outcome]] = {
     "channels": _channels,
     "history": _history,
     "presence": _presence,
-    "presence_stats": _presence,
+    "presence_stats": _presence_stats,
 }
 
 

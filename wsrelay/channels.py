@@ -7,7 +7,9 @@ one of its connections, close them. Calls made outside any process act as
 the node's system process. Namespaces (per-channel options from the
 configuration file) are looked up with ``namespace_of``; those with
 ``history_size`` and ``history_ttl`` give their channels a history
-(``_core/history.pyx``, read with ``history``).
+(``_core/history.pyx``, read with ``history``). Presence (``presence``,
+``presence_stats``) is answered by this node alone: every node holds every
+node's entries (``_core/presence.pyx``).
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from ._core.channels import subscribe as _subscribe
 from ._core.channels import unsubscribe as _unsubscribe
 from ._core.history import current_keeper, set_policy
 from ._core.pid import Pid
+from ._core.presence import entries as _presence_entries
+from ._core.presence import stats as _presence_stats
 from ._core.relayspec import check_channel_name
 from ._core.runtime import node as get_node
 from ._core.stats import LimitedLog
@@ -42,6 +46,8 @@ __all__ = [
     "disconnect",
     "history",
     "namespace_of",
+    "presence",
+    "presence_stats",
     "publish",
     "publish_numbered",
     "subscribe",
@@ -142,6 +148,23 @@ async def disconnect(*, client: Union[Pid, str, None] = None, user: Optional[str
             except (ValueError, ProcessLookupError) as exc:
                 _log.warning("disconnect", f"channels.disconnect(user={user!r}) on node {node}: {exc}")
     return closed
+
+
+async def presence(name: str) -> dict[str, list[dict[str, Any]]]:
+    """``{"presence": [entry, ...]}``: every subscription of channel
+    ``name`` on every node, each ``{"client": <connection PID text>,
+    "user": <its user or None>, "info": <its info or {}>}``. ValueError
+    for a bad name, or a channel whose namespace has no ``presence: true``.
+    (A coroutine, so that a caller's code stays the same should the answer
+    ever need to be asked of other nodes.)"""
+    return _presence_entries(name)
+
+
+async def presence_stats(name: str) -> dict[str, int]:
+    """``{"clients": n, "users": m}``: channel ``name``'s subscriptions on
+    every node and their distinct users (several connections of one user
+    count once). ValueError as for ``presence``."""
+    return _presence_stats(name)
 
 
 def namespace_of(name: str) -> Optional[dict[str, Any]]:

@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from ._core.channels import here as channels_here
 from ._core.history import logs as history_logs
+from ._core.presence import here as presence_here
 from ._core.runtime import node
 from ._core.stats import COUNTERS
 
@@ -64,6 +65,12 @@ class _GatewayCollector:
         yield GaugeMetricFamily("wsrelay_channel_subscriptions", "Subscriptions of this node's connections",
                                 value=subscriptions)
         yield GaugeMetricFamily("wsrelay_users", "Users with connections on this node", value=users)
+        _, mine, theirs = presence_here()
+        entries = GaugeMetricFamily("wsrelay_presence_entries", "Presence entries this node holds, by origin",
+                                    labels=["origin"])
+        entries.add_metric(["local"], mine)
+        entries.add_metric(["remote"], theirs)
+        yield entries
         transport = getattr(self.gateway, "transport", None)
         if transport is not None:
             from .cluster.stats import COUNTERS as CLUSTER_COUNTERS

@@ -1,3 +1,6 @@
+from .presence cimport Presence
+
+
 cdef class Channel:
     cdef readonly str name
     # Connection -> the info it subscribed with (a dict or None).
@@ -6,3 +9,5 @@ cdef class Channel:
     # answered yet: Connection -> the publications held for it meanwhile
     # (None when there are none).
     cdef dict holding
+    # Its presence entries (presence.pyx), or None: its namespace has no presence.
+    cdef Presence presence

@@ -43,6 +43,7 @@ from .frames cimport parse_close_payload
 from .history cimport Log, cluster_keeper, existing, limits_of, log_for, recovery_max
 from .history import set_busy
 from .pid cimport Pid, to_pid
+from .presence cimport announce_now, attach, joined, node_down, node_up, on_presence, parted
 from .relay cimport Connection
 from .relay import set_channel_hooks
 from .relayspec cimport check_channel_name, max_channels_per_connection
@@ -141,7 +142,10 @@ cdef int _join(Connection conn, str name, object info) except -1:
     if conn.channels is None:
         conn.channels = {}
     elif name in conn.channels:
-        (<Channel>conn.channels[name]).members[conn] = info
+        channel = conn.channels[name]
+        channel.members[conn] = info
+        if channel.presence is not None:
+            joined(conn.service.node, channel.presence, conn, False)
         return 0
     if len(conn.channels) >= max_channels_per_connection():
         raise ValueError(f"{conn.pid} is already in {max_channels_per_connection()} channels, the limit "
@@ -149,16 +153,20 @@ cdef int _join(Connection conn, str name, object info) except -1:
     channel = _table.get(name)
     if channel is None:
         channel = _table[name] = Channel(name)
+        channel.presence = attach(name, channel.members)
     global _subscriptions
     channel.members[conn] = info
     conn.channels[name] = channel
     _subscriptions += 1
-    return _changed(conn.service.node, name)
+    _changed(conn.service.node, name)
+    if channel.presence is not None:
+        joined(conn.service.node, channel.presence, conn, True)
+    return 0
 
 
 cdef int _part(Connection conn, Channel channel) except -1:
     global _subscriptions
-    del channel.members[conn]
+    info = channel.members.pop(conn)
     if channel.holding is not None:
         channel.holding.pop(conn, None)
         if not channel.holding:
@@ -166,7 +174,10 @@ cdef int _part(Connection conn, Channel channel) except -1:
     _subscriptions -= 1
     if not channel.members:
         del _table[channel.name]
-    return _changed(conn.service.node, channel.name)
+    _changed(conn.service.node, channel.name)
+    if channel.presence is not None:
+        parted(conn.service.node, channel.presence, conn, info)
+    return 0
 
 
 cdef int _changed(Node node, str name) except -1:
@@ -574,6 +585,7 @@ def answer_request(list args):
         return _answer(args)
     finally:
         _announce(get_node())
+        announce_now(get_node())
 
 
 cdef list _answer(list args):
@@ -639,6 +651,9 @@ cdef class _ClusterChannels:
         node.counters.channel_publications_remote += 1
         _deliver(node, channel, envelope)
 
+    def on_presence(self, str node, bint snapshot, list changes):
+        on_presence(node, snapshot, changes)
+
     def on_request(self, list args):
         return answer_request(args)
 
@@ -646,8 +661,10 @@ cdef class _ClusterChannels:
         cdef Node here = get_node()
         if _table and here.remote is not None:
             here.remote.announce_channels(node, _counts(list(_table)))
+        node_up(here, node)
 
     def on_node_down(self, str node):
+        node_down(node)
         for name in [n for n, nodes in _remote.items() if node in <dict>nodes]:
             nodes = _remote[name]
             del nodes[node]

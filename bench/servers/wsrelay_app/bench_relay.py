@@ -22,6 +22,8 @@ import orjson
 from wsrelay import Group, process
 
 ROOM = "room:load"
+# The channel of the publish scenario's subscribers.
+CHANNEL = "room:bench"
 # This node's candidate for the global room, under a node-local name.
 CANDIDATE = "room:load:candidate"
 
@@ -118,6 +120,13 @@ def sub_endpoint(req, res):
 
 def pub_endpoint(req, res):
     _publish(res, _local_room())
+
+
+def channel_sub_endpoint(req, res):
+    """A subscriber of channel ``room:bench`` (the publish scenario), relayed
+    to the room: in its group too, so that the same subscribers receive a
+    channel publication or a group send, whichever the publisher makes."""
+    res.relay(_local_room(), channels=[CHANNEL], metadata={"role": "sub"})
 
 
 def global_sub_endpoint(req, res):
