@@ -80,7 +80,7 @@ class ClusterServer(RunningServer):
         self._log_offset = log_path.stat().st_size if log_path.exists() else 0
         self.initial: dict[int, str] = {}
         self.lost: list[str] = []
-        env = {"WSRELAY_WORKERS": str(workers)} if workers else {}
+        env = {**(spec.env or {}), **({"WSRELAY_WORKERS": str(workers)} if workers else {})}
         super().__init__(spec, log_path, start_timeout=60.0, env=env)
 
     def wait_ready(self, timeout: float) -> None:

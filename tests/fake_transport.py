@@ -27,6 +27,7 @@ class FakeTransport(Outbound):
         self.signals: list[tuple[Any, ...]] = []
         self.frames_sent: list[tuple[Any, ...]] = []
         self.interests: list[tuple[Any, ...]] = []
+        self.presences: list[tuple[Any, ...]] = []
         self.publications: list[tuple[Any, ...]] = []
         # node -> what it answers to a channel request (a function of the args)
         self.answers: dict[str, Any] = {}
@@ -62,6 +63,9 @@ class FakeTransport(Outbound):
 
     def interest(self, node, changes) -> None:
         self.interests.append((node, changes))
+
+    def presence(self, node, snapshot, changes) -> None:
+        self.presences.append((node, snapshot, changes))
 
     def publication(self, node, channel, envelope) -> bool:
         if node not in self.up:

@@ -592,8 +592,17 @@ async def _run(cmd: dict[str, Any]) -> Any:
         return process.is_alive(cmd["pid"])
     if op == "publish":
         return channels.publish(cmd["channel"], cmd["data"])
+    if op == "publish_many":
+        return [channels.publish(cmd["channel"], {"from": cmd["tag"], "n": n}) for n in range(cmd["count"])]
+    if op == "publish_numbered":
+        return await channels.publish_numbered(cmd["channel"], cmd["data"])
+    if op == "history":
+        return await channels.history(cmd["channel"], cmd.get("since"), cmd.get("limit"))
     if op == "subscribe":
         return (await channels.subscribe(cmd["pid"], cmd["channel"], cmd.get("info"))).channel
+    if op == "subscribe_position":
+        sub = await channels.subscribe(cmd["pid"], cmd["channel"])
+        return [sub.recovered, sub.offset, sub.epoch]
     if op == "unsubscribe":
         return channels.unsubscribe(cmd["pid"], cmd["channel"])
     if op == "disconnect":
@@ -601,6 +610,10 @@ async def _run(cmd: dict[str, Any]) -> Any:
                                          reason=cmd.get("reason", ""))
     if op == "active":
         return channels.active(cmd.get("pattern"))
+    if op == "presence":
+        return await channels.presence(cmd["channel"])
+    if op == "presence_stats":
+        return await channels.presence_stats(cmd["channel"])
     raise ValueError(f"unknown op {op!r}")
 
 

@@ -519,14 +519,39 @@ async def test_an_idle_connection_is_closed_on_shutdown():
             conn.close()
 
 
-async def test_history_and_presence_of_a_namespace_that_asks_for_them_are_not_implemented_yet():
+async def test_history_needs_both_history_size_and_history_ttl():
     app = relay_app(lambda req, res: None)
     app.channel_namespace("rooms", "room:*", history_size=10, presence=True)
     async with running(app, api_key=KEY) as gw, connection(gw.address()) as conn:
-        for method in ("history", "presence", "presence_stats"):
-            answer = await conn.call(method, {"channel": LOBBY})
-            assert (answer.status, answer.error()[0]) == (501, "not_implemented"), answer.body
+        # history_size without history_ttl is no history.
+        assert (await conn.call("history", {"channel": LOBBY})).error()[0] == "history_not_enabled"
         assert (await conn.call("history", {"channel": "user:1"})).error()[0] == "history_not_enabled"
+
+
+async def test_publish_and_history_of_a_channel_with_history():
+    from wsrelay._core import history as core_history
+
+    core_history.forget()
+    app = relay_app(lambda req, res: None)
+    app.channel_namespace("rooms", "room:*", history_size=10, history_ttl=60)
+    async with running(app, api_key=KEY) as gw, connection(gw.address()) as conn:
+        first = (await conn.call("publish", {"channel": LOBBY, "data": {"n": 1}})).json["result"]
+        epoch = first["epoch"]
+        assert first == {"offset": 1, "epoch": epoch}
+        second = (await conn.call("publish", {"channel": LOBBY, "data": 2})).json["result"]
+        assert second == {"offset": 2, "epoch": epoch}
+        assert (await conn.call("broadcast", {"channels": [LOBBY, "user:1"], "data": 3})).json["result"] == \
+            [{"offset": 3, "epoch": epoch}, {}]
+        whole = (await conn.call("history", {"channel": LOBBY})).json["result"]
+        assert whole == {"epoch": epoch, "offset": 3, "publications": [
+            {"offset": 1, "epoch": epoch, "data": {"n": 1}}, {"offset": 2, "epoch": epoch, "data": 2},
+            {"offset": 3, "epoch": epoch, "data": 3}]}
+        since = (await conn.call("history", {"channel": LOBBY, "since": {"offset": 1, "epoch": epoch},
+                                             "limit": 1})).json["result"]
+        assert [p["offset"] for p in since["publications"]] == [2]
+        stale = await conn.call("history", {"channel": LOBBY, "since": {"offset": 1, "epoch": "other"}})
+        assert (stale.status, stale.error()[0]) == (400, "unrecoverable_position")
+    core_history.forget()
 
 
 def test_the_reference_names_every_method_and_error_code():

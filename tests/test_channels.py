@@ -359,12 +359,16 @@ def test_namespace_errors_name_the_field(field, value, named):
 async def test_wsrelay_serve_grants_and_publishes(tmp_path):
     async with ServerProcess(serve_command(write_channels_app(tmp_path))) as server:
         async with websockets.connect(server.url(f"/ws/chat?ch={LOBBY}&user=ann")) as ann:
+            # room:* keeps history in this app (docs/guide.md, "History and recovery").
+            subscribed = await recv_json(ann)
+            assert (subscribed["channel"], subscribed["event"]) == (LOBBY, "subscribed")
             first = await recv_json(ann)
             assert first["channel"] == LOBBY and "joined" in first["data"]
             async with websockets.connect(server.url("/ws/chat?ch=elsewhere")) as outsider:
                 assert (await recv_json(ann))["data"]["joined"] != first["data"]["joined"]
                 await outsider.send("hello")  # published to LOBBY: ann hears it, the outsider not
-                assert await recv_json(ann) == envelope(LOBBY, "hello")
+                assert await recv_json(ann) == {**envelope(LOBBY, "hello"), "offset": first["offset"] + 2,
+                                                "epoch": subscribed["epoch"]}
             with pytest.raises(websockets.InvalidStatus) as info:
                 await websockets.connect(server.url("/ws/chat?ch=a%20b"))
             assert info.value.response.status_code == 500

@@ -144,7 +144,8 @@ def test_a_bad_file_exits_non_zero_naming_the_entry(tmp_path: pathlib.Path):
     bad = tmp_path / "app.yaml"
     text = (EXAMPLES / "app.yaml").read_text().replace("func: session:handler", "func: session:nowhere")
     bad.write_text(text)
-    for name in ("handlers.py", "session.py", "presence.py", "broadcast.py", "transfer.py", "rooms.py"):
+    for name in ("handlers.py", "session.py", "presence.py", "broadcast.py", "transfer.py", "rooms.py",
+                 "lounge.py"):
         (tmp_path / name).write_text((EXAMPLES / name).read_text())
     done = run_to_exit([WSRELAY, "serve", bad, "--addr", "127.0.0.1:0"])
     assert done.returncode == 2
@@ -305,6 +306,28 @@ async def test_channels_granted_by_the_handler_and_published_by_a_process(guide:
         async with websockets.connect(guide.url("/ws/rooms?room=a%20b")):
             pass
     assert info.value.response.status_code == 400
+
+
+async def test_presence_in_the_lounge(guide: ServerProcess):
+    def event(kind: str, client: str, user: str, mood: str) -> dict[str, Any]:
+        return {"channel": "lounge:main", "event": kind,
+                "info": {"client": client, "user": user, "info": {"mood": mood}}}
+
+    async with websockets.connect(guide.url("/ws/lounge?user=ada&mood=sunny")) as ada:
+        own = await recv(ada)
+        assert own == event("join", own["info"]["client"], "ada", "sunny")  # its own join
+        async with websockets.connect(guide.url("/ws/lounge?user=bob")) as bob:
+            joined = await recv(bob)
+            bob_pid = joined["info"]["client"]
+            assert joined == event("join", bob_pid, "bob", "fine")
+            assert await recv(ada) == joined
+            async with websockets.connect(guide.url("/ws/lounge?user=bob")) as again:
+                second = await recv(again)
+                assert await recv(ada) == second == event("join", second["info"]["client"], "bob", "fine")
+                await ada.send("/who")
+                assert await recv_until(ada, lambda m: "online" in m) == {"online": ["ada", "bob"], "connections": 3}
+            assert await recv(ada) == event("leave", second["info"]["client"], "bob", "fine")
+        assert await recv(ada) == event("leave", bob_pid, "bob", "fine")
 
 
 async def test_transfer_from_lobby_to_a_room(guide: ServerProcess):

@@ -59,7 +59,12 @@ async def test_ten_thousand_channels_created_and_dropped_leave_nothing_behind(tm
                 metrics = await _all_closed(server)
                 assert metrics("wsrelay_channels") == 0
                 assert metrics("wsrelay_channel_subscriptions") == 0
-        assert server.fd_count() <= files
+        # The kernel may hand back the last sockets a moment after the
+        # connections ended: polled, as nothing announces it.
+        deadline = asyncio.get_running_loop().time() + 10
+        while server.fd_count() > files:
+            assert asyncio.get_running_loop().time() < deadline, f"{server.fd_count()} files open, {files} before"
+            await asyncio.sleep(0.05)
         # 10,000 channels and subscriptions at once cost a few MiB, not more,
         # and the next rounds reuse them (measured: ~6 MiB peak).
         assert rss.peak - baseline < 24 * MiB, (rss.peak - baseline) / MiB

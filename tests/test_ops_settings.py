@@ -64,6 +64,10 @@ BAD = [
     ("WSRELAY_COMPRESSION_MIN_SIZE", "2GiB"),
     ("WSRELAY_MAX_CHANNELS_PER_CONNECTION", "0"),
     ("WSRELAY_MAX_CHANNELS_PER_CONNECTION", "many"),
+    ("WSRELAY_HISTORY_MAX_BYTES", "0"),
+    ("WSRELAY_HISTORY_MAX_BYTES", "lots"),
+    ("WSRELAY_RECOVERY_MAX", "-1"),
+    ("WSRELAY_RECOVERY_MAX", "all"),
     ("WSRELAY_API_KEY", "two words"),
     ("WSRELAY_API_ADDR", "nowhere"),
     ("WSRELAY_API_MAX_BODY", "0"),
@@ -77,6 +81,7 @@ BAD = [
     ("WSRELAY_CLUSTER_DOWN_AFTER", "0"),
     ("WSRELAY_CLUSTER_DOWN_AFTER", "later"),
     ("WSRELAY_NATS_SERVER", "nats\tserver"),
+    ("WSRELAY_CLUSTER_DATA", "/etc/hostname"),
 ]
 
 EXTRA = [

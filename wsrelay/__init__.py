@@ -93,12 +93,14 @@ def load_runtime() -> None:
 
 
 def _make_node() -> Node:
+    from ._core.history import configure as configure_history
     from ._core.relayspec import set_max_channels_per_connection
     from ._core.runtime import Node
     from .settings import node_name, settings
 
     s = settings()
     set_max_channels_per_connection(s.max_channels_per_connection)
+    configure_history(s.history_max_bytes, s.recovery_max)
     return Node(node_name(s), s.mailbox_capacity)
 
 

@@ -58,6 +58,7 @@ ERRORS: dict[str, int] = {
     "bad_request": 400,
     "invalid_json": 400,
     "history_not_enabled": 400,
+    "unrecoverable_position": 400,
     "presence_not_enabled": 400,
     "unauthorized": 401,
     "not_found": 404,
@@ -66,7 +67,6 @@ ERRORS: dict[str, int] = {
     "payload_too_large": 413,
     "headers_too_large": 431,
     "internal": 500,
-    "not_implemented": 501,
     "mailbox_full": 503,
     "no_transport": 503,
 }
@@ -216,8 +216,8 @@ def _publish(api: Api, body: dict[str, Any]) -> Outcome:
     data = _required(body, "data")
     key = _idempotency_key(body)
     if key is None:
-        return channels.publish(channel, data)
-    return api.once(key, lambda: channels.publish(channel, data), {})
+        return channels.publish_numbered(channel, data)
+    return api.once(key, lambda: channels.publish_numbered(channel, data), {})
 
 
 def _broadcast(api: Api, body: dict[str, Any]) -> Outcome:
@@ -228,8 +228,8 @@ def _broadcast(api: Api, body: dict[str, Any]) -> Outcome:
     data = _required(body, "data")
     key = _idempotency_key(body)
 
-    def publish() -> list[Any]:
-        return [channels.publish(name, data) for name in checked]
+    async def publish() -> list[Any]:
+        return [await channels.publish_numbered(name, data) for name in checked]
 
     if key is None:
         return publish()
@@ -298,30 +298,38 @@ def _channels(api: Api, body: dict[str, Any]) -> Outcome:
     return {"channels": channels.active(pattern)}
 
 
-def _history(api: Api, body: dict[str, Any]) -> Outcome:
+async def _history(api: Api, body: dict[str, Any]) -> Any:
     channel = _channel(body)
     since = body.get("since")
     if since is not None and (type(since) is not dict or type(since.get("offset")) is not int
-                              or type(since.get("epoch")) is not str):
+                              or type(since.get("epoch")) is not str or since["offset"] < 0):
         raise _bad("since", "must be an object {\"offset\": integer, \"epoch\": string}")
-    _integer(body, "limit", 0, 1 << 31)
-    _needs(channel, "history_size", "history_not_enabled", "history")
-    return None  # not reached: _needs raises until history is built
+    limit = _integer(body, "limit", 0, 1 << 31)
+    if channels.history_limits(channel) is None:
+        raise ApiError("history_not_enabled", f"channel {channel!r} has no history: no channel.namespace matching "
+                       "it sets history_size and history_ttl")
+    result = await channels.history(channel, None if since is None else since["offset"], limit)
+    if since is not None and since["epoch"] != result["epoch"]:
+        raise ApiError("unrecoverable_position", f"channel {channel!r}: since names epoch {since['epoch']!r}, "
+                       f"its history is epoch {result['epoch']!r} (lost meanwhile): read it without since")
+    return result
 
 
-def _presence(api: Api, body: dict[str, Any]) -> Outcome:
-    _needs(_channel(body), "presence", "presence_not_enabled", "presence")
-    return None  # not reached: _needs raises until presence is built
+async def _presence(api: Api, body: dict[str, Any]) -> Any:
+    return await _present(channels.presence, _channel(body))
 
 
-def _needs(channel: str, option: str, code: str, what: str) -> None:
-    """Refuse ``what`` on ``channel`` unless its namespace sets ``option``:
-    which is every channel but those of a namespace that asks for it, which
-    is refused too until that part exists (docs/api.md, "history")."""
-    namespace = channels.namespace_of(channel)
-    if namespace is None or not namespace[option]:
-        raise ApiError(code, f"channel {channel!r} has no {what}: no channel.namespace matching it sets {option}")
-    raise ApiError("not_implemented", f"channel {channel!r}: {what} is not available in this version")
+async def _presence_stats(api: Api, body: dict[str, Any]) -> Any:
+    return await _present(channels.presence_stats, _channel(body))
+
+
+async def _present(ask: Callable[[str], Awaitable[Any]], channel: str) -> Any:
+    """What ``ask`` answers of ``channel``: a name that passed ``_channel``
+    raises ValueError only when its namespace has no presence."""
+    try:
+        return await ask(channel)
+    except ValueError as exc:
+        raise ApiError("presence_not_enabled", str(exc)) from None
 
 
 # The API's methods, by the name in the path (declared once: the dispatch,
@@ -336,7 +344,7 @@ METHODS: dict[str, Callable[[Api, dict[str, Any]], Outcome]] = {
     "channels": _channels,
     "history": _history,
     "presence": _presence,
-    "presence_stats": _presence,
+    "presence_stats": _presence_stats,
 }
 
 
@@ -430,7 +438,7 @@ class Api:
         """``publish()`` unless ``key`` was claimed recently; then ``repeated``,
         the answer of a publication on a channel without history."""
         if await self.keys.claim(key):
-            return publish()
+            return await publish()
         return repeated
 
     def close_all(self) -> None:

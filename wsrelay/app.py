@@ -19,6 +19,10 @@ Handler = Callable[[Any, Any], None]
 # picows reads GET requests without a body only; see docs/guide.md.
 SUPPORTED_METHODS = ("GET",)
 
+# A channel namespace's presence_max_members when it gives none: past it, a
+# channel sends no join/leave events (docs/guide.md, "Presence").
+DEFAULT_PRESENCE_MAX_MEMBERS = 1000
+
 # The namespaces of the app installed last, for wsrelay.channels.namespace_of.
 _installed_namespaces: list[ChannelNamespace] = []
 
@@ -26,8 +30,9 @@ _installed_namespaces: list[ChannelNamespace] = []
 @dataclasses.dataclass(frozen=True)
 class ChannelNamespace:
     """Options for the channels whose names match ``pattern`` (fnmatch,
-    case-sensitive). History and presence are read and checked but do
-    nothing yet (docs/guide.md, "Channels")."""
+    case-sensitive): presence and its join/leave events (docs/guide.md,
+    "Presence"); a history when ``history_size`` and ``history_ttl`` are
+    both over 0 (docs/guide.md, "History and recovery")."""
 
     id: str
     pattern: str
@@ -35,6 +40,7 @@ class ChannelNamespace:
     history_ttl: float = 0.0
     presence: bool = False
     join_leave: bool = False
+    presence_max_members: int = DEFAULT_PRESENCE_MAX_MEMBERS
 
     def matches(self, name: str) -> bool:
         from fnmatch import fnmatchcase
@@ -43,7 +49,8 @@ class ChannelNamespace:
 
     def options(self) -> dict[str, Any]:
         return {"namespace": self.id, "history_size": self.history_size, "history_ttl": self.history_ttl,
-                "presence": self.presence, "join_leave": self.join_leave}
+                "presence": self.presence, "join_leave": self.join_leave,
+                "presence_max_members": self.presence_max_members}
 
 
 def current_namespaces() -> list[ChannelNamespace]:
@@ -206,7 +213,8 @@ class App:
         self.functions[qualify(self.namespace, id)] = func
 
     def channel_namespace(self, name: str, pattern: str, history_size: int = 0, history_ttl: float = 0.0,
-                          presence: bool = False, join_leave: bool = False) -> ChannelNamespace:
+                          presence: bool = False, join_leave: bool = False,
+                          presence_max_members: int = DEFAULT_PRESENCE_MAX_MEMBERS) -> ChannelNamespace:
         """Options (``channel.namespace``) for the channels matching ``pattern``."""
         nid = qualify(self.namespace, name)
         if not isinstance(pattern, str) or not pattern:
@@ -218,9 +226,14 @@ class App:
         for field, value in (("presence", presence), ("join_leave", join_leave)):
             if not isinstance(value, bool):
                 raise ConfigError(f"must be true or false, got {value!r}", nid, field)
+        if isinstance(presence_max_members, bool) or not isinstance(presence_max_members, int) \
+                or presence_max_members < 0:
+            raise ConfigError(f"must be a whole number, 0 or more, got {presence_max_members!r}", nid,
+                              "presence_max_members")
         if any(ns.id == nid for ns in self.channel_namespaces):
             raise ConfigError("declared twice", nid)
-        namespace = ChannelNamespace(nid, pattern, history_size, float(history_ttl), presence, join_leave)
+        namespace = ChannelNamespace(nid, pattern, history_size, float(history_ttl), presence, join_leave,
+                                     presence_max_members)
         self.channel_namespaces.append(namespace)
         return namespace
 
@@ -244,6 +257,8 @@ class App:
 
     def install(self) -> None:
         """Declare this app's hosts and functions on the node."""
+        from ._core.history import policy_changed
+        from ._core.presence import set_namespaces
         from ._core.runtime import node
 
         self.check()
@@ -255,3 +270,6 @@ class App:
         for fid, func in self.functions.items():
             n.register_function(fid, func)
         _installed_namespaces[:] = self.channel_namespaces
+        policy_changed()
+        set_namespaces([(ns.pattern, ns.presence, ns.join_leave, ns.presence_max_members)
+                        for ns in self.channel_namespaces])

@@ -5,7 +5,11 @@ its view of the other nodes' subscribers, and does the fan-out; this module
 names its functions and asks another node what only it can do: subscribe
 one of its connections, close them. Calls made outside any process act as
 the node's system process. Namespaces (per-channel options from the
-configuration file) are looked up with ``namespace_of``.
+configuration file) are looked up with ``namespace_of``; those with
+``history_size`` and ``history_ttl`` give their channels a history
+(``_core/history.pyx``, read with ``history``). Presence (``presence``,
+``presence_stats``) is answered by this node alone: every node holds every
+node's entries (``_core/presence.pyx``).
 """
 
 from __future__ import annotations
@@ -13,10 +17,24 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Optional, Union
 
-from ._core.channels import Subscription, active, check_close, disconnect_here, publish, raise_answer, subscribers
+import orjson
+
+from ._core.channels import (
+    Subscription,
+    active,
+    check_close,
+    disconnect_here,
+    publish,
+    raise_answer,
+    subscribers,
+)
+from ._core.channels import history as _history
 from ._core.channels import subscribe as _subscribe
 from ._core.channels import unsubscribe as _unsubscribe
+from ._core.history import current_keeper, set_policy
 from ._core.pid import Pid
+from ._core.presence import entries as _presence_entries
+from ._core.presence import stats as _presence_stats
 from ._core.relayspec import check_channel_name
 from ._core.runtime import node as get_node
 from ._core.stats import LimitedLog
@@ -26,8 +44,12 @@ __all__ = [
     "active",
     "check_channel_name",
     "disconnect",
+    "history",
     "namespace_of",
+    "presence",
+    "presence_stats",
     "publish",
+    "publish_numbered",
     "subscribe",
     "subscribers",
     "unsubscribe",
@@ -61,7 +83,14 @@ async def subscribe(conn_pid: Union[Pid, str], name: str, info: Optional[dict[st
     its node did not answer."""
     remote, pid = _elsewhere(conn_pid)
     if remote is None:
-        return _subscribe(pid, name, info)
+        subscription = _subscribe(pid, name, info)
+        keeper = current_keeper()
+        if keeper is not None and subscription.epoch is None:
+            # In a cluster a channel with history has its position from its keeper.
+            answered = await keeper.subscription(pid, subscription.channel)
+            if answered is not None:
+                return answered
+        return subscription
     checked = check_channel_name(name)
     if info is not None and not isinstance(info, dict):
         raise ValueError(f"channels.subscribe: info must be a dict, got {type(info).__name__}")
@@ -121,6 +150,23 @@ async def disconnect(*, client: Union[Pid, str, None] = None, user: Optional[str
     return closed
 
 
+async def presence(name: str) -> dict[str, list[dict[str, Any]]]:
+    """``{"presence": [entry, ...]}``: every subscription of channel
+    ``name`` on every node, each ``{"client": <connection PID text>,
+    "user": <its user or None>, "info": <its info or {}>}``. ValueError
+    for a bad name, or a channel whose namespace has no ``presence: true``.
+    (A coroutine, so that a caller's code stays the same should the answer
+    ever need to be asked of other nodes.)"""
+    return _presence_entries(name)
+
+
+async def presence_stats(name: str) -> dict[str, int]:
+    """``{"clients": n, "users": m}``: channel ``name``'s subscriptions on
+    every node and their distinct users (several connections of one user
+    count once). ValueError as for ``presence``."""
+    return _presence_stats(name)
+
+
 def namespace_of(name: str) -> Optional[dict[str, Any]]:
     """The options of the first ``channel.namespace`` of the loaded app
     whose pattern matches ``name`` (None: no match, the defaults)."""
@@ -132,3 +178,55 @@ def namespace_of(name: str) -> Optional[dict[str, Any]]:
             return namespace.options()
     return None
 
+
+
+async def history(name: str, since: Optional[int] = None, limit: Optional[int] = None) -> dict[str, Any]:
+    """The publications of channel ``name`` that its history keeps, oldest
+    first (docs/guide.md, "History and recovery"): ``{"epoch", "offset":
+    <latest>, "publications": [{"offset", "epoch", "data"}, ...]}``, those
+    after ``since``, the first ``limit`` of them. In a cluster, asked of the
+    channel's keeper, on whichever node. ValueError for a channel without
+    history or a bad ``since``/``limit``."""
+    keeper = current_keeper()
+    if keeper is None:
+        return _history(name, since, limit)
+    checked = check_channel_name(name)
+    for field, value in (("since", since), ("limit", limit)):
+        if value is not None and (type(value) is not int or value < 0):
+            raise ValueError(f"channels.history: {field} must be a whole number, 0 or more, got {value!r}")
+    if history_limits(checked) is None:
+        return _history(checked, since, limit)  # raises: no history
+    return await keeper.history(checked, since, limit)
+
+
+async def publish_numbered(name: str, data: Any) -> dict[str, Any]:
+    """``publish``, returning the publication's ``offset`` and ``epoch`` on
+    a channel with history on any node: in a cluster, once the channel's
+    keeper has numbered it (``publish`` answers ``{}`` on a node that does
+    not keep the channel, rather than wait)."""
+    keeper = current_keeper()
+    checked = check_channel_name(name)
+    if keeper is None or history_limits(checked) is None:
+        return publish(checked, data)
+    try:
+        encoded = orjson.dumps(data)
+    except orjson.JSONEncodeError as exc:
+        raise TypeError(f"channels.publish({name!r}): data is not JSON-serialisable: {exc}") from None
+    get_node().counters.channel_publications += 1
+    return await keeper.publish_stored(checked, encoded)
+
+
+def history_limits(name: str) -> Optional[tuple[int, float]]:
+    """(history_size, history_ttl) of channel ``name`` when its namespace
+    gives it a history (both over 0), else None."""
+    from .app import current_namespaces
+
+    for namespace in current_namespaces():
+        if namespace.matches(name):
+            if namespace.history_size > 0 and namespace.history_ttl > 0:
+                return namespace.history_size, namespace.history_ttl
+            return None
+    return None
+
+
+set_policy(history_limits)

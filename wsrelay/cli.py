@@ -137,6 +137,7 @@ async def _serve(app, addr: Optional[str], worker: Optional[int] = None) -> int:
     from .settings import settings
 
     transport = None
+    keeper = None
     if settings().cluster_url:
         try:
             transport = await _start_transport(settings())
@@ -147,6 +148,10 @@ async def _serve(app, addr: Optional[str], worker: Optional[int] = None) -> int:
         from ._core.remote import join_cluster
 
         join_cluster(transport)
+        from .cluster.history import start_history
+
+        # Before the service listens: a channel with history is numbered by its keeper.
+        keeper = await start_history(transport, app.channel_namespaces)
         if settings().gc_threshold > 0:
             # The cluster's modules (nats-py...) were imported just now:
             # exempt them from collection too, as tune_gc did the rest.
@@ -177,6 +182,8 @@ async def _serve(app, addr: Optional[str], worker: Optional[int] = None) -> int:
 
     node().terminate_all(SHUTDOWN)
     if transport is not None:
+        if keeper is not None:
+            keeper.stop()
         await transport.stop()
     return 0
 

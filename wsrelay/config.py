@@ -16,7 +16,7 @@ from typing import Any, Callable
 import yaml
 
 from ._core.units import parse_duration
-from .app import App, qualify
+from .app import DEFAULT_PRESENCE_MAX_MEMBERS, App, qualify
 from .errors import ConfigError
 from .settings import did_you_mean
 
@@ -29,7 +29,8 @@ _KINDS: dict[str, tuple[set[str], set[str]]] = {
     "http.router": ({"meta"}, {"prefix", "pre_middleware", "pre_options", "post_middleware", "post_options"}),
     "http.endpoint": ({"meta", "path", "func"}, {"method"}),
     "process.function": ({"func"}, {"meta"}),
-    "channel.namespace": ({"pattern"}, {"history_size", "history_ttl", "presence", "join_leave"}),
+    "channel.namespace": ({"pattern"}, {"history_size", "history_ttl", "presence", "join_leave",
+                                           "presence_max_members"}),
 }
 _COMMON = {"name", "kind", "namespace"}
 _TOP_LEVEL = ("version", "namespace", "entries")
@@ -173,7 +174,8 @@ def _declare(app: App, eid: str, ns: str, entry: dict) -> None:
                 raise ConfigError(str(exc), eid, "history_ttl") from None
         app.channel_namespace(eid, _string(eid, entry, "pattern"),
                               entry.get("history_size", 0), ttl, entry.get("presence", False),
-                              entry.get("join_leave", False))
+                              entry.get("join_leave", False),
+                              entry.get("presence_max_members", DEFAULT_PRESENCE_MAX_MEMBERS))
     else:  # pragma: no cover - _check_entry refuses other kinds
         raise ConfigError(f"unknown kind {kind!r}", eid, "kind")
 

@@ -15,6 +15,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from ._core.channels import here as channels_here
+from ._core.history import logs as history_logs
+from ._core.presence import here as presence_here
 from ._core.runtime import node
 from ._core.stats import COUNTERS
 
@@ -54,11 +56,21 @@ class _GatewayCollector:
                                 value=sum(rt.handshakes.pending for rt in services))
         yield GaugeMetricFamily("wsrelay_processes_alive", "Live processes, connections and the system process",
                                 value=node().process_count())
+        logs, kept = history_logs()
+        yield GaugeMetricFamily("wsrelay_history_channels", "Channels with a history on this node", value=logs)
+        yield GaugeMetricFamily("wsrelay_history_bytes", "Bytes of publications the histories here keep",
+                                value=kept)
         channels, subscriptions, users = channels_here()
         yield GaugeMetricFamily("wsrelay_channels", "Channels with subscribers on this node", value=channels)
         yield GaugeMetricFamily("wsrelay_channel_subscriptions", "Subscriptions of this node's connections",
                                 value=subscriptions)
         yield GaugeMetricFamily("wsrelay_users", "Users with connections on this node", value=users)
+        _, mine, theirs = presence_here()
+        entries = GaugeMetricFamily("wsrelay_presence_entries", "Presence entries this node holds, by origin",
+                                    labels=["origin"])
+        entries.add_metric(["local"], mine)
+        entries.add_metric(["remote"], theirs)
+        yield entries
         transport = getattr(self.gateway, "transport", None)
         if transport is not None:
             from .cluster.stats import COUNTERS as CLUSTER_COUNTERS

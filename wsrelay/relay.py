@@ -6,7 +6,9 @@ process and the relay's settings. The connection itself lives in the core
 (``wsrelay._core.relay``). With WSRELAY_COMPRESSION on, the client's
 ``Sec-WebSocket-Extensions`` offers are answered here (permessage-deflate,
 ``wsrelay._core.deflate``): an offer that cannot be honoured, or a malformed
-one, leaves the connection uncompressed; it never fails the upgrade.
+one, leaves the connection uncompressed; it never fails the upgrade. So
+does the ``recover`` query parameter, read when the handler granted
+channels.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ import re
 from typing import Any, Optional
 
 from ._core.deflate import negotiate
+from ._core.history import parse_recover
 from ._core.relay import Connection, RelayListener
-from ._core.relayspec import RELAY_HEADER, RelaySpec, parse_relay_header
+from ._core.relayspec import RELAY_HEADER, RelaySpec, max_channels_per_connection, parse_relay_header
+from ._core.stats import LimitedLog
 from .errors import RelayHeaderError
 from .http import Middleware, Request, Response, plain, register_middleware
 
@@ -29,6 +33,10 @@ log = logging.getLogger("wsrelay.relay")
 
 ORIGINS_OPTION = "wsrelay.allowed.origins"
 EXTENSIONS_HEADER = "Sec-WebSocket-Extensions"
+# The upgrade request's query parameter naming positions to recover from.
+RECOVER_PARAM = "recover"
+# A client may send a malformed recover on every reconnect: one line a second.
+_log = LimitedLog("wsrelay.relay")
 _DEFAULT_PORTS = {"http": "80", "https": "443", "ws": "80", "wss": "443"}
 
 
@@ -174,7 +182,7 @@ class WebSocketRelay(Middleware):
             _refuse(res, plain(500, f"500 Internal Server Error: {exc}"), failed_upgrade=True)
             return None
         try:
-            conn = Connection.prepare(service.relay, spec)
+            conn = Connection.prepare(service.relay, spec, _recover(req, service) if spec.channels else None)
         except ProcessLookupError as exc:
             log.warning("%s %s: %s", req.method, req.path, exc)
             service.handshake_failed("target_not_alive")
@@ -193,6 +201,22 @@ class WebSocketRelay(Middleware):
                     conn.deflate_params = params
                     res.headers[EXTENSIONS_HEADER] = answer
         return RelayListener(conn)
+
+
+def _recover(req: Request, service: Any) -> Optional[dict[str, tuple[str, int]]]:
+    """The positions the ``recover`` query parameter names (docs/guide.md,
+    "History and recovery"); a malformed one is counted, logged and
+    ignored, never a refused upgrade. Its length is bounded by the request
+    head's, its entries by WSRELAY_MAX_CHANNELS_PER_CONNECTION."""
+    text = req.query(RECOVER_PARAM)
+    if text is None:
+        return None
+    try:
+        return parse_recover(text, max_channels_per_connection())
+    except ValueError as exc:
+        service.relay.node.counters.history_recover_malformed += 1
+        _log.warning("recover", f"{req.method} {req.path}: {RECOVER_PARAM} ignored: {exc}")
+        return None
 
 
 def _refuse(res: Response, refusal: Response, failed_upgrade: bool = False) -> None:

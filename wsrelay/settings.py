@@ -47,6 +47,10 @@ class Settings:
     compression_min_size: int = 128
     # Channels one connection may be subscribed to at once.
     max_channels_per_connection: int = 128
+    # Bytes of envelopes one channel's history keeps at most.
+    history_max_bytes: int = 1 << 20
+    # Publications one recovery may give; a client further behind reloads.
+    recovery_max: int = 300
     # -- the server API (docs/api.md) --
     # The key of the server API; None: the API is off.
     api_key: Optional[str] = dataclasses.field(default=None, repr=False)
@@ -61,6 +65,8 @@ class Settings:
     cluster_creds: Optional[str] = None
     cluster_down_after: float = 5.0
     nats_server: str = "nats-server"
+    # JetStream's directory for the private broker (None: a temporary one).
+    cluster_data: Optional[str] = None
 
 
 def _bounded(value: int, low: int, high: int) -> int:
@@ -216,6 +222,14 @@ def _readable_file(text: str) -> str:
     return text
 
 
+def _directory(text: str) -> str:
+    if any(ord(ch) < 32 for ch in text):
+        raise ValueError("must be a directory path, without control characters")
+    if os.path.exists(text) and not os.path.isdir(text):
+        raise ValueError("exists and is not a directory")
+    return text
+
+
 def _command(text: str) -> str:
     if any(ord(ch) < 32 for ch in text):
         raise ValueError("must be a command name or a path, without control characters")
@@ -254,6 +268,8 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], object]]] = {
     "WSRELAY_COMPRESSION": ("compression", _on_off),
     "WSRELAY_COMPRESSION_MIN_SIZE": ("compression_min_size", _size(0, _GiB)),
     "WSRELAY_MAX_CHANNELS_PER_CONNECTION": ("max_channels_per_connection", _count(1, 1 << 20, "channels")),
+    "WSRELAY_HISTORY_MAX_BYTES": ("history_max_bytes", _size(1, _GiB)),
+    "WSRELAY_RECOVERY_MAX": ("recovery_max", _count(0, 1 << 20, "publications")),
     "WSRELAY_API_KEY": ("api_key", _token),
     "WSRELAY_API_ADDR": ("api_addr", _addr),
     "WSRELAY_API_MAX_BODY": ("api_max_body", _size(1, _GiB)),
@@ -263,6 +279,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], object]]] = {
     "WSRELAY_CLUSTER_CREDS": ("cluster_creds", _readable_file),
     "WSRELAY_CLUSTER_DOWN_AFTER": ("cluster_down_after", _positive_seconds),
     "WSRELAY_NATS_SERVER": ("nats_server", _command),
+    "WSRELAY_CLUSTER_DATA": ("cluster_data", _directory),
 }
 
 VARIABLES = tuple(_VARIABLES)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 
 import orjson
+
 from wsrelay.client import Client
 
 from ..publisher import Sender, run

@@ -20,6 +20,17 @@ once to each node that has subscribers of the channel, which frames it once
 for its own. A node that is lost takes its counts with it. What concerns a
 connection of another node (subscribe it, close a user's connections) is a
 request to that node, answered by ``answer_request`` there.
+
+A channel with history (history.pyx) numbers its publications: each
+envelope carries its ``offset`` and the ``epoch``, and is kept in the
+channel's Log as sent. A subscription to it begins with a ``subscribed``
+event; one granted with a recover position (docs/guide.md, "History and
+recovery") is given the publications it missed right after that event,
+before anything live, which on one loop needs no holding back. In a
+cluster the channel's keeper, on whichever node, numbers and keeps its
+publications (docs/cluster.md, "History"): a new subscription here asks it
+for its position, and the publications that arrive meanwhile are held for
+that subscriber (bounded), then merged by offset at the seam.
 """
 
 import asyncio
@@ -29,7 +40,10 @@ from fnmatch import fnmatchcase
 import orjson
 
 from .frames cimport parse_close_payload
+from .history cimport Log, cluster_keeper, existing, limits_of, log_for, recovery_max
+from .history import set_busy
 from .pid cimport Pid, to_pid
+from .presence cimport announce_now, attach, joined, node_down, node_up, on_presence, parted
 from .relay cimport Connection
 from .relay import set_channel_hooks
 from .relayspec cimport check_channel_name, max_channels_per_connection
@@ -40,6 +54,7 @@ from .writer cimport FanOut, fan_out
 
 # What a client receives, by event.
 PUBLICATION = "publication"
+SUBSCRIBED = "subscribed"
 UNSUBSCRIBED = "unsubscribed"
 
 # name -> Channel, this node's channels that have subscribers. One table per
@@ -57,6 +72,9 @@ cdef Py_ssize_t _subscriptions = 0
 
 cdef LimitedLog _log = LimitedLog("wsrelay.channels")
 
+# A Log whose channel has subscribers here is kept (history.pyx).
+set_busy(_table)
+
 
 cdef class Channel:
     """One channel on this node: its subscribers and the info each
@@ -65,23 +83,43 @@ cdef class Channel:
     def __cinit__(self, str name):
         self.name = name
         self.members = {}
+        self.holding = None
+
+
+cdef class _Held:
+    """The publications held for one subscriber while its position is
+    asked: (offset, envelope) in arrival order, at most ``_hold_limit()``;
+    past it the oldest go and the subscriber does not recover."""
+
+    cdef list texts
+    cdef bint overflowed
+
+    def __cinit__(self):
+        self.texts = []
+        self.overflowed = False
+
+
+cdef Py_ssize_t _hold_limit() noexcept:
+    # Enough for a recovery's worth of live traffic while the keeper answers.
+    return recovery_max() + 1000
 
 
 cdef class Subscription:
-    """What ``subscribe`` returns. ``recovered``, ``offset`` and ``epoch``
-    describe a history channel's recovery; without history (all channels
-    for now) they are False, None and None."""
+    """What ``subscribe`` returns. On a channel with history, ``offset`` and
+    ``epoch`` are its position when the subscription began and
+    ``recovered`` says whether the publications after the position asked
+    for were given; without history they are None, None and False."""
 
     cdef readonly str channel
     cdef readonly bint recovered
     cdef readonly object offset
     cdef readonly object epoch
 
-    def __cinit__(self, str channel):
+    def __cinit__(self, str channel, bint recovered=False, offset=None, epoch=None):
         self.channel = channel
-        self.recovered = False
-        self.offset = None
-        self.epoch = None
+        self.recovered = recovered
+        self.offset = offset
+        self.epoch = epoch
 
     def __repr__(self):
         return (f"Subscription(channel={self.channel!r}, recovered={self.recovered}, "
@@ -104,7 +142,10 @@ cdef int _join(Connection conn, str name, object info) except -1:
     if conn.channels is None:
         conn.channels = {}
     elif name in conn.channels:
-        (<Channel>conn.channels[name]).members[conn] = info
+        channel = conn.channels[name]
+        channel.members[conn] = info
+        if channel.presence is not None:
+            joined(conn.service.node, channel.presence, conn, False)
         return 0
     if len(conn.channels) >= max_channels_per_connection():
         raise ValueError(f"{conn.pid} is already in {max_channels_per_connection()} channels, the limit "
@@ -112,20 +153,31 @@ cdef int _join(Connection conn, str name, object info) except -1:
     channel = _table.get(name)
     if channel is None:
         channel = _table[name] = Channel(name)
+        channel.presence = attach(name, channel.members)
     global _subscriptions
     channel.members[conn] = info
     conn.channels[name] = channel
     _subscriptions += 1
-    return _changed(conn.service.node, name)
+    _changed(conn.service.node, name)
+    if channel.presence is not None:
+        joined(conn.service.node, channel.presence, conn, True)
+    return 0
 
 
 cdef int _part(Connection conn, Channel channel) except -1:
     global _subscriptions
-    del channel.members[conn]
+    info = channel.members.pop(conn)
+    if channel.holding is not None:
+        channel.holding.pop(conn, None)
+        if not channel.holding:
+            channel.holding = None
     _subscriptions -= 1
     if not channel.members:
         del _table[channel.name]
-    return _changed(conn.service.node, channel.name)
+    _changed(conn.service.node, channel.name)
+    if channel.presence is not None:
+        parted(conn.service.node, channel.presence, conn, info)
+    return 0
 
 
 cdef int _changed(Node node, str name) except -1:
@@ -159,15 +211,64 @@ cdef list _counts(names):
 
 def _grant(Connection conn):
     """The handler's grant ({name: info}, checked by relayspec) made
-    subscriptions, and its user known, as the connection opens."""
+    subscriptions, and its user known, as the connection opens; a granted
+    channel with history recovers from the position the client named."""
     cdef dict granted = conn.channels
+    cdef dict positions = conn.recover
     if conn.user is not None:
         _users.setdefault(conn.user, set()).add(conn)
     if granted is None:
         return
     conn.channels = None
+    conn.recover = None
     for name, info in granted.items():
         _join(conn, name, info)
+        _begin(conn, name, None if positions is None else positions.get(name))
+
+
+cdef Subscription _begin(Connection conn, str name, object position):
+    """The ``subscribed`` event of a new subscription to a channel with
+    history, then the publications after ``position`` ((epoch, offset) or
+    None) when they can all be given; the Subscription saying so."""
+    cdef Log log = log_for(name)
+    cdef list missed = None
+    keeper = cluster_keeper()
+    if log is None and keeper is not None and limits_of(name) is not None:
+        return _ask_keeper(keeper, conn, name, position)
+    if log is None:
+        return Subscription(name)
+    if position is not None:
+        missed = log.after(position[0], position[1])
+        if missed is None:
+            conn.service.node.counters.history_not_recovered += 1
+        else:
+            conn.service.node.counters.history_recovered += 1
+    return _subscribed(conn, name, log.epoch, log.delivered, missed)
+
+
+cdef Subscription _subscribed(Connection conn, str name, str epoch, unsigned long long latest, list missed):
+    cdef bint recovered = missed is not None
+    fan_out({"type": "text", "data": orjson.dumps(
+        {"channel": name, "event": SUBSCRIBED, "offset": latest, "epoch": epoch, "recovered": recovered}
+    ).decode()}).offer_to(conn)
+    if recovered:
+        for text in missed:
+            fan_out({"type": "text", "data": text}).offer_to(conn)
+    return Subscription(name, recovered, latest, epoch)
+
+
+cdef Subscription _ask_keeper(object keeper, Connection conn, str name, object position):
+    """A subscription to a channel another node may keep: what arrives for
+    it is held until the keeper's answer (``recovered``). The other nodes
+    hear of the new subscriber first (on the stream the question follows),
+    so the keeper ships it everything it delivers after answering."""
+    cdef Channel channel = conn.channels[name]
+    if channel.holding is None:
+        channel.holding = {}
+    channel.holding[conn] = _Held()
+    _announce(conn.service.node)
+    keeper.position(conn.pid, name, position)
+    return Subscription(name)
 
 
 def _leave_all(Connection conn):
@@ -190,14 +291,21 @@ def _leave_all(Connection conn):
 set_channel_hooks(_grant, _leave_all)
 
 
-cdef str _envelope(str name, str event, object data, bint with_data):
+cdef bytes _encoded(str name, str event, object data, bint with_data, Log log):
     cdef dict message = {"channel": name, "event": event}
     if with_data:
         message["data"] = data
+    if log is not None:
+        message["offset"] = log.offset + 1
+        message["epoch"] = log.epoch
     try:
-        return orjson.dumps(message).decode()
+        return orjson.dumps(message)
     except orjson.JSONEncodeError as exc:
         raise TypeError(f"channels.publish({name!r}): data is not JSON-serialisable: {exc}") from None
+
+
+cdef str _envelope(str name, str event, object data, bint with_data):
+    return _encoded(name, event, data, with_data, None).decode()
 
 
 cdef Pid _local_pid(Node node, object pid, str what):
@@ -223,8 +331,13 @@ def subscribe(pid, name, info=None):
     cdef Connection conn = _connection(node, _local_pid(node, pid, "channels.subscribe"), "channels.subscribe")
     if conn is None or not conn.alive:
         raise ProcessLookupError(f"channels.subscribe: connection {pid} is not alive")
+    cdef Log log
+    if conn.channels is not None and checked in conn.channels:
+        _join(conn, checked, info)
+        log = existing(checked)
+        return Subscription(checked) if log is None else Subscription(checked, False, log.offset, log.epoch)
     _join(conn, checked, info)
-    return Subscription(checked)
+    return _begin(conn, checked, None)
 
 
 def unsubscribe(pid, name):
@@ -250,19 +363,128 @@ def publish(name, data):
     """Send ``data`` (a JSON value) to every subscriber of ``name``: this
     node's, in a ``publication`` envelope encoded and framed once, and
     every other node's, the envelope shipped once to each node that has
-    subscribers; ``{}``."""
+    subscribers; ``{}``, or on a channel with history ``{"offset",
+    "epoch"}`` of this publication, which its Log keeps."""
     cdef str checked = check_channel_name(name)
     cdef Node node = calling_process("channels.publish").node  # on the loop's thread (WrongThread otherwise)
-    cdef str text = _envelope(checked, PUBLICATION, data, True)
+    keeper = cluster_keeper()
+    if keeper is not None and limits_of(checked) is not None:
+        # Numbered, stored and delivered by the channel's keeper (deliver_kept).
+        node.counters.channel_publications += 1
+        return keeper.publish(checked, _json(checked, data))
+    cdef Log log = log_for(checked)
+    cdef bytes encoded = _encoded(checked, PUBLICATION, data, True, log)
+    cdef str text = encoded.decode()
+    cdef dict result = {}
+    if log is not None:
+        log.keep(log.offset + 1, text, len(encoded))
+        log.delivered = log.offset
+        result = {"offset": log.offset, "epoch": log.epoch}
     node.counters.channel_publications += 1
     _deliver(node, checked, text)
+    _ship(node, checked, text)
+    return result
+
+
+cdef bytes _json(str name, object data):
+    try:
+        return orjson.dumps(data)
+    except orjson.JSONEncodeError as exc:
+        raise TypeError(f"channels.publish({name!r}): data is not JSON-serialisable: {exc}") from None
+
+
+cdef int _ship(Node node, str name, str text) except -1:
+    """A publication's envelope once to each other node with subscribers."""
     cdef dict nodes
     if node.remote is not None:
-        nodes = _remote.get(checked)
+        nodes = _remote.get(name)
         if nodes:
             for other in nodes:
-                node.remote.ship_publication(other, checked, text)
-    return {}
+                node.remote.ship_publication(other, name, text)
+    return 0
+
+
+def kept_publish(str name, bytes data):
+    """On the keeper of ``name`` (a cluster): the next publication, ``data``
+    JSON already, numbered in its Log; (offset, epoch, envelope) for the
+    keeper to store and then ``deliver_kept``."""
+    cdef Log log = existing(name)
+    if log is None:
+        raise LookupError(f"channel {name!r} is not kept on this node")
+    cdef bytes encoded = _encoded(name, PUBLICATION, orjson.Fragment(data), True, log)
+    cdef str text = encoded.decode()
+    log.keep(log.offset + 1, text, len(encoded))
+    return log.offset, log.epoch, text
+
+
+def deliver_kept(str name, unsigned long long offset, str text):
+    """On the keeper: publication ``offset`` of ``name`` is stored; to the
+    subscribers here and on every other node, in offset order."""
+    cdef Node node = get_node()
+    cdef Log log = existing(name)
+    if log is not None and offset > log.delivered:
+        log.delivered = offset
+    _deliver(node, name, text)
+    _ship(node, name, text)
+
+
+def holding(Pid pid, str name):
+    """Whether this node's connection ``pid`` still waits for ``name``'s
+    keeper to answer (False once answered, or when it left)."""
+    cdef Connection conn = _connection(get_node(), pid, "channels.holding")
+    if conn is None or conn.channels is None or name not in conn.channels:
+        return False
+    cdef Channel channel = conn.channels[name]
+    return channel.holding is not None and conn in channel.holding
+
+
+def recovered(Pid pid, str name, str epoch, unsigned long long latest, list missed, bint asked):
+    """The keeper's answer for a subscriber of this node asked about in
+    ``_ask_keeper`` (``asked``: with a position to recover from):
+    ``subscribed`` at ``latest``, the ``missed`` publications (None: not
+    recovered), then those held with a greater offset; a Subscription
+    (None when the subscription ended meanwhile)."""
+    cdef Node node = get_node()
+    cdef Connection conn = _connection(node, pid, "channels.recovered")
+    if conn is None or conn.channels is None or name not in conn.channels:
+        return None
+    cdef Channel channel = conn.channels[name]
+    if channel.holding is None or conn not in channel.holding:
+        return None
+    cdef _Held held = channel.holding.pop(conn)
+    if not channel.holding:
+        channel.holding = None
+    if held.overflowed:
+        # Live publications were let go of: from the first one still held,
+        # contiguous, and the client reloads.
+        latest = <unsigned long long>held.texts[0][0] - 1 if held.texts else latest
+        missed = None
+    if asked and missed is not None:
+        node.counters.history_recovered += 1
+    elif asked:
+        node.counters.history_not_recovered += 1
+    sub = _subscribed(conn, name, epoch, latest, missed)
+    for offset, text in held.texts:
+        if offset > latest:
+            fan_out({"type": "text", "data": text}).offer_to(conn)
+    return sub
+
+
+def history(name, since=None, limit=None):
+    """The publications of channel ``name`` kept here, oldest first: ``{"epoch",
+    "offset": <latest>, "publications": [{"offset", "epoch", "data"}]}``
+    (those after ``since``, the first ``limit``). ValueError for a channel
+    without history or a bad ``since``/``limit``."""
+    cdef str checked = check_channel_name(name)
+    calling_process("channels.history")
+    for field, value in (("since", since), ("limit", limit)):
+        if value is not None and (type(value) is not int or value < 0):
+            raise ValueError(f"channels.history: {field} must be a whole number, 0 or more, got {value!r}")
+    cdef Log log = log_for(checked)
+    if log is None:
+        raise ValueError(f"channels.history: channel {checked!r} has no history (no channel.namespace matching "
+                         "it sets history_size and history_ttl)")
+    return {"epoch": log.epoch, "offset": log.offset, "publications": log.publications(since, limit)}
 
 
 cdef int _deliver(Node node, str name, str text) except -1:
@@ -270,11 +492,24 @@ cdef int _deliver(Node node, str name, str text) except -1:
     cdef Channel channel = _table.get(name)
     cdef FanOut out
     cdef Connection conn
+    cdef dict holding
     if channel is not None:
         node.counters.channel_deliveries += len(channel.members)
         out = fan_out({"type": "text", "data": text})
+        holding = channel.holding
         for conn in channel.members:
-            out.offer_to(conn)
+            if holding is not None and conn in holding:
+                _hold(<_Held>holding[conn], text)
+            else:
+                out.offer_to(conn)
+    return 0
+
+
+cdef int _hold(_Held held, str text) except -1:
+    held.texts.append((orjson.loads(text).get("offset", 0), text))
+    if len(held.texts) > _hold_limit():
+        del held.texts[0]
+        held.overflowed = True
     return 0
 
 
@@ -350,6 +585,7 @@ def answer_request(list args):
         return _answer(args)
     finally:
         _announce(get_node())
+        announce_now(get_node())
 
 
 cdef list _answer(list args):
@@ -404,8 +640,19 @@ cdef class _ClusterChannels:
 
     def on_publication(self, str channel, str envelope):
         cdef Node node = get_node()
+        keeper = cluster_keeper()
+        if keeper is not None and limits_of(channel) is not None:
+            message = orjson.loads(envelope)
+            if "offset" not in message:
+                # Made on another node for this one to number: it keeps the
+                # channel (or knows who does now).
+                keeper.publish(channel, orjson.dumps(message["data"]))
+                return
         node.counters.channel_publications_remote += 1
         _deliver(node, channel, envelope)
+
+    def on_presence(self, str node, bint snapshot, list changes):
+        on_presence(node, snapshot, changes)
 
     def on_request(self, list args):
         return answer_request(args)
@@ -414,8 +661,10 @@ cdef class _ClusterChannels:
         cdef Node here = get_node()
         if _table and here.remote is not None:
             here.remote.announce_channels(node, _counts(list(_table)))
+        node_up(here, node)
 
     def on_node_down(self, str node):
+        node_down(node)
         for name in [n for n, nodes in _remote.items() if node in <dict>nodes]:
             nodes = _remote[name]
             del nodes[node]

@@ -80,6 +80,9 @@ cdef class Connection(Output):
     # The handler's grant ({name: info}) until the connection opens, then
     # the channels it is subscribed to (channels.pyx); None when it has none.
     cdef dict channels
+    # Until the connection opens: the positions its client asked to recover
+    # from ({name: (epoch, offset)}, only channels granted), or None.
+    cdef dict recover
     # the user its handler authenticated (X-WS-Relay "user"), or None.
     cdef readonly str user
     # The target is on another node: messages sent to it and not yet

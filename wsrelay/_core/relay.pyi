@@ -1,4 +1,4 @@
-from typing import Any
+from typing import Any, Optional
 
 from picows import WSListener
 
@@ -60,7 +60,8 @@ class Connection(Output):
     # One of STATES.
     state_name: str
     @staticmethod
-    def prepare(service: RelayService, spec: RelaySpec) -> Connection: ...
+    def prepare(service: RelayService, spec: RelaySpec,
+                recover: Optional[dict[str, tuple[str, int]]] = None) -> Connection: ...
 
 class RelayListener(WSListener):
     connection: Connection

@@ -308,9 +308,11 @@ cdef class Connection(Output):
     """A client connection as a process. Created by the relay middleware."""
 
     @staticmethod
-    def prepare(RelayService service not None, RelaySpec spec not None):
+    def prepare(RelayService service not None, RelaySpec spec not None, dict recover=None):
         """A connection for the spec's target, attached when the upgrade
-        completes. ProcessLookupError when the target is not alive,
+        completes; ``recover``: the positions its client named
+        ({channel: (epoch, offset)}), of which those of granted channels
+        are kept. ProcessLookupError when the target is not alive,
         ValueError when it is a connection."""
         cdef Process target = _find_target(service.node, spec.target_pid)
         if target is None:
@@ -327,6 +329,8 @@ cdef class Connection(Output):
         conn.heartbeat_interval = spec.heartbeat_interval
         conn.channels = spec.channels
         conn.user = spec.user
+        if recover and spec.channels:
+            conn.recover = {name: position for name, position in recover.items() if name in spec.channels} or None
         conn.remote_target = isinstance(target, RemoteProcess)
         return conn
 
@@ -368,6 +372,7 @@ cdef class Connection(Output):
             normal = self.target.exit_reason == NORMAL
             self.target = None
             self.channels = None
+            self.recover = None
             self.begin_close(1000 if normal else 1011, b"" if normal else b"target process failed",
                              TARGET_EXITED)
             return 0

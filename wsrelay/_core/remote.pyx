@@ -60,8 +60,8 @@ cdef class Outbound:
     def attach(self, hooks):
         """Deliver what arrives from now on to ``hooks`` (the Cluster):
         ``on_send``, ``on_call``, ``on_signal``, ``on_frames``, ``on_interest``,
-        ``on_publication``, ``on_channel_request``, ``on_node_up``,
-        ``on_node_down``."""
+        ``on_presence``, ``on_publication``, ``on_channel_request``,
+        ``on_node_up``, ``on_node_down``."""
         raise NotImplementedError
 
     def send(self, Pid dest, topic, payload, Pid sender):
@@ -107,6 +107,13 @@ cdef class Outbound:
         (0: it has none left), for ``node``, or for every node up (None)."""
         raise NotImplementedError
 
+    def presence(self, node, bint snapshot, list changes):
+        """This node's presence entries that began or ended, [[channel,
+        [[client, user, info], ...], [client, ...]], ...], or all of them
+        (``snapshot``: they replace what ``node`` held), for ``node``, or
+        for every node up (None)."""
+        raise NotImplementedError
+
     def publication(self, str node, str channel, str envelope):
         """A channel's publication (the JSON text its clients receive) for
         the subscribers of ``node``: whether it was accepted."""
@@ -129,8 +136,9 @@ cdef object _channels = None
 
 
 def set_channel_handlers(handlers):
-    """``handlers``: on_interest(node, changes), on_publication(channel,
-    envelope), on_request(args), on_node_up(node), on_node_down(node)."""
+    """``handlers``: on_interest(node, changes), on_presence(node, snapshot,
+    changes), on_publication(channel, envelope), on_request(args),
+    on_node_up(node), on_node_down(node)."""
     global _channels
     _channels = handlers
 
@@ -353,6 +361,10 @@ cdef class Cluster(Remote):
 
     cdef int announce_channels(self, str node, list changes) except -1:
         self.transport.interest(node, changes)
+        return 0
+
+    cdef int announce_presence(self, str node, bint snapshot, list changes) except -1:
+        self.transport.presence(node, snapshot, changes)
         return 0
 
     cdef bint ship_publication(self, str node, str channel, str envelope) except -1:
@@ -604,6 +616,9 @@ cdef class Cluster(Remote):
 
     def on_interest(self, str node, list changes):
         _channels.on_interest(node, changes)
+
+    def on_presence(self, str node, bint snapshot, list changes):
+        _channels.on_presence(node, snapshot, changes)
 
     def on_publication(self, str channel, str envelope):
         _channels.on_publication(channel, envelope)

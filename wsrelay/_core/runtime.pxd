@@ -66,6 +66,9 @@ cdef class Remote:
     # Channels (channels.pyx): this node's subscriber counts for ``node``
     # (None: every node up), and a publication for ``node``'s subscribers.
     cdef int announce_channels(self, str node, list changes) except -1
+    # Presence (presence.pyx): this node's entries that changed, or all of
+    # them (``snapshot``), for ``node`` (None: every node up).
+    cdef int announce_presence(self, str node, bint snapshot, list changes) except -1
     cdef bint ship_publication(self, str node, str channel, str envelope) except -1
     cdef Pid global_name(self, str name)
     cdef int forget(self, Process proc) except -1

@@ -160,6 +160,9 @@ cdef class Remote:
     cdef int announce_channels(self, str node, list changes) except -1:
         return 0
 
+    cdef int announce_presence(self, str node, bint snapshot, list changes) except -1:
+        return 0
+
     cdef bint ship_publication(self, str node, str channel, str envelope) except -1:
         return False
 

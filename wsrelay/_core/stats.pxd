@@ -12,6 +12,10 @@ cdef class Counters:
     cdef public counter_t channel_publications
     cdef public counter_t channel_publications_remote
     cdef public counter_t channel_deliveries
+    cdef public counter_t history_recovered
+    cdef public counter_t history_not_recovered
+    cdef public counter_t history_recover_malformed
+    cdef public counter_t history_write_failures
     cdef public counter_t mailbox_full
     cdef public counter_t system_events_dropped
     cdef public counter_t runtime_errors

@@ -67,6 +67,14 @@ COUNTERS = (
     ("channel_publications_remote", "wsrelay_channel_publications", ("origin", "remote"), None),
     ("channel_deliveries", "wsrelay_channel_deliveries", None,
      "Channel publications offered to this node's subscribers (one per subscriber)"),
+    ("history_recovered", "wsrelay_history_recoveries", ("outcome", "recovered"),
+     "Subscriptions to channels with history that named a position: given every publication after it "
+     "(recovered), or only live ones (not_recovered: another epoch, too many or no longer kept)"),
+    ("history_not_recovered", "wsrelay_history_recoveries", ("outcome", "not_recovered"), None),
+    ("history_recover_malformed", "wsrelay_history_recover_malformed", None,
+     "Upgrade requests whose recover parameter was malformed, and ignored"),
+    ("history_write_failures", "wsrelay_history_write_failures", None,
+     "Publications a channel's keeper could not store in JetStream (delivered all the same)"),
     ("call_replies_dropped", "wsrelay_call_replies_dropped", None,
      "Replies to calls that had already ended (timed out, caller cancelled, or answered before): dropped"),
 )

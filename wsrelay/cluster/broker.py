@@ -101,12 +101,17 @@ class Broker:
     private directory. Usable as a context manager (start, then close)."""
 
     def __init__(self, *, binary: str = "nats-server", host: str = "127.0.0.1", port: int = 0,
-                 token: Optional[str] = None, max_payload: Optional[int] = None) -> None:
+                 token: Optional[str] = None, max_payload: Optional[int] = None,
+                 store_dir: Optional[str] = None) -> None:
         self.binary = find_nats_server(binary)
         self.host = host
         self.port = port
         self.token = token or secrets.token_hex(24)
         self.max_payload = max_payload
+        # JetStream's data (WSRELAY_CLUSTER_DATA): kept by close() when given,
+        # so that channel history outlives the supervisor; else in the
+        # private directory, removed with it.
+        self.store_dir = store_dir
         self.dir: Optional[str] = None
         self.proc: Optional[subprocess.Popen[bytes]] = None
 
@@ -143,7 +148,7 @@ class Broker:
         lines = [
             f'listen: "{self.host}:{self.port}"',
             f'authorization {{ token: "{self.token}" }}',
-            f'jetstream {{ store_dir: "{os.path.join(self.dir, "js")}" }}',
+            f'jetstream {{ store_dir: "{self.store_dir or os.path.join(self.dir, "js")}" }}',
             f'log_file: "{self.log_path}"',
             f'pid_file: "{os.path.join(self.dir, _PID_FILE)}"',
         ]

@@ -136,6 +136,14 @@ class Inbox:
                 hooks.on_interest(peer.node, changes)
             except Exception:
                 self._trouble.hook_failed("on_interest")
+        elif kind == wire.PRESENCE:
+            _, snapshot, changes = record
+            if type(snapshot) is not bool or type(changes) is not list:
+                raise wire.Malformed("presence must be a flag and a list of [channel, joins, leaves]")
+            try:
+                hooks.on_presence(peer.node, snapshot, changes)
+            except Exception:
+                self._trouble.hook_failed("on_presence")
         elif kind == wire.FRAGMENT:
             _, chunk, last = record
             if type(chunk) is not bytes:

@@ -176,7 +176,7 @@ class Supervisor:
             self.url = ",".join(s.cluster_url)
             self.token = s.cluster_token
             return
-        self.broker = Broker(binary=s.nats_server)
+        self.broker = Broker(binary=s.nats_server, store_dir=s.cluster_data)
         self.broker.start()
         self.url, self.token = self.broker.url, self.broker.token
         log.info("private broker at %s (pid %s)", self.url, self.broker.pid)

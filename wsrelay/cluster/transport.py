@@ -215,7 +215,11 @@ class Transport(Outbound):
     def interest(self, node: Optional[str], changes: list[list[Any]]) -> None:
         """This node's subscriber counts of channels, [[name, count], ...],
         for ``node``, or (None) for every node that is up."""
-        record = wire.record_interest(changes)
+        self._append_record(node, wire.record_interest(changes))
+
+    def _append_record(self, node: Optional[str], record: bytes) -> None:
+        """Queue ``record`` for ``node`` when it is up, or (None) for every
+        node that is up."""
         if node is None:
             for peer in self._by_node.values():
                 if peer.state == UP:
@@ -224,6 +228,12 @@ class Transport(Outbound):
         peer = self._by_node.get(node)
         if peer is not None and peer.state == UP:
             self._append(peer, record)
+
+    def presence(self, node: Optional[str], snapshot: bool, changes: list[list[Any]]) -> None:
+        """This node's presence entries that changed ([[channel, joins,
+        leaves], ...]), or all of them (``snapshot``), for ``node``, or
+        (None) for every node that is up."""
+        self._append_record(node, wire.record_presence(snapshot, changes))
 
     def publication(self, node: str, channel: str, envelope: str) -> bool:
         """A channel's publication for the subscribers of ``node``."""
@@ -237,6 +247,12 @@ class Transport(Outbound):
     async def channel_request(self, node: str, args: list[Any], timeout: float = 5.0) -> Any:
         """``node``'s answer to a channel request, None if none in ``timeout``."""
         return await self._rpc.channel_request(node, args, timeout)
+
+    def jetstream(self) -> Any:
+        """A JetStream context on this node's connection (for the history of
+        channels, wsrelay/cluster/history.py)."""
+        assert self._bus.nc is not None, "start() first"
+        return self._bus.nc.jetstream()
 
     def up_nodes(self) -> list[str]:
         """The nodes that are up."""

@@ -23,6 +23,11 @@ carried fails there, not later):
                           all of them when a session opens; channels.pyx)
             [PUBLISH, channel, envelope]    (a channel's publication, the
                           JSON text its subscribers here receive)
+            [PRESENCE, snapshot, [[channel, [[client, user, info], ...],
+                                   [client, ...]], ...]]
+                          (the source node's presence entries that began
+                          (or changed) and ended; with snapshot true, all
+                          of them, replacing those held; presence.pyx)
 
 Sequence numbers count the batches of one session of one (source ->
 destination) stream from 1, and "records before" the records sent in the
@@ -42,8 +47,8 @@ from .._core.signals import Signal
 from ..errors import Malformed
 from .codec import decode, encode
 
-# 2: the CALL record; 3: INTEREST and PUBLISH (channels).
-VERSION = 3
+# 2: the CALL record; 3: INTEREST and PUBLISH (channels); 4: PRESENCE.
+VERSION = 4
 
 # Node names are NATS subject tokens: no '.', '*', '>' or white space.
 NODE_NAME = re.compile(r"[A-Za-z0-9_-]+")
@@ -69,6 +74,7 @@ FRAGMENT = 3
 CALL = 4
 INTEREST = 5
 PUBLISH = 6
+PRESENCE = 7
 
 # Signal kinds between processes, as the core declares them (signals.pxd),
 # as plain ints: the numbers a SIGNAL record carries. (EXIT here is the
@@ -159,6 +165,10 @@ def record_frames(conn_ids: list[int], frame: bytes) -> bytes:
 
 def record_interest(changes: list[list[Any]]) -> bytes:
     return encode([INTEREST, changes])
+
+
+def record_presence(snapshot: bool, changes: list[list[Any]]) -> bytes:
+    return encode([PRESENCE, snapshot, changes])
 
 
 def record_publish(channel: str, envelope: str) -> bytes:

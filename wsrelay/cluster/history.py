@@ -1,0 +1,503 @@
+"""History of channels across the cluster, kept in JetStream (docs/cluster.md,
+"History").
+
+Each channel with history has one *keeper*: the node whose keeper process
+holds the cluster-wide name ``wsrelay:history:<channel>`` (a lease, released
+when that node is lost). Only the keeper numbers the channel's
+publications, so offsets grow by exactly one whoever publishes: a
+publication made elsewhere is sent to it, on the ordered stream between the
+two nodes. The keeper numbers it in its Log (``_core/history.pyx``), writes
+it to the stream ``wsrelay_history`` (pipelined: the acks are awaited
+together, not one by one), and once written delivers it, here and to every
+node with subscribers, in offset order: the stream from the keeper's node
+gives every node the publications in that order.
+
+A node that subscribes a connection to a channel asks the keeper for its
+position (a ``process.call``, whose reply comes on the same ordered stream
+as the keeper's publications); what arrives meanwhile is held by the core
+and merged by offset at the seam. The keeper answers from its Log, a copy
+of what the stream holds, so a recovery costs no read of JetStream.
+
+A node that finds no keeper claims the lease. Taking a channel over, it
+reads the channel's subject: the last message gives the epoch and offset
+to continue from, the others the Log; a subject that is empty (never
+published, expired, or the stream lost) is a new epoch from offset 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime
+import logging
+from collections import deque
+from typing import Any, Optional
+
+import orjson
+from nats.js.api import DiscardPolicy, StorageType, StreamConfig
+from nats.js.errors import BadRequestError, NotFoundError
+
+from .. import process
+from .._core import channels as core
+from .._core import history as core_history
+from .._core.pid import Pid
+from .._core.runtime import node
+from .._core.stats import LimitedLog
+from ..errors import CallError
+
+log = logging.getLogger("wsrelay.cluster")
+_trouble = LimitedLog("wsrelay.cluster")
+
+STREAM = "wsrelay_history"
+SUBJECT_PREFIX = "wsrelay.hist."
+LEASE_PREFIX = "wsrelay:history:"
+KEEPER_FUNCTION = "wsrelay:history_keeper"
+# The keeper process's topics (calls): a publication whose publisher waits
+# for its offset, a subscriber's position, a read. A publication that nobody
+# waits for travels as a PUBLISH record instead (``_forward``).
+PUBLISH = "history.publish"
+POSITION = "history.position"
+READ = "history.read"
+# How long a node waits for a keeper's answer before asking again (the
+# keeper's node may have been lost meanwhile, and another take over).
+ASK_TIMEOUT = 5.0
+# How long a write to the stream may take (its turn in nats-py's window of
+# outstanding writes, then the ack).
+WRITE_TIMEOUT = 5.0
+# A recovery sent in one reply stays well under NATS' default max_payload.
+MAX_REPLY_BYTES = 512 << 10
+
+
+def subject(channel: str) -> str:
+    """The channel's subject: one token, whatever its name (``.`` splits
+    NATS subjects; base64url has none)."""
+    return SUBJECT_PREFIX + base64.urlsafe_b64encode(channel.encode()).rstrip(b"=").decode()
+
+
+def lease(channel: str) -> str:
+    return LEASE_PREFIX + channel
+
+
+class _Pending:
+    """A publication numbered and being written: delivered once it and every
+    one before it on its channel are."""
+
+    __slots__ = ("offset", "epoch", "text", "written", "waiter")
+
+    def __init__(self, offset: int, epoch: str, text: str) -> None:
+        self.offset = offset
+        self.epoch = epoch
+        self.text = text
+        self.written = False
+        # Told {"offset", "epoch"} once delivered: a call's message, or a future.
+        self.waiter: Any = None
+
+    def delivered(self) -> None:
+        result = {"offset": self.offset, "epoch": self.epoch}
+        if isinstance(self.waiter, asyncio.Future):
+            if not self.waiter.done():
+                self.waiter.set_result(result)
+        elif self.waiter is not None:
+            self.waiter.reply(result)
+
+
+class HistoryKeeper:
+    """This node's side of the cluster's history: the keeper of the channels
+    whose lease it holds, and the forwarder of everything else."""
+
+    def __init__(self, transport: Any, limits: tuple[int, float]) -> None:
+        self._transport = transport
+        self._node = transport.node
+        self._js = transport.jetstream()
+        self._limits = limits
+        self.pid: Optional[Pid] = None
+        # channel -> publications being written, oldest first.
+        self._writing: dict[str, deque[_Pending]] = {}
+        # channel -> the claim of its lease under way.
+        self._claims: dict[str, asyncio.Task[None]] = {}
+        # channel -> publications (JSON) made here while its keeper is being found.
+        self._queued: dict[str, list[bytes]] = {}
+        # channel -> what other nodes sent the keeper process while this
+        # node was taking the channel over.
+        self._deferred: dict[str, list[Any]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        # (connection, channel) -> its Subscription once the keeper answered,
+        # for the channels.subscribe that waits for it.
+        self._answers: dict[tuple[Pid, str], asyncio.Future[Any]] = {}
+
+    # -- start ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """The stream (made, or its limits raised to this app's), and the
+        keeper process that other nodes send to."""
+        size, ttl = self._limits
+        config = StreamConfig(name=STREAM, subjects=[SUBJECT_PREFIX + ">"], storage=StorageType.FILE,
+                              max_msgs_per_subject=size, max_age=ttl, discard=DiscardPolicy.OLD,
+                              allow_direct=True)
+        try:
+            await self._js.add_stream(config)
+        except BadRequestError:
+            # Made by another node, maybe with other limits: the larger of each.
+            info = await self._js.stream_info(STREAM)
+            current = info.config
+            if (current.max_msgs_per_subject or 0) < size or (current.max_age or 0) < ttl:
+                await self._js.update_stream(config.evolve(
+                    max_msgs_per_subject=max(size, current.max_msgs_per_subject or 0),
+                    max_age=max(ttl, current.max_age or 0)))
+        node().register_function(KEEPER_FUNCTION, _keeper_process)
+        self.pid = process.spawn(KEEPER_FUNCTION, None, self)
+        core_history.set_keeper(self)
+
+    def stop(self) -> None:
+        core_history.set_keeper(None)
+        for task in list(self._tasks) + list(self._claims.values()):
+            task.cancel()
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            _trouble.error("history", f"cluster history: {task.exception()!r}")
+
+    def _keeper_of(self, channel: str) -> Optional[Pid]:
+        """The keeper process of ``channel``, when it is known and its node
+        is up. A lease may outlive its holder for a moment (a restarted node
+        does not know the incarnation before it, whose names are released
+        by the others): such a holder is none, so that the lease is claimed,
+        and register_global finds the holder dead and replaces it."""
+        pid = process.whereis_global(lease(channel))
+        if pid is None:
+            return None
+        if pid == self.pid:
+            # Ours, but without its Log (a takeover that failed): claimed again.
+            return pid if core_history.channel_log(channel) is not None else None
+        if pid.node == self._node or self._transport.is_up(pid.node or ""):
+            return pid
+        return None
+
+    def _keeps(self, channel: str) -> bool:
+        if core_history.channel_log(channel) is None:
+            return False
+        if process.whereis_global(lease(channel)) == self.pid:
+            return True
+        # The lease is another node's now (ours was released while this node
+        # was cut off, and someone claimed it): its Log is the channel's.
+        core_history.drop(channel)
+        _trouble.warning("lease", f"cluster history: {channel!r} is kept by another node now; this one stops")
+        return False
+
+    # -- publishing ---------------------------------------------------------------
+
+    def publish(self, channel: str, data: bytes) -> dict[str, Any]:
+        """A publication made on this node (``data`` JSON): numbered now when
+        this node keeps the channel (its offset and epoch returned), else
+        sent to the keeper (``{}``)."""
+        if self._keeps(channel):
+            return self._number(channel, data)
+        keeper = None if channel in self._queued else self._keeper_of(channel)
+        if keeper is not None:
+            self._forward(keeper, channel, data)
+            return {}
+        self._queued.setdefault(channel, []).append(data)
+        self._find_keeper(channel)
+        return {}
+
+    def _forward(self, keeper: Pid, channel: str, data: bytes) -> None:
+        """A publication to the keeper's node, as a PUBLISH record without an
+        offset (the core hands it back to us there): on the ordered stream
+        between the nodes, and bounded by it, not by a process's mailbox."""
+        envelope = orjson.dumps({"channel": channel, "event": "publication", "data": orjson.Fragment(data)})
+        if not self._transport.publication(keeper.node, channel, envelope.decode()):
+            _trouble.warning("forward", f"cluster history: a publication of {channel!r} for its keeper {keeper} "
+                                        "could not leave: its node is down")
+
+    async def publish_stored(self, channel: str, data: bytes) -> dict[str, Any]:
+        """As ``publish``, and the offset and epoch the keeper gave it,
+        wherever the keeper is."""
+        while True:
+            if self._keeps(channel) and channel not in self._queued:
+                waiter = asyncio.get_running_loop().create_future()
+                self._number(channel, data, waiter)
+                return await waiter
+            keeper = self._keeper_of(channel)
+            if keeper is not None and channel not in self._queued:
+                try:
+                    return await process.call(keeper, PUBLISH, [channel, data.decode()], ASK_TIMEOUT)
+                except CallError as exc:
+                    # The keeper ended or its node was lost, most likely before it
+                    # numbered this one: the next keeper is asked (a publication
+                    # it did number is published twice).
+                    _trouble.warning("publish", f"cluster history: keeper of {channel!r}: {exc}; asking again")
+                    await asyncio.sleep(0.1)
+                    continue
+            await self._keeper_found(channel)
+
+    def _number(self, channel: str, data: bytes, waiter: Any = None) -> dict[str, Any]:
+        offset, epoch, text = core.kept_publish(channel, data)
+        pending = _Pending(offset, epoch, text)
+        pending.waiter = waiter
+        self._writing.setdefault(channel, deque()).append(pending)
+        self._spawn(self._write(channel, pending))
+        return {"offset": offset, "epoch": epoch}
+
+    async def _write(self, channel: str, pending: _Pending) -> None:
+        try:
+            ack = await self._js.publish_async(subject(channel), pending.text.encode(), wait_stall=WRITE_TIMEOUT,
+                                               stream=STREAM)
+            # An ack that never comes would hold every later publication of
+            # the channel: past WRITE_TIMEOUT the write counts as failed.
+            await asyncio.wait_for(ack, WRITE_TIMEOUT)
+        except Exception as exc:  # the broker away or refusing: delivered all the same, counted
+            self._write_failed(channel, pending, exc)
+        pending.written = True
+        writing = self._writing.get(channel)
+        while writing and writing[0].written:
+            done = writing.popleft()
+            core.deliver_kept(channel, done.offset, done.text)
+            done.delivered()
+        if writing is not None and not writing:
+            del self._writing[channel]
+
+    def _write_failed(self, channel: str, pending: _Pending, exc: BaseException) -> None:
+        node().counters.history_write_failures += 1
+        _trouble.error("write", f"cluster history: publication {pending.offset} of {channel!r} not stored: {exc!r}; "
+                                "delivered, and a keeper taking over later finds the gap")
+
+    # -- the keeper's lease ---------------------------------------------------------
+
+    def _find_keeper(self, channel: str) -> asyncio.Task[None]:
+        task = self._claims.get(channel)
+        if task is None:
+            task = self._claims[channel] = asyncio.ensure_future(self._claim(channel))
+            task.add_done_callback(lambda t: self._claimed(channel, t))
+        return task
+
+    async def _keeper_found(self, channel: str) -> None:
+        """Until the claim of ``channel``'s lease is over (a claim that
+        failed is logged by ``_claimed``; the caller looks again)."""
+        try:
+            await asyncio.shield(self._find_keeper(channel))
+        except Exception:  # logged by _claimed
+            await asyncio.sleep(0.5)
+
+    def _claimed(self, channel: str, task: asyncio.Task[None]) -> None:
+        self._claims.pop(channel, None)
+        if not task.cancelled() and task.exception() is not None:
+            _trouble.error("claim", f"cluster history: finding the keeper of {channel!r}: {task.exception()!r}")
+            self._spawn(self._retry(channel))
+
+    async def _retry(self, channel: str) -> None:
+        await asyncio.sleep(0.5)
+        if channel in self._queued:
+            self._find_keeper(channel)
+
+    async def _claim(self, channel: str) -> None:
+        """This node keeps the channel, or knows who does; then what was
+        published here meanwhile goes on, in order."""
+        while not self._keeps(channel) and self._keeper_of(channel) is None:
+            if process.whereis_global(lease(channel)) == self.pid or \
+                    await process.register_global(lease(channel), self.pid):
+                await self._take_over(channel)
+                break
+            # Another node won: our view of the names learns of it shortly.
+            await asyncio.sleep(0.01)
+        # From here on, without a pause: the claim is over, and what waited
+        # for it goes on in the order it came.
+        self._claims.pop(channel, None)
+        queued = self._queued.pop(channel, [])
+        for data in queued:
+            if self._keeps(channel):
+                self._number(channel, data)
+            else:
+                self._forward(self._keeper_of(channel), channel, data)
+        for msg in self._deferred.pop(channel, []):
+            self.on_message(msg)
+
+    async def _take_over(self, channel: str) -> None:
+        """The channel's Log, from its subject in the stream."""
+        from ..channels import history_limits
+
+        limits = history_limits(channel)
+        size, ttl = limits if limits is not None else self._limits
+        subj = subject(channel)
+        try:
+            last = await self._js.get_last_msg(STREAM, subj)
+        except NotFoundError:
+            core_history.adopt(channel, size, ttl, _new_epoch(), 0, [])
+            return
+        top = orjson.loads(last.data)
+        kept = await self._read(subj, last.seq, ttl)
+        offsets = [entry[0] for entry in kept]
+        # Only the contiguous run up to the last one recovers (a write that
+        # failed left a gap).
+        start = len(kept)
+        while start > 0 and offsets[start - 1] == top["offset"] - (len(kept) - start):
+            start -= 1
+        core_history.adopt(channel, size, ttl, top["epoch"], top["offset"], kept[start:])
+        log.info("cluster history: took over %r at offset %d (epoch %s)", channel, top["offset"], top["epoch"])
+
+    async def _read(self, subj: str, last_seq: int, ttl: float) -> list[tuple[int, str, float]]:
+        """[(offset, envelope, seconds left)] of the subject's messages, oldest first."""
+        kept: list[tuple[int, str, float]] = []
+        seq = 1
+        now = datetime.datetime.now(datetime.timezone.utc)
+        while seq <= last_seq:
+            msg = await self._js.get_msg(STREAM, seq, subject=subj, next=True)
+            text = msg.data.decode()
+            left = ttl - (now - msg.time).total_seconds() if msg.time is not None else ttl
+            if left > 0:
+                kept.append((orjson.loads(text)["offset"], text, left))
+            seq = msg.seq + 1
+        return kept
+
+    # -- positions --------------------------------------------------------------
+
+    def position(self, conn: Pid, channel: str, position: Optional[tuple[str, int]]) -> None:
+        """A connection of this node subscribed to ``channel``: its position
+        from the keeper, then ``core.recovered``."""
+        answer = self._answers[(conn, channel)] = asyncio.get_running_loop().create_future()
+        self._spawn(self._position(conn, channel, position, answer))
+
+    async def subscription(self, conn: Pid, channel: str) -> Any:
+        """The Subscription of ``conn`` to ``channel`` once the keeper has
+        answered (None: not asked, or the connection left meanwhile)."""
+        answer = self._answers.get((conn, channel))
+        return None if answer is None else await asyncio.shield(answer)
+
+    async def _position(self, conn: Pid, channel: str, position: Optional[tuple[str, int]],
+                        answer: asyncio.Future[Any]) -> None:
+        subscription = None
+        try:
+            subscription = await self._ask(conn, channel, position)
+        finally:
+            # (None too when asking failed: channels.subscribe must not wait forever.)
+            if self._answers.get((conn, channel)) is answer:
+                del self._answers[(conn, channel)]
+            if not answer.done():
+                answer.set_result(subscription)
+
+    async def _ask(self, conn: Pid, channel: str, position: Optional[tuple[str, int]]) -> Any:
+        asked = position is not None
+        while True:
+            if not core.holding(conn, channel):
+                return None  # the connection left, or unsubscribed, meanwhile
+            if self._keeps(channel):
+                epoch, latest, missed = self.answer_position(channel, position)
+                break
+            keeper = self._keeper_of(channel)
+            if keeper is None:
+                await self._keeper_found(channel)
+                continue
+            try:
+                epoch, latest, missed = await process.call(
+                    keeper, POSITION, [channel, None if position is None else list(position)], ASK_TIMEOUT)
+                break
+            except (CallError, TimeoutError) as exc:
+                _trouble.warning("position", f"cluster history: keeper of {channel!r}: {exc}; asking again")
+                await asyncio.sleep(0.1)
+        return core.recovered(conn, channel, epoch, latest, missed, asked)
+
+    def answer_position(self, channel: str, position: Optional[Any]) -> tuple[str, int, Optional[list[str]]]:
+        """(epoch, latest delivered offset, the publications after
+        ``position`` or None) from this keeper's Log."""
+        kept = core_history.channel_log(channel)
+        if kept is None:
+            raise LookupError(f"channel {channel!r} is not kept here")
+        missed = None
+        if position is not None:
+            epoch, offset = position
+            missed = kept.recovery(epoch, offset)
+            if missed is not None and sum(len(text) for text in missed) > MAX_REPLY_BYTES:
+                missed = None
+        return kept.epoch, kept.delivered, missed
+
+    # -- reads ------------------------------------------------------------------
+
+    async def history(self, channel: str, since: Optional[int], limit: Optional[int]) -> dict[str, Any]:
+        while True:
+            kept = core_history.channel_log(channel)
+            if kept is not None:
+                return {"epoch": kept.epoch, "offset": kept.delivered,
+                        "publications": kept.publications(since, limit)}
+            keeper = self._keeper_of(channel)
+            if keeper is None:
+                await self._keeper_found(channel)
+                continue
+            try:
+                return await process.call(keeper, READ, [channel, since, limit], ASK_TIMEOUT)
+            except (CallError, TimeoutError) as exc:
+                _trouble.warning("read", f"cluster history: keeper of {channel!r}: {exc}; asking again")
+                await asyncio.sleep(0.1)
+
+    # -- what the keeper process is sent ------------------------------------------------
+
+    def on_message(self, msg: Any) -> None:
+        topic, payload = msg.topic, msg.payload
+        try:
+            channel = payload[0]
+            if channel in self._claims:
+                self._deferred.setdefault(channel, []).append(msg)
+                return
+            if not self._keeps(channel):
+                # The lease moved (or never was ours): the asker finds the keeper again.
+                raise LookupError(f"channel {channel!r} is not kept on this node")
+            if topic == PUBLISH:
+                # Answered once the publication is stored and delivered.
+                self._number(channel, payload[1].encode(), msg)
+                return
+            elif topic == POSITION:
+                result = list(self.answer_position(channel, payload[1]))
+            elif topic == READ:
+                kept = core_history.channel_log(channel)
+                result = {"epoch": kept.epoch, "offset": kept.delivered,
+                          "publications": kept.publications(payload[1], payload[2])}
+            else:
+                raise ValueError(f"unknown topic {topic!r}")
+        except (LookupError, ValueError, TypeError, IndexError) as exc:
+            _trouble.warning("request", f"cluster history: {topic} from {msg.sender}: {exc}")
+            return  # the caller times out and asks again
+        msg.reply(result)
+
+
+async def _keeper_process(keeper: HistoryKeeper) -> None:
+    """The process other nodes send publications and questions to. It holds
+    every lease of this node: a bug in one answer is logged, and the
+    process goes on, rather than release every channel this node keeps."""
+    async for msg in process.inbox():
+        try:
+            keeper.on_message(msg)
+        except Exception:
+            node().counters.runtime_errors += 1
+            log.exception("cluster history: %s from %s failed", msg.topic, msg.sender)
+
+
+def _new_epoch() -> str:
+    from secrets import token_hex
+
+    return token_hex(4)
+
+
+def limits_of_app(namespaces: list[Any]) -> Optional[tuple[int, float]]:
+    """The stream's limits for an app's namespaces: the largest history_size
+    and history_ttl of those with history (each channel's Log applies its
+    own); None when none has history."""
+    sizes = [(ns.history_size, ns.history_ttl) for ns in namespaces if ns.history_size > 0 and ns.history_ttl > 0]
+    if not sizes:
+        return None
+    return max(size for size, _ in sizes), max(ttl for _, ttl in sizes)
+
+
+async def start_history(transport: Any, namespaces: list[Any]) -> Optional[HistoryKeeper]:
+    """This node's HistoryKeeper on the transport's JetStream, when the app
+    has channels with history."""
+    limits = limits_of_app(namespaces)
+    if limits is None:
+        return None
+    keeper = HistoryKeeper(transport, limits)
+    await keeper.start()
+    return keeper
