@@ -246,8 +246,12 @@ class WSClient:
 
 
 def expect(client: WSClient, who: str, channel: str, **fields: object) -> dict:
-    """The next message: a publication on ``channel`` whose data has ``fields``."""
+    """The next message: a publication on ``channel`` whose data has ``fields``
+    (past the ``subscribed`` event that begins a subscription to a room with
+    history)."""
     event = client.recv_json()
+    while (event.get("channel"), event.get("event")) == (channel, "subscribed"):
+        event = client.recv_json()
     data = event.get("data")
     if (event.get("channel"), event.get("event")) != (channel, "publication") or not isinstance(data, dict) \
             or any(data.get(key) != value for key, value in fields.items()):

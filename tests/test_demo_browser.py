@@ -22,8 +22,10 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.browser import DOM_TIMEOUT, chromium, page_server, require_browser
 from tests.harness import REPO, WSRELAY, Metrics, ServerProcess
+from wsrelay.client import Client
 
 APP = "examples/chat/app.yaml"
+KEY = "demo-browser-test-key"
 PAGE = REPO / "examples" / "chat" / "index.html"
 
 
@@ -88,8 +90,8 @@ def status_is(value: str) -> Callable[[webdriver.Chrome], bool]:
     return lambda d: _text(d, "status") == value
 
 
-def log_has(line: str) -> Callable[[webdriver.Chrome], bool]:
-    return lambda d: line in _text(d, "log").splitlines()
+def log_has(line: str, times: int = 1) -> Callable[[webdriver.Chrome], bool]:
+    return lambda d: _text(d, "log").splitlines().count(line) >= times
 
 
 def fill(driver: webdriver.Chrome, element_id: str, value: str) -> None:
@@ -102,6 +104,21 @@ def join(driver: webdriver.Chrome, user: str, room: str) -> None:
     fill(driver, "user", user)
     fill(driver, "room", room)
     driver.find_element(By.ID, "join").click()
+
+
+def slow_client(driver: webdriver.Chrome, delay: int = 3600000) -> None:
+    """The page's next client waits ``delay`` ms (an hour) before each
+    retry: what the test does while the page is away is done before it
+    comes back."""
+    driver.execute_script(
+        "const delay = arguments[0], Client = WsRelay;"
+        "window.WsRelay = class extends Client {"
+        "  constructor(url, options) { super(url, {...options, minDelay: delay, maxDelay: delay}); } };",
+        delay)
+
+
+def missed_lines(driver: webdriver.Chrome) -> list[str]:
+    return [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#log .missed")]
 
 
 # -- the tests ---------------------------------------------------------------------------------
@@ -205,10 +222,7 @@ def test_page_from_another_origin_is_refused(demo: ServerProcess, browser: webdr
         # The page's client retries a refused socket, as any lost one, after
         # a delay; here the delay is an hour, so that the gateway counts one
         # refusal while the page says it was refused and will retry.
-        browser.execute_script(
-            "const Client = WsRelay;"
-            "window.WsRelay = class extends Client {"
-            "  constructor(url, options) { super(url, {...options, minDelay: 3600000, maxDelay: 3600000}); } };")
+        slow_client(browser)
         join(browser, "mallory", "lobby")
         wait_for(browser, "the refusal", lambda d: _text(d, "status").startswith("refused (1006), retrying in "))
         # The socket never opened: no connected status, no event in the log,
@@ -307,3 +321,40 @@ def joined_line(user: str, room: str) -> Callable[[webdriver.Chrome], object]:
         return None
 
     return find
+
+
+def test_the_page_comes_back_and_shows_what_it_missed(browser: webdriver.Chrome) -> None:
+    """The room keeps history: cut by the server, the page comes back by
+    itself and shows what was said while it was away, marked; after a
+    restart (a new process, its history gone) it says it may have missed
+    some."""
+    room = "room_" + uuid.uuid4().hex[:8]
+    with ServerProcess([WSRELAY, "serve", APP, "--addr", "127.0.0.1:0"], env={"WSRELAY_API_KEY": KEY}) as server:
+        port = server.port
+        browser.get(server.url("/", "http"))
+        # A retry 4 s after a loss: long enough to miss what the test says meanwhile.
+        slow_client(browser, 4000)
+        join(browser, "alice", room)
+        wait_for(browser, "alice's join", log_has(f"alice joined {room}"))
+        with Client(server.url("", "http"), KEY) as client:
+            assert client.disconnect(user="alice", code=4001, reason="come back") == {"closed": 1}
+            wait_for(browser, "the loss", lambda d: _text(d, "status").startswith("disconnected (4001), retrying in "))
+            said = {"kind": "message", "user": "bob", "text": "said while alice was away"}
+            client.publish(f"room:{room}", said)
+        wait_for(browser, "alice back", log_has(f"alice joined {room}", 2))
+        assert _text(browser, "status") == "connected"
+        # Said while she was away: her own departure (her old socket's
+        # ws.leave) and bob's message, given again in their order, marked.
+        missed = {"alice left", "bob: said while alice was away"}
+        lines = _text(browser, "log").splitlines()
+        assert lines[:2] == [f"alice joined {room}", "reconnected: 2 missed while away"], lines
+        assert set(lines[2:4]) == missed and lines[4:] == [f"alice joined {room}"], lines
+        assert set(missed_lines(browser)) == missed
+        assert server.stop() == 0, server.output()
+
+    with ServerProcess([WSRELAY, "serve", APP, "--addr", f"127.0.0.1:{port}"]) as again:
+        wait_for(browser, "alice back again", log_has(f"alice joined {room}", 3))
+        assert "messages may have been missed while away and no longer kept: reload the page to catch up" in \
+            _text(browser, "log").splitlines()
+        assert _text(browser, "status") == "connected"
+        assert again.stop() == 0, again.output()

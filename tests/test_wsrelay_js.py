@@ -199,13 +199,25 @@ def test_the_page_loads_it_and_receives(tmp_path: Path, open_page: Any, loader: 
             client.publish("room:other", {"n": 99})  # not granted: not received
             client.publish(LOBBY, {"n": 2})
         page.wait("two publications", "seen.publication.length === 2")
-        assert [(p["channel"], p["data"]) for p in page.js("return seen.publication")] == [
-            (LOBBY, {"n": 1}), (LOBBY, {"n": 2})]
+        publications = page.js("return seen.publication")
+        assert [(p["channel"], p["data"]) for p in publications] == [(LOBBY, {"n": 1}), (LOBBY, {"n": 2})]
+        # The lobby keeps history: its subscription began with `subscribed`
+        # (nothing published yet), and each publication has its offset.
+        subscribed = page.js("return seen.subscribed")
+        assert [(s["channel"], s["offset"], s["recovered"]) for s in subscribed] == [(LOBBY, 0, False)]
+        epoch = subscribed[0]["epoch"]
+        assert [(p["offset"], p["epoch"], p["replayed"]) for p in publications] == [
+            (1, epoch, False), (2, epoch, False)]
+        assert page.js("return relay.position(arguments[0])", LOBBY) == {"epoch": epoch, "offset": 2}
         assert page.js("return relay.send('hello')") is True
         with Client(server.url("", "http"), KEY) as client:
             assert client.disconnect(client=me) == {"closed": 1}
-        page.wait("the reconnection", "seen.state.length === 3")
+        page.wait("the reconnection", "seen.state.length === 3 && seen.subscribed.length === 2")
         assert page.states() == ["open", "reconnecting", "open"]
+        # It named its position, and nothing was missed.
+        assert page.js("return seen.subscribed[1]") == {"channel": LOBBY, "offset": 2, "epoch": epoch,
+                                                         "recovered": True}
+        assert page.js("return [seen.gap, seen.publication.length]") == [[], 2]
         page.js("relay.close()")
         assert page.states()[-1] == "closed"
         assert page.js("return [relay.socket, relay.send('late')]") == [None, False]
@@ -246,6 +258,10 @@ def test_disconnected_by_the_server_it_reconnects(tmp_path: Path, open_page: Any
             assert said[-2:] == [f"said while away {code} #1", f"said while away {code} #2"], said
             assert page.js("return kept.splice(0)") == [True, True, False]
         assert page.states() == ["open", "reconnecting", "open", "reconnecting", "open"]
+        # Each came back where it was: every publication of the lobby once, in order.
+        assert [s["recovered"] for s in page.js("return seen.subscribed")] == [False, True, True]
+        offsets = page.js("return seen.publication.map((p) => p.offset)")
+        assert offsets == list(range(1, len(offsets) + 1)) and page.js("return seen.gap") == []
 
         # A code the page marked final: closed, and no retry.
         assert client.disconnect(user="ada", code=4009, reason="go away") == {"closed": 1}
@@ -314,7 +330,9 @@ def test_a_killed_worker_loses_nothing(tmp_path: Path, open_page: Any) -> None:
     worker the kernel gives it) and hands the page each publication once, in
     order."""
     with serve(tmp_path, WSRELAY_WORKERS="2", WSRELAY_NODE="web", WSRELAY_CLUSTER_DOWN_AFTER="2s") as server:
-        page = Page(open_page(server), server, f"/ws/chat?ch={LOBBY}&user=ada", **FAST)
+        # A first retry 2 to 4 s after the loss: publications go on meanwhile,
+        # for the recovery to give again.
+        page = Page(open_page(server), server, f"/ws/chat?ch={LOBBY}&user=ada", minDelay=4000, maxDelay=4000)
         joined = page.wait("the join", "seen.publication.filter((p) => p.data.joined).map((p) => p.data.joined)[0]")
         index = int(re.match(r"\{web-(\d+)[|@]", joined).group(1))
         publisher = Publisher(server.url("", "http"), LOBBY)
@@ -333,17 +351,28 @@ def test_a_killed_worker_loses_nothing(tmp_path: Path, open_page: Any) -> None:
         finally:
             last = publisher.stop()
         page.wait("the last publication", "seen.publication.some((p) => p.data.n === arguments[0])", last)
-        numbers = page.numbers()
-        assert numbers == sorted(set(numbers)), numbers  # none twice, in order
+        assert page.numbers() == list(range(1, last + 1))  # each once, in order
         assert page.states()[-1] == "open"
+        # The new socket recovered: what was published while the page was away
+        # came first, marked as replayed, then the live ones; no gap.
+        subscribed = page.js("return seen.subscribed")
+        assert [s["recovered"] for s in subscribed] == [False, True], subscribed
+        publications = page.js("return seen.publication")
+        offsets = [p["offset"] for p in publications]
+        assert offsets == list(range(offsets[0], offsets[0] + len(offsets))), offsets
+        replayed = [p["offset"] for p in publications if p["replayed"]]
+        assert replayed and max(replayed) == subscribed[1]["offset"], (replayed, subscribed)
+        assert replayed == list(range(replayed[0], subscribed[1]["offset"] + 1))
+        assert page.js("return seen.gap") == []
         server.wait_text(rf"worker {index} \(pid {victim.pid}\) exited with signal SIGKILL")
         assert server.stop() == 0, server.output()
 
 
-def test_restarted_it_backs_off_then_reconnects(tmp_path: Path, open_page: Any) -> None:
+def test_restarted_it_backs_off_then_reconnects_unrecovered(tmp_path: Path, open_page: Any) -> None:
     """A single process stopped and started again on its port: while it is
     away, each failed attempt waits twice as long (up to maxDelay); then
-    the client is back, its back-off from the start."""
+    the client is back, told it did not recover (the history was the old
+    process's), its back-off from the start."""
     with serve(tmp_path) as server:
         port = server.port
         page = Page(open_page(server), server, f"/ws/chat?ch={LOBBY}&user=ada", **FAST)
@@ -358,9 +387,48 @@ def test_restarted_it_backs_off_then_reconnects(tmp_path: Path, open_page: Any) 
                 ceiling = min(FAST["maxDelay"], FAST["minDelay"] * 2 ** (attempt - 1))
                 assert state["attempt"] == attempt and ceiling / 2 <= state["delay"] <= ceiling, lost
             assert all(s["code"] == 1006 for s in lost[1:]), lost  # nothing was listening
+            # A new process, a new history: the position names an epoch it
+            # never had, so the page is told it may have missed publications.
+            first, second = page.js("return seen.subscribed")
+            assert (first["recovered"], second["recovered"]) == (False, False)
+            assert second["epoch"] != first["epoch"]
+            assert page.js("return seen.gap") == [
+                {"channel": LOBBY, "reason": "not_recovered", "epoch": second["epoch"], "missed": None}]
             assert again.stop() == 0, again.output()
         # Its back-off starts again: the next loss waits at most minDelay.
         states = page.wait("the loss", "seen.state.length > arguments[0] && seen.state", len(lost) + 2)
         assert states[len(lost) + 1]["state"] == "open", states
         assert (states[len(lost) + 2]["code"], states[len(lost) + 2]["attempt"]) == (1001, 1), states
         assert states[len(lost) + 2]["delay"] <= FAST["minDelay"], states
+
+
+def test_a_publication_seen_is_dropped_and_a_jump_is_told(tmp_path: Path, open_page: Any) -> None:
+    """What the client does with what the server never sends (the server
+    gives each publication once, without gaps): envelopes handed to its
+    socket's message handler as if they had arrived."""
+    with serve(tmp_path) as server, Client(server.url("", "http"), KEY) as client:
+        page = Page(open_page(server), server, f"/ws/member?ch={LOBBY}&user=ada")
+        page.wait("the subscription", "seen.subscribed.length === 1")
+        epoch = page.js("return seen.subscribed[0].epoch")
+        for n in (1, 2):
+            assert client.publish(LOBBY, {"n": n}) == {"offset": n, "epoch": epoch}
+        page.wait("two publications", "seen.publication.length === 2")
+
+        def arrives(offset: int, n: int, of_epoch: str = epoch) -> None:
+            page.js("relay.socket.onmessage({data: JSON.stringify(arguments[0])})",
+                    {"channel": LOBBY, "event": "publication", "data": {"n": n}, "offset": offset, "epoch": of_epoch})
+
+        # A listener that throws is reported, and costs the others nothing.
+        page.js("relay.on('publication', () => { throw new Error('a failing listener'); })")
+        arrives(2, 2)  # handed over already
+        arrives(1, 1)
+        assert page.numbers() == [1, 2] and page.js("return seen.gap") == []
+        arrives(5, 5)  # 3 and 4 never came
+        assert page.numbers() == [1, 2, 5]
+        assert page.js("return seen.gap") == [{"channel": LOBBY, "reason": "offset", "epoch": epoch, "missed": 2}]
+        arrives(1, 6, "another")  # another history
+        assert page.numbers() == [1, 2, 5, 6]
+        assert page.js("return seen.gap[1]") == {"channel": LOBBY, "reason": "epoch", "epoch": "another",
+                                                 "missed": None}
+        assert page.js("return relay.position(arguments[0])", LOBBY) == {"epoch": "another", "offset": 1}
+        assert server.stop() == 0, server.output()
