@@ -89,12 +89,13 @@ CHANNELS_APP_YAML = _ws_app(
 
 # The browser client's app (tests/test_wsrelay_js.py): /ws/chat and /ws/member
 # as in the channels app, its rooms with history enough to recover a
-# reconnection while publications go on.
+# reconnection while publications go on, its lounges with join and leave events.
 JS_APP_YAML = _ws_app(
     "js",
     '{name: chat, kind: http.endpoint, meta: {router: ws}, path: /chat, func: "tests.procs:channels_endpoint"}',
     '{name: member, kind: http.endpoint, meta: {router: ws}, path: /member, func: "tests.procs:member_endpoint"}',
     '{name: rooms, kind: channel.namespace, pattern: "room:*", history_size: 1000, history_ttl: 5m}',
+    '{name: lounges, kind: channel.namespace, pattern: "lounge:*", presence: true, join_leave: true}',
 )
 
 

@@ -36,6 +36,7 @@ from wsrelay.client import APIError, Client
 
 KEY = "wsrelay-js-test-key"
 LOBBY = "room:lobby"
+LOUNGE = "lounge:tea"
 # Short delays, so that reconnections are quick; the back-off still doubles.
 FAST = {"minDelay": 100, "maxDelay": 800}
 
@@ -45,12 +46,12 @@ PAGE = """<!doctype html>
 {loader}
 <script>
 window.seen = {{}};
-// A client whose every event is recorded in seen[event], in order.
-window.start = (Client, url, options) => {{
+// A client whose every event is recorded in record[event], in order.
+window.start = (Client, url, options, record = seen) => {{
   const relay = new Client(url, options);
   for (const event of Client.EVENTS) {{
-    seen[event] = [];
-    relay.on(event, (detail) => seen[event].push(detail));
+    record[event] = [];
+    relay.on(event, (detail) => record[event].push(detail));
   }}
   return relay;
 }};
@@ -221,6 +222,26 @@ def test_the_page_loads_it_and_receives(tmp_path: Path, open_page: Any, loader: 
         page.js("relay.close()")
         assert page.states()[-1] == "closed"
         assert page.js("return [relay.socket, relay.send('late')]") == [None, False]
+        assert server.stop() == 0, server.output()
+
+
+def test_join_and_leave_reach_the_page(tmp_path: Path, open_page: Any) -> None:
+    """A channel with presence and join_leave: the page is told who comes
+    and goes, with each one's presence entry."""
+    with serve(tmp_path) as server:
+        page = Page(open_page(server), server, f"/ws/member?ch={LOUNGE}&user=ada")
+        page.wait("ada in", "relay.state === 'open' && seen.message.length === 1")
+        page.js("window.other = {}; window.bob = start(Client, arguments[0], {}, other)",
+                server.url(f"/ws/member?ch={LOUNGE}&user=bob"))
+        bob = json.loads(page.wait("bob in", "other.message && other.message.length && other.message[0].data"))["me"]
+        entry = {"client": bob, "user": "bob", "info": {}}
+        page.wait("bob's join", "seen.join.some((j) => j.info.user === 'bob')")
+        assert [j for j in page.js("return seen.join") if j["info"]["user"] == "bob"] == [
+            {"channel": LOUNGE, "info": entry}]
+        page.js("bob.close()")
+        page.wait("bob's leave", "seen.leave.length === 1")
+        assert page.js("return seen.leave") == [{"channel": LOUNGE, "info": entry}]
+        assert page.js("return [seen.publication, seen.subscribed, seen.gap]") == [[], [], []]
         assert server.stop() == 0, server.output()
 
 
