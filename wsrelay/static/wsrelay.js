@@ -186,7 +186,7 @@ var WsRelay = (function () {
       // No onerror: an error event is always followed by a close event, which decides.
     }
 
-    /** The positions to name in `recover`: the most recently subscribed channels first. */
+    /** The positions to name in `recover`: those of the MAX_RECOVER channels subscribed most recently. */
     _recoverFrom() {
       const entries = Array.from(this._positions.entries());
       return entries.slice(Math.max(0, entries.length - MAX_RECOVER));
@@ -210,7 +210,7 @@ var WsRelay = (function () {
         return;
       }
       // Equal jitter: between half the ceiling and all of it, so that clients
-      // cut at once do not all come back at once, and none comes back at once.
+      // cut together do not all come back together, and none without waiting.
       const ceiling = Math.min(this._options.maxDelay, this._options.minDelay * 2 ** Math.min(this._attempt, 30));
       const delay = Math.round(ceiling / 2 + (Math.random() * ceiling) / 2);
       this._attempt += 1;
