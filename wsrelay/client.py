@@ -181,17 +181,9 @@ class Client(_Base, _Methods[Any]):
 
     def _exchange(self, sock: socket.socket, request: bytes) -> tuple[int, bytes, bool]:
         sock.sendall(request)
-        answer = _Answer()
-        started = False
-        while not answer.complete:
-            data = sock.recv(65536)
-            if not data:
-                if started:
-                    # Not sent again: the server has taken the request.
-                    raise ConnectionAbortedError(f"{self.url}: the connection closed in the middle of an answer")
-                raise _Dropped()
-            started = True
-            answer.parser.feed_data(data)
+        answer = _Answer(self.url)
+        while not answer.feed(sock.recv(65536)):
+            continue
         return answer.result()
 
     def close(self) -> None:
@@ -213,7 +205,9 @@ class _Dropped(Exception):
 class _Answer:
     """One response, parsed by httptools."""
 
-    def __init__(self) -> None:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.started = False
         self.chunks: list[bytes] = []
         self.complete = False
         self.keep_alive = False
@@ -226,6 +220,17 @@ class _Answer:
         # Asked here: once the message is over, the parser has moved on.
         self.keep_alive = self.parser.should_keep_alive()
         self.complete = True
+
+    def feed(self, data: bytes) -> bool:
+        """Parse what the connection read (b"": it closed); whether the answer is whole."""
+        if not data:
+            if self.started:
+                # Not sent again: the server has taken the request.
+                raise ConnectionAbortedError(f"{self.url}: the connection closed in the middle of an answer")
+            raise _Dropped()
+        self.started = True
+        self.parser.feed_data(data)
+        return self.complete
 
     def result(self) -> tuple[int, bytes, bool]:
         """(status, body, whether the server closes the connection)."""
@@ -275,17 +280,9 @@ class AsyncClient(_Base, _Methods[Awaitable[Any]]):
         reader, writer = self._streams
         writer.write(request)
         await writer.drain()
-        answer = _Answer()
-        started = False
-        while not answer.complete:
-            data = await reader.read(65536)
-            if not data:
-                if started:
-                    # Not sent again: the server has taken the request.
-                    raise ConnectionAbortedError(f"{self.url}: the connection closed in the middle of an answer")
-                raise _Dropped()
-            started = True
-            answer.parser.feed_data(data)
+        answer = _Answer(self.url)
+        while not answer.feed(await reader.read(65536)):
+            continue
         return answer.result()
 
     async def aclose(self) -> None:

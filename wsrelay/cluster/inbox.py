@@ -99,51 +99,33 @@ class Inbox:
             if type(signal_kind) is not int or not 1 <= signal_kind <= len(wire.SIGNAL_KINDS):
                 raise wire.Malformed(f"unknown signal kind {signal_kind!r}")
             dest, src = self._pid(dest_text), self._pid(src_text)
-            try:
-                hooks.on_signal(signal_kind, dest, src, reason)
-            except Exception:
-                self._trouble.hook_failed("on_signal")
+            self._hook(hooks.on_signal, signal_kind, dest, src, reason)
         elif kind == wire.CALL:
             _, dest_id, dest_host, sender_text, topic, payload, reply_text = record
             if type(dest_id) is not int or type(dest_host) is not str:
                 raise wire.Malformed("a call's destination must be an int and a str")
             sender, reply_to = self._pid(sender_text), self._pid(reply_text)
-            try:
-                hooks.on_call(dest_id, dest_host, topic, payload, sender, reply_to)
-            except Exception:
-                self._trouble.hook_failed("on_call")
+            self._hook(hooks.on_call, dest_id, dest_host, topic, payload, sender, reply_to)
         elif kind == wire.FRAMES:
             _, conn_ids, frame = record
             if type(conn_ids) is not list or type(frame) is not bytes:
                 raise wire.Malformed("frames must be a list of ids and bytes")
-            try:
-                hooks.on_frames(conn_ids, frame)
-            except Exception:
-                self._trouble.hook_failed("on_frames")
+            self._hook(hooks.on_frames, conn_ids, frame)
         elif kind == wire.PUBLISH:
             _, channel, envelope = record
             if type(channel) is not str or type(envelope) is not str:
                 raise wire.Malformed("a publication must be a channel name and its text")
-            try:
-                hooks.on_publication(channel, envelope)
-            except Exception:
-                self._trouble.hook_failed("on_publication")
+            self._hook(hooks.on_publication, channel, envelope)
         elif kind == wire.INTEREST:
             _, changes = record
             if type(changes) is not list:
                 raise wire.Malformed("interest must be a list of [channel, count]")
-            try:
-                hooks.on_interest(peer.node, changes)
-            except Exception:
-                self._trouble.hook_failed("on_interest")
+            self._hook(hooks.on_interest, peer.node, changes)
         elif kind == wire.PRESENCE:
             _, snapshot, changes = record
             if type(snapshot) is not bool or type(changes) is not list:
                 raise wire.Malformed("presence must be a flag and a list of [channel, joins, leaves]")
-            try:
-                hooks.on_presence(peer.node, snapshot, changes)
-            except Exception:
-                self._trouble.hook_failed("on_presence")
+            self._hook(hooks.on_presence, peer.node, snapshot, changes)
         elif kind == wire.FRAGMENT:
             _, chunk, last = record
             if type(chunk) is not bytes:
@@ -154,6 +136,14 @@ class Inbox:
                 self._dispatch(peer, [None, decode(whole)])
         else:
             raise wire.Malformed(f"unknown record kind {kind!r}")
+
+    def _hook(self, hook: Any, *args: Any) -> None:
+        """``hook(*args)``; one that raises is counted and logged, and the
+        records after it are delivered all the same."""
+        try:
+            hook(*args)
+        except Exception:
+            self._trouble.hook_failed(hook.__name__)
 
     def _pid(self, text: str) -> Pid:
         pid = self._pids.get(text)
