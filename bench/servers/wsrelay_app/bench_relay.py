@@ -17,9 +17,12 @@ in how a handler finds the room:
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import orjson
 
-from wsrelay import Group, process
+from wsrelay import Group, channels, process
 
 ROOM = "room:load"
 # The channel of the publish scenario's subscribers.
@@ -127,6 +130,59 @@ def channel_sub_endpoint(req, res):
     to the room: in its group too, so that the same subscribers receive a
     channel publication or a group send, whichever the publisher makes."""
     res.relay(_local_room(), channels=[CHANNEL], metadata={"role": "sub"})
+
+
+# The history scenario's channels: with history (app.yaml's namespace
+# history_channels) and the same without.
+HISTORY_CHANNELS = ("hist:", "plain:")
+
+
+def history_sub_endpoint(req, res):
+    """A subscriber of the channel of its query (``hist:*`` or ``plain:*``
+    only), relayed to the room as an application's connection would be to
+    its process, and not in its group: what it receives is the channel's."""
+    name = req.query("ch", "")
+    if not name.startswith(HISTORY_CHANNELS):
+        res.status(403)
+        return
+    res.relay(_local_room(), channels=[name])
+
+
+def history_pub_endpoint(req, res):
+    """The history scenario's publisher, inside the server: a process of
+    its own per connection, publishing ``count`` publications round-robin
+    over channels ``<prefix>0`` .. ``<prefix><n - 1>`` (``prefix`` starting
+    with one of HISTORY_CHANNELS), then telling its client how long that took."""
+    prefix = req.query("prefix", "")
+    if not prefix.startswith(HISTORY_CHANNELS):
+        res.status(403)
+        return
+    order = {"prefix": prefix, "n": int(req.query("n", "1")), "count": int(req.query("count", "1")),
+             "run": req.query("run", "0"), "size": int(req.query("size", "64"))}
+    res.relay(process.spawn("load:history_publisher", "load:processes"), metadata=order)
+
+
+async def history_publisher():
+    """Publish the order of the connection that joins (history_pub_endpoint)
+    with ``channels.publish``, yielding to the loop every 64 publications
+    so that the node goes on serving its sockets meanwhile; each one's data
+    is "<run> <seq> <filler>", which the subscribers check."""
+    async for msg in process.inbox():
+        if msg.topic != "ws.join":
+            continue
+        order = msg.payload["metadata"]
+        names = [f"{order['prefix']}{i}" for i in range(order["n"])]
+        tail = "x" * order["size"]
+        run, n = order["run"], order["n"]
+        publish = channels.publish
+        t0 = time.perf_counter()
+        for seq in range(order["count"]):
+            publish(names[seq % n], f"{run} {seq} {tail}")
+            if seq & 63 == 63:
+                await asyncio.sleep(0)
+        elapsed = time.perf_counter() - t0
+        process.send(msg.payload["client_pid"], "ws.send", {"type": "text", "data": f"done {elapsed:.6f}"})
+        return
 
 
 def global_sub_endpoint(req, res):
