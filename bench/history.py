@@ -227,8 +227,9 @@ async def connect_all(url: str, base: str, listeners: list[Any], concurrency: in
 
     async def one(listener: Any, path: str) -> Any:
         async with sem:
+            # uvloop's transports, as bench/loadgen.py's clients.
             transport, _ = await picows.ws_connect(lambda: listener, url + path, websocket_handshake_timeout=60,
-                                                   max_frame_size=16 << 20, enable_auto_pong=True)
+                                                   max_frame_size=16 << 20, use_aiofastnet=False)
             return transport
 
     return list(await asyncio.gather(*(one(s, s.path(base)) for s in listeners)))
@@ -339,7 +340,8 @@ async def publish_inside(url: str, prefix: str, n: int, count: int, run: str) ->
     ``prefix<n-1>``; the seconds its loop took."""
     future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
     query = urllib.parse.urlencode({"prefix": prefix, "n": n, "count": count, "run": run, "size": SIZE})
-    transport, _ = await picows.ws_connect(lambda: _Answer(future), f"{url}/ws/history_pub?{query}")
+    transport, _ = await picows.ws_connect(lambda: _Answer(future), f"{url}/ws/history_pub?{query}",
+                                           use_aiofastnet=False)
     try:
         answer = await asyncio.wait_for(future, PHASE_S)
     finally:
@@ -600,8 +602,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("scenarios", nargs="*", help=f"any of {', '.join(SCENARIOS)} (default: all)")
     p.add_argument("--quick", action="store_true",
-                   help="small and short: 10,000 publications, 100 channels, 200 clients, 2,000 idle connections")
-    p.add_argument("--publications", type=int, help="publish: publications per measurement (default 100,000)")
+                   help="small and short: 30,000 publications, 100 channels, 200 clients, 2,000 idle connections")
+    p.add_argument("--publications", type=int, help="publish: publications per measurement (default 200,000)")
     p.add_argument("--channels", type=int, help="publish: the channels of the spread case (default 1,000)")
     p.add_argument("--clients", type=int, help="recovery: clients that reconnect (default 1,000)")
     p.add_argument("--missed", type=int, default=300, help="recovery: publications each missed (default 300)")
@@ -614,7 +616,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         p.error(f"unknown scenario(s) {', '.join(unknown)}; known: {', '.join(SCENARIOS)}")
     chosen = [s for s in SCENARIOS if s in args.scenarios or not args.scenarios]
     quick = args.quick
-    args.publications = args.publications or (10_000 if quick else 100_000)
+    args.publications = args.publications or (30_000 if quick else 200_000)
     args.channels = args.channels or (100 if quick else 1_000)
     args.clients = args.clients or (200 if quick else 1_000)
     args.idle = args.idle or ([2_000] if quick else [5_000, 15_000])
