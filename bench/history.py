@@ -85,6 +85,7 @@ class Tally:
         self.subscribed = 0
         self.done = 0
         self.target = 0
+        self.delivered = 0  # publications of the runs checked
         self.t_last = 0.0
         self.changed = asyncio.Event()
 
@@ -133,6 +134,7 @@ class Subscriber(picows.WSListener):
             self.tally.errors["out_of_order"] += 1
         self.last_seq = s
         self.got += 1
+        self.tally.delivered += 1
         if self.got == self.want:
             self.tally.finished()
         elif self.got > self.want:
@@ -325,29 +327,45 @@ def socketio_unavailable() -> Optional[str]:
 # -- publish: what a publication costs with history and without ----------------------------------
 
 
-class _Answer(picows.WSListener):
-    """The in-server publisher's connection: its one answer."""
+class _Answers(picows.WSListener):
+    """The in-server publisher's connection: its answers, one per ask."""
 
-    def __init__(self, future: asyncio.Future[str]) -> None:
-        self.future = future
+    def __init__(self) -> None:
+        self.answers: asyncio.Queue[str] = asyncio.Queue()
 
     def on_ws_frame(self, transport: Any, frame: Any) -> None:
-        if frame.msg_type is TEXT and not self.future.done():
-            self.future.set_result(frame.get_payload_as_utf8_text())
+        if frame.msg_type is TEXT:
+            self.answers.put_nowait(frame.get_payload_as_utf8_text())
 
 
-async def publish_inside(url: str, prefix: str, n: int, count: int, run: str) -> float:
+# The publisher's pace (``publish_inside``): asks of BATCH publications, at
+# most WINDOW of them not yet received by their subscriber, as bench/publish.py's
+# max rate: below WSRELAY_WRITE_BUFFER_LIMIT's worth on one socket, so that
+# what is measured is the rate the server delivers at, not a slow consumer.
+BATCH = 512
+WINDOW = 4096
+
+
+async def publish_inside(url: str, prefix: str, n: int, count: int, run: str,
+                         received: Optional[Tally] = None) -> float:
     """Have the server publish ``count`` publications over ``prefix0`` ..
-    ``prefix<n-1>``; the seconds its loop took."""
-    future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-    query = urllib.parse.urlencode({"prefix": prefix, "n": n, "count": count, "run": run, "size": SIZE})
-    transport, _ = await picows.ws_connect(lambda: _Answer(future), f"{url}/ws/history_pub?{query}",
-                                           use_aiofastnet=False)
+    ``prefix<n-1>``, paced by what ``received`` counts when given (else in
+    one ask); the seconds its loop took."""
+    query = urllib.parse.urlencode({"prefix": prefix, "n": n, "run": run, "size": SIZE})
+    transport, listener = await picows.ws_connect(_Answers, f"{url}/ws/history_pub?{query}", use_aiofastnet=False)
+    asked, loop_s = 0, 0.0
     try:
-        answer = await asyncio.wait_for(future, PHASE_S)
+        while asked < count:
+            if received is not None:
+                while asked - received.delivered > WINDOW - BATCH:
+                    await asyncio.sleep(0.0005)
+            k = min(count - asked, BATCH if received is not None else count)
+            transport.send(TEXT, str(k).encode())
+            asked += k
+            loop_s += float(await asyncio.wait_for(listener.answers.get(), PHASE_S))
     finally:
         transport.disconnect(False)
-    return float(answer.split()[1])
+    return loop_s
 
 
 async def _publish_point(server: ClusterServer, kind: str, n: int, count: int) -> dict[str, Any]:
@@ -373,7 +391,7 @@ async def _publish_point(server: ClusterServer, kind: str, n: int, count: int) -
         for i, s in enumerate(subs):
             s.expect("m", count // n + (1 if i < count % n else 0))
         cpu0, t0 = cpu_by_role(server), time.perf_counter()
-        loop_s = await publish_inside(server.url, prefix, n, count, "m")
+        loop_s = await publish_inside(server.url, prefix, n, count, "m", tally)
         await tally.all_done(PHASE_S)
         t1, cpu1 = tally.t_last or time.perf_counter(), cpu_by_role(server)
     finally:
@@ -387,9 +405,9 @@ async def _publish_point(server: ClusterServer, kind: str, n: int, count: int) -
             "delivered": sum(s.got for s in subs), "errors": dict(tally.errors)}
 
 
-async def publish(logs: pathlib.Path, count: int, spread: int) -> list[dict[str, Any]]:
+async def publish(logs: pathlib.Path, count: int, spread: int, workers_list: list[int]) -> list[dict[str, Any]]:
     rows = []
-    for workers in (0, 2):
+    for workers in workers_list:
         with start_wsrelay(workers, logs) as server:
             await asyncio.sleep(1.0)  # the workers' start settles
             for n in (1, spread):
@@ -610,7 +628,7 @@ def _print(results: dict[str, Any]) -> None:
 async def _run(chosen: list[str], args: argparse.Namespace, logs: pathlib.Path) -> dict[str, Any]:
     results: dict[str, Any] = {"loadavg": procfs.loadavg()}
     if "publish" in chosen:
-        results["publish"] = await publish(logs, args.publications, args.channels)
+        results["publish"] = await publish(logs, args.publications, args.channels, args.workers)
     if "recovery" in chosen:
         results["recovery"] = await recovery(logs, args.clients, args.missed, args.repeat)
     if "idle" in chosen:
@@ -627,6 +645,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                    help="small and short: 30,000 publications, 100 channels, 200 clients, 2,000 idle connections")
     p.add_argument("--publications", type=int, help="publish: publications per measurement (default 200,000)")
     p.add_argument("--channels", type=int, help="publish: the channels of the spread case (default 1,000)")
+    p.add_argument("--workers", type=lambda s: [int(x) for x in s.split(",")], default=[0, 2],
+                   help="publish: WSRELAY_WORKERS of each server, 0 for one process (default 0,2)")
     p.add_argument("--clients", type=int, help="recovery: clients that reconnect (default 1,000)")
     p.add_argument("--missed", type=int, default=300, help="recovery: publications each missed (default 300)")
     p.add_argument("--repeat", type=int, help="recovery: runs of each server, interleaved (default 3, quick 1)")

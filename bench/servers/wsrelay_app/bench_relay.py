@@ -150,39 +150,44 @@ def history_sub_endpoint(req, res):
 
 def history_pub_endpoint(req, res):
     """The history scenario's publisher, inside the server: a process of
-    its own per connection, publishing ``count`` publications round-robin
-    over channels ``<prefix>0`` .. ``<prefix><n - 1>`` (``prefix`` starting
-    with one of HISTORY_CHANNELS), then telling its client how long that took."""
+    its own per connection, publishing round-robin over channels
+    ``<prefix>0`` .. ``<prefix><n - 1>`` (``prefix`` starting with one of
+    HISTORY_CHANNELS) as many publications as each client message asks."""
     prefix = req.query("prefix", "")
     if not prefix.startswith(HISTORY_CHANNELS):
         res.status(403)
         return
-    order = {"prefix": prefix, "n": int(req.query("n", "1")), "count": int(req.query("count", "1")),
-             "run": req.query("run", "0"), "size": int(req.query("size", "64"))}
+    order = {"prefix": prefix, "n": int(req.query("n", "1")), "run": req.query("run", "0"),
+             "size": int(req.query("size", "64"))}
     res.relay(process.spawn("load:history_publisher", "load:processes"), metadata=order)
 
 
 async def history_publisher():
-    """Publish the order of the connection that joins (history_pub_endpoint)
-    with ``channels.publish``, yielding to the loop every 64 publications
-    so that the node goes on serving its sockets meanwhile; each one's data
-    is "<run> <seq> <filler>", which the subscribers check."""
+    """Publish what the connection that joins (history_pub_endpoint) asks:
+    each of its messages a count, published with ``channels.publish``,
+    yielding to the loop every 64 so that the node goes on serving its
+    sockets meanwhile, then answered with the seconds it took. The client
+    paces its asks by what its subscribers have received. Each
+    publication's data is "<run> <seq> <filler>", which they check."""
+    names, run, tail, seq, client = [], "", "", 0, None
     async for msg in process.inbox():
-        if msg.topic != "ws.join":
-            continue
-        order = msg.payload["metadata"]
-        names = [f"{order['prefix']}{i}" for i in range(order["n"])]
-        tail = "x" * order["size"]
-        run, n = order["run"], order["n"]
-        publish = channels.publish
-        t0 = time.perf_counter()
-        for seq in range(order["count"]):
-            publish(names[seq % n], f"{run} {seq} {tail}")
-            if seq & 63 == 63:
-                await asyncio.sleep(0)
-        elapsed = time.perf_counter() - t0
-        process.send(msg.payload["client_pid"], "ws.send", {"type": "text", "data": f"done {elapsed:.6f}"})
-        return
+        topic = msg.topic
+        if topic == "ws.join":
+            order = msg.payload["metadata"]
+            client = msg.payload["client_pid"]
+            names = [f"{order['prefix']}{i}" for i in range(order["n"])]
+            run, tail = order["run"], "x" * order["size"]
+        elif topic == "ws.message":
+            n, publish = len(names), channels.publish
+            t0 = time.perf_counter()
+            for _ in range(int(msg.payload["data"])):
+                publish(names[seq % n], f"{run} {seq} {tail}")
+                seq += 1
+                if seq & 63 == 0:
+                    await asyncio.sleep(0)
+            process.send(client, "ws.send", {"type": "text", "data": f"{time.perf_counter() - t0:.6f}"})
+        elif topic == "ws.leave":
+            return
 
 
 def global_sub_endpoint(req, res):
