@@ -87,15 +87,17 @@ class Tally:
         self.target = 0
         self.delivered = 0  # publications of the runs checked
         self.t_last = 0.0
+        self.times: list[float] = []  # when each was done
         self.changed = asyncio.Event()
 
     def expect(self, target: int) -> None:
-        self.done, self.target = 0, target
+        self.done, self.target, self.times = 0, target, []
         self.changed.clear()
 
     def finished(self) -> None:
         self.done += 1
         self.t_last = time.perf_counter()
+        self.times.append(self.t_last)
         if self.done >= self.target:
             self.changed.set()
 
@@ -447,7 +449,10 @@ async def _recover(clients: list[Any], tally: Tally, url: str, base: str, make_m
     await tally.all_done(PHASE_S)
     t1, cpu1, calls1, client1 = tally.t_last or time.perf_counter(), cpu(), calls(), time.process_time()
     drop(transports)
-    return {"clients": n, "missed": missed, "all_recovered_s": t1 - t0, "server_cpu_s": cpu1 - cpu0,
+    times = sorted(t - t0 for t in tally.times)
+    return {"clients": n, "missed": missed, "all_recovered_s": t1 - t0,
+            "half_recovered_s": times[len(times) // 2] if times else None,
+            "p90_recovered_s": times[int(len(times) * 0.9)] if times else None, "server_cpu_s": cpu1 - cpu0,
             "client_cpu_s": client1 - client0,
             # read/write system calls of the server's sockets: how many
             # publications each write carries
@@ -523,8 +528,8 @@ async def recovery(logs: pathlib.Path, n: int, missed: int, repeat: int) -> list
             except (ServerError, OSError) as exc:
                 row = {"server": name, "attempt": attempt,
                        "failed": f"{type(exc).__name__}: {exc}".splitlines()[0]}
-            log("   " + _summary(row, ("all_recovered_s", "server_cpu_s", "client_cpu_s", "recovered", "errors",
-                                       "failed")))
+            log("   " + _summary(row, ("all_recovered_s", "half_recovered_s", "p90_recovered_s", "server_cpu_s",
+                                       "client_cpu_s", "recovered", "errors", "failed")))
             rows.append(row)
     return rows
 
@@ -595,9 +600,9 @@ def _print(results: dict[str, Any]) -> None:
                   f"{r['publications_per_s']:,.0f} | {r['cpu_us_per_publication']:.1f} | "
                   f"{r['cpu_us_by_part'].get('broker', 0.0):.1f} | {ratio:.2f} | {r['errors'] or 0} |")
     if "recovery" in results:
-        print("\n| server | clients | missed | all recovered (s) | server CPU (s) | server read/write calls | "
-              "client CPU (s) | recovered | errors |")
-        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+        print("\n| server | clients | missed | all recovered (s) | (runs' range) | half, 90 % (s) | server CPU (s) | "
+              "server read/write calls | client CPU (s) | recovered | errors |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
         for name in dict.fromkeys(r["server"] for r in results["recovery"]):
             runs = [r for r in results["recovery"] if r["server"] == name]
             ok = [r for r in runs if "failed" not in r]
@@ -610,11 +615,14 @@ def _print(results: dict[str, Any]) -> None:
                 errors.update(r["errors"])
             if failed:
                 errors["failed_runs"] += len(failed)
-            med = {k: statistics.median(r[k] for r in ok) for k in ("all_recovered_s", "server_cpu_s",
-                                                                     "server_syscalls", "client_cpu_s")}
+            med = {k: statistics.median(r[k] for r in ok) for k in (
+                "all_recovered_s", "half_recovered_s", "p90_recovered_s", "server_cpu_s", "server_syscalls",
+                "client_cpu_s")}
+            times = [r["all_recovered_s"] for r in ok]
             print(f"| {name} | {ok[0]['clients']:,} | {ok[0]['missed']} | {med['all_recovered_s']:.3f} | "
-                  f"{med['server_cpu_s']:.3f} | {med['server_syscalls']:,.0f} | {med['client_cpu_s']:.3f} | "
-                  f"{min(r['recovered'] for r in ok):,} | {dict(errors) or 0} |")
+                  f"{min(times):.2f}–{max(times):.2f} | {med['half_recovered_s']:.2f}, {med['p90_recovered_s']:.2f} | "
+                  f"{med['server_cpu_s']:.3f} | {med['server_syscalls']:,.0f} | "
+                  f"{med['client_cpu_s']:.3f} | {min(r['recovered'] for r in ok):,} | {dict(errors) or 0} |")
         print("\n(medians of each server's runs; recovered: the fewest of a run)")
     if "idle" in results:
         print("\n| idle connections | B/connection, channel without history | with history | difference | errors |")
