@@ -88,22 +88,24 @@ class Tally:
         self.delivered = 0  # publications of the runs checked
         self.t_last = 0.0
         self.times: list[float] = []  # when each was done
-        self.changed = asyncio.Event()
+        # Set once every client is done, and by nothing else: all_done's
+        # wait ends with the last one.
+        self.complete = asyncio.Event()
 
     def expect(self, target: int) -> None:
         self.done, self.target, self.times = 0, target, []
-        self.changed.clear()
+        self.complete.clear()
 
     def finished(self) -> None:
         self.done += 1
         self.t_last = time.perf_counter()
         self.times.append(self.t_last)
         if self.done >= self.target:
-            self.changed.set()
+            self.complete.set()
 
     async def all_done(self, timeout: float) -> None:
         try:
-            await asyncio.wait_for(self.changed.wait(), timeout)
+            await asyncio.wait_for(self.complete.wait(), timeout)
         except asyncio.TimeoutError:
             self.errors["not_delivered"] += self.target - self.done
 
@@ -180,7 +182,6 @@ class RelaySubscriber(Subscriber):
                 self.tally.finished()
             if not ev["recovered"]:
                 self.epoch, self.offset = ev["epoch"], ev["offset"]
-            self.tally.changed.set()
 
     def path(self, base: str) -> str:
         """The upgrade's path: with ``recover`` once it has a position."""
@@ -216,7 +217,6 @@ class SocketIOSubscriber(Subscriber):
                 self.tally.errors["not_recovered"] += 1
                 self.tally.finished()
             self.pid = info.get("pid")
-            self.tally.changed.set()
         elif data.startswith(b"0"):
             auth = orjson.dumps({"pid": self.pid, "offset": self.offset}) if self.recovering else b""
             transport.send(TEXT, b"40" + auth)
