@@ -122,6 +122,8 @@ class Subscriber(picows.WSListener):
         self.got = 0
         self.last_seq = -1
         self.seen = 0  # publications of any run
+        self.transport: Any = None
+        self.dropping = False
 
     def expect(self, run: str, want: int) -> None:
         self.run, self.want, self.got, self.last_seq = run, want, 0, -1
@@ -149,6 +151,10 @@ class Subscriber(picows.WSListener):
             transport.disconnect()
         elif frame.msg_type is TEXT:
             self.message(transport, frame.get_payload_as_bytes())
+
+    def on_ws_disconnected(self, transport: Any) -> None:
+        if not self.dropping:
+            self.tally.errors["disconnected"] += 1
 
     def message(self, transport: Any, data: bytes) -> None:
         raise NotImplementedError
@@ -225,25 +231,27 @@ class SocketIOSubscriber(Subscriber):
         return base
 
 
-async def connect_all(url: str, base: str, listeners: list[Any], concurrency: int) -> list[Any]:
-    """Open one connection per listener to its path under ``base``,
-    ``concurrency`` handshakes at a time; their transports, in order."""
+async def connect_all(url: str, base: str, clients: list[Any], concurrency: int) -> None:
+    """Connect every client to its path under ``base``, ``concurrency``
+    handshakes at a time."""
     sem = asyncio.Semaphore(concurrency)
 
-    async def one(listener: Any, path: str) -> Any:
+    async def one(client: Any, path: str) -> None:
         async with sem:
+            client.dropping = False
             # uvloop's transports, as bench/loadgen.py's clients.
-            transport, _ = await picows.ws_connect(lambda: listener, url + path, websocket_handshake_timeout=60,
-                                                   max_frame_size=16 << 20, use_aiofastnet=False)
-            return transport
+            client.transport, _ = await picows.ws_connect(lambda: client, url + path, websocket_handshake_timeout=60,
+                                                          max_frame_size=16 << 20, use_aiofastnet=False)
 
-    return list(await asyncio.gather(*(one(s, s.path(base)) for s in listeners)))
+    await asyncio.gather(*(one(c, c.path(base)) for c in clients))
 
 
-def drop(transports: list[Any]) -> None:
-    """Close every socket without a close handshake: a network that drops."""
-    for t in transports:
-        t.disconnect(False)
+def drop(clients: list[Any]) -> None:
+    """Close every client's socket without a close handshake: a network
+    that drops."""
+    for c in clients:
+        c.dropping = True
+        c.transport.disconnect(False)
 
 
 async def until(condition: Any, timeout: float, what: str, poll: float = 0.02) -> None:
@@ -376,7 +384,7 @@ async def _publish_point(server: ClusterServer, kind: str, n: int, count: int) -
     prefix = f"{kind}:n{n}-"
     tally = Tally()
     subs = [RelaySubscriber(tally, f"{prefix}{i}") for i in range(n)]
-    transports = await connect_all(server.url, "/ws/history", subs, 64)
+    await connect_all(server.url, "/ws/history", subs, 64)
     try:
         if kind == "hist":
             await until(lambda: tally.subscribed >= n, PHASE_S, "subscribed")
@@ -397,7 +405,7 @@ async def _publish_point(server: ClusterServer, kind: str, n: int, count: int) -
         await tally.all_done(PHASE_S)
         t1, cpu1 = tally.t_last or time.perf_counter(), cpu_by_role(server)
     finally:
-        drop(transports)
+        drop(subs)
     elapsed = t1 - t0
     cpu = {k: cpu1[k] - cpu0.get(k, 0.0) for k in cpu1}
     total = sum(cpu.values())
@@ -430,14 +438,14 @@ async def _recover(clients: list[Any], tally: Tally, url: str, base: str, make_m
     """The common run: connected (and a first publication, so that each
     has a position), dropped, ``missed`` publications, all back at once."""
     n = len(clients)
-    transports = await connect_all(url, base, clients, 64)
+    await connect_all(url, base, clients, 64)
     await until(lambda: tally.subscribed >= n, PHASE_S, "connected")
     tally.expect(n)
     for c in clients:
         c.expect("first", 1)
     await make_missed(1, "first")
     await tally.all_done(PHASE_S)
-    drop(transports)
+    drop(clients)
     await until(gone, PHASE_S, "the server saw every client go", poll=0.1)
     await make_missed(missed, "missed")
     tally.expect(n)
@@ -445,10 +453,10 @@ async def _recover(clients: list[Any], tally: Tally, url: str, base: str, make_m
         c.recovering = True
         c.expect("missed", missed)
     cpu0, calls0, client0, t0 = cpu(), calls(), time.process_time(), time.perf_counter()
-    transports = await connect_all(url, base, clients, n)
+    await connect_all(url, base, clients, n)
     await tally.all_done(PHASE_S)
     t1, cpu1, calls1, client1 = tally.t_last or time.perf_counter(), cpu(), calls(), time.process_time()
-    drop(transports)
+    drop(clients)
     times = sorted(t - t0 for t in tally.times)
     return {"clients": n, "missed": missed, "all_recovered_s": t1 - t0,
             "half_recovered_s": times[len(times) // 2] if times else None,
@@ -562,13 +570,13 @@ async def _idle_rss(logs: pathlib.Path, kind: str, n: int) -> tuple[float, int]:
         base = server.rss()
         tally = Tally()
         subs = [RelaySubscriber(tally, f"{kind}:idle") for _ in range(n)]
-        transports = await connect_all(server.url, "/ws/history", subs, 64)
+        await connect_all(server.url, "/ws/history", subs, 64)
         if kind == "hist":
             await until(lambda: tally.subscribed >= n, PHASE_S, "subscribed")
         await asyncio.sleep(2.0)  # the allocator settles
         per_connection = (server.rss() - base) / n
-        dropped = sum(1 for t in transports if t.is_disconnected)
-        drop(transports)
+        dropped = tally.errors["disconnected"]
+        drop(subs)
     return per_connection, dropped
 
 
