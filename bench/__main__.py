@@ -8,7 +8,9 @@ against the single process, bench/cluster.py: ``python -m bench cluster -h``),
 publish (a publisher process to a room of subscribers, wsrelay channels
 against Django Channels and python-socketio, bench/publish.py:
 ``python -m bench publish -h``), presence (what presence costs,
-bench/presence.py: ``python -m bench presence -h``).
+bench/presence.py: ``python -m bench presence -h``), history (what history
+costs, and a mass reconnect against Socket.IO's connection state recovery,
+bench/history.py: ``python -m bench history -h``).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import subprocess
 import sys
 from typing import Any, Callable, Optional, Sequence
 
-from . import cluster, presence, publish, report
+from . import cluster, history, presence, publish, report
 from .cluster import OWN_VARIABLES, ClusterRunner, hop, server_spec
 from .common import log, parse_ints
 from .procfs import kernel_state, loadavg
@@ -112,7 +114,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("scenario", choices=(*LOAD_SCENARIOS, "all", "setup", "report", "runtime", "cluster", "publish",
-                                        "presence"))
+                                        "presence", "history"))
     p.add_argument("path", nargs="?", help="report: the results.json to render")
     g = p.add_argument_group("all load scenarios")
     g.add_argument("--servers", type=_servers, default=list(DEFAULT_SERVERS),
@@ -225,6 +227,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return run_publish(argv[1:])
     if argv and argv[0] == "presence":
         return presence.main(argv[1:])
+    if argv and argv[0] == "history":
+        return history.main(argv[1:])
     args = parser().parse_args(argv)
     if args.scenario == "setup":
         return setup()

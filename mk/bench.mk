@@ -21,6 +21,12 @@
 #                           python-socketio (their packages: requirements-bench.txt;
 #                           redis-server: mk/redis.mk), Group.send, 2 workers, the API
 #   make bench-publish-quick  the same, small and short
+#   make bench-history      what history costs: publications into 1 and 1,000 channels
+#                           with history and without, in memory and in JetStream
+#                           (2 workers); 1,000 clients recovering 300 missed
+#                           publications against Socket.IO 4.8's connection state
+#                           recovery (bench/node); idle RSS per connection
+#   make bench-history-quick  the same, small and short
 #
 # BENCH_ARGS is passed to `python -m bench`, e.g.
 #   make bench-load BENCH_ARGS="--repeat 3 --servers wsrelay,picows,websockets"
@@ -31,9 +37,9 @@ BENCH_NODE   := bench/node
 BENCH_NODE_STAMP := $(BENCH_NODE)/node_modules/.package-lock.json
 
 .PHONY: bench-load bench-quick bench-setup bench-echo-inflight bench-echo bench-broadcast bench-connections bench-churn \
-        bench-cluster bench-cluster-quick bench-publish bench-publish-quick
+        bench-cluster bench-cluster-quick bench-publish bench-publish-quick bench-history bench-history-quick
 
-bench: bench-load bench-publish
+bench: bench-load bench-publish bench-history
 
 $(BENCH_NODE_STAMP): $(BENCH_NODE)/package.json $(BENCH_NODE)/package-lock.json
 	@if command -v npm >/dev/null 2>&1; then \
@@ -71,3 +77,10 @@ bench-publish: dev $(VENV)/.deps-bench redis nats
 
 bench-publish-quick: dev $(VENV)/.deps-bench redis nats
 	$(BIN)/python -m bench publish --quick $(BENCH_ARGS)
+
+# nats: the JetStream rows run WSRELAY_WORKERS=2; bench-setup: Socket.IO on Node.
+bench-history: dev bench-setup nats
+	$(BIN)/python -m bench history $(BENCH_ARGS)
+
+bench-history-quick: dev bench-setup nats
+	$(BIN)/python -m bench history --quick $(BENCH_ARGS)

@@ -17,9 +17,12 @@ in how a handler finds the room:
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import orjson
 
-from wsrelay import Group, process
+from wsrelay import Group, channels, process
 
 ROOM = "room:load"
 # The channel of the publish scenario's subscribers.
@@ -127,6 +130,64 @@ def channel_sub_endpoint(req, res):
     to the room: in its group too, so that the same subscribers receive a
     channel publication or a group send, whichever the publisher makes."""
     res.relay(_local_room(), channels=[CHANNEL], metadata={"role": "sub"})
+
+
+# The history scenario's channels: with history (app.yaml's namespace
+# history_channels) and the same without.
+HISTORY_CHANNELS = ("hist:", "plain:")
+
+
+def history_sub_endpoint(req, res):
+    """A subscriber of the channel of its query (``hist:*`` or ``plain:*``
+    only), relayed to the room as an application's connection would be to
+    its process, and not in its group: what it receives is the channel's."""
+    name = req.query("ch", "")
+    if not name.startswith(HISTORY_CHANNELS):
+        res.status(403)
+        return
+    res.relay(_local_room(), channels=[name])
+
+
+def history_pub_endpoint(req, res):
+    """The history scenario's publisher, inside the server: a process of
+    its own per connection, publishing round-robin over channels
+    ``<prefix>0`` .. ``<prefix><n - 1>`` (``prefix`` starting with one of
+    HISTORY_CHANNELS) as many publications as each client message asks."""
+    prefix = req.query("prefix", "")
+    if not prefix.startswith(HISTORY_CHANNELS):
+        res.status(403)
+        return
+    order = {"prefix": prefix, "n": int(req.query("n", "1")), "run": req.query("run", "0"),
+             "size": int(req.query("size", "64"))}
+    res.relay(process.spawn("load:history_publisher", "load:processes"), metadata=order)
+
+
+async def history_publisher():
+    """Publish what the connection that joins (history_pub_endpoint) asks:
+    each of its messages a count, published with ``channels.publish``,
+    yielding to the loop every 64 so that the node goes on serving its
+    sockets meanwhile, then answered with the seconds it took. The client
+    paces its asks by what its subscribers have received. Each
+    publication's data is "<run> <seq> <filler>", which they check."""
+    names, run, tail, seq, client = [], "", "", 0, None
+    async for msg in process.inbox():
+        topic = msg.topic
+        if topic == "ws.join":
+            order = msg.payload["metadata"]
+            client = msg.payload["client_pid"]
+            names = [f"{order['prefix']}{i}" for i in range(order["n"])]
+            run, tail = order["run"], "x" * order["size"]
+        elif topic == "ws.message":
+            n, publish = len(names), channels.publish
+            t0 = time.perf_counter()
+            for _ in range(int(msg.payload["data"])):
+                publish(names[seq % n], f"{run} {seq} {tail}")
+                seq += 1
+                if seq & 63 == 0:
+                    await asyncio.sleep(0)
+            process.send(client, "ws.send", {"type": "text", "data": f"{time.perf_counter() - t0:.6f}"})
+        elif topic == "ws.leave":
+            return
 
 
 def global_sub_endpoint(req, res):
