@@ -216,7 +216,7 @@ def _publish(api: Api, body: dict[str, Any]) -> Outcome:
     data = _required(body, "data")
     key = _idempotency_key(body)
     if key is None:
-        return channels.publish_numbered(channel, data)
+        return channels.numbered(channel, data)
     return api.once(key, lambda: channels.publish_numbered(channel, data), {})
 
 

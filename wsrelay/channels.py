@@ -15,7 +15,7 @@ node's entries (``_core/presence.pyx``).
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Optional, Union
+from typing import Any, Awaitable, Optional, Union
 
 import orjson
 
@@ -204,6 +204,14 @@ async def publish_numbered(name: str, data: Any) -> dict[str, Any]:
     a channel with history on any node: in a cluster, once the channel's
     keeper has numbered it (``publish`` answers ``{}`` on a node that does
     not keep the channel, rather than wait)."""
+    outcome = numbered(name, data)
+    return outcome if isinstance(outcome, dict) else await outcome
+
+
+def numbered(name: str, data: Any) -> Union[dict[str, Any], Awaitable[dict[str, Any]]]:
+    """``publish_numbered``'s answer, at once (a dict) unless the channel's
+    keeper must number the publication first (an awaitable of it): the
+    server API answers most publications without a task of their own."""
     keeper = current_keeper()
     checked = check_channel_name(name)
     if keeper is None or history_limits(checked) is None:
@@ -213,7 +221,7 @@ async def publish_numbered(name: str, data: Any) -> dict[str, Any]:
     except orjson.JSONEncodeError as exc:
         raise TypeError(f"channels.publish({name!r}): data is not JSON-serialisable: {exc}") from None
     get_node().counters.channel_publications += 1
-    return await keeper.publish_stored(checked, encoded)
+    return keeper.publish_stored(checked, encoded)
 
 
 def history_limits(name: str) -> Optional[tuple[int, float]]:
