@@ -246,11 +246,13 @@ class WSClient:
 
 
 def expect(client: WSClient, who: str, channel: str, **fields: object) -> dict:
-    """The next message: a publication on ``channel`` whose data has ``fields``
+    """The next publication: one on ``channel`` whose data has ``fields``
     (past the ``subscribed`` event that begins a subscription to a room with
-    history)."""
+    history, the room's presence events and the online list the demo sends
+    each client as it joins)."""
     event = client.recv_json()
-    while (event.get("channel"), event.get("event")) == (channel, "subscribed"):
+    while (event.get("channel") == channel and event.get("event") in ("subscribed", "join", "leave")) \
+            or set(event) == {"presence"}:
         event = client.recv_json()
     data = event.get("data")
     if (event.get("channel"), event.get("event")) != (channel, "publication") or not isinstance(data, dict) \

@@ -123,6 +123,22 @@ def missed_lines(driver: webdriver.Chrome) -> list[str]:
     return [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#log .missed")]
 
 
+def online(driver: webdriver.Chrome) -> list[str]:
+    """The page's online list, as shown."""
+    return driver.execute_script("return [...document.querySelectorAll('#online li')].map((li) => li.textContent)")
+
+
+def online_is(*users: str) -> Callable[[webdriver.Chrome], bool]:
+    return lambda d: online(d) == list(users)
+
+
+def wait_online(driver: webdriver.Chrome, who: str, *users: str) -> None:
+    try:
+        WebDriverWait(driver, DOM_TIMEOUT).until(online_is(*users))
+    except TimeoutException:
+        raise AssertionError(f"{who}'s online list is {online(driver)!r}, not {list(users)!r}") from None
+
+
 # -- the tests ---------------------------------------------------------------------------------
 
 
@@ -214,6 +230,52 @@ def foreign_site(gateway_ws_url: str) -> Iterator[str]:
         yield site
 
 
+def test_the_online_list_follows_tabs_opening_and_closing(demo: ServerProcess, browser: webdriver.Chrome) -> None:
+    """The room's presence on the page: the list a tab is sent as it joins,
+    then the room's join and leave events; a user with two tabs is listed
+    once."""
+    room = "room_" + uuid.uuid4().hex[:8]
+    browser.get(demo.url("/", "http"))
+    alice = browser.current_window_handle
+    join(browser, "alice", room)
+    wait_online(browser, "alice", "alice")
+
+    browser.switch_to.new_window("window")
+    bob = browser.current_window_handle
+    browser.get(demo.url("/", "http"))
+    join(browser, "bob", room)
+    # Bob's first list already holds alice; alice hears of bob.
+    wait_online(browser, "bob", "alice", "bob")
+    browser.switch_to.window(alice)
+    wait_online(browser, "alice", "alice", "bob")
+
+    # Alice's second tab: still one alice, with two tabs.
+    browser.switch_to.new_window("window")
+    browser.get(demo.url("/", "http"))
+    join(browser, "alice", room)
+    for tab in (browser.current_window_handle, alice, bob):
+        browser.switch_to.window(tab)
+        wait_online(browser, "every tab", "alice (2 tabs)", "bob")
+    # Another room's member is not listed in this one.
+    browser.switch_to.window(alice)
+    browser.switch_to.new_window("window")
+    browser.get(demo.url("/", "http"))
+    join(browser, "cy", room + "_2")
+    wait_online(browser, "cy", "cy")
+    browser.close()
+
+    # Bob closes his tab; then one of alice's is closed.
+    browser.switch_to.window(bob)
+    browser.close()
+    browser.switch_to.window(alice)
+    wait_online(browser, "alice", "alice (2 tabs)")
+    browser.close()
+    browser.switch_to.window(browser.window_handles[0])
+    wait_online(browser, "alice's other tab", "alice")
+    assert metrics(demo)("wsrelay_connections_total") == 4
+    assert demo.stop() == 0, demo.output()
+
+
 def test_page_from_another_origin_is_refused(demo: ServerProcess, browser: webdriver.Chrome) -> None:
     def origin_failures() -> float:
         return metrics(demo)("wsrelay_handshake_failures_total", reason="origin")
@@ -274,7 +336,8 @@ def test_two_pages_on_different_workers_chat_in_one_room(browser: webdriver.Chro
     """`WSRELAY_WORKERS=2 make run`: the kernel spreads the tabs' sockets over
     two workers; a room is a channel, the same on every worker, so tabs on
     either worker chat in it, each message shown once (docs/guide.md,
-    "Channels")."""
+    "Channels"), and see each other in their online lists, a closed tab
+    leaving the other's (docs/guide.md, "Presence")."""
     with ServerProcess([WSRELAY, "serve", APP, "--addr", "127.0.0.1:0"],
                        env={"WSRELAY_WORKERS": "2", "WSRELAY_NODE": "web"}) as server:
         room = "room_" + uuid.uuid4().hex[:8]
@@ -298,6 +361,12 @@ def test_two_pages_on_different_workers_chat_in_one_room(browser: webdriver.Chro
         else:
             raise AssertionError(f"20 tabs in a row landed on {alice_node}")
         bob = browser.current_window_handle
+        # The tabs that landed on alice's worker are closed: gone from the
+        # lists, on both workers.
+        wait_online(browser, user, "alice", user)
+        browser.switch_to.window(alice)
+        wait_online(browser, "alice", "alice", user)
+        browser.switch_to.window(bob)
         fill(browser, "text", f"hello from {user}")
         browser.find_element(By.ID, "send").click()
         browser.switch_to.window(alice)
@@ -310,6 +379,11 @@ def test_two_pages_on_different_workers_chat_in_one_room(browser: webdriver.Chro
             browser.switch_to.window(tab)
             lines = _text(browser, "log").splitlines()
             assert lines.count(f"{user}: hello from {user}") == lines.count("alice: hello from alice") == 1, lines
+        # Bob's tab closes on his worker; alice's, on the other, drops him.
+        browser.switch_to.window(bob)
+        browser.close()
+        browser.switch_to.window(alice)
+        wait_online(browser, "alice", "alice")
         assert server.stop() == 0
 
 

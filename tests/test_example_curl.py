@@ -59,11 +59,13 @@ def join(demo: ServerProcess, room: str, user: str) -> Any:
 
 
 async def recv_until(ws: Any, condition: Callable[[dict], bool]) -> dict:
-    """Read envelopes until one satisfies ``condition``; that one."""
+    """Read the room's publications until one satisfies ``condition``; that
+    one. The rest of what the demo sends, the room's join and leave events
+    and the online list a socket is sent as it joins, is not checked here."""
     async def read() -> dict:
         while True:
             event = json.loads(await ws.recv())
-            if condition(event):
+            if event.get("event") == "publication" and condition(event):
                 return event
 
     return await asyncio.wait_for(read(), TIMEOUT)
@@ -115,7 +117,7 @@ async def test_a_wrong_key_stops_the_script_at_the_first_call(demo: ServerProces
         assert script.returncode == 22, script.output()
         assert len(script.stdout) == 1, script.output()
         assert json.loads(script.stdout[0])["error"]["code"] == "unauthorized"
-        # Nothing was published: what ann gets next is what she says herself.
+        # Nothing was published: the next publication ann gets is what she says herself.
         await ann.send("still here")
         event = await recv_until(ann, lambda e: True)
         assert event["data"] == {"kind": "message", "user": "ann", "text": "still here"}

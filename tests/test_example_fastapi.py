@@ -225,9 +225,15 @@ def publisher(demo: ServerProcess, key: str = PUBLISHER_KEY) -> ServerProcess:
                          ready=PUBLISHER_READY)
 
 
+def publication(event: dict) -> bool:
+    """One of the chat room's publications: not its join and leave events,
+    nor the online list the demo sends a socket as it joins."""
+    return event.get("event") == "publication"
+
+
 async def own_arrival(ws: Any, user: str) -> None:
     """Until ``ws`` has seen its own join in its room: it is subscribed."""
-    await recv_until(ws, lambda e: e["data"].get("kind") == "join" and e["data"]["user"] == user)
+    await recv_until(ws, lambda e: publication(e) and e["data"].get("kind") == "join" and e["data"]["user"] == user)
 
 
 def announced(room: str, text: str) -> dict:
@@ -236,7 +242,7 @@ def announced(room: str, text: str) -> dict:
 
 
 def by_announcer(event: dict) -> bool:
-    return event["data"].get("user") == "announcer"
+    return publication(event) and event["data"].get("user") == "announcer"
 
 
 async def test_a_fastapi_process_of_its_own_publishes_to_the_chat_demos_rooms():

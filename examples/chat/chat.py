@@ -5,11 +5,14 @@ relayed to this node's ``chat`` process, which publishes it to the room.
 Nothing here holds a room: a channel has the same subscribers seen from
 every worker (docs/guide.md, "Channels"), so with ``WSRELAY_WORKERS`` each
 worker runs its own ``chat`` process and a publication from any of them
-reaches the room's tabs on all of them.
+reaches the room's tabs on all of them. Who is in a room is the channel's
+presence (app.yaml's ``room_channels``; docs/guide.md, "Presence"), known
+on every worker too.
 """
 
 from __future__ import annotations
 
+import json
 import pathlib
 import re
 
@@ -47,12 +50,12 @@ def room_channel(room: str) -> str:
 
 
 async def chat():
-    """Publishes each tab's arrival, messages and departure to its room.
+    """Publishes each tab's arrival, messages and departure to its room,
+    and tells each arriving tab who is in the room.
 
-    The tabs of this node are relayed here; no process knows a room's
-    members. Who is in a channel is presence, an option of app.yaml's
-    ``room_channels`` namespace (docs/guide.md, "Namespaces") that the
-    engine reads but does not implement yet."""
+    The tabs of this node are relayed here; no process keeps a room's
+    members: the room's presence does, on every worker, and its join and
+    leave events keep each tab's online list current after the first."""
     async for msg in process.inbox():
         data = msg.payload
         if msg.topic not in ("ws.join", "ws.message", "ws.leave"):
@@ -64,6 +67,12 @@ async def chat():
             # The node its connection came through shows where the kernel put it.
             channels.publish(room, {"kind": "join", "user": meta["user"], "room": meta["room"],
                                     "node": data["client_pid"].node})
+            # The newcomer's first online list, its own entry in it; sent to it
+            # alone, without the channel's envelope. A join or leave event may
+            # reach it before this list (which may also be older than a leave):
+            # the page merges the two (index.html, its "message" listener).
+            who = await channels.presence(room)
+            process.send(data["client_pid"], "ws.send", {"type": "text", "data": json.dumps(who)})
         elif msg.topic == "ws.message" and data["type"] == "text":
             channels.publish(room, {"kind": "message", "user": meta["user"], "text": data["data"][:MAX_TEXT]})
         elif msg.topic == "ws.leave":
