@@ -5,6 +5,7 @@ progress line of a phase, and the command line's lists of numbers."""
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 from typing import Any, Callable, Optional
 
@@ -68,3 +69,23 @@ def parse_ints(text: str) -> list[int]:
     if not out:
         raise argparse.ArgumentTypeError("expected a comma-separated list of numbers")
     return out
+
+
+def stop_child(proc: subprocess.Popen[Any], grace: float = 10.0) -> None:
+    """SIGTERM ``proc`` and wait ``grace`` seconds for it; then SIGKILL."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def chosen(parser: argparse.ArgumentParser, asked: list[str], known: tuple[str, ...]) -> list[str]:
+    """The scenarios of ``known`` that were ``asked`` for (all when none
+    was), in ``known``'s order; an unknown one is the parser's error."""
+    unknown = [s for s in asked if s not in known]
+    if unknown:
+        parser.error(f"unknown scenario(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    return [s for s in known if s in asked or not asked]

@@ -59,7 +59,7 @@ from wsrelay.client import AsyncClient
 
 from . import procfs
 from .cluster import ClusterServer
-from .common import log
+from .common import chosen, log, stop_child
 from .servers import BENCH, NODE_DIR, ROOT, ServerError, ServerSpec, free_port
 
 SCENARIOS = ("publish", "recovery", "idle")
@@ -316,13 +316,7 @@ class SocketIOServer:
         return procfs.cpu_seconds(self.proc.pid)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_child(self.proc)
         self.log.close()
 
 
@@ -670,10 +664,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                    help="idle: comma-separated connection counts (default 5000,15000)")
     p.add_argument("--json", type=pathlib.Path, help="also write the results to this file")
     args = p.parse_args(argv)
-    unknown = [s for s in args.scenarios if s not in SCENARIOS]
-    if unknown:
-        p.error(f"unknown scenario(s) {', '.join(unknown)}; known: {', '.join(SCENARIOS)}")
-    chosen = [s for s in SCENARIOS if s in args.scenarios or not args.scenarios]
+    scenarios = chosen(p, args.scenarios, SCENARIOS)
     quick = args.quick
     args.publications = args.publications or (30_000 if quick else 200_000)
     args.channels = args.channels or (100 if quick else 1_000)
@@ -685,7 +676,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     logs = ROOT / "bench" / "results" / f"history-{time.strftime('%Y%m%d-%H%M%S')}"
     logs.mkdir(parents=True, exist_ok=True)
-    results = uvloop.run(_run(chosen, args, logs))
+    results = uvloop.run(_run(scenarios, args, logs))
     _print(results)
     (logs / "results.json").write_text(json.dumps(results, indent=2))
     if args.json:

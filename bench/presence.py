@@ -44,7 +44,7 @@ from wsrelay.cluster.transport import Transport
 
 from . import procfs
 from .cluster import ClusterServer
-from .common import log, split, status_rate, sum_errors
+from .common import chosen, log, split, status_rate, sum_errors
 from .loadgen import LoadGen, source_ips
 from .processes import percentiles
 from .scenarios import go
@@ -374,16 +374,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--batch", type=int, default=100, help="replication: entries per loop iteration (default 100)")
     p.add_argument("--json", type=pathlib.Path, help="also write the results to this file")
     args = p.parse_args(argv)
-    unknown = [s for s in args.scenarios if s not in SCENARIOS]
-    if unknown:
-        p.error(f"unknown scenario(s) {', '.join(unknown)}; known: {', '.join(SCENARIOS)}")
-    chosen = [s for s in SCENARIOS if s in args.scenarios or not args.scenarios]
+    scenarios = chosen(p, args.scenarios, SCENARIOS)
     n = 1_000 if args.quick else 10_000
     results: dict[str, Any] = {}
-    if "replication" in chosen:
+    if "replication" in scenarios:
         results["replication"] = asyncio.run(replication(n, args.batch))
         _print(results["replication"])
-    if "serve" in chosen:
+    if "serve" in scenarios:
         results["serve"] = serve(n, 1_000, 200 if args.quick else 1_000)
         _print_serve(results["serve"])
     if args.json:

@@ -45,7 +45,6 @@ import pathlib
 import resource
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -56,7 +55,7 @@ import picows
 
 from . import procfs
 from .cluster import GONE, SERVING
-from .common import log, ms, per, split, status_rate, sum_errors
+from .common import log, ms, per, split, status_rate, stop_child, sum_errors
 from .loadgen import LoadGen, LoadGenError, Worker, latencies, now_ns, percentile, source_ips
 from .publisher import NOTHING, STAMP, STAMP_LEN, Shared, filler
 from .scenarios import Options
@@ -334,13 +333,7 @@ class Redis:
         return self.proc.pid
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_child(self.proc)
         self.log.close()
 
 
