@@ -140,6 +140,8 @@ async def test_a_client_recovers_on_another_node_than_the_one_it_was_on(app: Pat
         assert other.subscribed[ROOM]["offset"] == last + 210
         await cb.call("publish_many", channel=ROOM, tag="after", count=1)
         assert (await other.publications(1))[0]["offset"] == last + 211
+        # b has it too (its subscriber saw it): a subscription beginning there now begins after it.
+        assert (await again.publications(1))[0]["offset"] == last + 211
         # channels.subscribe on a node that does not keep the channel: its position, once the keeper answered.
         later = await Client.open(b)
         assert await cb.call("subscribe_position", pid=later.me, channel=ROOM) == [False, last + 211, epoch]
