@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import signal
 from pathlib import Path
 from typing import Any, Optional
@@ -139,6 +140,8 @@ async def test_a_client_recovers_on_another_node_than_the_one_it_was_on(app: Pat
         assert other.subscribed[ROOM]["offset"] == last + 210
         await cb.call("publish_many", channel=ROOM, tag="after", count=1)
         assert (await other.publications(1))[0]["offset"] == last + 211
+        # b has it too (its subscriber saw it): a subscription beginning there now begins after it.
+        assert (await again.publications(1))[0]["offset"] == last + 211
         # channels.subscribe on a node that does not keep the channel: its position, once the keeper answered.
         later = await Client.open(b)
         assert await cb.call("subscribe_position", pid=later.me, channel=ROOM) == [False, last + 211, epoch]
@@ -205,6 +208,48 @@ async def test_workers_share_history_and_a_killed_worker_changes_nothing(app: Pa
         assert late.subscribed["room:lobby"]["epoch"] == epoch
         joined = await late.publications(1)  # its own join, published by the room
         assert joined[0]["offset"] == late.subscribed["room:lobby"]["offset"] + 1
+
+
+def chat_demo_with_history(folder: Path) -> Path:
+    """The chat demo (examples/chat) in ``folder``, its rooms keeping
+    history: its app.yaml there."""
+    demo = Path(__file__).resolve().parent.parent / "examples" / "chat"
+    for name in ("chat.py", "index.html"):
+        shutil.copy(demo / name, folder / name)
+    text = (demo / "app.yaml").read_text()
+    assert "    history_size: 0\n" in text
+    app = folder / "app.yaml"
+    app.write_text(text.replace("    history_size: 0\n", "    history_size: 100\n    history_ttl: 5m\n"))
+    return app
+
+
+async def joins_its_room(server: Any, room: str, user: str) -> RawWebSocket:
+    """A tab of the chat demo in ``room``: the first publication after its
+    ``subscribed`` event is its own arrival (the room's ``chat`` process
+    publishes it on ws.join), with the next offset."""
+    ws = await RawWebSocket.connect(server, f"/ws/chat?room={room}&user={user}")
+    subscribed = json.loads(await ws.recv_text(timeout=10))
+    assert subscribed["event"] == "subscribed", subscribed
+    joined = json.loads(await ws.recv_text(timeout=10))
+    assert (joined["event"], joined["data"]["kind"], joined["data"]["user"]) == ("publication", "join", user)
+    contiguous([joined], subscribed["offset"], subscribed["epoch"])
+    return ws
+
+
+async def test_a_publication_made_as_a_subscription_begins_reaches_it_on_either_worker(tmp_path: Path) -> None:
+    async with supervised_server(chat_demo_with_history(tmp_path), WSRELAY_WORKERS="2") as server:
+        for n in range(400):
+            # A new room each time: its first tab makes its worker claim the
+            # room's channel; the second, when the kernel puts it on the other
+            # worker, asks that keeper for its position while its own arrival
+            # is being published: now and then the keeper has stored the
+            # arrival, and counts it, by the time the question reaches it.
+            # Both see their arrival, right after ``subscribed``.
+            room = f"r{n}"
+            first = await joins_its_room(server, room, "first")
+            second = await joins_its_room(server, room, "second")
+            first.abort()
+            second.abort()
 
 
 async def reconnect(server: Any, *channels: str, **options: Any) -> Client:

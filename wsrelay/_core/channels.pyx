@@ -441,7 +441,8 @@ def holding(Pid pid, str name):
 def recovered(Pid pid, str name, str epoch, unsigned long long latest, list missed, bint asked):
     """The keeper's answer for a subscriber of this node asked about in
     ``_ask_keeper`` (``asked``: with a position to recover from):
-    ``subscribed`` at ``latest``, the ``missed`` publications (None: not
+    ``subscribed`` at ``latest`` (without ``missed``, at most just before
+    the first one held), the ``missed`` publications (None: not
     recovered), then those held with a greater offset; a Subscription
     (None when the subscription ended meanwhile)."""
     cdef Node node = get_node()
@@ -459,6 +460,13 @@ def recovered(Pid pid, str name, str epoch, unsigned long long latest, list miss
         # contiguous, and the client reloads.
         latest = <unsigned long long>held.texts[0][0] - 1 if held.texts else latest
         missed = None
+    elif missed is None and held.texts and <unsigned long long>held.texts[0][0] <= latest:
+        # What is held arrived after the subscription began, so it is the
+        # subscriber's, even what the keeper delivered before it answered
+        # and counted in ``latest``: a publication made as the subscription
+        # began (the target's on ws.join), stored before the question
+        # reached the keeper. The subscription begins just before it.
+        latest = <unsigned long long>held.texts[0][0] - 1
     if asked and missed is not None:
         node.counters.history_recovered += 1
     elif asked:
