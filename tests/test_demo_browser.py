@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import shutil
 import uuid
-from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
@@ -399,27 +397,13 @@ def joined_line(user: str, room: str) -> Callable[[webdriver.Chrome], object]:
     return find
 
 
-def demo_with_history(folder: Path) -> Path:
-    """The demo's files in ``folder``, its rooms keeping history as
-    docs/guide.md, "The browser client: wsrelay.js", says to turn it on: the
-    YAML file."""
-    for name in ("chat.py", "index.html"):
-        shutil.copy(REPO / "examples" / "chat" / name, folder / name)
-    text = (REPO / APP).read_text()
-    assert "    history_size: 0\n" in text
-    app = folder / "app.yaml"
-    app.write_text(text.replace("    history_size: 0\n", "    history_size: 100\n    history_ttl: 5m\n"))
-    return app
-
-
-def test_the_page_comes_back_and_shows_what_it_missed(browser: webdriver.Chrome, tmp_path: Path) -> None:
-    """With history on its rooms: cut by the server, the page comes back by
+def test_the_page_comes_back_and_shows_what_it_missed(browser: webdriver.Chrome) -> None:
+    """The demo's rooms keep history: cut by the server, the page comes back by
     itself and shows what was said while it was away, marked; after a
     restart (a new process, its history gone) it says it may have missed
     some."""
     room = "room_" + uuid.uuid4().hex[:8]
-    app = demo_with_history(tmp_path)
-    with ServerProcess([WSRELAY, "serve", app, "--addr", "127.0.0.1:0"], env={"WSRELAY_API_KEY": KEY}) as server:
+    with ServerProcess([WSRELAY, "serve", REPO / APP, "--addr", "127.0.0.1:0"], env={"WSRELAY_API_KEY": KEY}) as server:
         port = server.port
         browser.get(server.url("/", "http"))
         # A retry 4 s after a loss: long enough to miss what the test says meanwhile.
@@ -442,7 +426,7 @@ def test_the_page_comes_back_and_shows_what_it_missed(browser: webdriver.Chrome,
         assert set(missed_lines(browser)) == missed
         assert server.stop() == 0, server.output()
 
-    with ServerProcess([WSRELAY, "serve", app, "--addr", f"127.0.0.1:{port}"]) as again:
+    with ServerProcess([WSRELAY, "serve", REPO / APP, "--addr", f"127.0.0.1:{port}"]) as again:
         wait_for(browser, "alice back again", log_has(f"alice joined {room}", 3))
         assert "messages may have been missed while away and no longer kept: reload the page to catch up" in \
             _text(browser, "log").splitlines()

@@ -71,8 +71,10 @@ async def recv_until(ws: Any, condition: Callable[[dict], bool]) -> dict:
     return await asyncio.wait_for(read(), TIMEOUT)
 
 
-def said(channel: str, text: str) -> dict:
-    return {"channel": channel, "event": "publication", "data": {"kind": "message", "user": "curl", "text": text}}
+def said(channel: str, text: str, position: dict) -> dict:
+    """The publication of ``text`` to ``channel`` at ``position`` (the API's answer: offset and epoch)."""
+    return {"channel": channel, "event": "publication", "data": {"kind": "message", "user": "curl", "text": text},
+            **position}
 
 
 def by_curl(event: dict) -> bool:
@@ -89,16 +91,19 @@ async def test_publish_broadcast_channels_and_disconnect(demo: ServerProcess):
         script = await run_script(demo, "zed")
         assert script.returncode == 0, script.output()
         publish, broadcast, channels, disconnect = (json.loads(line) for line in script.stdout)
-        assert publish == {"result": {}}
-        assert broadcast == {"result": [{}, {}]}, broadcast
+        # The demo's rooms keep history: each publication's position is its answer.
+        hello = publish["result"]
+        assert set(hello) == {"offset", "epoch"}, publish
+        lobby, garden = broadcast["result"]
+        assert lobby["epoch"] == hello["epoch"] and lobby["offset"] == hello["offset"] + 1, broadcast
         assert channels == {"result": {"channels": {"room:lobby": {"subscribers": 2},
                                                     "room:garden": {"subscribers": 1}}}}
         assert disconnect == {"result": {"closed": 1}}
 
         for ws in (ann, zed):
-            assert await recv_until(ws, by_curl) == said("room:lobby", "hello from curl")
-            assert await recv_until(ws, by_curl) == said("room:lobby", "to every room")
-        assert await recv_until(bob, by_curl) == said("room:garden", "to every room")
+            assert await recv_until(ws, by_curl) == said("room:lobby", "hello from curl", hello)
+            assert await recv_until(ws, by_curl) == said("room:lobby", "to every room", lobby)
+        assert await recv_until(bob, by_curl) == said("room:garden", "to every room", garden)
 
         with pytest.raises(ConnectionClosed) as closed:
             await recv_until(zed, lambda e: False)
