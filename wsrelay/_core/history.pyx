@@ -104,10 +104,9 @@ def current_keeper():
 cdef object limits_of(str channel):
     if _policy is None:
         return None
-    try:
+    if channel in _limits:
+        # (None, a channel without history, is cached too.)
         return _limits[channel]
-    except KeyError:
-        pass
     if len(_limits) >= CACHE_SIZE:
         _limits.clear()
     limits = _limits[channel] = _policy(channel)
