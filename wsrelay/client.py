@@ -20,6 +20,7 @@ that imports it starts nothing (``import wsrelay`` is lazy).
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import ssl as ssl_module
 import urllib.parse
@@ -31,6 +32,8 @@ import orjson
 __all__ = ["APIError", "AsyncClient", "Client"]
 
 DEFAULT_TIMEOUT = 10.0
+
+log = logging.getLogger("wsrelay.client")
 
 R = TypeVar("R")
 
@@ -292,8 +295,9 @@ class AsyncClient(_Base, _Methods[Awaitable[Any]]):
             writer.close()
             try:
                 await writer.wait_closed()
-            except (ConnectionError, ssl_module.SSLError):
-                pass  # closed by the peer already: nothing more to close
+            except (ConnectionError, ssl_module.SSLError) as exc:
+                # Closed by the peer already: nothing more to close, said at debug level.
+                log.debug("%s: the connection was closed by the server first: %s", self.url, exc)
 
     close = aclose
 
