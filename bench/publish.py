@@ -32,7 +32,13 @@ room, then holds until the last probe has reached them all (``PublishRunner.
 wait_quiet``); bench/publisher.py says how.
 
 Server CPU is summed over every process of the server (its process tree:
-wsrelay's workers and broker, uvicorn) and its redis-server.
+wsrelay's workers and broker, uvicorn) and its redis-server; under workers
+it is shown by process (supervisor, each worker, broker), with each
+worker's open sockets before the window (how the kernel split the
+subscribers). *writes/delivery* is the server tree's write system calls in
+the window per delivery: 1 when each publication goes out to each socket on
+its own, less when several go out in one writev (at ``max``, or a server
+that fell behind a steady publisher), which costs less per delivery.
 """
 
 from __future__ import annotations
@@ -54,7 +60,7 @@ from typing import Any, Callable, Optional
 import picows
 
 from . import procfs
-from .cluster import GONE, SERVING
+from .cluster import GONE, SERVING, role
 from .common import log, ms, per, split, status_rate, stop_child, sum_errors
 from .loadgen import LoadGen, LoadGenError, Worker, latencies, now_ns, percentile, source_ips
 from .publisher import NOTHING, STAMP, STAMP_LEN, Shared, filler
@@ -380,11 +386,41 @@ class PeerServer(RunningServer):
         return total
 
     def cpu_parts(self) -> dict[str, float]:
-        """CPU seconds so far: the server's process tree, the redis-server."""
-        parts = {"server": self._tree(procfs.cpu_seconds)}
+        """CPU seconds so far: the server's process tree (under workers, by
+        process: the supervisor, each worker, the broker), the redis-server."""
+        if self.peer.workers:
+            parts = self._by_role(procfs.cpu_seconds)
+        else:
+            parts = {"server": self._tree(procfs.cpu_seconds)}
         if self.redis is not None:
             parts["redis"] = procfs.cpu_seconds(self.redis.pid)
         return parts
+
+    def _by_role(self, read: Callable[[int], float]) -> dict[str, float]:
+        """``read`` of each process of the tree, by role (bench.cluster.role)."""
+        out: dict[str, float] = {}
+        root = self.pid
+        for pid in procfs.descendants(root):
+            name = "supervisor" if pid == root else role(pid, root)
+            try:
+                out[name] = out.get(name, 0.0) + read(pid)
+            except GONE:
+                continue  # a process of the tree that ended between the walk and the read
+        rank = {"supervisor": 0, "broker": 2}
+        return dict(sorted(out.items(), key=lambda kv: (rank.get(kv[0], 1 if kv[0].startswith("worker") else 3),
+                                                        kv[0])))
+
+    def sockets_by_worker(self) -> dict[str, int]:
+        """Open sockets of each worker (its subscribers, and a few of its
+        own): how the kernel spread the connections; empty without workers."""
+        if not self.peer.workers:
+            return {}
+        return {k: int(v) for k, v in self._by_role(procfs.open_sockets).items() if k.startswith("worker")}
+
+    def write_syscalls(self) -> int:
+        """Write system calls of the server's process tree so far (not the
+        redis-server's)."""
+        return int(self._tree(procfs.write_syscalls))
 
     def cpu_seconds(self) -> float:
         return sum(self.cpu_parts().values())
@@ -538,6 +574,7 @@ class PublishRunner:
                     self.wait_synced(lg, publisher, 60 + subs / 200)
                     publisher.hold()
                     self.wait_quiet(lg, publisher, shared, 60 + subs / 200)
+                    sockets = server.sockets_by_worker()  # every subscriber connected, before the window
                     t_measure = now_ns() + int(opts.warmup * 1e9)
                     t_end = t_measure + int(opts.duration * 1e9)
                     lg.send_all("go", t_measure=t_measure, t_end=t_end)
@@ -545,9 +582,11 @@ class PublishRunner:
                     lg.wait_until(t_measure)
                     t0, cpu0, client0, pub0 = time.monotonic(), server.cpu_parts(), lg.cpu_seconds(), \
                         publisher.cpu_seconds()
+                    writes0 = server.write_syscalls()
                     lg.wait_until(t_end)
                     elapsed = time.monotonic() - t0
                     cpu1, client1, pub1 = server.cpu_parts(), lg.cpu_seconds(), publisher.cpu_seconds()
+                    writes = server.write_syscalls() - writes0
                     rss = server.rss()
                     pub = publisher.result(30)
                     results = lg.wait_results(opts.timeout + drain_s(subs) + 60)
@@ -556,7 +595,7 @@ class PublishRunner:
                 publisher.stop()
             shared.close()
             shared_path.unlink(missing_ok=True)
-        cpu = {k: cpu1[k] - cpu0[k] for k in cpu1}
+        cpu = {k: cpu1[k] - cpu0.get(k, 0.0) for k in cpu1}
         server_cpu = sum(cpu.values())
         deliveries = sum(r["window_msgs"] for r in results)
         lat = latencies(results)
@@ -573,6 +612,8 @@ class PublishRunner:
             "p50_ms": ms(percentile(lat, 50)),
             "p99_ms": ms(percentile(lat, 99)),
             "cpu_us_per_delivery": per(server_cpu, deliveries, 1e6),
+            "writes_per_delivery": per(writes, deliveries, 1.0),
+            "cpu_us_per_write": per(server_cpu, writes, 1e6),
             "cpu_us_per_call": per(server_cpu, published * elapsed / pub["elapsed_s"], 1e6)
             if pub["elapsed_s"] else None,
             "server_cpu_pct": 100.0 * server_cpu / elapsed,
@@ -584,6 +625,7 @@ class PublishRunner:
             "deliveries": deliveries,
             "published": published,
             "server_rss_mib": rss / 2**20,
+            **({"sockets_by_worker": sockets} if sockets else {}),
             "window_s": elapsed,
             "errors": errors,
             "procs": procs,
@@ -687,9 +729,14 @@ def steps(runner: PublishRunner, counts: list[int], servers: list[str], parts: t
 def summary(row: dict[str, Any]) -> str:
     if "failed" in row:
         return f"FAILED: {row['failed']}"
-    keys = ("publishes_per_s", "deliveries_per_s", "p50_ms", "p99_ms", "cpu_us_per_delivery", "cpu_us_per_call",
-            "server_cpu_pct", "client_cpu_pct", "publisher_cpu_pct")
+    keys = ("publishes_per_s", "deliveries_per_s", "p50_ms", "p99_ms", "cpu_us_per_delivery", "writes_per_delivery",
+            "cpu_us_per_write", "cpu_us_per_call", "server_cpu_pct", "client_cpu_pct", "publisher_cpu_pct")
     parts = [f"{k}={row[k]:,.2f}" if isinstance(row.get(k), float) else f"{k}={row.get(k)}" for k in keys]
+    by_part = row.get("cpu_pct_by_part") or {}
+    if len(by_part) > 1:
+        parts.append("cpu%=" + ",".join(f"{k.replace(' ', '')}:{v:.1f}" for k, v in by_part.items()))
+    if row.get("sockets_by_worker"):
+        parts.append("sockets=" + ",".join(str(v) for v in row["sockets_by_worker"].values()))
     errors = row.get("errors") or {}
     parts.append("errors=" + (", ".join(f"{k}={v}" for k, v in errors.items()) if errors else "0"))
     return " ".join(parts)

@@ -813,7 +813,8 @@ def _publishes_cell(r: Row) -> str:
 def table_publish(rows: list[Row]) -> str:
     """Per (subscribers, mode): each server, its ratios to the best incumbent of the same point."""
     header = ["subscribers", "mode", "server", "publishes/s", "deliveries/s", "÷ best incumbent", "p50 ms",
-              "p99 ms", "CPU µs/delivery", "server CPU % (by part)", "loadgen CPU %", "publisher CPU %", "errors"]
+              "p99 ms", "CPU µs/delivery", "writes/delivery", "server CPU % (by part)", "loadgen CPU %",
+              "publisher CPU %", "errors"]
     lines = []
     for (subs, mode, rate), group in _groups(rows, ("subscribers", "mode", "rate")):
         best = _best_incumbent(rows, subs, mode, rate)
@@ -824,6 +825,7 @@ def table_publish(rows: list[Row]) -> str:
                           _f(r.get("deliveries_per_s")),
                           _ratio(r.get("deliveries_per_s"), best and best.get("deliveries_per_s")),
                           _f(r.get("p50_ms"), 2), _f(r.get("p99_ms"), 2), _f(r.get("cpu_us_per_delivery"), 2),
+                          _f(r.get("writes_per_delivery"), 2),
                           f"{_f(r.get('server_cpu_pct'), 0)} ({_cpu_parts(r)})", _f(r.get("client_cpu_pct"), 0),
                           _f(r.get("publisher_cpu_pct"), 0), _errors_cell(r)])
     return _table(header, lines)
