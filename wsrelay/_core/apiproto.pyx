@@ -28,6 +28,7 @@ import orjson
 from .channels import publish as _channel_publish
 from .history cimport cluster_keeper
 from .relayspec cimport check_channel_name
+from .writer cimport hold_flushes, release_flushes
 
 cdef enum:
     READ_BUFFER = 16384
@@ -177,11 +178,25 @@ cdef class ApiCore:
 
     cdef Py_ssize_t _quick(self, Py_ssize_t nbytes) except -1:
         """Answer the whole quick requests at the start of the buffer's
-        ``nbytes``; how many bytes they were (the rest is httptools')."""
+        ``nbytes``; how many bytes they were (the rest is httptools').
+        The frames their publications queue are written first, then their
+        answers, all in one write."""
+        cdef list answers = []
+        cdef Py_ssize_t done
+        hold_flushes()
+        try:
+            done = self._answer_quick(nbytes, answers)
+        finally:
+            release_flushes()
+        if answers:
+            self._send(answers)
+            self.arm(self.request_timeout)
+        return done
+
+    cdef Py_ssize_t _answer_quick(self, Py_ssize_t nbytes, list answers) except -1:
         cdef const unsigned char* buf = <const unsigned char*>PyByteArray_AS_STRING(self.data)
         cdef Py_ssize_t pos = 0, used
         cdef Parsed req
-        cdef list answers = None
         cdef object answer
         while pos < nbytes:
             used = self._parse(buf + pos, nbytes - pos, &req)
@@ -195,22 +210,16 @@ cdef class ApiCore:
                 # Another method, or a publish the quick checks leave to
                 # api.py: after the answers before it, as httptools' path would.
                 name = (<const char*>buf)[pos + req.name_at:pos + req.name_at + req.name_len].decode("ascii")
-                if answers is not None:
+                if answers:
                     self._send(answers)
-                    answers = None
+                    del answers[:]
                 pos += used
                 self.take_whole(name, raw)
                 if self.busy or self.queue or self.stopped or self.transport is None:
                     return pos
                 continue
             pos += used
-            if answers is None:
-                answers = [answer]
-            else:
-                answers.append(answer)
-        if answers is not None:
-            self._send(answers)
-            self.arm(self.request_timeout)
+            answers.append(answer)
         return pos
 
     cdef int _send(self, list answers) except -1:
