@@ -60,11 +60,23 @@ cdef struct Parsed:
     Py_ssize_t body_len
 
 
-cdef inline bint _tchar(unsigned char c) noexcept:
-    """A character of an HTTP token (RFC 9110), as a header's name is."""
-    if c >= b'a' and c <= b'z' or c >= b'A' and c <= b'Z' or c >= b'0' and c <= b'9':
-        return True
-    return c in b"!#$%&'*+-.^_`|~"
+# Per byte: 1 when it may be in a header's name (an HTTP token, RFC 9110),
+# 2 when in a header's value (visible ASCII, space, tab).
+cdef unsigned char _CLASS[256]
+
+
+cdef int _classes() except -1:
+    cdef int c
+    for c in range(256):
+        _CLASS[c] = 0
+        if b'a' <= c <= b'z' or b'A' <= c <= b'Z' or b'0' <= c <= b'9' or c in b"!#$%&'*+-.^_`|~":
+            _CLASS[c] |= 1
+        if 0x20 <= c < 0x7f or c == b'\t':
+            _CLASS[c] |= 2
+    return 0
+
+
+_classes()
 
 
 cdef inline unsigned char _lower(unsigned char c) noexcept:
@@ -259,7 +271,7 @@ cdef class ApiCore:
                 i += 2
                 break
             start = i
-            while i < n and _tchar(p[i]):
+            while i < n and _CLASS[p[i]] & 1:
                 i += 1
             if i == start or i >= n or p[i] != b':':
                 return 0
@@ -268,7 +280,7 @@ cdef class ApiCore:
             while i < n and _space(p[i]):
                 i += 1
             value_at = i
-            while i < n and (0x20 <= p[i] < 0x7f or p[i] == b'\t'):
+            while i < n and _CLASS[p[i]] & 2:
                 i += 1
             if n - i < 2 or p[i] != b'\r' or p[i + 1] != b'\n':
                 return 0
