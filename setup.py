@@ -14,7 +14,7 @@ JOBS = int(os.environ.get("WSRELAY_BUILD_JOBS") or os.cpu_count() or 1)
 # In dependency order: each module cimports only those before it.
 CORE = ["errors", "vocab", "signals", "units", "stats", "pid", "message", "mailbox", "runtime", "deflate", "frames",
         "relayspec", "history", "remote", "call", "picows_private", "writer", "relay", "group", "presence", "channels",
-        "handshake"]
+        "apiproto", "handshake"]
 # C libraries a module links with (libz.so.1 is on manylinux's allowed list).
 LIBRARIES = {"deflate": ["z"]}
 

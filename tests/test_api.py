@@ -343,6 +343,75 @@ async def test_pipelined_requests_are_answered_in_order_awaited_ones_too():
         assert [await recv_json(ws) for _ in range(5)] == [envelope("p", i) for i in range(5)]
 
 
+async def test_a_read_of_many_kinds_of_request_is_answered_in_order():
+    """One write holding plain publishes (parsed and published by the
+    compiled read path, apiproto.pyx), one with ``Connection: keep-alive``
+    and other headers in any case, and between them what that path leaves
+    to httptools and api.py: an idempotency key, a bad channel name, a
+    body that is not JSON, another method, a chunked body, one cut across
+    two writes. Every answer comes in order, every publication reaches the
+    subscriber in order, and each is counted once."""
+    async with served() as gw, websockets.connect(gw.url("/ws/chat?ch=q")) as ws:
+        await expect("joined")
+        body = json.dumps({"channel": "q", "data": "chunked"}).encode()
+        chunked = (b"POST /api/publish HTTP/1.1\r\nHost: x\r\nAuthorization: apikey %s\r\n"
+                   b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (KEY.encode(), len(body), body))
+        cut = request("publish", {"channel": "q", "data": "cut"})
+        async with connection(gw.address()) as conn:
+            conn.write(request("publish", {"channel": "q", "data": 0})
+                       + request("publish", {"channel": "q", "data": 1},
+                                 {"authorization": f"APIKEY  {KEY}", "CONNECTION": "Keep-Alive", "X-Trace": "a b"})
+                       + request("publish", {"channel": "q", "data": 2, "idempotency_key": "k1"})
+                       + request("publish", {"channel": "q w", "data": "never"})
+                       + request("publish", b"{not json")
+                       + request("channels", {"pattern": "q"})
+                       + request("publish", {"channel": "q", "data": 3})
+                       + chunked
+                       + request("publish", {"channel": "q", "data": 4})
+                       + cut[:len(cut) - 5])
+            answers = await conn.answer(9)
+            conn.write(cut[len(cut) - 5:] + request("publish", {"channel": "q", "data": 5}))
+            answers += await conn.answer(2)
+        assert [a.status for a in answers] == [200, 200, 200, 400, 400, 200, 200, 200, 200, 200, 200]
+        assert all(a.keep_alive for a in answers)
+        assert answers[3].error() == ("bad_request", "channel: channel name 'q w': character ' ' at position 1 is "
+                                      "not allowed (letters, digits and _ . : @ / = -)")
+        assert answers[4].error()[0] == "invalid_json"
+        assert answers[5].json == {"result": {"channels": {"q": {"subscribers": 1}}}}
+        assert answers[0].json == answers[6].json == answers[10].json == {"result": {}}
+        published = [0, 1, 2, 3, "chunked", 4, "cut", 5]
+        assert [await recv_json(ws) for _ in published] == [envelope("q", data) for data in published]
+        metrics = await scrape(gw)
+        assert metrics("wsrelay_api_requests_total", method="publish", status="200") == 8
+        assert metrics("wsrelay_api_requests_total", method="publish", status="400") == 2
+        assert metrics("wsrelay_api_requests_total", method="channels", status="200") == 1
+
+
+async def test_a_wrong_key_after_answered_requests_of_the_same_read_closes_there():
+    """Requests after one refused 401 in the same write are not answered;
+    those before it are, and published."""
+    async with served() as gw, websockets.connect(gw.url("/ws/chat?ch=r")) as ws:
+        await expect("joined")
+        async with connection(gw.address()) as conn:
+            conn.write(request("publish", {"channel": "r", "data": 1})
+                       + request("publish", {"channel": "r", "data": 2}, {"Authorization": "apikey guess"})
+                       + request("publish", {"channel": "r", "data": 3}))
+            answers = await conn.answer(2)
+            assert [(a.status, a.keep_alive) for a in answers] == [(200, True), (401, False)]
+            assert await conn.closed()
+        assert await recv_json(ws) == envelope("r", 1)
+        metrics = await scrape(gw)
+        assert metrics("wsrelay_api_requests_total", method="publish", status="200") == 1
+        assert metrics("wsrelay_api_refused_total", reason="unauthorized") == 1
+
+
+async def test_a_publish_that_closes_the_connection_is_answered_then_closed():
+    async with served() as gw, connection(gw.address()) as conn:
+        answer = await conn.call("publish", {"channel": "a", "data": 1}, {**AUTH, "Connection": "close"})
+        assert (answer.status, answer.json, answer.keep_alive) == (200, {"result": {}}, False)
+        assert await conn.closed()
+
+
 async def test_connection_close_is_honoured():
     async with served() as gw, connection(gw.address()) as conn:
         answer = await conn.call("channels", {}, {**AUTH, "Connection": "close"})

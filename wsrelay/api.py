@@ -27,6 +27,7 @@ import httptools
 import orjson
 
 from . import channels, process
+from ._core.apiproto import ApiCore
 from ._core.pid import Pid
 from .errors import MailboxFull, NoTransport
 
@@ -51,7 +52,6 @@ LINGER = 2.0
 # Requests parsed while an awaited one runs wait in order; past this many,
 # reading pauses until they are answered.
 MAX_PIPELINE = 64
-_READ_BUFFER = 16384
 
 # Every error code of an answer, and its HTTP status (docs/api.md, "Errors").
 ERRORS: dict[str, int] = {
@@ -473,18 +473,17 @@ class _Stop(Exception):
     httptools stops there, and nothing more of the connection is parsed."""
 
 
-class ApiProtocol(asyncio.BufferedProtocol):
-    """One API connection: its requests parsed by httptools and answered in
-    the order they came (docs/api.md, "HTTP")."""
+class ApiProtocol(ApiCore, asyncio.BufferedProtocol):
+    """One API connection: its requests answered in the order they came
+    (docs/api.md, "HTTP"). The compiled ApiCore reads them, and answers
+    the common ones itself (a whole request, a plain publish); the others
+    are parsed by httptools, with the callbacks below, from their first byte."""
 
     def __init__(self, api: Api) -> None:
-        self.api = api
-        self.transport: Any = None
+        super().__init__(api, _HEADS)
+        self.transport = None
         self.parser: Any = httptools.HttpRequestParser(self)
-        self.buffer = memoryview(bytearray(_READ_BUFFER))
-        self.timer: Optional[asyncio.TimerHandle] = None
-        self.timer_at = 0.0
-        self.deadline = 0.0
+        self.timer = None
         # The request being read (in_request: its first byte is in).
         self.in_request = False
         self.url = b""
@@ -512,20 +511,18 @@ class ApiProtocol(asyncio.BufferedProtocol):
         self.api.connections.add(self)
         self._arm(self.api.request_timeout)
 
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return self.buffer
-
-    def buffer_updated(self, nbytes: int) -> None:
-        if self.stopped:
-            return
+    def feed(self, data: memoryview) -> None:
         try:
-            self.parser.feed_data(self.buffer[:nbytes])
+            self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail_http("an API request cannot upgrade the connection")
         except httptools.HttpParserError as exc:
             # A refusal stops the parser with _Stop, which it reports so.
             if not self.stopped:
                 self._fail_http(f"malformed HTTP: {exc}")
+
+    def take_whole(self, name: str, body: bytes) -> None:
+        self._take(_Request(name, body, True))
 
     def eof_received(self) -> bool:
         return False  # the client is done: close our side too
@@ -723,18 +720,6 @@ class ApiProtocol(asyncio.BufferedProtocol):
                 transport.resume_reading()
 
     # -- time ------------------------------------------------------------------------------------
-
-    def _arm(self, seconds: float) -> None:
-        # One timer per connection, moved later by setting a float (a
-        # request and the idle time after it have the same bound, so a
-        # request costs no timer of its own); made anew only to fire sooner.
-        loop = self.api.loop
-        self.deadline = deadline = loop.time() + seconds
-        if self.timer is None or deadline < self.timer_at:
-            if self.timer is not None:
-                self.timer.cancel()
-            self.timer = loop.call_at(deadline, self._on_timer)
-            self.timer_at = deadline
 
     def _on_timer(self) -> None:
         self.timer = None

@@ -40,6 +40,12 @@ cdef class Writer:
     cdef int schedule(self, Output output) except -1
 
 
+# The flushes scheduled between these two are run by release_flushes rather
+# than in a callback of the next loop iteration (the server API's read path).
+cdef int hold_flushes() except -1
+cdef int release_flushes() except -1
+
+
 cdef class Output(Process):
     cdef Writer writer
     cdef WSTransport transport

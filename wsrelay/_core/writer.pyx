@@ -41,6 +41,41 @@ cdef enum:
 
 cdef LimitedLog _log = LimitedLog("wsrelay.relay")
 
+# While held (hold_flushes), the writers whose flush was scheduled, in order.
+cdef bint _holding = False
+cdef list _held = []
+
+
+cdef int hold_flushes() except -1:
+    """Until release_flushes, a writer's flush is not a loop callback: the
+    server API publishes the requests of one read, then writes the frames
+    they queued (still one writev per connection for all of them) before
+    its answers, without the loop iteration a callback costs."""
+    global _holding
+    _holding = True
+    return 0
+
+
+cdef int release_flushes() except -1:
+    """Run the flushes scheduled since hold_flushes (each writes its first
+    slice now, and schedules the rest as usual)."""
+    global _holding
+    cdef Py_ssize_t i
+    _holding = False
+    if not _held:
+        return 0
+    held = _held[:]
+    _held.clear()
+    for i in range(len(held)):
+        try:
+            (<Writer>held[i])._flush()
+        except BaseException:
+            # Those after it still flush, in a callback as they would have.
+            for writer in held[i + 1:]:
+                (<Writer>writer).loop.call_soon((<Writer>writer)._flush)
+            raise
+    return 0
+
 
 cdef class Writer:
     """The flush scheduler of one gateway service."""
@@ -62,7 +97,10 @@ cdef class Writer:
         self.dirty.append(output)
         if not self.scheduled:
             self.scheduled = True
-            self.loop.call_soon(self._flush)
+            if _holding:
+                _held.append(self)
+            else:
+                self.loop.call_soon(self._flush)
         return 0
 
     @cython.boundscheck(False)
