@@ -251,13 +251,19 @@ def adopt(str channel, Py_ssize_t size, double ttl, str epoch, unsigned long lon
     """The Log of a channel this node takes over in a cluster: ``epoch``
     and ``offset`` as stored, ``kept`` its stored publications [(offset,
     envelope text, seconds left to live)], oldest first, contiguous up to
-    ``offset``. Replaces any Log of the channel here."""
+    ``offset``. Replaces any Log of the channel here. The Log's bounds
+    apply: the oldest go (the stream may hold more: a message of it holds
+    one or more publications)."""
     cdef Log log = Log(channel, size, ttl)
     cdef double now = monotonic()
+    cdef tuple oldest
     log.epoch = epoch
     for entry_offset, text, left in kept:
         log.entries.append((entry_offset, text, len(text), now + left))
         log.nbytes += len(text)
+    while len(log.entries) > size or log.nbytes > _max_bytes:
+        oldest = log.entries.popleft()
+        log.nbytes -= <Py_ssize_t>oldest[2]
     log.offset = log.delivered = offset
     _logs[channel] = log
     _schedule_sweep()
