@@ -133,6 +133,8 @@ cdef class Log:
         self.size = size
         self.ttl = ttl
         self.entries = deque()
+        self._append = self.entries.append
+        self._popleft = self.entries.popleft
         self.nbytes = 0
         self.last = monotonic()
 
@@ -142,10 +144,10 @@ cdef class Log:
         cdef tuple oldest
         self.last = monotonic()
         self.offset = offset
-        self.entries.append((offset, text, nbytes, self.last + self.ttl))
+        self._append((offset, text, nbytes, self.last + self.ttl))
         self.nbytes += nbytes
         while len(self.entries) > self.size or self.nbytes > _max_bytes:
-            oldest = self.entries.popleft()
+            oldest = self._popleft()
             self.nbytes -= <Py_ssize_t>oldest[2]
         return 0
 
@@ -153,7 +155,7 @@ cdef class Log:
         """Let go of the entries whose time is up."""
         cdef tuple oldest
         while self.entries and <double>(<tuple>self.entries[0])[3] <= now:
-            oldest = self.entries.popleft()
+            oldest = self._popleft()
             self.nbytes -= <Py_ssize_t>oldest[2]
         return 0
 
