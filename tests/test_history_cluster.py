@@ -169,6 +169,65 @@ async def test_a_killed_keeper_is_succeeded_by_one_that_continues_the_offsets(ap
         assert [p["offset"] for p in await back.publications(4)] == [4, 5, 6, 7]
 
 
+async def stored(broker: Broker, channel: str) -> list[list[dict[str, Any]]]:
+    """The channel's messages in the stream, oldest first: each the
+    envelopes it holds (a batch of one or more, joined by newlines)."""
+    import nats
+    from nats.js.errors import NotFoundError
+
+    from wsrelay.cluster.history import STREAM, subject
+
+    nc = await nats.connect(broker.url, token=broker.token)
+    messages = []
+    try:
+        js = nc.jetstream()
+        seq = 1
+        while True:
+            try:
+                msg = await js.get_msg(STREAM, seq, subject=subject(channel), next=True)
+            except NotFoundError:
+                return messages
+            messages.append([json.loads(line) for line in msg.data.split(b"\n")])
+            seq = msg.seq + 1
+    finally:
+        await nc.close()
+
+
+async def test_a_burst_is_stored_in_batches_and_a_successor_recovers_from_inside_one(
+        app: Path, broker: Broker) -> None:
+    async with controlled_cluster(app, broker, "a", "b", WSRELAY_RECOVERY_MAX="1000") as ((a, ca), (b, cb)):
+        first = await ca.call("publish_numbered", channel=ROOM, data="first")  # a keeps the channel
+        epoch = first["epoch"]
+        watcher = await Client.open(b, ROOM)
+        count = 300
+        await asyncio.gather(ca.call("publish_many", channel=ROOM, tag="a", count=count),
+                             cb.call("publish_many", channel=ROOM, tag="b", count=count))
+        seen = await watcher.publications(2 * count)  # delivered: every batch is stored
+        contiguous(seen, 1, epoch)
+        batches = await stored(broker, ROOM)
+        offsets = [envelope["offset"] for batch in batches for envelope in batch]
+        assert offsets == list(range(1, 2 * count + 2)), "every publication stored once, in order"
+        assert all(envelope["epoch"] == epoch for batch in batches for envelope in batch)
+        assert len(batches) < len(offsets), "a burst is written in batches, not a message each"
+        # From inside a batch: the first publication missed is its second.
+        inside = next(batch for batch in reversed(batches) if len(batch) > 1)[0]["offset"]
+        a.kill()
+        after = await cb.call("publish_numbered", channel=ROOM, data="after", timeout=DOWN_AFTER * 20)
+        assert after == {"offset": 2 * count + 2, "epoch": epoch}
+        back = await Client.open(b, ROOM, recover={ROOM: {"epoch": epoch, "offset": inside}})
+        assert back.subscribed[ROOM]["recovered"] is True
+        missed = await back.publications(2 * count + 2 - inside)
+        contiguous(missed, inside, epoch)
+        by_offset = {p["offset"]: p["data"] for p in seen}
+        assert [p["data"] for p in missed[:-1]] == [by_offset[o] for o in range(inside + 1, 2 * count + 2)]
+        assert missed[-1]["data"] == "after"
+        # Nothing more: each once.
+        await cb.call("publish_numbered", channel=ROOM, data="last")
+        assert [p["offset"] for p in await back.publications(1)] == [2 * count + 3]
+        history = await cb.call("history", channel=ROOM, since=inside)
+        assert [p["offset"] for p in history["publications"]] == list(range(inside + 1, 2 * count + 4))
+
+
 async def test_a_channel_whose_stream_is_lost_gets_a_new_epoch(app: Path, broker: Broker) -> None:
     import nats
 

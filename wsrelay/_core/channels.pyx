@@ -407,25 +407,33 @@ cdef int _ship(Node node, str name, str text) except -1:
 def kept_publish(str name, bytes data):
     """On the keeper of ``name`` (a cluster): the next publication, ``data``
     JSON already, numbered in its Log; (offset, epoch, envelope) for the
-    keeper to store and then ``deliver_kept``."""
+    keeper to store and then ``deliver_kept``. The envelope holds no
+    newline: the keeper stores a batch of them joined by newlines."""
     cdef Log log = existing(name)
     if log is None:
         raise LookupError(f"channel {name!r} is not kept on this node")
+    if b"\n" in data:
+        # JSON from orjson never has one (a string's is escaped); JSON from
+        # elsewhere may have some between its tokens: written compact.
+        data = orjson.dumps(orjson.loads(data))
     cdef bytes encoded = _encoded(name, PUBLICATION, orjson.Fragment(data), True, log)
     cdef str text = encoded.decode()
     log.keep(log.offset + 1, text, len(encoded))
     return log.offset, log.epoch, text
 
 
-def deliver_kept(str name, unsigned long long offset, str text):
-    """On the keeper: publication ``offset`` of ``name`` is stored; to the
-    subscribers here and on every other node, in offset order."""
+def deliver_kept(str name, unsigned long long first, list texts):
+    """On the keeper: publications ``first``, ``first`` + 1, ... of
+    ``name`` (their envelopes ``texts``) are stored; to the subscribers here
+    and on every other node, in offset order."""
     cdef Node node = get_node()
     cdef Log log = existing(name)
-    if log is not None and offset > log.delivered:
-        log.delivered = offset
-    _deliver(node, name, text)
-    _ship(node, name, text)
+    cdef unsigned long long last = first + <unsigned long long>len(texts) - 1
+    if log is not None and texts and last > log.delivered:
+        log.delivered = last
+    for text in texts:
+        _deliver(node, name, <str>text)
+        _ship(node, name, <str>text)
 
 
 def holding(Pid pid, str name):

@@ -14,6 +14,10 @@ cdef class Log:
     # (offset, envelope text, bytes, when it expires), oldest first, offsets
     # contiguous.
     cdef object entries
+    # entries.append and entries.popleft, bound once: a publication kept
+    # calls each, and a method looked up by name costs more than the call.
+    cdef object _append
+    cdef object _popleft
     cdef Py_ssize_t nbytes
     # When the last publication was kept (monotonic seconds).
     cdef double last

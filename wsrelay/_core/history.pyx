@@ -133,6 +133,8 @@ cdef class Log:
         self.size = size
         self.ttl = ttl
         self.entries = deque()
+        self._append = self.entries.append
+        self._popleft = self.entries.popleft
         self.nbytes = 0
         self.last = monotonic()
 
@@ -142,10 +144,10 @@ cdef class Log:
         cdef tuple oldest
         self.last = monotonic()
         self.offset = offset
-        self.entries.append((offset, text, nbytes, self.last + self.ttl))
+        self._append((offset, text, nbytes, self.last + self.ttl))
         self.nbytes += nbytes
         while len(self.entries) > self.size or self.nbytes > _max_bytes:
-            oldest = self.entries.popleft()
+            oldest = self._popleft()
             self.nbytes -= <Py_ssize_t>oldest[2]
         return 0
 
@@ -153,7 +155,7 @@ cdef class Log:
         """Let go of the entries whose time is up."""
         cdef tuple oldest
         while self.entries and <double>(<tuple>self.entries[0])[3] <= now:
-            oldest = self.entries.popleft()
+            oldest = self._popleft()
             self.nbytes -= <Py_ssize_t>oldest[2]
         return 0
 
@@ -251,13 +253,19 @@ def adopt(str channel, Py_ssize_t size, double ttl, str epoch, unsigned long lon
     """The Log of a channel this node takes over in a cluster: ``epoch``
     and ``offset`` as stored, ``kept`` its stored publications [(offset,
     envelope text, seconds left to live)], oldest first, contiguous up to
-    ``offset``. Replaces any Log of the channel here."""
+    ``offset``. Replaces any Log of the channel here. The Log's bounds
+    apply: the oldest go (the stream may hold more: a message of it holds
+    one or more publications)."""
     cdef Log log = Log(channel, size, ttl)
     cdef double now = monotonic()
+    cdef tuple oldest
     log.epoch = epoch
     for entry_offset, text, left in kept:
         log.entries.append((entry_offset, text, len(text), now + left))
         log.nbytes += len(text)
+    while len(log.entries) > size or log.nbytes > _max_bytes:
+        oldest = log.entries.popleft()
+        log.nbytes -= <Py_ssize_t>oldest[2]
     log.offset = log.delivered = offset
     _logs[channel] = log
     _schedule_sweep()

@@ -7,10 +7,22 @@ when that node is lost). Only the keeper numbers the channel's
 publications, so offsets grow by exactly one whoever publishes: a
 publication made elsewhere is sent to it, on the ordered stream between the
 two nodes. The keeper numbers it in its Log (``_core/history.pyx``), writes
-it to the stream ``wsrelay_history`` (pipelined: the acks are awaited
-together, not one by one), and once written delivers it, here and to every
-node with subscribers, in offset order: the stream from the keeper's node
-gives every node the publications in that order.
+it to the stream ``wsrelay_history``, and once written delivers it, here and
+to every node with subscribers, in offset order: the stream from the
+keeper's node gives every node the publications in that order.
+
+Writes are batched per channel. A message of the stream holds one or more
+publications of its channel, consecutive offsets of one epoch: their
+envelopes (JSON, which never holds a newline) joined by newlines, oldest
+first (a message of one publication is its envelope alone). While
+WRITE_WINDOW writes of a channel are outstanding, the publications
+numbered meanwhile wait, and the next write takes them all as one message
+(at most BATCH_MAX of them and BATCH_BYTES), so nats-py's cost of a write
+(a task, a future, a publish, an ack) is paid once per batch. A batch is
+delivered, and its publishers told their offsets, once it and every batch
+before it are written. The stream's max_age applies to a message: a
+batch's publications all live from its write, at most a write's window
+after they were numbered, which is well within any TTL's precision.
 
 A node that subscribes a connection to a channel asks the keeper for its
 position (a ``process.call``, whose reply comes on the same ordered stream
@@ -19,9 +31,12 @@ and merged by offset at the seam. The keeper answers from its Log, a copy
 of what the stream holds, so a recovery costs no read of JetStream.
 
 A node that finds no keeper claims the lease. Taking a channel over, it
-reads the channel's subject: the last message gives the epoch and offset
-to continue from, the others the Log; a subject that is empty (never
-published, expired, or the stream lost) is a new epoch from offset 0.
+reads the channel's subject: the last publication of the last message
+gives the epoch and offset to continue from, the messages up to it the Log
+(its last ``history_size`` publications, contiguous up to that offset: a
+write that failed left a gap, and only what follows it recovers); a
+subject that is empty (never published, expired, or the stream lost) is a
+new epoch from offset 0.
 """
 
 from __future__ import annotations
@@ -61,11 +76,16 @@ READ = "history.read"
 # How long a node waits for a keeper's answer before asking again (the
 # keeper's node may have been lost meanwhile, and another take over).
 ASK_TIMEOUT = 5.0
-# How long a write to the stream may take (its turn in nats-py's window of
-# outstanding writes, then the ack).
+# How long a write to the stream may take, from its publish to its ack.
 WRITE_TIMEOUT = 5.0
 # A recovery sent in one reply stays well under NATS' default max_payload.
 MAX_REPLY_BYTES = 512 << 10
+# A channel's writes outstanding at once; the publications numbered while
+# they are go as one message each write, of at most BATCH_MAX of them and
+# BATCH_BYTES of envelopes (or half the broker's max_payload, if less).
+WRITE_WINDOW = 2
+BATCH_MAX = 1024
+BATCH_BYTES = 256 << 10
 
 
 def subject(channel: str) -> str:
@@ -78,27 +98,43 @@ def lease(channel: str) -> str:
     return LEASE_PREFIX + channel
 
 
-class _Pending:
-    """A publication numbered and being written: delivered once it and every
-    one before it on its channel are."""
+class _Batch:
+    """Publications of one channel numbered one after the other, in one
+    epoch: written as one message, then delivered."""
 
-    __slots__ = ("offset", "epoch", "text", "written", "waiter")
+    __slots__ = ("first", "epoch", "texts", "nbytes", "waiters", "written")
 
-    def __init__(self, offset: int, epoch: str, text: str) -> None:
-        self.offset = offset
+    def __init__(self, first: int, epoch: str) -> None:
+        self.first = first
         self.epoch = epoch
-        self.text = text
+        self.texts: list[str] = []
+        self.nbytes = 0  # of the message: the envelopes, and a newline after each
+        # (offset, waiter) of those whose publisher waits for its offset:
+        # told {"offset", "epoch"} once delivered: a call's message, or a future.
+        self.waiters: Optional[list[tuple[int, Any]]] = None
         self.written = False
-        # Told {"offset", "epoch"} once delivered: a call's message, or a future.
-        self.waiter: Any = None
 
     def delivered(self) -> None:
-        result = {"offset": self.offset, "epoch": self.epoch}
-        if isinstance(self.waiter, asyncio.Future):
-            if not self.waiter.done():
-                self.waiter.set_result(result)
-        elif self.waiter is not None:
-            self.waiter.reply(result)
+        for offset, waiter in self.waiters or ():
+            result = {"offset": offset, "epoch": self.epoch}
+            if isinstance(waiter, asyncio.Future):
+                if not waiter.done():
+                    waiter.set_result(result)
+            else:
+                waiter.reply(result)
+
+
+class _Writes:
+    """A channel's publications being written: batches ``waiting`` for room
+    in its window (the last one may still grow), and ``sent``, being written
+    or written but waiting for one before them, oldest first."""
+
+    __slots__ = ("waiting", "sent", "outstanding")
+
+    def __init__(self) -> None:
+        self.waiting: deque[_Batch] = deque()
+        self.sent: deque[_Batch] = deque()
+        self.outstanding = 0
 
 
 class HistoryKeeper:
@@ -111,8 +147,15 @@ class HistoryKeeper:
         self._js = transport.jetstream()
         self._limits = limits
         self.pid: Optional[Pid] = None
-        # channel -> publications being written, oldest first.
-        self._writing: dict[str, deque[_Pending]] = {}
+        # channel -> its publications being written.
+        self._writing: dict[str, _Writes] = {}
+        # Channels with a batch waiting and room for it in their window,
+        # written at the loop's next turn (what is numbered until then joins
+        # the batch).
+        self._ready: set[str] = set()
+        self._writer: Optional[asyncio.Task[None]] = None
+        self._stopped = False
+        self._batch_bytes = min(BATCH_BYTES, transport.max_payload() // 2)
         # channel -> the claim of its lease under way.
         self._claims: dict[str, asyncio.Task[None]] = {}
         # channel -> publications (JSON) made here while its keeper is being found.
@@ -149,6 +192,7 @@ class HistoryKeeper:
         core_history.set_keeper(self)
 
     def stop(self) -> None:
+        self._stopped = True
         core_history.set_keeper(None)
         for task in list(self._tasks) + list(self._claims.values()):
             task.cancel()
@@ -239,34 +283,100 @@ class HistoryKeeper:
 
     def _number(self, channel: str, data: bytes, waiter: Any = None) -> dict[str, Any]:
         offset, epoch, text = core.kept_publish(channel, data)
-        pending = _Pending(offset, epoch, text)
-        pending.waiter = waiter
-        self._writing.setdefault(channel, deque()).append(pending)
-        self._spawn(self._write(channel, pending))
+        writes = self._writing.get(channel)
+        if writes is None:
+            writes = self._writing[channel] = _Writes()
+        size = (len(text) if text.isascii() else len(text.encode())) + 1
+        batch = writes.waiting[-1] if writes.waiting else None
+        if (batch is None or batch.first + len(batch.texts) != offset or batch.epoch != epoch
+                or len(batch.texts) >= BATCH_MAX or batch.nbytes + size > self._batch_bytes):
+            # (Another epoch, or offsets that do not follow: the channel was
+            # dropped and taken over again while this batch waited.)
+            batch = _Batch(offset, epoch)
+            writes.waiting.append(batch)
+        batch.texts.append(text)
+        batch.nbytes += size
+        if waiter is not None:
+            if batch.waiters is None:
+                batch.waiters = []
+            batch.waiters.append((offset, waiter))
+        if writes.outstanding < WRITE_WINDOW:
+            self._make_ready(channel)
         return {"offset": offset, "epoch": epoch}
 
-    async def _write(self, channel: str, pending: _Pending) -> None:
+    def _make_ready(self, channel: str) -> None:
+        """``channel``'s waiting batches written at the loop's next turn."""
+        if channel not in self._ready:
+            self._ready.add(channel)
+            if self._writer is None:
+                self._writer = self._spawn(self._write())
+
+    async def _write(self) -> None:
+        """Every ready channel's waiting batches, as its window has room for
+        them, one publish after the other without a pause (so nats-py sends
+        them together, and in order), their acks awaited by callbacks."""
         try:
-            ack = await self._js.publish_async(subject(channel), pending.text.encode(), wait_stall=WRITE_TIMEOUT,
-                                               stream=STREAM)
-            # An ack that never comes would hold every later publication of
-            # the channel: past WRITE_TIMEOUT the write counts as failed.
-            await asyncio.wait_for(ack, WRITE_TIMEOUT)
+            while self._ready:
+                ready, self._ready = self._ready, set()
+                for channel in ready:
+                    writes = self._writing.get(channel)
+                    while writes is not None and writes.waiting and writes.outstanding < WRITE_WINDOW:
+                        batch = writes.waiting.popleft()
+                        writes.sent.append(batch)
+                        writes.outstanding += 1
+                        await self._publish(channel, writes, batch)
+        finally:
+            self._writer = None
+
+    async def _publish(self, channel: str, writes: _Writes, batch: _Batch) -> None:
+        try:
+            # (No wait_stall: nats-py's window of outstanding acks has room
+            # again as each is answered, or past WRITE_TIMEOUT cancelled.)
+            ack = await self._js.publish_async(subject(channel), "\n".join(batch.texts).encode(), stream=STREAM)
         except Exception as exc:  # the broker away or refusing: delivered all the same, counted
-            self._write_failed(channel, pending, exc)
-        pending.written = True
-        writing = self._writing.get(channel)
-        while writing and writing[0].written:
-            done = writing.popleft()
-            core.deliver_kept(channel, done.offset, done.text)
+            self._write_failed(channel, batch, exc)
+            self._written(channel, writes, batch)
+            return
+        # An ack that never comes would hold every later publication of the
+        # channel: past WRITE_TIMEOUT the write counts as failed.
+        timer = asyncio.get_running_loop().call_later(WRITE_TIMEOUT, ack.cancel)
+        ack.add_done_callback(lambda done: self._acked(channel, writes, batch, timer, done))
+
+    def _acked(self, channel: str, writes: _Writes, batch: _Batch, timer: asyncio.TimerHandle,
+               ack: asyncio.Future[Any]) -> None:
+        timer.cancel()
+        if self._stopped:
+            return  # the node is stopping: nothing more is delivered
+        try:
+            if ack.cancelled():
+                self._write_failed(channel, batch, TimeoutError(f"no ack in {WRITE_TIMEOUT}s"))
+            elif ack.exception() is not None:
+                self._write_failed(channel, batch, ack.exception())
+            self._written(channel, writes, batch)
+        except Exception:
+            node().counters.runtime_errors += 1
+            log.exception("cluster history: delivering publications %d- of %r failed", batch.first, channel)
+
+    def _written(self, channel: str, writes: _Writes, batch: _Batch) -> None:
+        """``batch`` is written (or failed to be): delivered once every one
+        before it is."""
+        batch.written = True
+        writes.outstanding -= 1
+        sent = writes.sent
+        while sent and sent[0].written:
+            done = sent.popleft()
+            core.deliver_kept(channel, done.first, done.texts)
             done.delivered()
-        if writing is not None and not writing:
+        if writes.waiting:
+            self._make_ready(channel)
+        elif not sent and self._writing.get(channel) is writes:
             del self._writing[channel]
 
-    def _write_failed(self, channel: str, pending: _Pending, exc: BaseException) -> None:
+    def _write_failed(self, channel: str, batch: _Batch, exc: BaseException) -> None:
         node().counters.history_write_failures += 1
-        _trouble.error("write", f"cluster history: publication {pending.offset} of {channel!r} not stored: {exc!r}; "
-                                "delivered, and a keeper taking over later finds the gap")
+        last = batch.first + len(batch.texts) - 1
+        _trouble.error("write", f"cluster history: publications {batch.first}-{last} of {channel!r} not stored: "
+                                f"{exc!r}; delivered, and a keeper taking over later finds the gap")
 
     # -- the keeper's lease ---------------------------------------------------------
 
@@ -330,30 +440,49 @@ class HistoryKeeper:
         except NotFoundError:
             core_history.adopt(channel, size, ttl, _new_epoch(), 0, [])
             return
-        top = orjson.loads(last.data)
-        kept = await self._read(subj, last.seq, ttl)
-        offsets = [entry[0] for entry in kept]
-        # Only the contiguous run up to the last one recovers (a write that
-        # failed left a gap).
-        start = len(kept)
-        while start > 0 and offsets[start - 1] == top["offset"] - (len(kept) - start):
-            start -= 1
-        core_history.adopt(channel, size, ttl, top["epoch"], top["offset"], kept[start:])
+        top = orjson.loads(last.data.rpartition(b"\n")[2])
+        kept = await self._read(subj, last.seq, ttl, top["offset"], size)
+        core_history.adopt(channel, size, ttl, top["epoch"], top["offset"], kept)
         log.info("cluster history: took over %r at offset %d (epoch %s)", channel, top["offset"], top["epoch"])
 
-    async def _read(self, subj: str, last_seq: int, ttl: float) -> list[tuple[int, str, float]]:
-        """[(offset, envelope, seconds left)] of the subject's messages, oldest first."""
-        kept: list[tuple[int, str, float]] = []
+    async def _read(self, subj: str, last_seq: int, ttl: float, top: int,
+                    size: int) -> list[tuple[int, str, float]]:
+        """[(offset, envelope, seconds left)] of the subject's publications
+        within the TTL, oldest first: the last ``size`` of the contiguous run
+        that ends at offset ``top`` (a write that failed left a gap: only
+        what follows it recovers)."""
+        # (offset of its first publication, how many it holds, its data,
+        # seconds left) of the last messages, as many as hold ``size``
+        # publications (the older ones cannot be in the Log).
+        messages: deque[tuple[int, int, bytes, float]] = deque()
+        held = 0
         seq = 1
         now = datetime.datetime.now(datetime.timezone.utc)
         while seq <= last_seq:
             msg = await self._js.get_msg(STREAM, seq, subject=subj, next=True)
-            text = msg.data.decode()
-            left = ttl - (now - msg.time).total_seconds() if msg.time is not None else ttl
-            if left > 0:
-                kept.append((orjson.loads(text)["offset"], text, left))
             seq = msg.seq + 1
-        return kept
+            left = ttl - (now - msg.time).total_seconds() if msg.time is not None else ttl
+            if left <= 0:
+                continue
+            data = msg.data
+            count = data.count(b"\n") + 1
+            first = orjson.loads(data.partition(b"\n")[0])["offset"]
+            messages.append((first, count, data, left))
+            held += count
+            while held - messages[0][1] >= size:
+                held -= messages.popleft()[1]
+        kept: list[tuple[int, str, float]] = []
+        end = top + 1  # the first offset after the run so far
+        for first, count, data, left in reversed(messages):
+            if first + count != end:
+                break  # a gap
+            texts = data.decode().split("\n")
+            kept.extend((first + i, texts[i], left) for i in range(count - 1, -1, -1))
+            end = first
+            if len(kept) >= size:
+                break
+        kept.reverse()
+        return kept[-size:]
 
     # -- positions --------------------------------------------------------------
 

@@ -254,6 +254,11 @@ class Transport(Outbound):
         assert self._bus.nc is not None, "start() first"
         return self._bus.nc.jetstream()
 
+    def max_payload(self) -> int:
+        """The largest message the broker takes (its ``max_payload``)."""
+        assert self._bus.nc is not None, "start() first"
+        return int(self._bus.nc.max_payload)
+
     def up_nodes(self) -> list[str]:
         """The nodes that are up."""
         return [node for node, peer in self._by_node.items() if peer.state == UP]
