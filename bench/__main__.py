@@ -10,7 +10,9 @@ against Django Channels and python-socketio, bench/publish.py:
 ``python -m bench publish -h``), presence (what presence costs,
 bench/presence.py: ``python -m bench presence -h``), history (what history
 costs, and a mass reconnect against Socket.IO's connection state recovery,
-bench/history.py: ``python -m bench history -h``).
+bench/history.py: ``python -m bench history -h``), callgrind (the server's
+instructions per relay echo, broadcast delivery and handshake, checkouts
+side by side, bench/callgrind.py: ``python -m bench callgrind -h``).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import subprocess
 import sys
 from typing import Any, Callable, Optional, Sequence
 
-from . import cluster, history, presence, publish, report
+from . import callgrind, cluster, history, presence, publish, report
 from .cluster import OWN_VARIABLES, ClusterRunner, hop, server_spec
 from .common import log, parse_ints
 from .procfs import kernel_state, loadavg
@@ -114,7 +116,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("scenario", choices=(*LOAD_SCENARIOS, "all", "setup", "report", "runtime", "cluster", "publish",
-                                        "presence", "history"))
+                                        "presence", "history", "callgrind"))
     p.add_argument("path", nargs="?", help="report: the results.json to render")
     g = p.add_argument_group("all load scenarios")
     g.add_argument("--servers", type=_servers, default=list(DEFAULT_SERVERS),
@@ -229,6 +231,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return presence.main(argv[1:])
     if argv and argv[0] == "history":
         return history.main(argv[1:])
+    if argv and argv[0] == "callgrind":
+        return callgrind.main(argv[1:])
     args = parser().parse_args(argv)
     if args.scenario == "setup":
         return setup()
