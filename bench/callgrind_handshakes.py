@@ -6,7 +6,8 @@ under ``valgrind --tool=callgrind --instr-atstart=no``; for each path, a
 client makes WARMUP connect + one message + close cycles, one after another,
 then callgrind's collection is switched on (``callgrind_control -i on``)
 for CYCLES more, off again, and the counts dumped: instructions (Ir) of the
-server per cycle, whatever else the machine runs meanwhile. With
+server per cycle, whatever else the machine runs meanwhile (``--handshakes``:
+per handshake, CYCLES connections opened and held). With
 ``--checkout DIR``, the server is that checkout's (built there with ``make
 build``): before and after figures of the same run. ``callgrind_annotate
 --inclusive=yes FILE`` shows where they go.
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Any
 
 import picows
 
@@ -48,6 +50,17 @@ async def _cycles(url: str, n: int) -> None:
         await transport.wait_disconnected()
 
 
+async def _opens(url: str, n: int) -> list[Any]:
+    """``n`` connections opened one after another, and left open."""
+    return [(await picows.ws_connect(_Client, url))[0] for _ in range(n)]
+
+
+async def _close(transports: list[Any]) -> None:
+    for transport in transports:
+        transport.disconnect()
+        await transport.wait_disconnected()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -66,7 +79,7 @@ def _total(path: pathlib.Path) -> int:
 
 
 def measure(checkout: pathlib.Path, app: pathlib.Path, paths: list[str], warmup: int, cycles: int,
-            out: pathlib.Path) -> dict[str, int]:
+            out: pathlib.Path, handshakes_only: bool = False) -> dict[str, int]:
     port = _free_port()
     python = checkout / ".venv" / "bin" / "python"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(checkout), str(app.parent)]))
@@ -92,9 +105,19 @@ def measure(checkout: pathlib.Path, app: pathlib.Path, paths: list[str], warmup:
             asyncio.run(_cycles(url, warmup))
             _control(server.pid, "-z")
             _control(server.pid, "-i", "on")
-            asyncio.run(_cycles(url, cycles))
-            _control(server.pid, "-i", "off")
-            name = re.sub(r"\W+", "_", path.strip("/"))
+            if handshakes_only:
+                # The instructions of the handshakes alone (what `python -m
+                # bench connections` measures): the connections are closed
+                # once counting is off.
+                loop = asyncio.new_event_loop()
+                opened = loop.run_until_complete(_opens(url, cycles))
+                _control(server.pid, "-i", "off")
+                loop.run_until_complete(_close(opened))
+                loop.close()
+            else:
+                asyncio.run(_cycles(url, cycles))
+                _control(server.pid, "-i", "off")
+            name = re.sub(r"\W+", "_", path.strip("/")) + ("-handshakes" if handshakes_only else "")
             _control(server.pid, "--dump=" + name)
             dumps = sorted(out.glob(f"callgrind.{checkout.name}.{server.pid}.*"), key=lambda p: p.stat().st_mtime)
             dump = dumps[-1]
@@ -114,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--paths", default="/ws/echo_lookup,/ws/echo_call")
     p.add_argument("--warmup", type=int, default=50)
     p.add_argument("--cycles", type=int, default=300)
+    p.add_argument("--handshakes", action="store_true",
+                   help="count the handshakes alone: CYCLES connections opened one after another and held "
+                        "(closed once counting is off), not connect + message + close cycles")
     p.add_argument("--checkout", type=pathlib.Path, action="append",
                    help="a checkout to measure (repeatable; default this one)")
     p.add_argument("--app", type=pathlib.Path, default=HERE / "servers" / "wsrelay_app" / "app.yaml",
@@ -124,10 +150,12 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     paths = [s for s in args.paths.split(",") if s]
     for checkout in args.checkout or [HERE.parent]:
-        results = measure(checkout.resolve(), args.app.resolve(), paths, args.warmup, args.cycles, out)
+        results = measure(checkout.resolve(), args.app.resolve(), paths, args.warmup, args.cycles, out,
+                          args.handshakes)
         first = results[paths[0]]
         for path, ir in results.items():
-            print(f"{checkout}: {path}: {ir / 1000:.1f}k instructions per cycle ({ir / first:.3f}x {paths[0]})")
+            what = "handshake" if args.handshakes else "cycle"
+            print(f"{checkout}: {path}: {ir / 1000:.1f}k instructions per {what} ({ir / first:.3f}x {paths[0]})")
     print(f"callgrind files in {out}")
     return 0
 

@@ -18,7 +18,7 @@ import picows
 from picows import WSUpgradeResponseWithListener
 
 from . import browser, load_runtime, threads
-from ._core.handshake import HandlerDeadlines, Handshakes, http_answer
+from ._core.handshake import Decided, HandlerDeadlines, Handshakes, http_answer
 from ._core.picows_private import server_protocol_factory
 from ._core.relay import RelayListener, RelayService
 from ._core.runtime import node as get_node
@@ -27,7 +27,6 @@ from .api import PREFIX as API_PREFIX
 from .api import Api
 from .app import App, Router, Service, parse_addr
 from .http import Middleware, Request, Response, middleware_factory, plain
-from .relay import normalize_upgrade_headers
 from .settings import Settings
 from .settings import settings as current_settings
 
@@ -183,10 +182,10 @@ class ServiceRuntime:
         answer = _listener(outcome)
 
         def decided(transport: Any, upgrade_request: Any) -> Any:
-            normalize_upgrade_headers(upgrade_request.headers)
             return answer
 
-        return functools.partial(self.make_protocol, listener_factory=decided)
+        # picows is given the head with Upgrade and Connection as it reads them.
+        return Decided(functools.partial(self.make_protocol, listener_factory=decided))
 
     def dispatch(self, req: Request) -> Any:
         """A RelayListener (upgrade), (listener, response) (upgrade with the

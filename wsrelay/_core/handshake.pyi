@@ -8,7 +8,14 @@ from multidict import CIMultiDict
 # or None (nothing more to do: the client has gone).
 # A protocol factory is given the transport of the socket it is for.
 ProtocolFactory = Callable[[asyncio.Transport], asyncio.BufferedProtocol]
-Route = Callable[[bytes, asyncio.Transport], Awaitable[Union[bytes, ProtocolFactory, None]]]
+class Decided:
+    """An async route's upgrade, decided: the socket goes to
+    ``make_protocol`` with the request head reduced to what picows reads."""
+
+    make_protocol: ProtocolFactory
+    def __init__(self, make_protocol: ProtocolFactory) -> None: ...
+
+Route = Callable[[bytes, asyncio.Transport], Awaitable[Union[bytes, ProtocolFactory, Decided, None]]]
 
 def parse_head(head: bytes) -> tuple[str, str, CIMultiDict[str]]: ...
 def http_answer(status: int, content_type: str, body: bytes) -> bytes: ...

@@ -38,7 +38,12 @@ from urllib.parse import unquote_to_bytes
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_DecodeLatin1
-from libc.string cimport memcmp
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_Resize
+from libc.string cimport memchr, memcmp, memcpy
+
+cdef extern from "<strings.h>":
+    int strncasecmp(const char* a, const char* b, size_t n)
+
 from multidict import CIMultiDict
 
 cdef enum:
@@ -120,6 +125,38 @@ def parse_head(bytes head not None):
             end -= 1
         headers.add(name, _latin1(p, start, end))
         i += 2
+
+
+# What a request whose upgrade is decided (Decided) says to picows of
+# Upgrade and Connection, as picows wants them; of its other headers, picows
+# is given those it reads (_picows_reads).
+cdef const char* _UPGRADE_LINES = b"\r\nUpgrade: websocket\r\nConnection: Upgrade"
+cdef Py_ssize_t _UPGRADE_LINES_LEN = 41
+
+
+cdef inline bint _named(const char* line, Py_ssize_t length, const char* name, Py_ssize_t name_length):
+    return length > name_length and line[name_length] == 58 and strncasecmp(line, name, name_length) == 0
+
+
+cdef bint _picows_reads(const char* line, Py_ssize_t length):
+    return (_named(line, length, b"sec-websocket-version", 21) or _named(line, length, b"sec-websocket-key", 17)
+            or _named(line, length, b"content-length", 14) or _named(line, length, b"transfer-encoding", 17))
+
+
+cdef class Decided:
+    """An async route's outcome when it has decided the upgrade itself (an
+    async def endpoint): the socket goes to ``make_protocol`` with the
+    request head reduced to what picows still reads of it: the request line,
+    the WebSocket version and key, any Content-Length or Transfer-Encoding
+    (which picows refuses), and Upgrade and Connection as picows wants them
+    (a browser's "keep-alive, Upgrade" was found valid by the route). picows
+    parses each header again in Python-level code; the route has read them
+    all already, and a browser sends a dozen."""
+
+    cdef readonly object make_protocol
+
+    def __init__(self, make_protocol):
+        self.make_protocol = make_protocol
 
 
 def http_answer(int status, str content_type, bytes body):
@@ -332,7 +369,11 @@ cdef class HandshakeGuard(_GuardBase, asyncio.BufferedProtocol):
             return
         if self.used >= self.owner.max_head:
             transport.resume_reading()
-        self._hand_over(outcome)
+        if isinstance(outcome, Decided):
+            self._reduce_head()
+            self._hand_over((<Decided>outcome).make_protocol)
+        else:
+            self._hand_over(outcome)
 
     cdef _refuse(self):
         self.owner.count_failure("headers_too_large")
@@ -370,6 +411,35 @@ cdef class HandshakeGuard(_GuardBase, asyncio.BufferedProtocol):
                     self.owner.loop.create_task(self._wait_for(route, bytes(self.buffer[:self.used])))
                     return
         self._hand_over(self.owner.make_protocol)
+
+    cdef int _reduce_head(self) except -1:
+        """The head of the request in the buffer reduced for picows, for a
+        Decided outcome (parse_head read it: each line ends with CRLF, and
+        only there is a CR); what follows the head stays as it came."""
+        cdef const char* src = PyByteArray_AS_STRING(self.buffer)
+        cdef Py_ssize_t used = self.used, end = self.buffer.find(b"\r\n\r\n"), i, start, line_end, n
+        cdef bytearray out = bytearray(used + _UPGRADE_LINES_LEN)
+        cdef char* dst = PyByteArray_AS_STRING(out)
+        line_end = <const char*>memchr(src, 13, end + 2) - src
+        memcpy(dst, src, line_end)
+        memcpy(dst + line_end, _UPGRADE_LINES, _UPGRADE_LINES_LEN)
+        n = line_end + _UPGRADE_LINES_LEN
+        i = line_end + 2
+        while i < end + 2:
+            start = i
+            line_end = <const char*>memchr(src + i, 13, end + 2 - i) - src
+            if _picows_reads(src + start, line_end - start):
+                dst[n] = 13
+                dst[n + 1] = 10
+                memcpy(dst + n + 2, src + start, line_end - start)
+                n += 2 + line_end - start
+            i = line_end + 2
+        memcpy(dst + n, src + end, used - end)
+        n += used - end
+        PyByteArray_Resize(out, n)
+        self.buffer = out
+        self.used = n
+        return 0
 
     cdef _hand_over(self, make_protocol):
         """Give the socket, and what it has sent so far, to a protocol
