@@ -13,7 +13,7 @@ from typing import Any
 import wsrelay
 from tests.apps import relay_app
 from tests.harness import expect, running, until
-from tests.wsclient import RawWebSocket, http_request
+from tests.wsclient import RawWebSocket, close_payload, encode_frame, http_request
 from wsrelay import process
 
 PATH = "/ws/chat"
@@ -147,3 +147,62 @@ async def test_waiting_handlers_cost_established_connections_nothing() -> None:
         assert {a.status for a in answers} == {101}
         await ws.close_handshake(1000)
         await until(lambda: gw.connection_count() == 0, what="every connection closing")
+
+
+async def test_a_malformed_head_for_an_async_endpoint_is_answered_400_naming_the_problem() -> None:
+    called: list[Any] = []
+
+    async def endpoint(req: Any, res: Any) -> None:
+        called.append(req)
+
+    heads = {
+        b"Sec-WebSocket-Version 13\r\n": "the name is not a token followed by ':'",
+        b"Bad Name: x\r\n": "the name is not a token followed by ':'",
+        b"X-Folded: a\r\n b\r\n": "the name is not a token followed by ':'",
+        b"X-Bare-LF: a\nX-Next: b\r\n": "a line not ended by CRLF",
+        b"X-Control: a\x01b\r\n": "a control character",
+    }
+    async with running(relay_app(endpoint)) as gw:
+        for bad, problem in heads.items():
+            reader, writer = await asyncio.open_connection(*gw.address())
+            writer.write(b"GET " + PATH.encode() + b" HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                         b"Connection: Upgrade\r\n" + bad + b"Sec-WebSocket-Version: 13\r\n"
+                         b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+            answer = await asyncio.wait_for(reader.read(), 10)
+            writer.close()
+            assert answer.startswith(b"HTTP/1.1 400 "), answer[:80]
+            assert problem.encode() in answer, answer
+        assert gw.services["test:gateway"].handshakes.failures["bad_request"] == len(heads)
+        # A well-formed head with the same headers, whitespace around values, reaches the handler.
+        answer = await http_request(gw, PATH + "?user=ann", upgrade=True, headers={"X-Spaced": "  v  "})
+        assert answer.status == 200 and [r.header("X-Spaced") for r in called] == ["v"]
+        assert called[0].query("user") == "ann" and called[0].method == "GET"
+
+
+async def test_an_async_endpoint_relays_a_browser_request_and_what_came_with_its_head() -> None:
+    # picows is handed the head reduced to what it reads, Upgrade and
+    # Connection as it wants them: a browser's "keep-alive, Upgrade", its
+    # other headers, and a frame sent right behind the head all come through.
+    async def endpoint(req: Any, res: Any) -> None:
+        await asyncio.sleep(0)
+        assert req.header("Cookie") == "session=abc; theme=dark" and req.header("Connection") == "Upgrade"
+        pid = process.spawn("relay:recorder", None, process.self())
+        res.header("X-WS-Relay", _relay_to(pid))
+
+    async with running(relay_app(endpoint)) as gw:
+        reader, writer = await asyncio.open_connection(*gw.address())
+        writer.write(b"GET " + PATH.encode() + b"?x=1 HTTP/1.1\r\nHost: x\r\nUser-Agent: Mozilla/5.0\r\n"
+                     b"Accept-Language: en\r\nConnection: keep-alive, Upgrade\r\nupgrade: WebSocket\r\n"
+                     b"Cookie: session=abc; theme=dark\r\nsec-websocket-version: 13\r\nOrigin: http://x\r\n"
+                     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nCache-Control: no-cache\r\n\r\n"
+                     + encode_frame(0x1, b"early"))
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 101 "), head
+        await expect("ready")
+        assert (await expect("target"))[0] == "ws.join"
+        topic, payload, _ = await expect("target")
+        assert (topic, payload["data"]) == ("ws.message", "early")
+        writer.write(encode_frame(0x8, close_payload(1000)))
+        topic, payload, _ = await expect("target")
+        assert topic == "ws.leave"
+        writer.close()

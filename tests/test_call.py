@@ -42,6 +42,22 @@ async def test_a_call_returns_the_reply_and_leaves_nothing_behind():
     assert process.inbox().receive_nowait() is None
 
 
+async def test_a_call_is_a_coroutine_sent_when_first_awaited():
+    srv = process.spawn("test:call_server")
+    before = table_size()
+    pending = process.call(srv, "later", 1)
+    assert asyncio.iscoroutine(pending)
+    assert table_size() == before  # nothing sent yet: no waiter
+    assert await asyncio.create_task(pending) == ("later", 1)
+    with pytest.raises(RuntimeError, match="already awaited"):
+        await pending
+    assert await asyncio.wait_for(process.call(srv, "within", None), 5) == ("within", None)
+    never = process.call(srv, "never awaited")
+    never.close()
+    assert table_size() == before
+    await stop(srv)
+
+
 async def test_a_call_by_name():
     srv = process.spawn("test:call_server")
     process.register("call_server", srv)
@@ -108,6 +124,31 @@ async def test_a_timeout_then_the_late_reply_is_dropped_and_counted():
     assert node.counters.call_replies_dropped == dropped + 1
     # The late reply is in nobody's inbox (msg.reply dropped it, and said so).
     assert process.inbox().receive_nowait() is None
+
+
+async def test_calls_with_different_timeouts_each_time_out_at_their_own():
+    # The calls of a loop share one timer, at the first deadline that still
+    # has calls: a shorter timeout set after a longer one is not kept waiting
+    # for it, and calls that came and went before leave it nothing to wait for.
+    srv = process.spawn("test:call_server")
+    before = table_size()
+    for i in range(20):
+        assert await process.call(srv, "quick", i, timeout=0.05) == ("quick", i)
+    loop = asyncio.get_running_loop()
+    long = asyncio.ensure_future(process.call(srv, "hold", process.self(), timeout=30))
+    await receive("holding")
+    started = loop.time()
+    with pytest.raises(TimeoutError, match="within 0.2 s"):
+        await process.call(srv, "hold", None, timeout=0.2)
+    assert 0.2 <= loop.time() - started < 5
+    with pytest.raises(TimeoutError, match="within 0.1 s"):
+        await process.call(srv, "hold", None, timeout=0.1)
+    assert not long.done()
+    long.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await long
+    assert table_size() == before
+    await stop(srv)
 
 
 async def test_a_second_reply_is_dropped_and_counted():

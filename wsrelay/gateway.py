@@ -18,7 +18,7 @@ import picows
 from picows import WSUpgradeResponseWithListener
 
 from . import browser, load_runtime, threads
-from ._core.handshake import Handshakes, http_answer
+from ._core.handshake import Decided, HandlerDeadlines, Handshakes, http_answer
 from ._core.picows_private import server_protocol_factory
 from ._core.relay import RelayListener, RelayService
 from ._core.runtime import node as get_node
@@ -27,7 +27,6 @@ from .api import PREFIX as API_PREFIX
 from .api import Api
 from .app import App, Router, Service, parse_addr
 from .http import Middleware, Request, Response, middleware_factory, plain
-from .relay import normalize_upgrade_headers
 from .settings import Settings
 from .settings import settings as current_settings
 
@@ -89,6 +88,7 @@ class ServiceRuntime:
         self.handshakes = Handshakes(loop, self.make_protocol, timeout=s.handshake_timeout,
                                      receive_buffer=s.socket_receive_buffer, routes=routes,
                                      prefixes={API_PREFIX: gateway.service_api.protocol})
+        self.handler_deadlines = HandlerDeadlines(loop, s.handler_timeout)
         self.server: Optional[asyncio.AbstractServer] = None
         self.accepting = True
 
@@ -123,10 +123,9 @@ class ServiceRuntime:
             log.exception("unreadable request")
             return _answer(plain(400, "400 Bad Request"))
         outcome = self.dispatch(req)
-        if inspect.iscoroutine(outcome):
+        if type(outcome) is _Awaited:
             # Only the guard's async route leads to an async endpoint; a path
             # it did not recognise as one is a bug of ours, said as such.
-            outcome.close()
             log.error("%s %s: an async endpoint was reached without waiting for it", req.method, req.path)
             return _answer(plain(500, "500 Internal Server Error: the handler could not be awaited"))
         return _listener(outcome)
@@ -134,17 +133,48 @@ class ServiceRuntime:
     async def async_endpoint(self, head: bytes, transport: Any) -> Any:
         """The guard's route for the paths of async endpoints: the endpoint is
         awaited (within WSRELAY_HANDLER_TIMEOUT), then the socket goes to
-        picows with the answer already decided."""
+        picows with the answer already decided. The handler is awaited here,
+        in the guard's task, not in coroutines of its own: each layer costs
+        every step of the handler."""
         try:
             req = Request.from_head(head, transport)
         except ValueError as exc:
             self.handshake_failed("bad_request")
             return http_answer(400, "text/plain; charset=utf-8", f"400 Bad Request: {exc}\n".encode())
-        outcome = self.dispatch(req, transport)
-        if inspect.iscoroutine(outcome):
-            outcome = await outcome
-            if outcome is None:
-                return None  # the client went away while its handler waited
+        outcome = self.dispatch(req)
+        if type(outcome) is _Awaited:
+            rt, endpoint, res = outcome
+            node = get_node()
+            # The guard's task is this request's: its journal is its own.
+            node.begin_journal()
+            failed = True
+            # Past it the task is cancelled (HandlerDeadlines, one loop timer
+            # for all the handlers of the service).
+            deadline = self.handler_deadlines.start(asyncio.current_task())
+            try:
+                try:
+                    await endpoint.func(req, res)
+                except asyncio.CancelledError:
+                    if not deadline.expired:
+                        raise  # cancelled from outside: not ours to turn into a timeout
+                    uncancel = getattr(asyncio.current_task(), "uncancel", None)
+                    if uncancel is not None:
+                        uncancel()
+                    timeout = self.handler_deadlines.timeout
+                    log.warning("handler %s on %s %s did not finish within %g s (WSRELAY_HANDLER_TIMEOUT)",
+                                endpoint.id, req.method, req.path, timeout)
+                    self.handshake_failed("handler_timeout")
+                    outcome = plain(504, f"504 Gateway Timeout: the handler did not finish within {timeout:g} s")
+                except Exception:
+                    outcome = self._handler_failed(endpoint, req)
+                else:
+                    if transport.is_closing():
+                        return None  # the client went away while its handler waited (counted by the guard)
+                    outcome = self._after(rt, req, res)
+                    failed = res.failed_upgrade
+            finally:
+                deadline.finish()
+                _end_journal(node, failed)
         if isinstance(outcome, Response):
             # Answered by the guard, which then drains what the client still
             # sends before closing, so the answer is not lost to a reset.
@@ -152,15 +182,15 @@ class ServiceRuntime:
         answer = _listener(outcome)
 
         def decided(transport: Any, upgrade_request: Any) -> Any:
-            normalize_upgrade_headers(upgrade_request.headers)
             return answer
 
-        return functools.partial(self.make_protocol, listener_factory=decided)
+        # picows is given the head with Upgrade and Connection as it reads them.
+        return Decided(functools.partial(self.make_protocol, listener_factory=decided))
 
-    def dispatch(self, req: Request, transport: Any = None) -> Any:
+    def dispatch(self, req: Request) -> Any:
         """A RelayListener (upgrade), (listener, response) (upgrade with the
-        handler's headers), or a Response to send; for an async endpoint, a
-        coroutine giving one of those (or None when the client has gone)."""
+        handler's headers), or a Response to send; for an async endpoint,
+        _Awaited: what async_endpoint awaits, then ends as run_endpoint does."""
         path = req.path
         if path == "/health":
             return self.health()
@@ -186,7 +216,7 @@ class ServiceRuntime:
                 if not mw.before(req, res):
                     return res
             if path in rt.async_paths:
-                return self.await_endpoint(rt, endpoint, req, res, transport)
+                return _Awaited((rt, endpoint, res))
             return self.run_endpoint(rt, endpoint, req, res)
         return plain(404, "404 Not Found")
 
@@ -199,34 +229,6 @@ class ServiceRuntime:
                 endpoint.func(req, res)
             except Exception:
                 return self._handler_failed(endpoint, req)
-            outcome = self._after(rt, req, res)
-            failed = res.failed_upgrade
-            return outcome
-        finally:
-            _end_journal(node, failed)
-
-    async def await_endpoint(self, rt: _RouterRuntime, endpoint: Any, req: Request, res: Response,
-                             transport: Any) -> Any:
-        node = get_node()
-        # This coroutine runs as a task of its own: its journal is its own.
-        node.begin_journal()
-        failed = True
-        timeout = self.gateway.settings.handler_timeout
-        # The handler runs in this task (the guard's), cancelled if it is
-        # still running at the deadline: cheaper than wait_for's task of its own.
-        deadline = _Deadline(timeout)
-        try:
-            try:
-                await deadline.run(endpoint.func(req, res))
-            except asyncio.TimeoutError:
-                log.warning("handler %s on %s %s did not finish within %g s (WSRELAY_HANDLER_TIMEOUT)",
-                            endpoint.id, req.method, req.path, timeout)
-                self.handshake_failed("handler_timeout")
-                return plain(504, f"504 Gateway Timeout: the handler did not finish within {timeout:g} s")
-            except Exception:
-                return self._handler_failed(endpoint, req)
-            if transport is not None and transport.is_closing():
-                return None  # counted by the guard as the client left
             outcome = self._after(rt, req, res)
             failed = res.failed_upgrade
             return outcome
@@ -435,36 +437,10 @@ async def _listen(loop: asyncio.AbstractEventLoop, factory: Any, addr: str, what
         raise error from exc
 
 
-class _Deadline:
-    """Run a coroutine in the current task for at most ``timeout`` seconds:
-    past it the coroutine is cancelled and TimeoutError raised. (Python 3.10
-    has no asyncio.timeout; wait_for would make a task per handler.)"""
+class _Awaited(tuple):
+    """dispatch's outcome for an async endpoint: (router, endpoint, response)."""
 
-    __slots__ = ("timeout", "expired")
-
-    def __init__(self, timeout: float) -> None:
-        self.timeout = timeout
-        self.expired = False
-
-    async def run(self, coro: Any) -> Any:
-        task = asyncio.current_task()
-        assert task is not None
-        timer = asyncio.get_running_loop().call_later(self.timeout, self._expire, task)
-        try:
-            return await coro
-        except asyncio.CancelledError:
-            if not self.expired:
-                raise  # cancelled from outside: not ours to turn into a timeout
-            uncancel = getattr(task, "uncancel", None)
-            if uncancel is not None:
-                uncancel()
-            raise asyncio.TimeoutError() from None
-        finally:
-            timer.cancel()
-
-    def _expire(self, task: asyncio.Task) -> None:
-        self.expired = True
-        task.cancel()
+    __slots__ = ()
 
 
 def _answer(res: Response) -> Any:

@@ -12,34 +12,13 @@ from http.cookies import CookieError, SimpleCookie
 from typing import Any, Callable, Optional, Union
 from urllib.parse import parse_qs, unquote
 
-import httptools
 import orjson
 from multidict import CIMultiDict
 from picows import WSUpgradeResponse
 
+from ._core.handshake import parse_head
 from ._core.pid import Pid
 from ._core.relayspec import RELAY_HEADER, parse_relay_header
-
-
-class _HeadReader:
-    """httptools' callbacks for one request head."""
-
-    __slots__ = ("url", "headers", "complete", "upgrade")
-
-    def __init__(self) -> None:
-        self.url = bytearray()
-        self.headers: CIMultiDict = CIMultiDict()
-        self.complete = False
-        self.upgrade = False
-
-    def on_url(self, url: bytes) -> None:
-        self.url += url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.add(name.decode("latin-1"), value.decode("latin-1"))
-
-    def on_headers_complete(self) -> None:
-        self.complete = True
 
 
 class Request:
@@ -85,23 +64,13 @@ class Request:
     @classmethod
     def from_head(cls, head: bytes, transport: Any = None) -> Request:
         """The request in ``head``, the bytes of a request line and headers
-        (what the handshake guard read), parsed by httptools (uvicorn's HTTP
-        parser). ValueError naming the problem when it is not one."""
-        reader = _HeadReader()
-        parser = httptools.HttpRequestParser(reader)
-        try:
-            parser.feed_data(head)
-        except httptools.HttpParserUpgrade:
-            # The head of an upgrade request ends where the WebSocket data
-            # would begin: the parser says so by raising, once it has read it.
-            reader.upgrade = True
-        except httptools.HttpParserError as exc:
-            raise ValueError(f"malformed request: {exc}") from None
-        if not reader.complete:
-            raise ValueError("incomplete request head")
-        raw = bytes(reader.url).decode("latin-1")
-        path, _, query = raw.partition("?")
-        return cls(parser.get_method().decode("latin-1"), unquote(path), query, reader.headers, transport)
+        (what the handshake guard read), parsed by the core
+        (wsrelay._core.handshake.parse_head: a tenth of httptools' cost
+        through Python callbacks). ValueError naming the problem when it is
+        not one."""
+        method, target, headers = parse_head(head)
+        path, _, query = target.partition("?")
+        return cls(method, unquote(path), query, headers, transport)
 
     def query(self, name: str, default: Optional[str] = None) -> Optional[str]:
         """The first value of query parameter ``name``."""

@@ -22,6 +22,7 @@ cancellation, a reply from elsewhere) tells the callee's node to demonitor.
 """
 
 import asyncio
+from heapq import heappop, heappush
 
 from .message cimport Message
 from .pid cimport Pid, to_pid
@@ -104,30 +105,67 @@ cdef enum:
 
 cdef class Deadlines:
     """The timeouts of one loop's calls, in sets by tick of 1/TICKS s, with
-    one loop timer per tick that has calls: a timer per call (its handle, its
-    start and its cancel) cost as much as the rest of a call on one node."""
+    one loop timer for all of them, at the first tick that still has calls:
+    a timer per call (its handle, its start and its cancel) cost as much as
+    the rest of a call on one node, and a timer per tick is one per call
+    when calls come one at a time. The tick of a set its calls have all left
+    goes when the timer comes to it: at most TICKS sets per second of the
+    longest timeout."""
 
     cdef object loop
     cdef dict ticks
+    # The ticks of ``ticks``, a heap: the first is the next to come.
+    cdef list heap
+    cdef object timer
+    # The tick ``timer`` is for.
+    cdef long long armed
 
     def __init__(self, loop):
         self.loop = loop
         self.ticks = {}
+        self.heap = []
+        self.timer = None
+        self.armed = 0
 
     cdef int add(self, Call c, double timeout) except -1:
         cdef long long tick = <long long>((self.loop.time() + timeout) * TICKS) + 1
         cdef set calls = self.ticks.get(tick)
         if calls is None:
             calls = self.ticks[tick] = set()
-            self.loop.call_at(tick / <double>TICKS, self.expire, tick)
+            heappush(self.heap, tick)
+            if self.timer is None or tick < self.armed:
+                self.arm(tick)
         calls.add(c)
         c.deadline = calls
         return 0
 
-    def expire(self, long long tick):
+    cdef int arm(self, long long tick) except -1:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.armed = tick
+        self.timer = self.loop.call_at(tick / <double>TICKS, self.expire)
+        return 0
+
+    def expire(self):
+        """The timer: the calls of every tick come, timed out; then the timer
+        for the next tick with calls."""
         cdef Call c
-        for c in list(self.ticks.pop(tick)):
-            c.fail(TimeoutError(f"no reply from {c.callee.pid} to call {c.topic!r} within {c.timeout} s"))
+        cdef set calls
+        cdef long long tick
+        # The tick the timer was for has come, whatever the clock's rounding says.
+        cdef long long now = max(<long long>(self.loop.time() * TICKS), self.armed)
+        heap = self.heap
+        self.timer = None
+        while heap:
+            tick = heap[0]
+            calls = self.ticks[tick]
+            if calls and tick > now:
+                self.arm(tick)
+                return
+            heappop(heap)
+            del self.ticks[tick]
+            for c in list(calls):
+                c.fail(TimeoutError(f"no reply from {c.callee.pid} to call {c.topic!r} within {c.timeout} s"))
 
 
 cdef Deadlines _deadlines = None

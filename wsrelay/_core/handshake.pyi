@@ -1,14 +1,38 @@
 import asyncio
 from typing import Any, Awaitable, Callable, Optional, Union
 
+from multidict import CIMultiDict
+
 # An async route: given the request head and the client's transport, the
 # answer to write (bytes), a picows protocol factory to hand the socket to,
 # or None (nothing more to do: the client has gone).
 # A protocol factory is given the transport of the socket it is for.
 ProtocolFactory = Callable[[asyncio.Transport], asyncio.BufferedProtocol]
-Route = Callable[[bytes, asyncio.Transport], Awaitable[Union[bytes, ProtocolFactory, None]]]
+class Decided:
+    """An async route's upgrade, decided: the socket goes to
+    ``make_protocol`` with the request head reduced to what picows reads."""
 
+    make_protocol: ProtocolFactory
+    def __init__(self, make_protocol: ProtocolFactory) -> None: ...
+
+Route = Callable[[bytes, asyncio.Transport], Awaitable[Union[bytes, ProtocolFactory, Decided, None]]]
+
+def parse_head(head: bytes) -> tuple[str, str, CIMultiDict[str]]: ...
 def http_answer(status: int, content_type: str, body: bytes) -> bytes: ...
+
+class HandlerDeadline:
+    """One handler's deadline (HandlerDeadlines.start)."""
+
+    expired: bool
+    def finish(self) -> None: ...
+
+class HandlerDeadlines:
+    """The deadlines of the handlers of one loop with the same timeout: one
+    loop timer for all; past its deadline a handler's task is cancelled."""
+
+    timeout: float
+    def __init__(self, loop: Any, timeout: float) -> None: ...
+    def start(self, task: asyncio.Task[Any]) -> HandlerDeadline: ...
 
 class Handshakes:
     """The handshakes of one service: their bounds, and their counts."""

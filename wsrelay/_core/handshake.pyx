@@ -31,9 +31,20 @@ picows_private.server_protocol_factory), which upgrades or answers as usual. Wha
 
 import asyncio
 import logging
+from collections import deque
 from http import HTTPStatus
 from socket import SOL_SOCKET, SO_RCVBUF
 from urllib.parse import unquote_to_bytes
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.unicode cimport PyUnicode_DecodeLatin1
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_Resize
+from libc.string cimport memchr, memcmp, memcpy
+
+cdef extern from "<strings.h>":
+    int strncasecmp(const char* a, const char* b, size_t n)
+
+from multidict import CIMultiDict
 
 cdef enum:
     FIRST_BUFFER = 2048
@@ -44,11 +55,177 @@ cdef double LINGER = 2.0
 cdef bytes _431_BODY = b"431 Request Header Fields Too Large: the request line and headers exceed %d bytes\n"
 
 
+# RFC 9110 tchar: what a method or a header name is made of.
+cdef bint _TCHAR[256]
+for _c in range(256):
+    _TCHAR[_c] = chr(_c).isascii() and (chr(_c).isalnum() or chr(_c) in "!#$%&'*+-.^_`|~")
+
+
+cdef inline str _latin1(const unsigned char* p, Py_ssize_t start, Py_ssize_t end):
+    return PyUnicode_DecodeLatin1(<const char*>p + start, end - start, NULL)
+
+
+def parse_head(bytes head not None):
+    """The request at the start of ``head`` (a request line, headers and the
+    blank line; what follows is not read): ``(method, target, headers)``,
+    the target as sent (path and query, not percent-decoded), the headers a
+    CIMultiDict of latin-1 text, values without surrounding whitespace.
+    ValueError naming the problem when it is not an HTTP/1.x request head:
+    a method or header name that is not a token, a target with a space or
+    control character, a line folded or not ended by CRLF, a control
+    character in a value."""
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(head)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(head), i = 0, start, end, line = 1
+    cdef unsigned char c
+    while i < n and _TCHAR[p[i]]:
+        i += 1
+    if i == 0 or i >= n or p[i] != 32:
+        raise ValueError("malformed request line: the method is not a token followed by a space")
+    method = _latin1(p, 0, i)
+    i += 1
+    start = i
+    while i < n and 32 < p[i] != 127:
+        i += 1
+    if i == start or i >= n or p[i] != 32:
+        raise ValueError("malformed request line: the target is empty or not followed by a space")
+    target = _latin1(p, start, i)
+    i += 1
+    if (n - i < 10 or memcmp(p + i, b"HTTP/1.", 7) != 0 or not (p[i + 7] == 48 or p[i + 7] == 49)
+            or p[i + 8] != 13 or p[i + 9] != 10):
+        raise ValueError("malformed request line: not HTTP/1.0 or HTTP/1.1, then CRLF")
+    i += 10
+    headers = CIMultiDict()
+    while True:
+        if i + 1 >= n:
+            raise ValueError("incomplete request head")
+        if p[i] == 13 and p[i + 1] == 10:
+            return method, target, headers
+        line += 1
+        start = i
+        while i < n and _TCHAR[p[i]]:
+            i += 1
+        if i == start or i >= n or p[i] != 58:
+            raise ValueError(f"malformed header (line {line}): the name is not a token followed by ':'")
+        name = _latin1(p, start, i)
+        i += 1
+        while i < n and (p[i] == 32 or p[i] == 9):
+            i += 1
+        start = i
+        while i < n:
+            c = p[i]
+            if (c < 32 and c != 9) or c == 127:
+                break
+            i += 1
+        if i + 1 >= n:
+            raise ValueError("incomplete request head")
+        if p[i] != 13 or p[i + 1] != 10:
+            raise ValueError(f"malformed header (line {line}): a control character, or a line not ended by CRLF")
+        end = i
+        while end > start and (p[end - 1] == 32 or p[end - 1] == 9):
+            end -= 1
+        headers.add(name, _latin1(p, start, end))
+        i += 2
+
+
+# What a request whose upgrade is decided (Decided) says to picows of
+# Upgrade and Connection, as picows wants them; of its other headers, picows
+# is given those it reads (_picows_reads).
+cdef const char* _UPGRADE_LINES = b"\r\nUpgrade: websocket\r\nConnection: Upgrade"
+cdef Py_ssize_t _UPGRADE_LINES_LEN = 41
+
+
+cdef inline bint _named(const char* line, Py_ssize_t length, const char* name, Py_ssize_t name_length):
+    return length > name_length and line[name_length] == 58 and strncasecmp(line, name, name_length) == 0
+
+
+cdef bint _picows_reads(const char* line, Py_ssize_t length):
+    return (_named(line, length, b"sec-websocket-version", 21) or _named(line, length, b"sec-websocket-key", 17)
+            or _named(line, length, b"content-length", 14) or _named(line, length, b"transfer-encoding", 17))
+
+
+cdef class Decided:
+    """An async route's outcome when it has decided the upgrade itself (an
+    async def endpoint): the socket goes to ``make_protocol`` with the
+    request head reduced to what picows still reads of it: the request line,
+    the WebSocket version and key, any Content-Length or Transfer-Encoding
+    (which picows refuses), and Upgrade and Connection as picows wants them
+    (a browser's "keep-alive, Upgrade" was found valid by the route). picows
+    parses each header again in Python-level code; the route has read them
+    all already, and a browser sends a dozen."""
+
+    cdef readonly object make_protocol
+
+    def __init__(self, make_protocol):
+        self.make_protocol = make_protocol
+
+
 def http_answer(int status, str content_type, bytes body):
     """A whole HTTP/1.1 response that closes the connection, as an async
     route returns it."""
     return (b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
             % (status, HTTPStatus(status).phrase.encode(), content_type.encode(), len(body)) + body)
+
+
+cdef class HandlerDeadline:
+    """One handler's deadline (HandlerDeadlines.start)."""
+
+    cdef object task
+    cdef double at
+    cdef readonly bint expired
+
+    def finish(self):
+        """The handler is done: its task is not to be cancelled."""
+        self.task = None
+
+
+cdef class HandlerDeadlines:
+    """The deadlines of the handlers of one loop that all have the same
+    timeout, so that they come in the order they were set: a queue, and one
+    loop timer for all of them, at the first still running's. A timer per
+    handler (its handle, its start and its cancel) cost as much as a tenth
+    of an async handshake. Past its deadline a handler's task is cancelled.
+    The queue holds what is running and what finished after the first of
+    them: small objects, for at most the timeout."""
+
+    cdef object loop
+    cdef object timer
+    cdef object queue
+    cdef readonly double timeout
+
+    def __init__(self, loop, double timeout):
+        self.loop = loop
+        self.timeout = timeout
+        self.queue = deque()
+        self.timer = None
+
+    def start(self, task):
+        """The deadline of ``task``, ``timeout`` seconds from now."""
+        cdef HandlerDeadline d = HandlerDeadline.__new__(HandlerDeadline)
+        queue = self.queue
+        d.task = task
+        d.at = self.loop.time() + self.timeout
+        while queue and (<HandlerDeadline>queue[0]).task is None:
+            queue.popleft()
+        queue.append(d)
+        if self.timer is None:
+            self.timer = self.loop.call_at(d.at, self._expire)
+        return d
+
+    def _expire(self):
+        cdef HandlerDeadline d
+        cdef double now = self.loop.time()
+        queue = self.queue
+        self.timer = None
+        while queue:
+            d = <HandlerDeadline>queue[0]
+            if d.task is not None:
+                if d.at > now:
+                    self.timer = self.loop.call_at(d.at, self._expire)
+                    return
+                d.expired = True
+                d.task.cancel()
+                d.task = None
+            queue.popleft()
 
 
 cdef class Handshakes:
@@ -192,7 +369,11 @@ cdef class HandshakeGuard(_GuardBase, asyncio.BufferedProtocol):
             return
         if self.used >= self.owner.max_head:
             transport.resume_reading()
-        self._hand_over(outcome)
+        if isinstance(outcome, Decided):
+            self._reduce_head()
+            self._hand_over((<Decided>outcome).make_protocol)
+        else:
+            self._hand_over(outcome)
 
     cdef _refuse(self):
         self.owner.count_failure("headers_too_large")
@@ -230,6 +411,35 @@ cdef class HandshakeGuard(_GuardBase, asyncio.BufferedProtocol):
                     self.owner.loop.create_task(self._wait_for(route, bytes(self.buffer[:self.used])))
                     return
         self._hand_over(self.owner.make_protocol)
+
+    cdef int _reduce_head(self) except -1:
+        """The head of the request in the buffer reduced for picows, for a
+        Decided outcome (parse_head read it: each line ends with CRLF, and
+        only there is a CR); what follows the head stays as it came."""
+        cdef const char* src = PyByteArray_AS_STRING(self.buffer)
+        cdef Py_ssize_t used = self.used, end = self.buffer.find(b"\r\n\r\n"), i, start, line_end, n
+        cdef bytearray out = bytearray(used + _UPGRADE_LINES_LEN)
+        cdef char* dst = PyByteArray_AS_STRING(out)
+        line_end = <const char*>memchr(src, 13, end + 2) - src
+        memcpy(dst, src, line_end)
+        memcpy(dst + line_end, _UPGRADE_LINES, _UPGRADE_LINES_LEN)
+        n = line_end + _UPGRADE_LINES_LEN
+        i = line_end + 2
+        while i < end + 2:
+            start = i
+            line_end = <const char*>memchr(src + i, 13, end + 2 - i) - src
+            if _picows_reads(src + start, line_end - start):
+                dst[n] = 13
+                dst[n + 1] = 10
+                memcpy(dst + n + 2, src + start, line_end - start)
+                n += 2 + line_end - start
+            i = line_end + 2
+        memcpy(dst + n, src + end, used - end)
+        n += used - end
+        PyByteArray_Resize(out, n)
+        self.buffer = out
+        self.used = n
+        return 0
 
     cdef _hand_over(self, make_protocol):
         """Give the socket, and what it has sent so far, to a protocol
