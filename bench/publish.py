@@ -27,6 +27,18 @@ rate and then, with the channel, at one steady rate (half the channel's
 max). ``--api``: one client's publishes per second over keep-alive to a
 channel with one subscriber, and the server CPU per call.
 
+The workers part then compares wsrelay-w2 with wsrelay at the same work,
+``alone r/s × 20``: 20 publications at a rate at which the single process
+writes each publication alone to each socket (half its max publishes/s ×
+its writes/delivery at max, within 0.5-4/s), measured whole: server CPU
+(``/proc/<pid>/task/*/schedstat``, ns, every process: supervisor, workers,
+nats-server), write system calls and deliveries from before the first
+publication until the last has reached every subscriber. A row below 0.9
+writes/delivery is flagged *coalescing: not comparable*; the bench ends
+the part with a line: CPU per delivery of wsrelay-w2 / wsrelay there, with
+both rows' writes/delivery (also in results.md, ``## workers``), and the
+workers' target is judged on it.
+
 Before each window the publisher probes until every subscriber is in the
 room, then holds until the last probe has reached them all (``PublishRunner.
 wait_quiet``); bench/publisher.py says how.
@@ -39,6 +51,9 @@ subscribers). *writes/delivery* is the server tree's write system calls in
 the window per delivery: 1 when each publication goes out to each socket on
 its own, less when several go out in one writev (at ``max``, or a server
 that fell behind a steady publisher), which costs less per delivery.
+``max`` and ``steady`` count what falls in a window of time (``--warmup``,
+then ``--duration``), which cuts fan-outs at its edges; ``alone`` counts
+whole publications.
 """
 
 from __future__ import annotations
@@ -561,21 +576,22 @@ class Sample:
     """The counters a measurement is the difference of, at one instant:
     the server's CPU seconds by part (``schedstat`` when ``ticks`` is
     asked for, which is then user+sys in clock ticks beside it), its write
-    system calls, the load generator's and the publisher's CPU."""
+    system calls, the load generator's CPU and the publisher's (when given:
+    a publisher that may have ended by the second sample says its own)."""
 
     t: float
     cpu: dict[str, float]
     writes: int
     client: float
-    publisher: float
+    publisher: Optional[float]
     ticks: Optional[dict[str, float]] = None
 
     @classmethod
-    def of(cls, server: PeerServer, lg: LoadGen, publisher: Publisher, ticks: bool = False) -> Sample:
+    def of(cls, server: PeerServer, lg: LoadGen, publisher: Optional[Publisher], ticks: bool = False) -> Sample:
         t = time.monotonic()
         cpu = server.cpu_parts(_schedstat_s) if ticks else server.cpu_parts()
-        return cls(t, cpu, server.write_syscalls(), lg.cpu_seconds(), publisher.cpu_seconds(),
-                   server.cpu_parts() if ticks else None)
+        return cls(t, cpu, server.write_syscalls(), lg.cpu_seconds(),
+                   None if publisher is None else publisher.cpu_seconds(), server.cpu_parts() if ticks else None)
 
 
 def _delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
@@ -695,7 +711,8 @@ class PublishRunner:
             "server_cpu_pct": 100.0 * server_cpu / elapsed,
             "cpu_pct_by_part": {k: 100.0 * v / elapsed for k, v in cpu.items()},
             "client_cpu_pct": 100.0 * (after.client - before.client) / elapsed,
-            "publisher_cpu_pct": 100.0 * (after.publisher - before.publisher) / elapsed,
+            "publisher_cpu_pct": 100.0 * (pub["cpu_s"] if before.publisher is None or after.publisher is None
+                                          else after.publisher - before.publisher) / elapsed,
             "publisher_behind_ms": pub.get("behind_ms"),
             "publisher_held_s": pub.get("held_s"),
             "deliveries": deliveries,
@@ -747,7 +764,7 @@ class PublishRunner:
         t_end = t_go + int((span + ALONE_SLACK_S) * 1e9)
         lg.send_all("go", t_measure=t_go, t_end=t_end, count=point.count)
         lg.wait_phase("go", 30)  # every worker counts from here, before the first publication
-        before = Sample.of(server, lg, publisher, ticks=True)
+        before = Sample.of(server, lg, None, ticks=True)
         publisher.start(now_ns() + int((point.count - 0.5) / point.rate * 1e9), point.rate, point.window)
         deadline = t_end + int(drain_s(subs) * 1e9)
 
@@ -755,7 +772,9 @@ class PublishRunner:
             return all(("delivered", i) in lg.phases for i in range(lg.procs))
 
         lg.wait_until(deadline, lambda: everywhere() or (publisher.ended() and shared.quiet()))
-        after = Sample.of(server, lg, publisher, ticks=True)
+        # The publisher ends half an interval after its last publication's
+        # due time, maybe before that one is everywhere: its CPU is its own count.
+        after = Sample.of(server, lg, None, ticks=True)
         whole = everywhere()
         if not whole:
             log(f"   {'a held-back publisher' if publisher.ended() else 'the deadline'} ended the run, "
