@@ -440,7 +440,7 @@ class PeerServer(RunningServer):
     def cpu_parts(self, read: Callable[[int], float] = procfs.cpu_seconds) -> dict[str, float]:
         """CPU seconds so far: the server's process tree (under workers, by
         process: the supervisor, each worker, the broker), the redis-server;
-        ``read`` says how (user+sys in clock ticks, or ``cpu_ns_seconds``)."""
+        ``read`` says how (user+sys in clock ticks, or ``_schedstat_s``: ns)."""
         if self.peer.workers:
             parts = self._by_role(read)
         else:
