@@ -27,6 +27,18 @@ rate and then, with the channel, at one steady rate (half the channel's
 max). ``--api``: one client's publishes per second over keep-alive to a
 channel with one subscriber, and the server CPU per call.
 
+The workers part then compares wsrelay-w2 with wsrelay at the same work,
+``alone r/s × 20``: 20 publications at a rate at which the single process
+writes each publication alone to each socket (half its max publishes/s ×
+its writes/delivery at max, within 0.5-4/s), measured whole: server CPU
+(``/proc/<pid>/task/*/schedstat``, ns, every process: supervisor, workers,
+nats-server), write system calls and deliveries from before the first
+publication until the last has reached every subscriber. A row below 0.9
+writes/delivery is flagged *coalescing: not comparable*; the bench ends
+the part with a line: CPU per delivery of wsrelay-w2 / wsrelay there, with
+both rows' writes/delivery (also in results.md, ``## workers``), and the
+workers' target is judged on it.
+
 Before each window the publisher probes until every subscriber is in the
 room, then holds until the last probe has reached them all (``PublishRunner.
 wait_quiet``); bench/publisher.py says how.
@@ -39,6 +51,9 @@ subscribers). *writes/delivery* is the server tree's write system calls in
 the window per delivery: 1 when each publication goes out to each socket on
 its own, less when several go out in one writev (at ``max``, or a server
 that fell behind a steady publisher), which costs less per delivery.
+``max`` and ``steady`` count what falls in a window of time (``--warmup``,
+then ``--duration``), which cuts fan-outs at its edges; ``alone`` counts
+whole publications.
 """
 
 from __future__ import annotations
@@ -71,6 +86,22 @@ APP = BENCH / "servers" / "wsrelay_app" / "app.yaml"
 PARTS = ("peers", "group", "workers", "api")
 # Seconds the subscribers may take to connect, beyond 1 s per 50.
 CONNECT_S = 60
+# The workers part's ``alone`` point: ALONE_COUNT publications, measured
+# whole, at ALONE_SHARE of the write rate the single process reached at max
+# (its publishes/s × writes/delivery there: the rate at which it would
+# spend that share of its time writing each publication alone), within
+# ALONE_RATES a second (the publisher is told to stop half an interval
+# after the last one's due time: at 4/s it has 125 ms to start);
+# ALONE_DEFAULT_RATE without a max row to go by. A row below ALONE_WRITES
+# writes/delivery coalesced: it did not do the same work.
+ALONE_COUNT = 20
+ALONE_SHARE = 0.5
+ALONE_RATES = (0.5, 4.0)
+ALONE_DEFAULT_RATE = 1.0
+ALONE_WRITES = 0.9
+# Seconds the subscribers keep counting after the last publication's due time.
+ALONE_SLACK_S = 3.0
+UNSET = 1 << 62  # beyond any sequence number
 
 
 # -- the subscribers' side: a load generator worker that reads publications --------------------
@@ -127,20 +158,25 @@ class PublishWorker(Worker):
         subs = await self.connect_many(run.n_subs, self.p["path"], run.subscriber_class(),
                                        self.p["connect_concurrency"])
         run.connected(len(subs))
-        self.set_window(await self.command("go"))
+        go = await self.command("go")
+        self.set_window(go)
+        run.armed(go.get("count"))
         await self.until_window_end()
         await run.drain(subs)
+        received = sum(c.n for _, c in subs)
         await self.close_all(subs)
         run.shared.close()
         return {"window_msgs": self.stats.window_msgs, "window_bytes": self.stats.window_bytes,
-                "lat": self._latencies(), "conns": len(subs)}
+                "lat": self._latencies(), "conns": len(subs), "received": received}
 
 
 class Subscribers:
     """One worker's subscribers. Each counts the publications it receives,
     in order; when every subscriber of the worker has one, the worker's
     slot of ``Shared`` says so, where the publisher reads how far the
-    slowest worker got."""
+    slowest worker got. Told how many publications a run has (``count``),
+    the worker says ``delivered`` when the last one has reached every one
+    of its subscribers: the instant a run of whole publications ends."""
 
     def __init__(self, worker: Worker) -> None:
         p = worker.p
@@ -152,6 +188,20 @@ class Subscribers:
         self.n_subs = p["conns"]
         self.done = NOTHING
         self.synced = 0
+        self.last = UNSET  # the run's last publication once armed with a count
+
+    def armed(self, count: Optional[int]) -> None:
+        """The run started: counting from now; with ``count``, ``delivered``
+        once every subscriber has publication ``count - 1``."""
+        self.worker.emit("phase", phase="go")
+        if count:
+            self.last = count - 1
+            if self.n_subs == 0:
+                self.delivered()
+
+    def delivered(self) -> None:
+        self.last = UNSET
+        self.worker.emit("phase", phase="delivered")
 
     def connected(self, n: int) -> None:
         self.n_subs = n
@@ -221,6 +271,8 @@ class Subscribers:
                     if seq > run.done:
                         run.done = seq
                         slots[slot] = seq
+                        if seq >= run.last:
+                            run.delivered()
                 else:
                     pending[seq] = c
 
@@ -385,15 +437,16 @@ class PeerServer(RunningServer):
                 continue  # a process of the tree that ended between the walk and the read
         return total
 
-    def cpu_parts(self) -> dict[str, float]:
+    def cpu_parts(self, read: Callable[[int], float] = procfs.cpu_seconds) -> dict[str, float]:
         """CPU seconds so far: the server's process tree (under workers, by
-        process: the supervisor, each worker, the broker), the redis-server."""
+        process: the supervisor, each worker, the broker), the redis-server;
+        ``read`` says how (user+sys in clock ticks, or ``_schedstat_s``: ns)."""
         if self.peer.workers:
-            parts = self._by_role(procfs.cpu_seconds)
+            parts = self._by_role(read)
         else:
-            parts = {"server": self._tree(procfs.cpu_seconds)}
+            parts = {"server": self._tree(read)}
         if self.redis is not None:
-            parts["redis"] = procfs.cpu_seconds(self.redis.pid)
+            parts["redis"] = read(self.redis.pid)
         return parts
 
     def _by_role(self, read: Callable[[int], float]) -> dict[str, float]:
@@ -503,14 +556,46 @@ class Point:
     """What one measurement is: subscribers, how the publisher paces."""
 
     subscribers: int
-    mode: str  # max, steady, api
+    mode: str  # max, steady, alone (count publications measured whole), api
     rate: Optional[float] = None
     window: Optional[int] = None
     size: int = 64
+    count: Optional[int] = None
 
     def fields(self) -> dict[str, Any]:
         return {"subscribers": self.subscribers, "mode": self.mode, "rate": self.rate, "window": self.window,
-                "size": self.size}
+                "size": self.size, **({"count": self.count} if self.count else {})}
+
+
+def _schedstat_s(pid: int) -> float:
+    return procfs.cpu_ns(pid) / 1e9
+
+
+@dataclasses.dataclass
+class Sample:
+    """The counters a measurement is the difference of, at one instant:
+    the server's CPU seconds by part (``schedstat`` when ``ticks`` is
+    asked for, which is then user+sys in clock ticks beside it), its write
+    system calls, the load generator's CPU and the publisher's (when given:
+    a publisher that may have ended by the second sample says its own)."""
+
+    t: float
+    cpu: dict[str, float]
+    writes: int
+    client: float
+    publisher: Optional[float]
+    ticks: Optional[dict[str, float]] = None
+
+    @classmethod
+    def of(cls, server: PeerServer, lg: LoadGen, publisher: Optional[Publisher], ticks: bool = False) -> Sample:
+        t = time.monotonic()
+        cpu = server.cpu_parts(_schedstat_s) if ticks else server.cpu_parts()
+        return cls(t, cpu, server.write_syscalls(), lg.cpu_seconds(),
+                   None if publisher is None else publisher.cpu_seconds(), server.cpu_parts() if ticks else None)
+
+
+def _delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {k: after[k] - before.get(k, 0.0) for k in after}
 
 
 class PublishRunner:
@@ -575,62 +660,128 @@ class PublishRunner:
                     publisher.hold()
                     self.wait_quiet(lg, publisher, shared, 60 + subs / 200)
                     sockets = server.sockets_by_worker()  # every subscriber connected, before the window
-                    t_measure = now_ns() + int(opts.warmup * 1e9)
-                    t_end = t_measure + int(opts.duration * 1e9)
-                    lg.send_all("go", t_measure=t_measure, t_end=t_end)
-                    publisher.start(t_end, point.rate, point.window)
-                    lg.wait_until(t_measure)
-                    t0, cpu0, client0, pub0 = time.monotonic(), server.cpu_parts(), lg.cpu_seconds(), \
-                        publisher.cpu_seconds()
-                    writes0 = server.write_syscalls()
-                    lg.wait_until(t_end)
-                    elapsed = time.monotonic() - t0
-                    cpu1, client1, pub1 = server.cpu_parts(), lg.cpu_seconds(), publisher.cpu_seconds()
-                    writes = server.write_syscalls() - writes0
+                    if point.count:
+                        before, after, whole, pub, results = self._whole(lg, server, publisher, shared, point)
+                    else:
+                        before, after, pub, results = self._timed(lg, server, publisher, point)
+                        whole = None
                     rss = server.rss()
-                    pub = publisher.result(30)
-                    results = lg.wait_results(opts.timeout + drain_s(subs) + 60)
         finally:
             if publisher is not None:
                 publisher.stop()
             shared.close()
             shared_path.unlink(missing_ok=True)
-        cpu = {k: cpu1[k] - cpu0.get(k, 0.0) for k in cpu1}
+        elapsed = after.t - before.t
+        cpu = _delta(before.cpu, after.cpu)
         server_cpu = sum(cpu.values())
-        deliveries = sum(r["window_msgs"] for r in results)
+        writes = after.writes - before.writes
+        published = pub["published"]
         lat = latencies(results)
         errors = sum_errors(results)
         for k, v in pub.get("errors", {}).items():
             errors[k] = errors.get(k, 0) + v
+        extra: dict[str, Any] = {}
+        if point.count:
+            # Every publication of the run, each to every subscriber it reached.
+            deliveries = sum(r["received"] for r in results)
+            ticks = sum(_delta(before.ticks or {}, after.ticks or {}).values())
+            publishes_per_s = published / (pub["elapsed_s"] + 0.5 / point.rate) if point.rate else None
+            calls = float(published)
+            extra = {"cpu_source": "schedstat", "whole": whole,
+                     "cpu_us_per_delivery_ticks": per(ticks, deliveries, 1e6)}
+        else:
+            deliveries = sum(r["window_msgs"] for r in results)
+            publishes_per_s = published / pub["elapsed_s"] if pub["elapsed_s"] else None
+            calls = published * elapsed / pub["elapsed_s"] if pub["elapsed_s"] else 0.0
         if not deliveries:
             errors["none_in_window"] = 1
-        published = pub["published"]
+        writes_per_delivery = per(writes, deliveries, 1.0)
+        if point.count:
+            extra["comparable"] = writes_per_delivery is not None and writes_per_delivery >= ALONE_WRITES
         return {
             "connected": sum(r["conns"] for r in results),
             "deliveries_per_s": deliveries / elapsed,
-            "publishes_per_s": published / pub["elapsed_s"] if pub["elapsed_s"] else None,
+            "publishes_per_s": publishes_per_s,
             "p50_ms": ms(percentile(lat, 50)),
             "p99_ms": ms(percentile(lat, 99)),
             "cpu_us_per_delivery": per(server_cpu, deliveries, 1e6),
-            "writes_per_delivery": per(writes, deliveries, 1.0),
+            "writes_per_delivery": writes_per_delivery,
             "cpu_us_per_write": per(server_cpu, writes, 1e6),
-            "cpu_us_per_call": per(server_cpu, published * elapsed / pub["elapsed_s"], 1e6)
-            if pub["elapsed_s"] else None,
+            "cpu_us_per_call": per(server_cpu, calls, 1e6) if calls else None,
             "server_cpu_pct": 100.0 * server_cpu / elapsed,
             "cpu_pct_by_part": {k: 100.0 * v / elapsed for k, v in cpu.items()},
-            "client_cpu_pct": 100.0 * (client1 - client0) / elapsed,
-            "publisher_cpu_pct": 100.0 * (pub1 - pub0) / elapsed,
+            "client_cpu_pct": 100.0 * (after.client - before.client) / elapsed,
+            "publisher_cpu_pct": 100.0 * (pub["cpu_s"] if before.publisher is None or after.publisher is None
+                                          else after.publisher - before.publisher) / elapsed,
             "publisher_behind_ms": pub.get("behind_ms"),
             "publisher_held_s": pub.get("held_s"),
             "deliveries": deliveries,
             "published": published,
             "server_rss_mib": rss / 2**20,
             **({"sockets_by_worker": sockets} if sockets else {}),
+            **extra,
             "window_s": elapsed,
             "errors": errors,
             "procs": procs,
         }
 
+
+    def _timed(self, lg: LoadGen, server: PeerServer, publisher: Publisher,
+               point: Point) -> tuple[Sample, Sample, dict[str, Any], list[dict[str, Any]]]:
+        """``max`` and ``steady``: a window of time (``--duration`` after
+        ``--warmup``) while the publisher publishes from the start of the
+        warm-up to the end of the window; what arrived in the window counts."""
+        opts = self.opts
+        t_measure = now_ns() + int(opts.warmup * 1e9)
+        t_end = t_measure + int(opts.duration * 1e9)
+        lg.send_all("go", t_measure=t_measure, t_end=t_end)
+        publisher.start(t_end, point.rate, point.window)
+        lg.wait_until(t_measure)
+        before = Sample.of(server, lg, publisher)
+        lg.wait_until(t_end)
+        after = Sample.of(server, lg, publisher)
+        pub = publisher.result(30)
+        results = lg.wait_results(opts.timeout + drain_s(point.subscribers) + 60)
+        return before, after, pub, results
+
+    def _whole(self, lg: LoadGen, server: PeerServer, publisher: Publisher, shared: Shared,
+               point: Point) -> tuple[Sample, Sample, bool, dict[str, Any], list[dict[str, Any]]]:
+        """``alone``: ``point.count`` publications at ``point.rate``, measured
+        whole: from before the first one (nothing else in flight: the last
+        probe has reached everyone) until the last one has reached every
+        subscriber (each load generator worker says ``delivered``), the
+        server's CPU from ``schedstat``. The publisher publishes until an
+        instant half an interval after the last one's due time, so that it
+        publishes ``count`` unless the server holds it back (its ``window``).
+        Whether the run ended that way (True) or at the deadline, or once a
+        held-back publisher's last publication was everywhere (False)."""
+        assert point.count and point.rate
+        subs = point.subscribers
+        t_go = now_ns()
+        # The subscribers count until the publisher's end and ALONE_SLACK_S
+        # more (the last publication's latency), then wait for what is missing.
+        span = point.count / point.rate
+        t_end = t_go + int((span + ALONE_SLACK_S) * 1e9)
+        lg.send_all("go", t_measure=t_go, t_end=t_end, count=point.count)
+        lg.wait_phase("go", 30)  # every worker counts from here, before the first publication
+        before = Sample.of(server, lg, None, ticks=True)
+        publisher.start(now_ns() + int((point.count - 0.5) / point.rate * 1e9), point.rate, point.window)
+        deadline = t_end + int(drain_s(subs) * 1e9)
+
+        def everywhere() -> bool:
+            return all(("delivered", i) in lg.phases for i in range(lg.procs))
+
+        lg.wait_until(deadline, lambda: everywhere() or (publisher.ended() and shared.quiet()))
+        # The publisher ends half an interval after its last publication's
+        # due time, maybe before that one is everywhere: its CPU is its own count.
+        after = Sample.of(server, lg, None, ticks=True)
+        whole = everywhere()
+        if not whole:
+            log(f"   {'a held-back publisher' if publisher.ended() else 'the deadline'} ended the run, "
+                f"not the {point.count}th publication's last delivery")
+        pub = publisher.result(30 + span)
+        results = lg.wait_results(self.opts.timeout + drain_s(subs) + span + 60)
+        return before, after, whole, pub, results
 
     @staticmethod
     def wait_synced(lg: LoadGen, publisher: Publisher, timeout: float) -> None:
@@ -673,6 +824,48 @@ def steady_rate(rows: list[dict[str, Any]], subscribers: int, names: tuple[str, 
     return max(1.0, round(max(rates) / 2, 1)) if rates else None
 
 
+def alone_rate(rows: list[dict[str, Any]], subscribers: int) -> float:
+    """The ``alone`` point's rate: ALONE_SHARE of the single process's
+    publishes/s × writes/delivery at ``max`` at ``subscribers`` in this run
+    (the writes a second it made there, in publications written alone),
+    within ALONE_RATES; ALONE_DEFAULT_RATE without such a row."""
+    r = next((r for r in rows if r["server"] == "wsrelay" and r.get("mode") == "max" and not r.get("failed")
+              and r["subscribers"] == subscribers and r.get("publishes_per_s") and r.get("writes_per_delivery")),
+             None)
+    if r is None:
+        return ALONE_DEFAULT_RATE
+    low, high = ALONE_RATES
+    return min(high, max(low, round(ALONE_SHARE * r["publishes_per_s"] * min(1.0, r["writes_per_delivery"]), 1)))
+
+
+def comparable(row: dict[str, Any]) -> bool:
+    """An ``alone`` row wrote each publication alone (ALONE_WRITES writes per
+    delivery at least), whole (the run ended on its last delivery)."""
+    return bool(row.get("comparable")) and row.get("whole") is not False
+
+
+def workers_summary(rows: list[dict[str, Any]]) -> Optional[str]:
+    """The workers part in a line: CPU per delivery of wsrelay-w2 over
+    wsrelay's at the ``alone`` point, both rows' writes/delivery, whether
+    they compare."""
+    ok = [r for r in rows if r.get("mode") == "alone" and not r.get("failed") and r.get("cpu_us_per_delivery")]
+    for w2 in ok:
+        if w2["server"] != "wsrelay-w2":
+            continue
+        one = next((r for r in ok if r["server"] == "wsrelay" and r["subscribers"] == w2["subscribers"]
+                    and r.get("rate") == w2.get("rate") and r.get("count") == w2.get("count")), None)
+        if one is None:
+            continue
+        ratio = w2["cpu_us_per_delivery"] / one["cpu_us_per_delivery"]
+        bad = [r["server"] for r in (one, w2) if not comparable(r)]
+        return (f"workers at {w2['subscribers']:,} subscribers, {w2['rate']:g}/s × {w2['count']} publications "
+                f"measured whole: CPU per delivery wsrelay-w2 / wsrelay = {w2['cpu_us_per_delivery']:.2f} / "
+                f"{one['cpu_us_per_delivery']:.2f} µs = {ratio:.2f}× at {w2['writes_per_delivery']:.2f} and "
+                f"{one['writes_per_delivery']:.2f} writes/delivery; "
+                + (f"not comparable: {' and '.join(bad)} coalescing or cut" if bad else "comparable"))
+    return None
+
+
 Step = Callable[[], list[dict[str, Any]]]
 
 
@@ -703,6 +896,18 @@ def steps(runner: PublishRunner, counts: list[int], servers: list[str], parts: t
     def at_max(n: int) -> Point:
         return Point(n, "max", window=window, size=size)
 
+    alone_at: dict[int, float] = {}
+
+    def alone(n: int) -> Point:
+        """The same rate for both rows: from the max rows measured before either."""
+        r = alone_at.setdefault(n, alone_rate(rows, n))
+        return Point(n, "alone", rate=r, window=max(window, int(2 * r)), size=size, count=ALONE_COUNT)
+
+    def workers_line() -> list[dict[str, Any]]:
+        line = workers_summary(rows)
+        log(line or "workers: no pair of alone rows to compare")
+        return []
+
     largest = max(counts)
     if "peers" in parts:
         for n in counts:
@@ -721,6 +926,12 @@ def steps(runner: PublishRunner, counts: list[int], servers: list[str], parts: t
             one(name, lambda: at_max(largest))
         for name in ("wsrelay", *beside):
             one(name, lambda: steady(largest, ("wsrelay",)))
+    # The workers against the one process at the same work: each
+    # publication written alone to each socket in both, counted whole.
+    if "workers" in parts:
+        for name in ("wsrelay", "wsrelay-w2"):
+            one(name, lambda: alone(largest))
+        out.append(workers_line)
     if "api" in parts:
         one("wsrelay", lambda: Point(1, "api", size=size))
     return out
@@ -732,6 +943,8 @@ def summary(row: dict[str, Any]) -> str:
     keys = ("publishes_per_s", "deliveries_per_s", "p50_ms", "p99_ms", "cpu_us_per_delivery", "writes_per_delivery",
             "cpu_us_per_write", "cpu_us_per_call", "server_cpu_pct", "client_cpu_pct", "publisher_cpu_pct")
     parts = [f"{k}={row[k]:,.2f}" if isinstance(row.get(k), float) else f"{k}={row.get(k)}" for k in keys]
+    if row.get("mode") == "alone" and not comparable(row):
+        parts.append("coalescing: not comparable" if not row.get("comparable") else "cut: not comparable")
     by_part = row.get("cpu_pct_by_part") or {}
     if len(by_part) > 1:
         parts.append("cpu%=" + ",".join(f"{k.replace(' ', '')}:{v:.1f}" for k, v in by_part.items()))

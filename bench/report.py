@@ -20,7 +20,7 @@ import matplotlib
 import matplotlib.pyplot as plt
 
 from .procfs import loadavg, proc_lines
-from .publish import INCUMBENTS
+from .publish import ALONE_WRITES, INCUMBENTS, comparable, workers_summary
 from .servers import NODE_DIR, ROOT
 
 SERVER_ORDER = ("wsrelay", "wsrelay@base", "picows", "websockets", "aiohttp", "node")
@@ -810,6 +810,24 @@ def _publishes_cell(r: Row) -> str:
     return _f(r.get("publishes_per_s")) + (f" (held back {held:.1f} s)" if held and held >= 0.05 else "")
 
 
+def _mode_cell(r: Row) -> str:
+    mode = r["mode"]
+    if mode == "steady":
+        return f"steady {_f(r.get('rate'))}/s"
+    if mode == "alone":
+        return f"alone {_f(r.get('rate'))}/s × {r.get('count')}"
+    return f"{mode} (window {r.get('window')})"
+
+
+def _writes_cell(r: Row) -> str:
+    """Writes per delivery; an ``alone`` row that coalesced (or was cut) does
+    not compare with the others of its point."""
+    cell = _f(r.get("writes_per_delivery"), 2)
+    if r.get("mode") == "alone" and not r.get("failed") and not comparable(r):
+        cell += " (coalescing: not comparable)" if not r.get("comparable") else " (cut: not comparable)"
+    return cell
+
+
 def table_publish(rows: list[Row]) -> str:
     """Per (subscribers, mode): each server, its ratios to the best incumbent of the same point."""
     header = ["subscribers", "mode", "server", "publishes/s", "deliveries/s", "÷ best incumbent", "p50 ms",
@@ -819,13 +837,12 @@ def table_publish(rows: list[Row]) -> str:
     for (subs, mode, rate), group in _groups(rows, ("subscribers", "mode", "rate")):
         best = _best_incumbent(rows, subs, mode, rate)
         for r in group:
-            lines.append([_f(subs), mode + (f" {_f(r.get('rate'))}/s" if mode == "steady" else
-                                            f" (window {r.get('window')})"),
+            lines.append([_f(subs), _mode_cell(r),
                           f"**{r['server']}**" if r is best else r["server"], _publishes_cell(r),
                           _f(r.get("deliveries_per_s")),
                           _ratio(r.get("deliveries_per_s"), best and best.get("deliveries_per_s")),
                           _f(r.get("p50_ms"), 2), _f(r.get("p99_ms"), 2), _f(r.get("cpu_us_per_delivery"), 2),
-                          _f(r.get("writes_per_delivery"), 2),
+                          _writes_cell(r),
                           f"{_f(r.get('server_cpu_pct'), 0)} ({_cpu_parts(r)})", _f(r.get("client_cpu_pct"), 0),
                           _f(r.get("publisher_cpu_pct"), 0), _errors_cell(r)])
     return _table(header, lines)
@@ -841,8 +858,15 @@ def table_api(rows: list[Row]) -> str:
 
 def _beside(rows: list[Row], n: int, server: str) -> Optional[tuple[Row, Row, str]]:
     """``server``'s row and the channel's measured alike at ``n``: at the
-    same steady rate when both have one (the same work per second), else
-    at max rate; and which."""
+    ``alone`` point when both have one (each publication written alone,
+    counted whole: the same work), else at the same steady rate (the same
+    work per second), else at max rate; and which."""
+    for r in rows:
+        if r["server"] == server and r["subscribers"] == n and r["mode"] == "alone" and r.get("cpu_us_per_delivery"):
+            c = _row(rows, "wsrelay", subscribers=n, mode="alone", rate=r.get("rate"), count=r.get("count"))
+            if c and c.get("cpu_us_per_delivery"):
+                return r, c, (f"both at {r['rate']:g}/s × {r['count']} publications measured whole, "
+                              f"{r['writes_per_delivery']:.2f} and {c['writes_per_delivery']:.2f} writes/delivery")
     for r in rows:
         if r["server"] == server and r["subscribers"] == n and r["mode"] == "steady" and r.get("cpu_us_per_delivery"):
             c = _row(rows, "wsrelay", subscribers=n, mode="steady", rate=r.get("rate"))
@@ -888,10 +912,14 @@ def publish_targets(rows: list[Row]) -> list[dict[str, Any]]:
         if pair:
             w2, c, how = pair
             ratio = w2["cpu_us_per_delivery"] / c["cpu_us_per_delivery"]
+            # At the alone point a row that coalesced did other work: not judged.
+            unlike = [r["server"] for r in (c, w2) if r["mode"] == "alone" and not comparable(r)]
             add("channel publish over WSRELAY_WORKERS=2: ≤ 1.2× the single process's CPU per delivery", at,
                 f"{w2['cpu_us_per_delivery']:.2f} vs {c['cpu_us_per_delivery']:.2f} µs = {ratio:.2f}× ({how})"
-                + (f"; errors {_errors_cell(w2)}" if w2.get("errors") else ""),
-                ratio <= 1.2 and not w2.get("errors"))
+                + (f"; errors {_errors_cell(w2)}" if w2.get("errors") else "")
+                + (f"; not comparable: {' and '.join(unlike)} below {ALONE_WRITES} writes/delivery or cut"
+                   if unlike else ""),
+                None if unlike else ratio <= 1.2 and not w2.get("errors"))
     api = _row(rows, "wsrelay", scenario="api")
     if api and api.get("publishes_per_s") and api.get("cpu_us_per_call"):
         add("API: ≥ 10,000 publishes/s from one keep-alive client, ≤ 30 µs server CPU per call",
@@ -910,13 +938,20 @@ def _publish_lines(data: dict[str, Any]) -> list[str]:
              "A publisher in a process of its own publishes to a room of N subscribers (the load generator, "
              "on the same machine). `max`: as fast as the server delivers, at most "
              f"{o.get('window')} publications not yet received by every subscriber; `steady`: the rate shown "
-             "(half the best incumbent's max rate at that N unless --rate), at most 2 s of publications in flight. "
+             "(half the best incumbent's max rate at that N unless --rate), at most 2 s of publications in flight; "
+             "`alone r/s × k` (the workers part): k publications at r/s, a rate derived from the single process's "
+             "max rate and writes/delivery there so that each is written alone to each socket, counted whole "
+             "(server CPU from schedstat, from before the first publication until the last has reached every "
+             f"subscriber); such a row below {ALONE_WRITES} writes/delivery coalesced, and does not compare. "
              "Server CPU is every process of the server and its redis-server; `÷ best incumbent` divides by "
              "the incumbent (bold) with the most deliveries/s at the same point of this run. Latency is "
              "publish call → receive, on the clock all processes share.", ""]
     pub = [r for r in rows if r["scenario"] == "publish"]
     if pub:
         lines += ["## publish", "", table_publish(pub), ""]
+    workers = workers_summary(pub)
+    if workers:
+        lines += ["## workers", "", workers[0].upper() + workers[1:] + ".", ""]
     api = [r for r in rows if r["scenario"] == "api"]
     if api:
         lines += ["## api", "", "One `wsrelay.client.Client` over keep-alive, publishing to a channel with "
