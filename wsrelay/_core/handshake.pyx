@@ -80,7 +80,7 @@ def parse_request(bytes head not None):
     headers)``, the path percent-decoded (as urllib.parse.unquote decodes
     it), the query as sent."""
     cdef str path, query
-    method, target, headers = parse_head(head)
+    method, target, headers = _parse_head(head)
     path, _, query = (<str>target).partition("?")
     if "%" in path:
         path = unquote(path)
@@ -96,6 +96,10 @@ def parse_head(bytes head not None):
     a method or header name that is not a token, a target with a space or
     control character, a line folded or not ended by CRLF, a control
     character in a value."""
+    return _parse_head(head)
+
+
+cdef tuple _parse_head(bytes head):
     cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(head)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(head), i = 0, start, end, line = 1
     cdef unsigned char c
