@@ -19,7 +19,7 @@ from picows import WSUpgradeResponseWithListener
 
 from . import browser, load_runtime, threads
 from ._core.handshake import Decided, HandlerDeadlines, Handshakes, http_answer
-from ._core.picows_private import server_protocol_factory
+from ._core.picows_private import ServerProtocols
 from ._core.relay import RelayListener, RelayService
 from ._core.runtime import node as get_node
 from ._core.runtime import terminate
@@ -72,7 +72,8 @@ class ServiceRuntime:
             ping_interval=s.ping_interval, ping_timeout=s.ping_timeout,
             compression=s.compression, compression_min_size=s.compression_min_size,
         )
-        self._protocol_args = (_PICOWS_LOGGER, s.handshake_timeout, _max_frame_size(s), s.read_buffer_size)
+        # The picows protocols of this service's sockets.
+        self._protocols = ServerProtocols(_PICOWS_LOGGER, s.handshake_timeout, _max_frame_size(s), s.read_buffer_size)
         # Longest prefix first, so /ws/admin wins over /ws.
         self.routers = sorted((_RouterRuntime(r, self) for r in routers),
                               key=lambda rt: len(rt.router.prefix), reverse=True)
@@ -92,13 +93,11 @@ class ServiceRuntime:
         self.server: Optional[asyncio.AbstractServer] = None
         self.accepting = True
 
-    def make_protocol(self, transport: asyncio.Transport, listener_factory: Any = None) -> Any:
+    def make_protocol(self, transport: asyncio.Transport) -> Any:
         """The picows protocol of one socket; its upgrade request is answered
-        by ``listener_factory``, by default this service's routes. The
-        listener factory is the connection's own, so the request its handler
-        sees knows the socket (req.client)."""
-        return server_protocol_factory(functools.partial(listener_factory or self.listener_factory, transport),
-                                       *self._protocol_args)()
+        by this service's routes. The listener factory is the connection's
+        own, so the request its handler sees knows the socket (req.client)."""
+        return self._protocols(functools.partial(self.listener_factory, transport))
 
     # -- used by middleware ---------------------------------------------------------
 
@@ -150,7 +149,7 @@ class ServiceRuntime:
             failed = True
             # Past it the task is cancelled (HandlerDeadlines, one loop timer
             # for all the handlers of the service).
-            deadline = self.handler_deadlines.start(asyncio.current_task())
+            deadline = self.handler_deadlines.start()
             try:
                 try:
                     await endpoint.func(req, res)
@@ -179,13 +178,9 @@ class ServiceRuntime:
             # Answered by the guard, which then drains what the client still
             # sends before closing, so the answer is not lost to a reset.
             return outcome.encode()
-        answer = _listener(outcome)
-
-        def decided(transport: Any, upgrade_request: Any) -> Any:
-            return answer
-
-        # picows is given the head with Upgrade and Connection as it reads them.
-        return Decided(functools.partial(self.make_protocol, listener_factory=decided))
+        # picows is given the head with Upgrade and Connection as it reads
+        # them, and answers what was decided here.
+        return Decided(_listener(outcome), self._protocols)
 
     def dispatch(self, req: Request) -> Any:
         """A RelayListener (upgrade), (listener, response) (upgrade with the

@@ -16,7 +16,7 @@ import orjson
 from multidict import CIMultiDict
 from picows import WSUpgradeResponse
 
-from ._core.handshake import parse_head
+from ._core.handshake import parse_request
 from ._core.pid import Pid
 from ._core.relayspec import RELAY_HEADER, parse_relay_header
 
@@ -65,12 +65,11 @@ class Request:
     def from_head(cls, head: bytes, transport: Any = None) -> Request:
         """The request in ``head``, the bytes of a request line and headers
         (what the handshake guard read), parsed by the core
-        (wsrelay._core.handshake.parse_head: a tenth of httptools' cost
+        (wsrelay._core.handshake.parse_request: a tenth of httptools' cost
         through Python callbacks). ValueError naming the problem when it is
         not one."""
-        method, target, headers = parse_head(head)
-        path, _, query = target.partition("?")
-        return cls(method, unquote(path), query, headers, transport)
+        method, path, query, headers = parse_request(head)
+        return cls(method, path, query, headers, transport)
 
     def query(self, name: str, default: Optional[str] = None) -> Optional[str]:
         """The first value of query parameter ``name``."""

@@ -27,7 +27,7 @@ from heapq import heappop, heappush
 from .message cimport Message
 from .pid cimport Pid, to_pid
 from .remote cimport RemoteProcess
-from .runtime cimport Node, Process, calling_process, check_topic, deliver_request
+from .runtime cimport Node, Process, calling_process, check_topic, deliver_request, new_future
 
 from .errors import CallError, NoTransport
 from .vocab import NOCONNECTION, NOPROC, REPLY
@@ -223,7 +223,7 @@ cdef Call _start(object dest, object topic, object payload, object timeout):
     c.callee = callee
     c.topic = checked
     loop = caller.loop if caller.loop is not None else _get_running_loop()
-    c.future = loop.create_future()
+    c.future = new_future(loop)
     if isinstance(callee, RemoteProcess):
         # The request carries the monitor to the callee's node; here the
         # waiter joins the proxy's watchers, for that node's EXIT or loss.

@@ -9,15 +9,20 @@ from multidict import CIMultiDict
 # A protocol factory is given the transport of the socket it is for.
 ProtocolFactory = Callable[[asyncio.Transport], asyncio.BufferedProtocol]
 class Decided:
-    """An async route's upgrade, decided: the socket goes to
-    ``make_protocol`` with the request head reduced to what picows reads."""
+    """An async route's upgrade, decided: the socket goes to the picows
+    protocol ``new_protocol(self)`` makes, with the request head reduced to
+    what picows reads; this object is its listener factory, answering
+    ``answer`` (a listener, or a response with its listener)."""
 
-    make_protocol: ProtocolFactory
-    def __init__(self, make_protocol: ProtocolFactory) -> None: ...
+    answer: Any
+    new_protocol: Callable[[Decided], asyncio.BufferedProtocol]
+    def __init__(self, answer: Any, new_protocol: Callable[[Decided], asyncio.BufferedProtocol]) -> None: ...
+    def __call__(self, upgrade_request: Any) -> Any: ...
 
 Route = Callable[[bytes, asyncio.Transport], Awaitable[Union[bytes, ProtocolFactory, Decided, None]]]
 
 def parse_head(head: bytes) -> tuple[str, str, CIMultiDict[str]]: ...
+def parse_request(head: bytes) -> tuple[str, str, str, CIMultiDict[str]]: ...
 def http_answer(status: int, content_type: str, body: bytes) -> bytes: ...
 
 class HandlerDeadline:
@@ -32,7 +37,7 @@ class HandlerDeadlines:
 
     timeout: float
     def __init__(self, loop: Any, timeout: float) -> None: ...
-    def start(self, task: asyncio.Task[Any]) -> HandlerDeadline: ...
+    def start(self, task: Optional[asyncio.Task[Any]] = None) -> HandlerDeadline: ...
 
 class Handshakes:
     """The handshakes of one service: their bounds, and their counts."""

@@ -34,9 +34,9 @@ import logging
 from collections import deque
 from http import HTTPStatus
 from socket import SOL_SOCKET, SO_RCVBUF
-from urllib.parse import unquote_to_bytes
+from urllib.parse import unquote, unquote_to_bytes
 
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_DecodeLatin1
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_Resize
 from libc.string cimport memchr, memcmp, memcpy
@@ -46,8 +46,18 @@ cdef extern from "<strings.h>":
 
 from multidict import CIMultiDict
 
+try:
+    # The running task of each loop, as asyncio.current_task() reads it (in
+    # Python code, on 3.11): looked up here at C level.
+    from _asyncio import _current_tasks
+except ImportError:  # another implementation of asyncio: its own current_task()
+    _current_tasks = None
+
 cdef enum:
     FIRST_BUFFER = 2048
+
+cdef object _Task = asyncio.Task
+cdef object _get_running_loop = asyncio._get_running_loop
 
 # Seconds a refused client may go on sending before its socket is dropped.
 cdef double LINGER = 2.0
@@ -65,6 +75,18 @@ cdef inline str _latin1(const unsigned char* p, Py_ssize_t start, Py_ssize_t end
     return PyUnicode_DecodeLatin1(<const char*>p + start, end - start, NULL)
 
 
+def parse_request(bytes head not None):
+    """parse_head's request as a handler sees it: ``(method, path, query,
+    headers)``, the path percent-decoded (as urllib.parse.unquote decodes
+    it), the query as sent."""
+    cdef str path, query
+    method, target, headers = _parse_head(head)
+    path, _, query = (<str>target).partition("?")
+    if "%" in path:
+        path = unquote(path)
+    return method, path, query, headers
+
+
 def parse_head(bytes head not None):
     """The request at the start of ``head`` (a request line, headers and the
     blank line; what follows is not read): ``(method, target, headers)``,
@@ -74,6 +96,10 @@ def parse_head(bytes head not None):
     a method or header name that is not a token, a target with a space or
     control character, a line folded or not ended by CRLF, a control
     character in a value."""
+    return _parse_head(head)
+
+
+cdef tuple _parse_head(bytes head):
     cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(head)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(head), i = 0, start, end, line = 1
     cdef unsigned char c
@@ -94,12 +120,14 @@ def parse_head(bytes head not None):
             or p[i + 8] != 13 or p[i + 9] != 10):
         raise ValueError("malformed request line: not HTTP/1.0 or HTTP/1.1, then CRLF")
     i += 10
-    headers = CIMultiDict()
+    # The headers in a list first: one CIMultiDict call for them all costs
+    # less than an add() per header.
+    cdef list fields = []
     while True:
         if i + 1 >= n:
             raise ValueError("incomplete request head")
         if p[i] == 13 and p[i + 1] == 10:
-            return method, target, headers
+            return method, target, CIMultiDict(fields)
         line += 1
         start = i
         while i < n and _TCHAR[p[i]]:
@@ -123,7 +151,7 @@ def parse_head(bytes head not None):
         end = i
         while end > start and (p[end - 1] == 32 or p[end - 1] == 9):
             end -= 1
-        headers.add(name, _latin1(p, start, end))
+        fields.append((name, _latin1(p, start, end)))
         i += 2
 
 
@@ -145,18 +173,26 @@ cdef bint _picows_reads(const char* line, Py_ssize_t length):
 
 cdef class Decided:
     """An async route's outcome when it has decided the upgrade itself (an
-    async def endpoint): the socket goes to ``make_protocol`` with the
-    request head reduced to what picows still reads of it: the request line,
-    the WebSocket version and key, any Content-Length or Transfer-Encoding
-    (which picows refuses), and Upgrade and Connection as picows wants them
-    (a browser's "keep-alive, Upgrade" was found valid by the route). picows
-    parses each header again in Python-level code; the route has read them
-    all already, and a browser sends a dozen."""
+    async def endpoint): the socket goes to the picows protocol that
+    ``new_protocol(self)`` makes, with the request head reduced to what
+    picows still reads of it: the request line, the WebSocket version and
+    key, any Content-Length or Transfer-Encoding (which picows refuses), and
+    Upgrade and Connection as picows wants them (a browser's "keep-alive,
+    Upgrade" was found valid by the route). picows parses each header again
+    in Python-level code; the route has read them all already, and a browser
+    sends a dozen. This object is the protocol's listener factory: picows
+    calls it with the request it parsed, and it answers ``answer``, what the
+    route decided (a listener, or a response with its listener)."""
 
-    cdef readonly object make_protocol
+    cdef readonly object answer
+    cdef readonly object new_protocol
 
-    def __init__(self, make_protocol):
-        self.make_protocol = make_protocol
+    def __init__(self, answer, new_protocol):
+        self.answer = answer
+        self.new_protocol = new_protocol
+
+    def __call__(self, upgrade_request):
+        return self.answer
 
 
 def http_answer(int status, str content_type, bytes body):
@@ -198,10 +234,17 @@ cdef class HandlerDeadlines:
         self.queue = deque()
         self.timer = None
 
-    def start(self, task):
-        """The deadline of ``task``, ``timeout`` seconds from now."""
+    def start(self, task=None):
+        """The deadline of ``task`` (by default the running one), ``timeout``
+        seconds from now."""
         cdef HandlerDeadline d = HandlerDeadline.__new__(HandlerDeadline)
         queue = self.queue
+        if task is None and _current_tasks is not None:
+            task = _current_tasks.get(self.loop)
+        if task is None:
+            task = asyncio.current_task()
+            if task is None:
+                raise RuntimeError("HandlerDeadlines.start(): no task is running")
         d.task = task
         d.at = self.loop.time() + self.timeout
         while queue and (<HandlerDeadline>queue[0]).task is None:
@@ -281,6 +324,8 @@ cdef class HandshakeGuard(_GuardBase, asyncio.BufferedProtocol):
     # what the client sends meanwhile is kept (up to max_head, then reading
     # pauses), and reading goes on so that a client that leaves is noticed.
     cdef bint waiting
+    # Where the head's blank line starts in the buffer, once it is in.
+    cdef Py_ssize_t head_end
 
     def connection_made(self, transport):
         if self.owner.receive_buffer:
@@ -313,7 +358,8 @@ cdef class HandshakeGuard(_GuardBase, asyncio.BufferedProtocol):
             if self.used >= len(self.buffer) and self.used >= self.owner.max_head:
                 self.transport.pause_reading()
             return
-        if self.buffer.find(b"\r\n\r\n", start, self.used) >= 0:
+        self.head_end = self.buffer.find(b"\r\n\r\n", start, self.used)
+        if self.head_end >= 0:
             self._upgrade()
         elif self.used >= self.owner.max_head:
             self._refuse()
@@ -371,7 +417,7 @@ cdef class HandshakeGuard(_GuardBase, asyncio.BufferedProtocol):
             transport.resume_reading()
         if isinstance(outcome, Decided):
             self._reduce_head()
-            self._hand_over((<Decided>outcome).make_protocol)
+            self._feed((<Decided>outcome).new_protocol(outcome))
         else:
             self._hand_over(outcome)
 
@@ -408,7 +454,15 @@ cdef class HandshakeGuard(_GuardBase, asyncio.BufferedProtocol):
                 route = self.owner.routes.get(path)
                 if route is not None:
                     self.waiting = True
-                    self.owner.loop.create_task(self._wait_for(route, bytes(self.buffer[:self.used])))
+                    coro = self._wait_for(route, PyBytes_FromStringAndSize(PyByteArray_AS_STRING(self.buffer), self.used))
+                    loop = self.owner.loop
+                    if loop is _get_running_loop() and loop.get_task_factory() is None:
+                        # What loop.create_task() makes, without naming the
+                        # loop: asyncio.Task's keyword arguments are parsed
+                        # on every call (1.5k instructions of 13k a task).
+                        _Task(coro)
+                    else:
+                        loop.create_task(coro)
                     return
         self._hand_over(self.owner.make_protocol)
 
@@ -417,7 +471,7 @@ cdef class HandshakeGuard(_GuardBase, asyncio.BufferedProtocol):
         Decided outcome (parse_head read it: each line ends with CRLF, and
         only there is a CR); what follows the head stays as it came."""
         cdef const char* src = PyByteArray_AS_STRING(self.buffer)
-        cdef Py_ssize_t used = self.used, end = self.buffer.find(b"\r\n\r\n"), i, start, line_end, n
+        cdef Py_ssize_t used = self.used, end = self.head_end, i, start, line_end, n
         cdef bytearray out = bytearray(used + _UPGRADE_LINES_LEN)
         cdef char* dst = PyByteArray_AS_STRING(out)
         line_end = <const char*>memchr(src, 13, end + 2) - src
@@ -443,11 +497,14 @@ cdef class HandshakeGuard(_GuardBase, asyncio.BufferedProtocol):
 
     cdef _hand_over(self, make_protocol):
         """Give the socket, and what it has sent so far, to a protocol
-        (picows', or a prefix's)."""
+        (picows', or a prefix's) that ``make_protocol(transport)`` makes."""
+        self._feed(make_protocol(self.transport))
+
+    cdef _feed(self, protocol):
+        """Give the socket, and what it has sent so far, to ``protocol``."""
         cdef Py_ssize_t fed = 0, n
         transport = self.transport
         data = memoryview(self.buffer)[:self.used]
-        protocol = make_protocol(transport)
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
         while fed < self.used and not transport.is_closing():

@@ -121,6 +121,7 @@ cdef Node get_node()
 cdef Process current_process()
 cdef Process calling_process(str what)
 cdef Message exit_event(str topic, Pid pid, str reason, object error)
+cdef object new_future(object loop)
 cdef str check_topic(object topic)
 cdef bint deliver_request(Process proc, str topic, object payload, Pid sender, Pid reply_to) except -1
 cdef int reply_dropped(Node node, Pid waiter, Pid sender) except -1
