@@ -406,12 +406,14 @@ def publish(name, data):
     "epoch"}`` of this publication, which its Log keeps."""
     cdef str checked = check_channel_name(name)
     cdef Node node = calling_process("channels.publish").node  # on the loop's thread (WrongThread otherwise)
-    return publish_checked(node, checked, data)
+    result = publish_checked(node, checked, data)
+    return {} if result is None else result
 
 
 cdef object publish_checked(Node node, str checked, object data):
     """``publish`` of a name check_channel_name returned, on ``node``'s
-    thread (the server API's quick path calls it so). The envelope's
+    thread (the server API's quick path calls it so); what ``publish``
+    returns, None for its ``{}`` (no history: no dict made). The envelope's
     bytes are framed as they are; its str is made only for what keeps or
     ships text (a Log, the other nodes, a subscriber held)."""
     keeper = cluster_keeper()
@@ -422,7 +424,7 @@ cdef object publish_checked(Node node, str checked, object data):
     cdef Log log = log_for(checked)
     cdef bytes encoded
     cdef str text = None
-    cdef dict result = {}
+    cdef dict result = None
     if log is None:
         encoded = _publication(checked, data)
     else:
