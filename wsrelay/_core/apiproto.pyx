@@ -8,7 +8,7 @@ right key and none of the headers that change how HTTP/1.1 goes on
 (Connection other than keep-alive, Expect, Transfer-Encoding, Upgrade), is
 parsed here in one pass over the buffer, with no Python call per header;
 a ``publish`` without idempotency key on a node without a cluster keeper
-is published from here (``channels.publish``), and the answers of every
+is published from here (``channels.publish_checked``), and the answers of every
 request of one read go out in one write.
 
 Anything else -- a request cut across reads, another header than those,
@@ -21,13 +21,18 @@ that code would answer 200 the same way, and leaves the rest to it.
 
 from cpython.bytearray cimport PyByteArray_AS_STRING
 from cpython.bytes cimport PyBytes_FromStringAndSize
-from libc.string cimport memcmp
+from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
+from cpython.ref cimport PyObject
+from libc.string cimport memcmp, strlen
+
+import collections
 
 import orjson
 
-from .channels import publish as _channel_publish
+from .channels cimport publish_checked
 from .history cimport cluster_keeper
 from .relayspec cimport check_channel_name
+from .runtime cimport calling_process
 from .writer cimport hold_flushes, release_flushes
 
 cdef enum:
@@ -83,14 +88,17 @@ cdef inline unsigned char _lower(unsigned char c) noexcept:
     return c + 32 if b'A' <= c <= b'Z' else c
 
 
-cdef bint _named(const unsigned char* p, Py_ssize_t n, const char* lowered) noexcept:
+cdef inline bint _named(const unsigned char* p, Py_ssize_t n, const char* lowered) noexcept:
     """Whether the ``n`` bytes at ``p`` are ``lowered`` (NUL-terminated),
-    whatever their case."""
+    whatever their case. Inlined, its length is the C compiler's constant:
+    a name of another length costs one comparison."""
     cdef Py_ssize_t i
+    if <size_t>n != strlen(lowered):
+        return False
     for i in range(n):
-        if lowered[i] == 0 or _lower(p[i]) != <unsigned char>lowered[i]:
+        if _lower(p[i]) != <unsigned char>lowered[i]:
             return False
-    return lowered[n] == 0
+    return True
 
 
 cdef Header _kind(const unsigned char* name, Py_ssize_t n, const unsigned char* value, Py_ssize_t vn) noexcept:
@@ -153,6 +161,7 @@ cdef class ApiCore:
     cdef Py_ssize_t max_head
     cdef double request_timeout
     cdef object requests
+    cdef bint counter       # requests is a collections.Counter: counted with the dict's C API
     cdef dict heads
     cdef bytes published
 
@@ -171,6 +180,7 @@ cdef class ApiCore:
         self.max_head = api.max_head
         self.request_timeout = api.request_timeout
         self.requests = api.requests
+        self.counter = type(self.requests) is collections.Counter
         self.timer = None
 
     def get_buffer(self, Py_ssize_t sizehint):
@@ -341,20 +351,31 @@ cdef class ApiCore:
         if type(channel) is not str or data is _MISSING or (<dict>body).get("idempotency_key") is not None:
             return None
         try:
-            check_channel_name(channel)
+            channel = check_channel_name(channel)
         except ValueError:
             return None  # api.py names the field in its answer
         try:
-            result = _channel_publish(channel, data)
+            result = publish_checked(calling_process("channels.publish").node, channel, data)
         except Exception as exc:
             # As Api.answer answers a method that raised.
             api = self.api
             status, answer = api.failed(_PUBLISH, api._error(_PUBLISH, exc))
             return self.head(status, answer)
-        self.requests[_PUBLISH_200] += 1
-        if type(result) is dict and not result:
+        self._count()
+        if result is None or (type(result) is dict and not result):
             return self.published
         return self.head(200, b'{"result":' + _dumps(result) + b"}")
+
+    cdef int _count(self) except -1:
+        """``requests[("publish", 200)] += 1``."""
+        cdef PyObject* n
+        if not self.counter:
+            self.requests[_PUBLISH_200] += 1
+            return 0
+        # A Counter's missing key is 0; its key a tuple of a str and an int (hashed without fail).
+        n = PyDict_GetItem(self.requests, _PUBLISH_200)
+        PyDict_SetItem(self.requests, _PUBLISH_200, 1 if n is NULL else <object>n + 1)
+        return 0
 
     cdef bytes head(self, int status, bytes body):
         return b"%s%d\r\n\r\n%s" % (self.heads[status], len(body), body)

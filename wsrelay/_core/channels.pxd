@@ -1,4 +1,5 @@
 from .presence cimport Presence
+from .runtime cimport Node
 
 
 cdef class Channel:
@@ -11,3 +12,6 @@ cdef class Channel:
     cdef dict holding
     # Its presence entries (presence.pyx), or None: its namespace has no presence.
     cdef Presence presence
+
+
+cdef object publish_checked(Node node, str checked, object data)

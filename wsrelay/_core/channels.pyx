@@ -33,6 +33,9 @@ for its position, and the publications that arrive meanwhile are held for
 that subscriber (bounded), then merged by offset at the seam.
 """
 
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from libc.string cimport memcpy
+
 import asyncio
 import logging
 from fnmatch import fnmatchcase
@@ -50,7 +53,10 @@ from .relayspec cimport check_channel_name, max_channels_per_connection
 from .remote import set_channel_handlers
 from .runtime cimport Node, Process, Remote, calling_process, get_node
 from .stats cimport LimitedLog
-from .writer cimport FanOut, fan_out
+cdef extern from "Python.h":
+    const char* PyUnicode_AsUTF8AndSize(object unicode, Py_ssize_t* size) except NULL
+
+from .writer cimport FanOut, fan_out, fan_out_text
 
 # What a client receives, by event.
 PUBLICATION = "publication"
@@ -71,6 +77,14 @@ cdef dict _users = {}
 cdef Py_ssize_t _subscriptions = 0
 
 cdef LimitedLog _log = LimitedLog("wsrelay.channels")
+# A publication's envelope without history: these, the name, these, the data's JSON, "}".
+cdef bytes _PUB_HEAD = b'{"channel":"'
+cdef bytes _PUB_MID = b'","event":"' + PUBLICATION.encode() + b'","data":'
+cdef Py_ssize_t _PUB_HEAD_LEN = len(_PUB_HEAD)
+cdef Py_ssize_t _PUB_MID_LEN = len(_PUB_MID)
+# Looked up once, not on the module per publication.
+cdef object _dumps = orjson.dumps
+cdef object _JSONEncodeError = orjson.JSONEncodeError
 
 # A Log whose channel has subscribers here is kept (history.pyx).
 set_busy(_table)
@@ -299,9 +313,34 @@ cdef bytes _encoded(str name, str event, object data, bint with_data, Log log):
         message["offset"] = log.offset + 1
         message["epoch"] = log.epoch
     try:
-        return orjson.dumps(message)
-    except orjson.JSONEncodeError as exc:
+        return _dumps(message)
+    except _JSONEncodeError as exc:
         raise TypeError(f"channels.publish({name!r}): data is not JSON-serialisable: {exc}") from None
+
+
+cdef bytes _publication(str checked, object data):
+    """_encoded of a publication without history, to a name
+    check_channel_name passed: ASCII that JSON writes as it is, so the
+    envelope is put together around the data's JSON, as orjson writes the
+    dict (compact, in that order), without the dict."""
+    cdef Py_ssize_t name_len = 0, data_len, at
+    cdef const char* name = PyUnicode_AsUTF8AndSize(checked, &name_len)
+    try:
+        data_json = _dumps(data)
+    except _JSONEncodeError as exc:
+        raise TypeError(f"channels.publish({checked!r}): data is not JSON-serialisable: {exc}") from None
+    data_len = PyBytes_GET_SIZE(<bytes>data_json)
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, _PUB_HEAD_LEN + name_len + _PUB_MID_LEN + data_len + 1)
+    cdef char* p = PyBytes_AS_STRING(out)
+    memcpy(p, PyBytes_AS_STRING(_PUB_HEAD), _PUB_HEAD_LEN)
+    at = _PUB_HEAD_LEN
+    memcpy(p + at, name, name_len)
+    at += name_len
+    memcpy(p + at, PyBytes_AS_STRING(_PUB_MID), _PUB_MID_LEN)
+    at += _PUB_MID_LEN
+    memcpy(p + at, PyBytes_AS_STRING(<bytes>data_json), data_len)
+    p[at + data_len] = b'}'
+    return out
 
 
 cdef str _envelope(str name, str event, object data, bint with_data):
@@ -367,22 +406,37 @@ def publish(name, data):
     "epoch"}`` of this publication, which its Log keeps."""
     cdef str checked = check_channel_name(name)
     cdef Node node = calling_process("channels.publish").node  # on the loop's thread (WrongThread otherwise)
+    result = publish_checked(node, checked, data)
+    return {} if result is None else result
+
+
+cdef object publish_checked(Node node, str checked, object data):
+    """``publish`` of a name check_channel_name returned, on ``node``'s
+    thread (the server API's quick path calls it so); what ``publish``
+    returns, None for its ``{}`` (no history: no dict made). The envelope's
+    bytes are framed as they are; its str is made only for what keeps or
+    ships text (a Log, the other nodes, a subscriber held)."""
     keeper = cluster_keeper()
     if keeper is not None and limits_of(checked) is not None:
         # Numbered, stored and delivered by the channel's keeper (deliver_kept).
         node.counters.channel_publications += 1
         return keeper.publish(checked, _json(checked, data))
     cdef Log log = log_for(checked)
-    cdef bytes encoded = _encoded(checked, PUBLICATION, data, True, log)
-    cdef str text = encoded.decode()
-    cdef dict result = {}
-    if log is not None:
+    cdef bytes encoded
+    cdef str text = None
+    cdef dict result = None
+    if log is None:
+        encoded = _publication(checked, data)
+    else:
+        encoded = _encoded(checked, PUBLICATION, data, True, log)
+        text = encoded.decode()
         log.keep(log.offset + 1, text, len(encoded))
         log.delivered = log.offset
         result = {"offset": log.offset, "epoch": log.epoch}
     node.counters.channel_publications += 1
-    _deliver(node, checked, text)
-    _ship(node, checked, text)
+    text = _deliver_encoded(node, checked, encoded, text)
+    if node.remote is not None:
+        _ship(node, checked, encoded.decode() if text is None else text)
     return result
 
 
@@ -506,19 +560,32 @@ def history(name, since=None, limit=None):
 cdef int _deliver(Node node, str name, str text) except -1:
     """A publication's envelope to this node's subscribers of ``name``."""
     cdef Channel channel = _table.get(name)
-    cdef FanOut out
-    cdef Connection conn
-    cdef dict holding
     if channel is not None:
-        node.counters.channel_deliveries += len(channel.members)
-        out = fan_out({"type": "text", "data": text})
-        holding = channel.holding
-        for conn in channel.members:
-            if holding is not None and conn in holding:
-                _hold(<_Held>holding[conn], text)
-            else:
-                out.offer_to(conn)
+        _deliver_to(node, channel, fan_out({"type": "text", "data": text}), text, None)
     return 0
+
+
+cdef str _deliver_encoded(Node node, str name, bytes encoded, str text):
+    """_deliver of an envelope's bytes (``text``: its str, or None until a
+    held subscriber needs it); the str when it was made, else ``text``."""
+    cdef Channel channel = _table.get(name)
+    if channel is not None:
+        text = _deliver_to(node, channel, fan_out_text(encoded), text, encoded)
+    return text
+
+
+cdef str _deliver_to(Node node, Channel channel, FanOut out, str text, bytes encoded):
+    cdef Connection conn
+    cdef dict holding = channel.holding
+    node.counters.channel_deliveries += len(channel.members)
+    for conn in channel.members:
+        if holding is not None and conn in holding:
+            if text is None:
+                text = encoded.decode()
+            _hold(<_Held>holding[conn], text)
+        else:
+            out.offer_to(conn)
+    return text
 
 
 cdef int _hold(_Held held, str text) except -1:

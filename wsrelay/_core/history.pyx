@@ -46,6 +46,7 @@ cdef object _policy = None
 # costs a dict lookup, not a match of every namespace's pattern. Emptied when
 # the policy changes (an app installed) and when it holds CACHE_SIZE names.
 cdef dict _limits = {}
+cdef object _UNKNOWN = object()  # not in _limits: one lookup, not two
 CACHE_SIZE = 4096
 # name -> Log.
 cdef dict _logs = {}
@@ -104,9 +105,10 @@ def current_keeper():
 cdef object limits_of(str channel):
     if _policy is None:
         return None
-    if channel in _limits:
+    limits = _limits.get(channel, _UNKNOWN)
+    if limits is not _UNKNOWN:
         # (None, a channel without history, is cached too.)
-        return _limits[channel]
+        return limits
     if len(_limits) >= CACHE_SIZE:
         _limits.clear()
     limits = _limits[channel] = _policy(channel)

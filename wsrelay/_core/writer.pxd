@@ -38,6 +38,7 @@ cdef class Writer:
     cdef Py_ssize_t flush_pos
     cdef bint scheduled
     cdef int schedule(self, Output output) except -1
+    cdef int flush_slice(self) except -1
 
 
 # The flushes scheduled between these two are run by release_flushes rather
@@ -88,3 +89,4 @@ cdef class FanOut:
 
 
 cdef FanOut fan_out(object payload)
+cdef FanOut fan_out_text(bytes utf8)

@@ -25,6 +25,7 @@ only when a member first needs it.
 """
 
 cimport cython
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 import logging
 
 from .deflate cimport DeflateParams
@@ -68,7 +69,7 @@ cdef int release_flushes() except -1:
     _held.clear()
     for i in range(len(held)):
         try:
-            (<Writer>held[i])._flush()
+            (<Writer>held[i]).flush_slice()
         except BaseException:
             # Those after it still flush, in a callback as they would have.
             for writer in held[i + 1:]:
@@ -103,9 +104,13 @@ cdef class Writer:
                 self.loop.call_soon(self._flush)
         return 0
 
+    def _flush(self):
+        """The loop's callback: flush_slice."""
+        self.flush_slice()
+
     @cython.boundscheck(False)
     @cython.wraparound(False)
-    def _flush(self):
+    cdef int flush_slice(self) except -1:
         """Write up to FLUSH_SLICE connections; the rest wait for the next
         loop iteration, behind nothing that was queued later."""
         cdef Output output
@@ -130,6 +135,7 @@ cdef class Writer:
                 dirty.clear()
                 self.flush_pos = 0
                 self.scheduled = False
+        return 0
 
 
 cdef class Output(Process):
@@ -266,6 +272,18 @@ cdef class FanOut:
             return frame
         size[0] = (<tuple>found)[1]
         return (<tuple>found)[0]
+
+
+cdef FanOut fan_out_text(bytes utf8):
+    """A FanOut for a text message already encoded (valid UTF-8, as
+    orjson writes it): the same frame as ``fan_out`` of its str, without
+    the payload's dict or the str."""
+    cdef FanOut out = FanOut.__new__(FanOut)
+    out.owner = utf8
+    out.opcode = 0x1  # OP_TEXT
+    out.data = PyBytes_AS_STRING(utf8)
+    out.size = PyBytes_GET_SIZE(utf8)
+    return out
 
 
 cdef FanOut fan_out(object payload):
