@@ -78,6 +78,9 @@ READ = "history.read"
 ASK_TIMEOUT = 5.0
 # How long a write to the stream may take, from its publish to its ack.
 WRITE_TIMEOUT = 5.0
+# A message's header listing the references of its publications whose
+# publisher waited for their offset ("" for the others), in order.
+REFS_HEADER = "Wsrelay-Refs"
 # A recovery sent in one reply stays well under NATS' default max_payload.
 MAX_REPLY_BYTES = 512 << 10
 # A channel's writes outstanding at once; the publications numbered while
@@ -102,12 +105,15 @@ class _Batch:
     """Publications of one channel numbered one after the other, in one
     epoch: written as one message, then delivered."""
 
-    __slots__ = ("first", "epoch", "texts", "nbytes", "waiters", "written")
+    __slots__ = ("first", "epoch", "texts", "refs", "nbytes", "waiters", "written")
 
     def __init__(self, first: int, epoch: str) -> None:
         self.first = first
         self.epoch = epoch
         self.texts: list[str] = []
+        # The publishers' references of those that came with one (REFS_HEADER),
+        # "" for the others; None while none did.
+        self.refs: Optional[list[str]] = None
         self.nbytes = 0  # of the message: the envelopes, and a newline after each
         # (offset, waiter) of those whose publisher waits for its offset:
         # told {"offset", "epoch"} once delivered: a call's message, or a future.
@@ -167,6 +173,11 @@ class HistoryKeeper:
         # (connection, channel) -> its Subscription once the keeper answered,
         # for the channels.subscribe that waits for it.
         self._answers: dict[tuple[Pid, str], asyncio.Future[Any]] = {}
+        # channel -> {publisher's reference: offset} of the publications its
+        # stream held when this node took it over (as many as its Log: bounded
+        # by the channel's history size), for a publisher asking again.
+        self._stored: dict[str, dict[str, int]] = {}
+        self._next_ref = 0
 
     # -- start ----------------------------------------------------------------------
 
@@ -262,26 +273,45 @@ class HistoryKeeper:
 
     async def publish_stored(self, channel: str, data: bytes) -> dict[str, Any]:
         """As ``publish``, and the offset and epoch the keeper gave it,
-        wherever the keeper is."""
+        wherever the keeper is.
+
+        The publication carries a reference of its own, stored with it: when
+        its keeper is lost before answering, the next keeper is asked again
+        with it, and answers with the offset it has if the lost one had
+        stored it (the stream holds it, and its subscribers may have had it),
+        rather than publishing it twice."""
+        self._next_ref += 1
+        ref = f"{self._node}:{self._transport.incarnation}:{self._next_ref}"
         while True:
             if self._keeps(channel) and channel not in self._queued:
+                stored = self._stored_as(channel, ref)
+                if stored is not None:
+                    return stored
                 waiter = asyncio.get_running_loop().create_future()
-                self._number(channel, data, waiter)
+                self._number(channel, data, waiter, ref)
                 return await waiter
             keeper = self._keeper_of(channel)
             if keeper is not None and channel not in self._queued:
                 try:
-                    return await process.call(keeper, PUBLISH, [channel, data.decode()], ASK_TIMEOUT)
+                    return await process.call(keeper, PUBLISH, [channel, data.decode(), ref], ASK_TIMEOUT)
                 except CallError as exc:
-                    # The keeper ended or its node was lost, most likely before it
-                    # numbered this one: the next keeper is asked (a publication
-                    # it did number is published twice).
+                    # The keeper ended or its node was lost, before or after
+                    # storing this one: the next keeper is asked, with its reference.
                     _trouble.warning("publish", f"cluster history: keeper of {channel!r}: {exc}; asking again")
                     await asyncio.sleep(0.1)
                     continue
             await self._keeper_found(channel)
 
-    def _number(self, channel: str, data: bytes, waiter: Any = None) -> dict[str, Any]:
+    def _stored_as(self, channel: str, ref: str) -> Optional[dict[str, Any]]:
+        """The offset and epoch of the publication ``ref`` if the stream held
+        it when this node took ``channel`` over."""
+        stored = self._stored.get(channel)
+        offset = None if stored is None else stored.get(ref)
+        if offset is None:
+            return None
+        return {"offset": offset, "epoch": core_history.channel_log(channel).epoch}
+
+    def _number(self, channel: str, data: bytes, waiter: Any = None, ref: str = "") -> dict[str, Any]:
         offset, epoch, text = core.kept_publish(channel, data)
         writes = self._writing.get(channel)
         if writes is None:
@@ -294,7 +324,12 @@ class HistoryKeeper:
             # dropped and taken over again while this batch waited.)
             batch = _Batch(offset, epoch)
             writes.waiting.append(batch)
+        if ref and batch.refs is None:
+            batch.refs = [""] * len(batch.texts)
         batch.texts.append(text)
+        if batch.refs is not None:
+            batch.refs.append(ref)
+            batch.nbytes += len(ref) + 1
         batch.nbytes += size
         if waiter is not None:
             if batch.waiters is None:
@@ -332,7 +367,9 @@ class HistoryKeeper:
         try:
             # (No wait_stall: nats-py's window of outstanding acks has room
             # again as each is answered, or past WRITE_TIMEOUT cancelled.)
-            ack = await self._js.publish_async(subject(channel), "\n".join(batch.texts).encode(), stream=STREAM)
+            headers = None if batch.refs is None else {REFS_HEADER: ",".join(batch.refs)}
+            ack = await self._js.publish_async(subject(channel), "\n".join(batch.texts).encode(), stream=STREAM,
+                                               headers=headers)
         except Exception as exc:  # the broker away or refusing: delivered all the same, counted
             self._write_failed(channel, batch, exc)
             self._written(channel, writes, batch)
@@ -439,22 +476,26 @@ class HistoryKeeper:
             last = await self._js.get_last_msg(STREAM, subj)
         except NotFoundError:
             core_history.adopt(channel, size, ttl, _new_epoch(), 0, [])
+            self._stored.pop(channel, None)
             return
         top = orjson.loads(last.data.rpartition(b"\n")[2])
-        kept = await self._read(subj, last.seq, ttl, top["offset"], size)
+        stored: dict[str, int] = {}
+        kept = await self._read(subj, last.seq, ttl, top["offset"], size, stored)
         core_history.adopt(channel, size, ttl, top["epoch"], top["offset"], kept)
+        self._stored[channel] = stored
         log.info("cluster history: took over %r at offset %d (epoch %s)", channel, top["offset"], top["epoch"])
 
     async def _read(self, subj: str, last_seq: int, ttl: float, top: int,
-                    size: int) -> list[tuple[int, str, float]]:
+                    size: int, stored: dict[str, int]) -> list[tuple[int, str, float]]:
         """[(offset, envelope, seconds left)] of the subject's publications
         within the TTL, oldest first: the last ``size`` of the contiguous run
         that ends at offset ``top`` (a write that failed left a gap: only
-        what follows it recovers)."""
+        what follows it recovers). ``stored`` is given the offsets of those
+        of them that came with a publisher's reference."""
         # (offset of its first publication, how many it holds, its data,
-        # seconds left) of the last messages, as many as hold ``size``
-        # publications (the older ones cannot be in the Log).
-        messages: deque[tuple[int, int, bytes, float]] = deque()
+        # seconds left, its references) of the last messages, as many as
+        # hold ``size`` publications (the older ones cannot be in the Log).
+        messages: deque[tuple[int, int, bytes, float, Optional[str]]] = deque()
         held = 0
         seq = 1
         now = datetime.datetime.now(datetime.timezone.utc)
@@ -467,17 +508,20 @@ class HistoryKeeper:
             data = msg.data
             count = data.count(b"\n") + 1
             first = orjson.loads(data.partition(b"\n")[0])["offset"]
-            messages.append((first, count, data, left))
+            messages.append((first, count, data, left, (msg.headers or {}).get(REFS_HEADER)))
             held += count
             while held - messages[0][1] >= size:
                 held -= messages.popleft()[1]
         kept: list[tuple[int, str, float]] = []
         end = top + 1  # the first offset after the run so far
-        for first, count, data, left in reversed(messages):
+        for first, count, data, left, refs in reversed(messages):
             if first + count != end:
                 break  # a gap
             texts = data.decode().split("\n")
             kept.extend((first + i, texts[i], left) for i in range(count - 1, -1, -1))
+            for i, ref in enumerate(refs.split(",") if refs else ()):
+                if ref:
+                    stored[ref] = first + i
             end = first
             if len(kept) >= size:
                 break
@@ -576,8 +620,15 @@ class HistoryKeeper:
                 # The lease moved (or never was ours): the asker finds the keeper again.
                 raise LookupError(f"channel {channel!r} is not kept on this node")
             if topic == PUBLISH:
-                # Answered once the publication is stored and delivered.
-                self._number(channel, payload[1].encode(), msg)
+                # Answered once the publication is stored and delivered; one
+                # its publisher asks for again (its keeper was lost before
+                # answering) with what the stream holds of it.
+                ref = payload[2] if len(payload) > 2 else ""
+                stored = self._stored_as(channel, ref) if ref else None
+                if stored is not None:
+                    msg.reply(stored)
+                    return
+                self._number(channel, payload[1].encode(), msg, ref)
                 return
             elif topic == POSITION:
                 result = list(self.answer_position(channel, payload[1]))
