@@ -274,6 +274,30 @@ async def test_history_max_bytes_bounds_a_channel_whatever_its_size():
             assert core_history.logs()[1] <= 2000
 
 
+async def test_the_kept_publications_are_the_latest_in_order_as_the_history_grows_and_wraps():
+    # 20 kept: the Log's ring grows (8, 16, 20 slots) and then wraps around.
+    async with running_app(size=20):
+        for last in (1, 7, 8, 9, 16, 17, 20, 21, 39, 40, 41, 75):
+            while channels.publish(ROOM, {"n": "x"})["offset"] < last:
+                pass
+            kept = (await channels.history(ROOM))["publications"]
+            assert [p["offset"] for p in kept] == list(range(max(1, last - 19), last + 1)), last
+
+
+@pytest.mark.parametrize("epoch, offset", [("0badcafe", 2**63 - 3), ('an "epoch" \\ \u00e9', 41)])
+async def test_an_envelope_is_the_json_of_its_fields_at_any_offset_and_epoch(epoch, offset):
+    # A Log taken over (as a cluster's keeper does) at a large offset, or
+    # with an epoch that JSON escapes: the publication's envelope is still
+    # exactly the JSON of its fields.
+    async with running_app() as gw, client(gw, ROOM) as ws:
+        await recv_json(ws)  # subscribed, to the first Log
+        core_history.adopt(ROOM, SIZE, 60.0, epoch, offset, [])
+        assert channels.publish(ROOM, {"n": 1}) == {"offset": offset + 1, "epoch": epoch}
+        raw = await asyncio.wait_for(ws.recv(), 10)
+        assert json.loads(raw) == publication({"n": 1}, offset + 1, epoch)
+        assert raw == json.dumps(publication({"n": 1}, offset + 1, epoch), separators=(",", ":"), ensure_ascii=False)
+
+
 async def test_an_idle_history_is_dropped_and_comes_back_with_a_new_epoch():
     async with running_app(ttl=0.2) as gw:
         first = channels.publish(ROOM, 1)

@@ -82,6 +82,11 @@ cdef bytes _PUB_HEAD = b'{"channel":"'
 cdef bytes _PUB_MID = b'","event":"' + PUBLICATION.encode() + b'","data":'
 cdef Py_ssize_t _PUB_HEAD_LEN = len(_PUB_HEAD)
 cdef Py_ssize_t _PUB_MID_LEN = len(_PUB_MID)
+# After the data of a publication on a channel with history (_around).
+cdef bytes _KEPT_OFFSET = b',"offset":'
+cdef bytes _KEPT_EPOCH = b',"epoch":"'
+cdef Py_ssize_t _KEPT_OFFSET_LEN = len(_KEPT_OFFSET)
+cdef Py_ssize_t _KEPT_EPOCH_LEN = len(_KEPT_EPOCH)
 # Looked up once, not on the module per publication.
 cdef object _dumps = orjson.dumps
 cdef object _JSONEncodeError = orjson.JSONEncodeError
@@ -318,19 +323,35 @@ cdef bytes _encoded(str name, str event, object data, bint with_data, Log log):
         raise TypeError(f"channels.publish({name!r}): data is not JSON-serialisable: {exc}") from None
 
 
-cdef bytes _publication(str checked, object data):
-    """_encoded of a publication without history, to a name
-    check_channel_name passed: ASCII that JSON writes as it is, so the
-    envelope is put together around the data's JSON, as orjson writes the
-    dict (compact, in that order), without the dict."""
-    cdef Py_ssize_t name_len = 0, data_len, at
-    cdef const char* name = PyUnicode_AsUTF8AndSize(checked, &name_len)
+cdef bytes _publication(str checked, object data, Log log=None):
+    """_encoded of a publication to a name check_channel_name passed (with
+    the next offset and the epoch of ``log``, a channel with history):
+    ASCII that JSON writes as it is, so the envelope is put together around
+    the data's JSON, as orjson writes the dict (compact, in that order),
+    without the dict."""
     try:
         data_json = _dumps(data)
     except _JSONEncodeError as exc:
         raise TypeError(f"channels.publish({checked!r}): data is not JSON-serialisable: {exc}") from None
-    data_len = PyBytes_GET_SIZE(<bytes>data_json)
-    cdef bytes out = PyBytes_FromStringAndSize(NULL, _PUB_HEAD_LEN + name_len + _PUB_MID_LEN + data_len + 1)
+    return _around(checked, <bytes>data_json, log)
+
+
+cdef bytes _around(str checked, bytes data_json, Log log):
+    """_publication's envelope around ``data_json``, JSON already."""
+    cdef Py_ssize_t name_len = 0, data_len = PyBytes_GET_SIZE(data_json), epoch_len = 0, tail_len = 1, at
+    cdef const char* name = PyUnicode_AsUTF8AndSize(checked, &name_len)
+    cdef const char* epoch = NULL
+    cdef char offset[24]
+    cdef int offset_len = 0
+    if log is not None:
+        epoch = PyUnicode_AsUTF8AndSize(log.epoch, &epoch_len)
+        if not _plain(epoch, epoch_len):
+            # An epoch read from elsewhere (a cluster's stream) that JSON
+            # would escape: written by orjson, as it must be.
+            return _encoded(checked, PUBLICATION, orjson.Fragment(data_json), True, log)
+        offset_len = _decimal(log.offset + 1, offset)
+        tail_len = _KEPT_OFFSET_LEN + offset_len + _KEPT_EPOCH_LEN + epoch_len + 2
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, _PUB_HEAD_LEN + name_len + _PUB_MID_LEN + data_len + tail_len)
     cdef char* p = PyBytes_AS_STRING(out)
     memcpy(p, PyBytes_AS_STRING(_PUB_HEAD), _PUB_HEAD_LEN)
     at = _PUB_HEAD_LEN
@@ -338,9 +359,46 @@ cdef bytes _publication(str checked, object data):
     at += name_len
     memcpy(p + at, PyBytes_AS_STRING(_PUB_MID), _PUB_MID_LEN)
     at += _PUB_MID_LEN
-    memcpy(p + at, PyBytes_AS_STRING(<bytes>data_json), data_len)
-    p[at + data_len] = b'}'
+    memcpy(p + at, PyBytes_AS_STRING(data_json), data_len)
+    at += data_len
+    if log is not None:
+        memcpy(p + at, PyBytes_AS_STRING(_KEPT_OFFSET), _KEPT_OFFSET_LEN)
+        at += _KEPT_OFFSET_LEN
+        memcpy(p + at, offset, offset_len)
+        at += offset_len
+        memcpy(p + at, PyBytes_AS_STRING(_KEPT_EPOCH), _KEPT_EPOCH_LEN)
+        at += _KEPT_EPOCH_LEN
+        memcpy(p + at, epoch, epoch_len)
+        at += epoch_len
+        p[at] = b'"'
+        at += 1
+    p[at] = b'}'
     return out
+
+
+cdef inline int _decimal(unsigned long long value, char* out) noexcept:
+    """``value`` written in decimal at ``out`` (room for 20 digits): how
+    many digits (what snprintf's %llu writes, without its cost)."""
+    cdef char digits[20]
+    cdef int n = 0, i
+    while True:
+        digits[n] = <char>(48 + value % 10)
+        n += 1
+        value //= 10
+        if value == 0:
+            break
+    for i in range(n):
+        out[i] = digits[n - 1 - i]
+    return n
+
+
+cdef inline bint _plain(const char* text, Py_ssize_t n) noexcept:
+    """Whether JSON writes ``text`` (UTF-8) as it is: printable ASCII, no quote or backslash."""
+    cdef Py_ssize_t i
+    for i in range(n):
+        if not (32 <= <unsigned char>text[i] < 127) or text[i] == b'"' or text[i] == b'\\':
+            return False
+    return True
 
 
 cdef str _envelope(str name, str event, object data, bint with_data):
@@ -425,10 +483,8 @@ cdef object publish_checked(Node node, str checked, object data):
     cdef bytes encoded
     cdef str text = None
     cdef dict result = None
-    if log is None:
-        encoded = _publication(checked, data)
-    else:
-        encoded = _encoded(checked, PUBLICATION, data, True, log)
+    encoded = _publication(checked, data, log)
+    if log is not None:
         text = encoded.decode()
         log.keep(log.offset + 1, text, len(encoded))
         log.delivered = log.offset
@@ -470,7 +526,7 @@ def kept_publish(str name, bytes data):
         # JSON from orjson never has one (a string's is escaped); JSON from
         # elsewhere may have some between its tokens: written compact.
         data = orjson.dumps(orjson.loads(data))
-    cdef bytes encoded = _encoded(name, PUBLICATION, orjson.Fragment(data), True, log)
+    cdef bytes encoded = _around(check_channel_name(name), data, log)
     cdef str text = encoded.decode()
     log.keep(log.offset + 1, text, len(encoded))
     return log.offset, log.epoch, text

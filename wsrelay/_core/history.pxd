@@ -11,19 +11,28 @@ cdef class Log:
     # The namespace's history_size and history_ttl.
     cdef readonly Py_ssize_t size
     cdef readonly double ttl
-    # (offset, envelope text, bytes, when it expires), oldest first, offsets
-    # contiguous.
-    cdef object entries
-    # entries.append and entries.popleft, bound once: a publication kept
-    # calls each, and a method looked up by name costs more than the call.
-    cdef object _append
-    cdef object _popleft
+    # The entries, oldest first, offsets contiguous: a ring of ``cap``
+    # slots from ``head``, ``count`` of them used, the oldest publication
+    # ``first``; each slot's envelope text (``texts``, a list), its bytes
+    # and when it expires (C arrays: a publication kept allocates nothing
+    # but its text). The ring grows by doubling up to ``size``.
+    cdef list texts
+    cdef Py_ssize_t* sizes
+    cdef double* expires
+    cdef Py_ssize_t cap
+    cdef Py_ssize_t head
+    cdef Py_ssize_t count
+    cdef unsigned long long first
     cdef Py_ssize_t nbytes
     # When the last publication was kept (monotonic seconds).
     cdef double last
 
     cdef int keep(self, unsigned long long offset, str text, Py_ssize_t nbytes) except -1
     cdef int trim(self, double now) except -1
+    cdef int _add(self, unsigned long long offset, str text, Py_ssize_t nbytes, double expires) except -1
+    cdef int _grow(self) except -1
+    cdef int _drop_oldest(self) except -1
+    cdef inline str _text(self, Py_ssize_t i)
     cdef list after(self, str epoch, unsigned long long offset)
 
 

@@ -27,9 +27,9 @@ numbered here, stored in JetStream, then delivered: ``delivered`` trails
 delivered, so that nothing is given twice.
 """
 
+from cpython.mem cimport PyMem_Free, PyMem_Realloc
+
 import asyncio
-from collections import deque
-from itertools import islice
 from secrets import token_hex
 
 import orjson
@@ -134,51 +134,100 @@ cdef class Log:
         self.delivered = 0
         self.size = size
         self.ttl = ttl
-        self.entries = deque()
-        self._append = self.entries.append
-        self._popleft = self.entries.popleft
+        self.texts = []
+        self.sizes = NULL
+        self.expires = NULL
+        self.cap = self.head = self.count = 0
+        self.first = 1
         self.nbytes = 0
         self.last = monotonic()
+
+    def __dealloc__(self):
+        PyMem_Free(self.sizes)
+        PyMem_Free(self.expires)
 
     cdef int keep(self, unsigned long long offset, str text, Py_ssize_t nbytes) except -1:
         """Publication ``offset`` (the next one) kept as its envelope
         ``text`` of ``nbytes``; the oldest go as the bounds require."""
-        cdef tuple oldest
         self.last = monotonic()
         self.offset = offset
-        self._append((offset, text, nbytes, self.last + self.ttl))
+        return self._add(offset, text, nbytes, self.last + self.ttl)
+
+    cdef int _add(self, unsigned long long offset, str text, Py_ssize_t nbytes, double expires) except -1:
+        cdef Py_ssize_t at
+        if self.size <= 0:
+            return 0  # a Log that keeps nothing (history_size 0): offsets and the epoch only
+        if self.count == self.cap:
+            if self.cap < self.size:
+                self._grow()
+            else:
+                self._drop_oldest()
+        if self.count == 0:
+            self.first = offset
+        at = (self.head + self.count) % self.cap
+        self.texts[at] = text
+        self.sizes[at] = nbytes
+        self.expires[at] = expires
+        self.count += 1
         self.nbytes += nbytes
-        while len(self.entries) > self.size or self.nbytes > _max_bytes:
-            oldest = self._popleft()
-            self.nbytes -= <Py_ssize_t>oldest[2]
+        while self.count > self.size or self.nbytes > _max_bytes:
+            self._drop_oldest()
         return 0
+
+    cdef int _grow(self) except -1:
+        """Twice the slots (at most ``size``), the entries moved to the
+        front in order."""
+        cdef Py_ssize_t cap = min(self.size, max(8, 2 * self.cap)), i, at
+        cdef Py_ssize_t* sizes = <Py_ssize_t*>PyMem_Realloc(NULL, cap * sizeof(Py_ssize_t))
+        cdef double* expires = <double*>PyMem_Realloc(NULL, cap * sizeof(double))
+        if sizes == NULL or expires == NULL:
+            PyMem_Free(sizes)
+            PyMem_Free(expires)
+            raise MemoryError()
+        cdef list texts = [None] * cap
+        for i in range(self.count):
+            at = (self.head + i) % self.cap
+            texts[i] = self.texts[at]
+            sizes[i] = self.sizes[at]
+            expires[i] = self.expires[at]
+        PyMem_Free(self.sizes)
+        PyMem_Free(self.expires)
+        self.texts, self.sizes, self.expires, self.cap, self.head = texts, sizes, expires, cap, 0
+        return 0
+
+    cdef int _drop_oldest(self) except -1:
+        self.texts[self.head] = None
+        self.nbytes -= self.sizes[self.head]
+        self.head = (self.head + 1) % self.cap
+        self.count -= 1
+        self.first += 1
+        return 0
+
+    cdef inline str _text(self, Py_ssize_t i):
+        """The envelope of the ``i``-th entry from the oldest."""
+        return <str>self.texts[(self.head + i) % self.cap]
 
     cdef int trim(self, double now) except -1:
         """Let go of the entries whose time is up."""
-        cdef tuple oldest
-        while self.entries and <double>(<tuple>self.entries[0])[3] <= now:
-            oldest = self._popleft()
-            self.nbytes -= <Py_ssize_t>oldest[2]
+        while self.count and self.expires[self.head] <= now:
+            self._drop_oldest()
         return 0
 
     cdef list after(self, str epoch, unsigned long long offset):
         """The envelopes of the publications delivered after ``offset`` when
         they can all be given: the same epoch, none of them let go of, at
         most WSRELAY_RECOVERY_MAX; else None."""
-        cdef unsigned long long first
         cdef unsigned long long top = self.delivered
+        cdef Py_ssize_t i
         if epoch != self.epoch or offset > top or top - offset > <unsigned long long>_recovery_max:
             return None
         self.trim(monotonic())
         if offset == top:
             return []
-        if not self.entries:
+        if not self.count or self.first > offset + 1:
             return None
-        first = <unsigned long long>(<tuple>self.entries[0])[0]
-        if first > offset + 1:
-            return None
-        return [entry[1] for entry in islice(self.entries, <Py_ssize_t>(offset + 1 - first),
-                                             <Py_ssize_t>(top + 1 - first))]
+        return [self._text(i) for i in range(<Py_ssize_t>(offset + 1 - self.first),
+                                              <Py_ssize_t>(top + 1 - self.first))]
 
     def recovery(self, str epoch, unsigned long long offset):
         """Python view of ``after``, for the cluster's keeper."""
@@ -189,21 +238,24 @@ cdef class Log:
         most ``limit``)."""
         self.trim(monotonic())
         cdef list out = []
-        for entry in self.entries:
-            if since is not None and entry[0] <= since:
+        cdef Py_ssize_t i
+        cdef unsigned long long offset
+        for i in range(self.count):
+            offset = self.first + <unsigned long long>i
+            if since is not None and offset <= since:
                 continue
-            if entry[0] > self.delivered:
+            if offset > self.delivered:
                 break
             if limit is not None and len(out) >= limit:
                 break
-            out.append({"offset": entry[0], "epoch": self.epoch, "data": orjson.loads(entry[1])["data"]})
+            out.append({"offset": offset, "epoch": self.epoch, "data": orjson.loads(self._text(i))["data"]})
         return out
 
     def __len__(self):
-        return len(self.entries)
+        return self.count
 
     def __repr__(self):
-        return f"Log({self.channel!r}, epoch={self.epoch!r}, offset={self.offset}, kept={len(self.entries)})"
+        return f"Log({self.channel!r}, epoch={self.epoch!r}, offset={self.offset}, kept={self.count})"
 
 
 cdef Log existing(str channel):
@@ -243,7 +295,7 @@ def _sweep():
     cdef list idle = []
     for log in _logs.values():
         log.trim(now)
-        if _keeper is None and not log.entries and now - log.last > log.ttl and log.channel not in _busy:
+        if _keeper is None and not log.count and now - log.last > log.ttl and log.channel not in _busy:
             idle.append(log.channel)
     for name in idle:
         del _logs[name]
@@ -260,14 +312,9 @@ def adopt(str channel, Py_ssize_t size, double ttl, str epoch, unsigned long lon
     one or more publications)."""
     cdef Log log = Log(channel, size, ttl)
     cdef double now = monotonic()
-    cdef tuple oldest
     log.epoch = epoch
     for entry_offset, text, left in kept:
-        log.entries.append((entry_offset, text, len(text), now + left))
-        log.nbytes += len(text)
-    while len(log.entries) > size or log.nbytes > _max_bytes:
-        oldest = log.entries.popleft()
-        log.nbytes -= <Py_ssize_t>oldest[2]
+        log._add(entry_offset, text, len(text), now + left)
     log.offset = log.delivered = offset
     _logs[channel] = log
     _schedule_sweep()
