@@ -524,6 +524,11 @@ def flamegraph_top(svg: pathlib.Path, n: int = 40) -> str:
 
 MAIN_METRIC = {"echo": "msgs_per_s", "broadcast": "deliveries_per_s", "connections": "handshakes_per_s",
                "churn": "cycles_per_s"}
+# The server CPU figure of each scenario, also kept run by run (``runs_cpu``):
+# servers are interleaved, so run i of two servers are neighbours in time,
+# and their ratio is less exposed to the machine's load than the medians'.
+CPU_METRIC = {"echo": "cpu_us_per_msg", "broadcast": "cpu_us_per_delivery", "connections": "cpu_us_per_handshake",
+              "churn": "cpu_us_per_cycle"}
 
 
 # Bytes in flight per second of warm-up an echo point gets at least.
@@ -558,6 +563,7 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out["check"] = sorted({c for r in runs for c in r.get("check", [])})
     metric = MAIN_METRIC[out["scenario"]]
     out["runs"] = [r.get(metric) for r in runs]
+    out["runs_cpu"] = [r.get(CPU_METRIC[out["scenario"]]) for r in runs]
     return out
 
 

@@ -206,3 +206,26 @@ async def test_an_async_endpoint_relays_a_browser_request_and_what_came_with_its
         topic, payload, _ = await expect("target")
         assert topic == "ws.leave"
         writer.close()
+
+
+async def test_an_async_endpoint_reads_repeated_headers_in_order_and_all_of_them_as_a_multidict() -> None:
+    # An async endpoint's headers are read where the core parsed them; the
+    # multidict of them all is made when the handler asks for it.
+    seen: list[Any] = []
+
+    async def endpoint(req: Any, res: Any) -> None:
+        await asyncio.sleep(0)
+        seen.append((req.header("x-twice"), req.header_values("X-TWICE"), req.header_values("x-none"),
+                     req.header("X-None", "default"), req.cookie("b"), req.headers.getall("X-Twice"),
+                     req.header("x-twice"), req.headers["upgrade"]))
+        res.status(204)
+
+    async with running(relay_app(endpoint)) as gw:
+        reader, writer = await asyncio.open_connection(*gw.address())
+        writer.write(b"GET " + PATH.encode() + b" HTTP/1.1\r\nHost: x\r\nX-Twice: one\r\nCookie: a=1\r\n"
+                     b"Upgrade: websocket\r\nConnection: Upgrade\r\nx-twice: two\r\ncookie: b=2\r\n"
+                     b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        writer.close()
+    assert head.startswith(b"HTTP/1.1 204 "), head
+    assert seen == [("one", ["one", "two"], [], "default", "2", ["one", "two"], "one", "websocket")]

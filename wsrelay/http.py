@@ -16,7 +16,7 @@ import orjson
 from multidict import CIMultiDict
 from picows import WSUpgradeResponse
 
-from ._core.handshake import parse_request
+from ._core.handshake import header_of, headers_of, parse_request, set_header
 from ._core.pid import Pid
 from ._core.relayspec import RELAY_HEADER, parse_relay_header
 
@@ -24,14 +24,19 @@ from ._core.relayspec import RELAY_HEADER, parse_relay_header
 class Request:
     """An HTTP request as a handler sees it."""
 
-    __slots__ = ("method", "path", "query_string", "_headers", "_query", "_cookies", "_transport", "_client")
+    __slots__ = ("method", "path", "query_string", "_headers", "_fields", "_query", "_cookies", "_transport",
+                 "_client")
 
     def __init__(self, method: str, path: str, query_string: str, headers: CIMultiDict,
                  transport: Any = None) -> None:
         self.method = method
         self.path = path
         self.query_string = query_string
-        self._headers = headers
+        self._headers: Optional[CIMultiDict] = headers
+        # The headers as the core read them, [(name, value)], while no
+        # CIMultiDict of them is needed (from_head): header() reads them in
+        # place, the headers property makes the CIMultiDict once.
+        self._fields: Optional[list[tuple[str, str]]] = None
         self._query: Optional[dict[str, list[str]]] = None
         self._cookies: Optional[dict[str, str]] = None
         # The client's socket (an asyncio transport), asked for its address
@@ -58,7 +63,7 @@ class Request:
     def cookie(self, name: str, default: Optional[str] = None) -> Optional[str]:
         """The value of cookie ``name`` sent in the ``Cookie`` header(s)."""
         if self._cookies is None:
-            self._cookies = _cookies(self._headers.getall("Cookie", ()))
+            self._cookies = _cookies(self.header_values("Cookie"))
         return self._cookies.get(name, default)
 
     @classmethod
@@ -68,8 +73,10 @@ class Request:
         (wsrelay._core.handshake.parse_request: a tenth of httptools' cost
         through Python callbacks). ValueError naming the problem when it is
         not one."""
-        method, path, query, headers = parse_request(head)
-        return cls(method, path, query, headers, transport)
+        method, path, query, fields = parse_request(head)
+        req = cls(method, path, query, None, transport)  # type: ignore[arg-type]
+        req._fields = fields
+        return req
 
     def query(self, name: str, default: Optional[str] = None) -> Optional[str]:
         """The first value of query parameter ``name``."""
@@ -80,11 +87,39 @@ class Request:
 
     def header(self, name: str, default: Optional[str] = None) -> Optional[str]:
         """Header ``name``, case-insensitively."""
-        return self._headers.get(name, default)
+        fields = self._fields
+        if fields is None:
+            return self._headers.get(name, default)  # type: ignore[union-attr]
+        return header_of(fields, name, default)
+
+    def header_values(self, name: str) -> list[str]:
+        """Every value of header ``name``, in order (case-insensitively)."""
+        fields = self._fields
+        if fields is not None:
+            return headers_of(fields, name)
+        return self.headers.getall(name, [])
+
+    def normalize_upgrade(self) -> None:
+        """Say Upgrade and Connection as picows reads them after the handler
+        has run (browsers send "keep-alive, Upgrade", and Upgrade is a list
+        too): a request found valid is not refused there, which would
+        orphan what the handler spawned."""
+        fields = self._fields
+        if fields is not None:
+            set_header(fields, "Connection", "Upgrade")
+            set_header(fields, "Upgrade", "websocket")
+        else:
+            headers = self._headers
+            headers["Connection"] = "Upgrade"  # type: ignore[index]
+            headers["Upgrade"] = "websocket"  # type: ignore[index]
 
     @property
     def headers(self) -> CIMultiDict:
-        return self._headers
+        headers = self._headers
+        if headers is None:
+            headers = self._headers = CIMultiDict(self._fields or ())
+            self._fields = None
+        return headers
 
 
 def _cookies(headers: Any) -> dict[str, str]:
