@@ -272,7 +272,7 @@ cdef Subscription _subscribed(Connection conn, str name, str epoch, unsigned lon
     ).decode()}).offer_to(conn)
     if recovered:
         for text in missed:
-            fan_out({"type": "text", "data": text}).offer_to(conn)
+            (fan_out_text(<bytes>text) if type(text) is bytes else fan_out({"type": "text", "data": text})).offer_to(conn)
     return Subscription(name, recovered, latest, epoch)
 
 
@@ -472,8 +472,8 @@ cdef object publish_checked(Node node, str checked, object data):
     """``publish`` of a name check_channel_name returned, on ``node``'s
     thread (the server API's quick path calls it so); what ``publish``
     returns, None for its ``{}`` (no history: no dict made). The envelope's
-    bytes are framed as they are; its str is made only for what keeps or
-    ships text (a Log, the other nodes, a subscriber held)."""
+    bytes are framed, and kept by a Log, as they are; its str is made only
+    for what ships text (the other nodes, a subscriber held)."""
     keeper = cluster_keeper()
     if keeper is not None and limits_of(checked) is not None:
         # Numbered, stored and delivered by the channel's keeper (deliver_kept).
@@ -485,8 +485,9 @@ cdef object publish_checked(Node node, str checked, object data):
     cdef dict result = None
     encoded = _publication(checked, data, log)
     if log is not None:
-        text = encoded.decode()
-        log.keep(log.offset + 1, text, len(encoded))
+        # Kept as it is framed: its bytes (a Log on one node; a keeper's
+        # holds text, see kept_publish).
+        log.keep(log.offset + 1, encoded, len(encoded))
         log.delivered = log.offset
         result = {"offset": log.offset, "epoch": log.epoch}
     node.counters.channel_publications += 1

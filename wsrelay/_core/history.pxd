@@ -27,12 +27,12 @@ cdef class Log:
     # When the last publication was kept (monotonic seconds).
     cdef double last
 
-    cdef int keep(self, unsigned long long offset, str text, Py_ssize_t nbytes) except -1
+    cdef int keep(self, unsigned long long offset, object text, Py_ssize_t nbytes) except -1
     cdef int trim(self, double now) except -1
-    cdef int _add(self, unsigned long long offset, str text, Py_ssize_t nbytes, double expires) except -1
+    cdef int _add(self, unsigned long long offset, object text, Py_ssize_t nbytes, double expires) except -1
     cdef int _grow(self) except -1
     cdef int _drop_oldest(self) except -1
-    cdef inline str _text(self, Py_ssize_t i)
+    cdef inline object _text(self, Py_ssize_t i)
     cdef list after(self, str epoch, unsigned long long offset)
 
 

@@ -146,14 +146,15 @@ cdef class Log:
         PyMem_Free(self.sizes)
         PyMem_Free(self.expires)
 
-    cdef int keep(self, unsigned long long offset, str text, Py_ssize_t nbytes) except -1:
+    cdef int keep(self, unsigned long long offset, object text, Py_ssize_t nbytes) except -1:
         """Publication ``offset`` (the next one) kept as its envelope
-        ``text`` of ``nbytes``; the oldest go as the bounds require."""
+        ``text`` (str, or its UTF-8 bytes) of ``nbytes``; the oldest go as
+        the bounds require."""
         self.last = monotonic()
         self.offset = offset
         return self._add(offset, text, nbytes, self.last + self.ttl)
 
-    cdef int _add(self, unsigned long long offset, str text, Py_ssize_t nbytes, double expires) except -1:
+    cdef int _add(self, unsigned long long offset, object text, Py_ssize_t nbytes, double expires) except -1:
         cdef Py_ssize_t at
         if self.size <= 0:
             return 0  # a Log that keeps nothing (history_size 0): offsets and the epoch only
@@ -203,9 +204,9 @@ cdef class Log:
         self.first += 1
         return 0
 
-    cdef inline str _text(self, Py_ssize_t i):
-        """The envelope of the ``i``-th entry from the oldest."""
-        return <str>self.texts[(self.head + i) % self.cap]
+    cdef inline object _text(self, Py_ssize_t i):
+        """The envelope of the ``i``-th entry from the oldest (str or bytes, as kept)."""
+        return self.texts[(self.head + i) % self.cap]
 
     cdef int trim(self, double now) except -1:
         """Let go of the entries whose time is up."""
@@ -214,7 +215,7 @@ cdef class Log:
         return 0
 
     cdef list after(self, str epoch, unsigned long long offset):
-        """The envelopes of the publications delivered after ``offset`` when
+        """The envelopes (as kept) of the publications delivered after ``offset`` when
         they can all be given: the same epoch, none of them let go of, at
         most WSRELAY_RECOVERY_MAX; else None."""
         cdef unsigned long long top = self.delivered
