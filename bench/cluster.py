@@ -120,11 +120,14 @@ class ClusterServer(RunningServer):
                 continue
         return total
 
-    def cpu_by_process(self) -> dict[int, tuple[str, float]]:
+    def cpu_by_process(self, precise: bool = False) -> dict[int, tuple[str, float]]:
+        """CPU seconds of each process of the tree, with its role: from
+        ``stat`` (clock ticks), or ``precise``: from its threads'
+        ``schedstat`` (ns; procfs.cpu_ns says when that is right)."""
         out = {}
         for pid, r in self.processes().items():
             try:
-                out[pid] = (r, procfs.cpu_seconds(pid))
+                out[pid] = (r, procfs.cpu_ns(pid) / 1e9 if precise else procfs.cpu_seconds(pid))
             except GONE:
                 continue
         return out
