@@ -13,9 +13,11 @@ cdef class Log:
     cdef readonly double ttl
     # The entries, oldest first, offsets contiguous: a ring of ``cap``
     # slots from ``head``, ``count`` of them used, the oldest publication
-    # ``first``; each slot's envelope text (``texts``, a list), its bytes
-    # and when it expires (C arrays: a publication kept allocates nothing
-    # but its text). The ring grows by doubling up to ``size``.
+    # ``first``; each slot's envelope (``texts``, a list: the UTF-8 bytes
+    # that were framed, on one node; its str on a cluster's keeper, which
+    # stores and ships text), its bytes and when it expires (C arrays: a
+    # publication kept allocates nothing of its own). The ring grows by
+    # doubling up to ``size``.
     cdef list texts
     cdef Py_ssize_t* sizes
     cdef double* expires
