@@ -95,9 +95,9 @@ class Request:
     def header_values(self, name: str) -> list[str]:
         """Every value of header ``name``, in order (case-insensitively)."""
         fields = self._fields
-        if fields is not None:
-            return headers_of(fields, name)
-        return self.headers.getall(name, [])
+        if fields is None:
+            return self._headers.getall(name, [])  # type: ignore[union-attr]
+        return headers_of(fields, name)
 
     def normalize_upgrade(self) -> None:
         """Say Upgrade and Connection as picows reads them after the handler

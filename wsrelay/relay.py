@@ -109,8 +109,7 @@ def _tokens(value: Optional[str]) -> set[str]:
 def check_upgrade(req: Request) -> Optional[Response]:
     """None for a valid WebSocket upgrade request (RFC 6455 §4.2.1), else
     the 400/426 response that refuses it."""
-    # (The multidict's own get for a request picows parsed: a call less.)
-    header = req.header if req._headers is None else req._headers.get
+    header = req.header
     if "websocket" not in _tokens(header("Upgrade")):
         return plain(426, "426 Upgrade Required: this endpoint only accepts WebSocket upgrades",
                      {"Upgrade": "websocket", "Sec-WebSocket-Version": "13"})
