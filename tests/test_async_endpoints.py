@@ -13,7 +13,7 @@ from typing import Any
 import wsrelay
 from tests.apps import relay_app
 from tests.harness import expect, running, until
-from tests.wsclient import RawWebSocket, close_payload, encode_frame, http_request
+from tests.wsclient import RawWebSocket, address, close_payload, encode_frame, http_request
 from wsrelay import process
 
 PATH = "/ws/chat"
@@ -60,6 +60,27 @@ async def test_an_async_endpoint_answers_without_relaying() -> None:
         assert answer.status == 401
         assert answer.headers["WWW-Authenticate"] == "Bearer"
         assert answer.text == "who are you, ann?"
+
+
+async def test_an_async_endpoint_is_found_by_its_percent_encoded_path_and_not_by_a_malformed_request_line() -> None:
+    # The guard finds the async endpoints' paths in the request line itself:
+    # decoded as the router decodes them, the query left out.
+    async def endpoint(req: Any, res: Any) -> None:
+        await asyncio.sleep(0)
+        res.status(401).write(f"{req.path} {req.query('user')}")
+
+    async with running(relay_app(endpoint)) as gw:
+        answer = await http_request(gw, "/ws/ch%61t?user=b%6Fb", upgrade=True)
+        assert (answer.status, answer.text) == (401, "/ws/chat bob")
+        # Two spaces where one belongs: not a request line the guard routes,
+        # and picows refuses it (no handler runs).
+        host, port = address(gw)
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(b"GET  /ws/chat HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        status_line = await asyncio.wait_for(reader.readline(), 10)
+        writer.close()
+        assert not status_line.startswith(b"HTTP/1.1 401"), status_line
 
 
 async def test_an_async_endpoint_past_the_handler_timeout_is_answered_504_and_cancelled() -> None:

@@ -6,6 +6,9 @@ not answer pings are dropped with reason ``timeout``)."""
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
+import stat
 import time
 
 import pytest
@@ -164,3 +167,35 @@ async def test_no_pings_when_the_interval_is_zero():
         while msg.payload[0] == "ws.heartbeat":
             msg = await inbox.receive(timeout=10)
         assert msg.payload[0] == "ws.leave" and msg.payload[1]["reason"] == "client_closed"
+
+
+def _server_side_receive_buffer(server_port: int, client_port: int) -> int:
+    """SO_RCVBUF of the gateway's socket for the client at ``client_port``
+    (the gateway runs in this process: its sockets are among our files)."""
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if not stat.S_ISSOCK(os.fstat(int(name)).st_mode):
+                continue
+            sock = socket.socket(fileno=os.dup(int(name)))
+        except OSError:
+            continue  # closed since the listing
+        with sock:
+            if sock.family not in (socket.AF_INET, socket.AF_INET6):
+                continue
+            try:
+                ends = sock.getsockname()[1], sock.getpeername()[1]
+            except OSError:
+                continue  # a listening socket has no peer
+            if ends == (server_port, client_port):
+                return sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    raise AssertionError(f"no socket of the gateway's port {server_port} for the client at {client_port}")
+
+
+@pytest.mark.parametrize("size", [12 << 10, 100 << 10])
+async def test_each_client_socket_gets_wsrelay_socket_receive_buffer(size):
+    async with running(relay_app(relay_handler("relay:echo", process.self())), socket_receive_buffer=size) as gw:
+        ws = await RawWebSocket.connect(gw, "/ws/chat")
+        client_port = ws.writer.get_extra_info("sockname")[1]
+        # Linux doubles what it is set to, for its own bookkeeping (socket(7)).
+        assert _server_side_receive_buffer(address(gw)[1], client_port) == 2 * size
+        await ws.close_handshake(1000)

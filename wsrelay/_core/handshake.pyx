@@ -33,14 +33,20 @@ import asyncio
 import logging
 from collections import deque
 from http import HTTPStatus
-from socket import SOL_SOCKET, SO_RCVBUF
 from urllib.parse import unquote, unquote_to_bytes
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.unicode cimport (PyUnicode_1BYTE_DATA, PyUnicode_1BYTE_KIND, PyUnicode_DecodeLatin1,
                                PyUnicode_GET_LENGTH, PyUnicode_KIND)
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_Resize
+from cpython.exc cimport PyErr_SetFromErrno
 from libc.string cimport memchr, memcmp, memcpy
+
+cdef extern from "<sys/socket.h>":
+    enum:
+        SOL_SOCKET
+        SO_RCVBUF
+    int setsockopt(int fd, int level, int name, const void* value, unsigned int length)
 
 cdef extern from "<strings.h>":
     int strncasecmp(const char* a, const char* b, size_t n)
@@ -320,6 +326,14 @@ cdef class HandlerDeadlines:
             queue.popleft()
 
 
+cdef int _set_receive_buffer(int fd, int size) except -1:
+    """SO_RCVBUF of ``fd``; OSError as socket.setsockopt raises it."""
+    if setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, sizeof(size)) != 0:
+        PyErr_SetFromErrno(OSError)
+        return -1
+    return 0
+
+
 cdef class Handshakes:
     """The handshakes of one service: their bounds, and their counts."""
 
@@ -382,7 +396,9 @@ cdef class HandshakeGuard(_GuardBase, asyncio.BufferedProtocol):
             # its read buffer (which doubles whenever a read fills it) stays
             # near twice this, or twice the largest frame, for a client that
             # floods as for one that does not.
-            transport.get_extra_info("socket").setsockopt(SOL_SOCKET, SO_RCVBUF, self.owner.receive_buffer)
+            # Set on the descriptor: uvloop's pseudo-socket makes a
+            # socket.socket for each option set through it (7k instructions).
+            _set_receive_buffer(transport.get_extra_info("socket").fileno(), <int>self.owner.receive_buffer)
         self.transport = transport
         self.buffer = bytearray(FIRST_BUFFER)
         self.used = 0
@@ -495,11 +511,8 @@ cdef class HandshakeGuard(_GuardBase, asyncio.BufferedProtocol):
                     self._hand_over(make_protocol)
                     return
         if self.owner.routes:
-            line = bytes(self.buffer[:self.buffer.find(b"\r\n")]).split(b" ")
-            if len(line) == 3:
-                path = line[1].partition(b"?")[0]
-                if b"%" in path:
-                    path = unquote_to_bytes(path)
+            path = self._route_path()
+            if path is not None:
                 route = self.owner.routes.get(path)
                 if route is not None:
                     self.waiting = True
@@ -514,6 +527,34 @@ cdef class HandshakeGuard(_GuardBase, asyncio.BufferedProtocol):
                         loop.create_task(coro)
                     return
         self._hand_over(self.owner.make_protocol)
+
+    cdef object _route_path(self):
+        """The path of the request line (``METHOD SP target SP version``,
+        exactly two spaces before its CRLF), up to any ``?`` and
+        percent-decoded, as bytes: what ``routes`` are keyed by. None for a
+        request line of another shape. Read in C over the buffer: every
+        request comes here."""
+        cdef const char* p = PyByteArray_AS_STRING(self.buffer)
+        cdef Py_ssize_t n = self.used, i = 0, first = -1, second = -1, end
+        cdef int spaces = 0
+        cdef bint escaped = False
+        while i + 1 < n and not (p[i] == 13 and p[i + 1] == 10):
+            if p[i] == 32:
+                spaces += 1
+                if spaces == 1:
+                    first = i
+                elif spaces == 2:
+                    second = i
+            i += 1
+        if spaces != 2:
+            return None
+        end = first + 1
+        while end < second and p[end] != 63:
+            if p[end] == 37:
+                escaped = True
+            end += 1
+        path = PyBytes_FromStringAndSize(p + first + 1, end - first - 1)
+        return unquote_to_bytes(path) if escaped else path
 
     cdef int _reduce_head(self) except -1:
         """The head of the request in the buffer reduced for picows, for a
