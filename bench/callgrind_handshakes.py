@@ -7,7 +7,8 @@ client makes WARMUP connect + one message + close cycles, one after another,
 then callgrind's collection is switched on (``callgrind_control -i on``)
 for CYCLES more, off again, and the counts dumped: instructions (Ir) of the
 server per cycle, whatever else the machine runs meanwhile (``--handshakes``:
-per handshake, CYCLES connections opened and held). With
+per handshake, CYCLES connections opened and held, one after another or
+``--concurrency N`` at a time). With
 ``--checkout DIR``, the server is that checkout's (built there with ``make
 build``): before and after figures of the same run. ``callgrind_annotate
 --inclusive=yes FILE`` shows where they go.
@@ -50,9 +51,18 @@ async def _cycles(url: str, n: int) -> None:
         await transport.wait_disconnected()
 
 
-async def _opens(url: str, n: int) -> list[Any]:
-    """``n`` connections opened one after another, and left open."""
-    return [(await picows.ws_connect(_Client, url))[0] for _ in range(n)]
+async def _opens(url: str, n: int, concurrency: int = 1) -> list[Any]:
+    """``n`` connections opened, ``concurrency`` at a time (1: one after
+    another), and left open."""
+    if concurrency <= 1:
+        return [(await picows.ws_connect(_Client, url))[0] for _ in range(n)]
+    slots = asyncio.Semaphore(concurrency)
+
+    async def one() -> Any:
+        async with slots:
+            return (await picows.ws_connect(_Client, url))[0]
+
+    return list(await asyncio.gather(*(one() for _ in range(n))))
 
 
 async def _close(transports: list[Any]) -> None:
@@ -79,7 +89,7 @@ def _total(path: pathlib.Path) -> int:
 
 
 def measure(checkout: pathlib.Path, app: pathlib.Path, paths: list[str], warmup: int, cycles: int,
-            out: pathlib.Path, handshakes_only: bool = False) -> dict[str, int]:
+            out: pathlib.Path, handshakes_only: bool = False, concurrency: int = 1) -> dict[str, int]:
     port = _free_port()
     python = checkout / ".venv" / "bin" / "python"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(checkout), str(app.parent)]))
@@ -110,7 +120,7 @@ def measure(checkout: pathlib.Path, app: pathlib.Path, paths: list[str], warmup:
                 # bench connections` measures): the connections are closed
                 # once counting is off.
                 loop = asyncio.new_event_loop()
-                opened = loop.run_until_complete(_opens(url, cycles))
+                opened = loop.run_until_complete(_opens(url, cycles, concurrency))
                 _control(server.pid, "-i", "off")
                 loop.run_until_complete(_close(opened))
                 loop.close()
@@ -140,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--handshakes", action="store_true",
                    help="count the handshakes alone: CYCLES connections opened one after another and held "
                         "(closed once counting is off), not connect + message + close cycles")
+    p.add_argument("--concurrency", type=int, default=1,
+                   help="with --handshakes: how many connections are opened at a time (default 1)")
     p.add_argument("--checkout", type=pathlib.Path, action="append",
                    help="a checkout to measure (repeatable; default this one)")
     p.add_argument("--app", type=pathlib.Path, default=HERE / "servers" / "wsrelay_app" / "app.yaml",
@@ -151,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     paths = [s for s in args.paths.split(",") if s]
     for checkout in args.checkout or [HERE.parent]:
         results = measure(checkout.resolve(), args.app.resolve(), paths, args.warmup, args.cycles, out,
-                          args.handshakes)
+                          args.handshakes, args.concurrency)
         first = results[paths[0]]
         for path, ir in results.items():
             what = "handshake" if args.handshakes else "cycle"

@@ -40,6 +40,7 @@ from cpython.unicode cimport (PyUnicode_1BYTE_DATA, PyUnicode_1BYTE_KIND, PyUnic
                                PyUnicode_GET_LENGTH, PyUnicode_KIND)
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_Resize
 from cpython.exc cimport PyErr_SetFromErrno
+from libc.limits cimport INT_MAX
 from libc.string cimport memchr, memcmp, memcpy
 
 cdef extern from "<sys/socket.h>":
@@ -343,6 +344,8 @@ cdef class Handshakes:
             raise ValueError("the handshake timeout must be greater than 0")
         if max_head < 1024:
             raise ValueError("the request head limit must be at least 1024 bytes")
+        if not 0 <= receive_buffer <= INT_MAX:
+            raise ValueError(f"the socket receive buffer must be from 0 to {INT_MAX} bytes, got {receive_buffer}")
         self.loop = loop
         self.make_protocol = make_protocol
         self.timeout = timeout
