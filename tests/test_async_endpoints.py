@@ -7,8 +7,11 @@ established connections go on (docs/guide.md, "Handlers that wait")."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 from typing import Any
+
+import anyio
 
 import wsrelay
 from tests.apps import relay_app
@@ -250,3 +253,73 @@ async def test_an_async_endpoint_reads_repeated_headers_in_order_and_all_of_them
         writer.close()
     assert head.startswith(b"HTTP/1.1 204 "), head
     assert seen == [("one", ["one", "two"], [], "default", "2", ["one", "two"], "one", "websocket")]
+
+
+async def test_an_async_endpoint_runs_as_a_task_that_asyncio_and_anyio_recognise() -> None:
+    # Its task is the gateway's own (no asyncio.Task to register per
+    # request): asyncio.current_task() returns it, and what reads the current
+    # task to cancel it works in a handler, each request in a context of its own.
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
+
+    async def endpoint(req: Any, res: Any) -> None:
+        before = var.get()
+        var.set(req.query("n"))
+        task = asyncio.current_task()
+        try:
+            async with asyncio.timeout(0.01):
+                await asyncio.Event().wait()
+            timeout = "not raised"
+        except TimeoutError:
+            timeout = "TimeoutError"
+        try:
+            await asyncio.wait_for(asyncio.Event().wait(), 0.01)
+            wait_for = "not raised"
+        except TimeoutError:
+            wait_for = "TimeoutError"
+        async with asyncio.TaskGroup() as tg:
+            child = tg.create_task(asyncio.sleep(0, "child result"))
+        with anyio.move_on_after(0.01) as scope:
+            await anyio.sleep(10)
+        with anyio.fail_after(10):
+            await anyio.sleep(0)
+        await asyncio.sleep(0)
+        res.status(200).write(json.dumps({
+            "task": type(task).__name__ == "RouteTask" and task is asyncio.current_task() and not task.done(),
+            "before": before, "after": var.get(), "timeout": timeout, "wait_for": wait_for,
+            "child": child.result(), "anyio": scope.cancelled_caught, "cancelling": task.cancelling(),
+        }))
+
+    async with running(relay_app(endpoint)) as gw:
+        for n in ("1", "2"):
+            answer = await http_request(gw, PATH + "?n=" + n, upgrade=True)
+            assert answer.status == 200, answer
+            assert json.loads(answer.text) == {
+                "task": True, "before": "unset", "after": n, "timeout": "TimeoutError", "wait_for": "TimeoutError",
+                "child": "child result", "anyio": True, "cancelling": 0,
+            }
+        assert gw.services["test:gateway"].handshakes.waiting == set()
+
+
+async def test_a_handler_still_waiting_at_shutdown_is_cancelled_and_its_client_answered_503() -> None:
+    cancelled = asyncio.Event()
+    spawned: list[Any] = []
+
+    async def endpoint(req: Any, res: Any) -> None:
+        spawned.append(process.spawn("relay:recorder", None, process.self()))
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    async with running(relay_app(endpoint)) as gw:
+        handshakes = gw.services["test:gateway"].handshakes
+        answering = asyncio.ensure_future(http_request(gw, PATH, upgrade=True))
+        _, target = await expect("ready")
+        assert len(handshakes.waiting) == 1
+        await gw.shutdown(drain_timeout=1)
+        answer = await answering
+        assert (answer.status, answer.text) == (503, "503 Service Unavailable: shutting down\n")
+        assert cancelled.is_set() and handshakes.waiting == set()
+        await until(lambda: not process.is_alive(target), what="the cancelled handler's process ending")
+        assert target == spawned[0]

@@ -382,6 +382,8 @@ class Gateway:
             rt.accepting = False
             if rt.server is not None:
                 rt.server.close()
+            # Handlers still waiting for their request are cancelled, their clients answered 503.
+            rt.handshakes.cancel_waiting()
         for rt in self.services.values():
             rt.relay.shutdown()
         loop = asyncio.get_running_loop()

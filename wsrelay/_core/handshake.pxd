@@ -8,4 +8,7 @@ cdef class Handshakes:
     cdef dict routes
     cdef tuple prefixes
     cdef object loop
+    # The RouteTasks of async routes still waiting; cancelled at shutdown.
+    cdef readonly set waiting
+    cdef readonly bint closing
     cdef int count_failure(self, str reason) except -1

@@ -39,7 +39,10 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from cpython.unicode cimport (PyUnicode_1BYTE_DATA, PyUnicode_1BYTE_KIND, PyUnicode_DecodeLatin1,
                                PyUnicode_GET_LENGTH, PyUnicode_KIND)
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_Resize
+from cpython.contextvars cimport PyContext_CopyCurrent, PyContext_Enter, PyContext_Exit
 from cpython.exc cimport PyErr_SetFromErrno
+from cpython.object cimport PyObject
+from cpython.ref cimport Py_DECREF
 from libc.limits cimport INT_MAX
 from libc.string cimport memchr, memcmp, memcpy
 
@@ -48,6 +51,13 @@ cdef extern from "<sys/socket.h>":
         SOL_SOCKET
         SO_RCVBUF
     int setsockopt(int fd, int level, int name, const void* value, unsigned int length)
+
+cdef extern from "Python.h":
+    ctypedef enum PySendResult:
+        PYGEN_RETURN
+        PYGEN_ERROR
+        PYGEN_NEXT
+    PySendResult PyIter_Send(object iter, object arg, PyObject** presult)
 
 cdef extern from "<strings.h>":
     int strncasecmp(const char* a, const char* b, size_t n)
@@ -258,6 +268,10 @@ def http_answer(int status, str content_type, bytes body):
             % (status, HTTPStatus(status).phrase.encode(), content_type.encode(), len(body)) + body)
 
 
+# What a client whose async route was cancelled by the gateway's shutdown is answered.
+cdef bytes _SHUTTING_DOWN = http_answer(503, "text/plain; charset=utf-8", b"503 Service Unavailable: shutting down\n")
+
+
 cdef class HandlerDeadline:
     """One handler's deadline (HandlerDeadlines.start)."""
 
@@ -327,6 +341,214 @@ cdef class HandlerDeadlines:
             queue.popleft()
 
 
+cdef object _CancelledError = asyncio.CancelledError
+cdef object _log = logging.getLogger("wsrelay.gateway")
+
+
+cdef class RouteTask:
+    """The task of one async route (HandshakeGuard._wait_for): what
+    asyncio.Task does for a coroutine, for this one, started at once.
+
+    An asyncio.Task on 3.11 costs a tenth of an async handshake before its
+    coroutine runs a step: its registration in asyncio's set of all tasks
+    (a WeakSet, in Python code), the loop's call_soon of its first step,
+    and its removal from that set. This runs the coroutine's first step
+    where the request's head is complete, then each step when the future
+    it waits for is done, as asyncio.Task does: in a copy of the context it
+    was started in, as the loop's current task (asyncio.current_task()
+    returns it, so asyncio.timeout, TaskGroup and libraries that read the
+    current task work in a handler), cancellable as a task is (cancel,
+    cancelling, uncancel). Not in asyncio.all_tasks(): the service's
+    Handshakes keeps those still waiting, which the gateway's shutdown
+    cancels."""
+
+    cdef object coro
+    cdef object loop
+    cdef object context
+    # Where it is kept while it waits.
+    cdef set waiting
+    # The future its coroutine waits for, if it waits for one.
+    cdef object waiter
+    cdef object wakeup
+    cdef object cancel_message
+    cdef bint must_cancel
+    cdef bint finished
+    cdef bint cancelled_
+    cdef Py_ssize_t cancel_requests
+    cdef object __weakref__
+
+    def __repr__(self):
+        state = "done" if self.finished else "pending"
+        return f"<RouteTask {state} coro={self.coro!r}>"
+
+    cdef int begin(self, coro, loop, set waiting) except -1:
+        """Its first step, now, in a copy of the current context; kept in
+        ``waiting`` until it is done."""
+        self.coro = coro
+        self.loop = loop
+        self.context = PyContext_CopyCurrent()
+        self.wakeup = self._wakeup
+        PyContext_Enter(self.context)
+        try:
+            self.step(None)
+        finally:
+            PyContext_Exit(self.context)
+        if not self.finished:
+            self.waiting = waiting
+            waiting.add(self)
+        return 0
+
+    def _wakeup(self, future):
+        # The future it waited for is done (run in its context by the loop).
+        try:
+            future.result()
+        except BaseException as exc:
+            self.step(exc)
+        else:
+            self.step(None)
+
+    def _step(self, exc):
+        # A step the loop runs (in its context): after a bare yield, or to
+        # raise in the coroutine what it did wrong.
+        self.step(exc)
+
+    cdef int step(self, exc) except -1:
+        cdef PyObject* result = NULL
+        cdef PySendResult sent
+        loop = self.loop
+        if self.finished:
+            return 0
+        if self.must_cancel:
+            if not isinstance(exc, _CancelledError):
+                exc = _CancelledError() if self.cancel_message is None else _CancelledError(self.cancel_message)
+            self.must_cancel = False
+        self.waiter = None
+        if _current_tasks.get(loop) is not None:
+            raise RuntimeError(f"Cannot enter into task {self!r} while another task "
+                               f"{_current_tasks.get(loop)!r} is being executed.")
+        _current_tasks[loop] = self
+        try:
+            if exc is None:
+                sent = PyIter_Send(self.coro, None, &result)
+                if sent == PYGEN_RETURN:
+                    Py_DECREF(<object>result)
+                    self.finish()
+                    return 0
+                if sent == PYGEN_ERROR:
+                    raise_pending()
+                yielded = <object>result
+                Py_DECREF(yielded)
+            else:
+                yielded = self.coro.throw(exc)
+        except StopIteration:
+            self.finish()
+        except _CancelledError:
+            self.finish()
+            self.cancelled_ = True
+        except (KeyboardInterrupt, SystemExit):
+            self.finish()
+            raise
+        except BaseException:
+            # _wait_for answers what its route raises: this is a bug of ours.
+            self.finish()
+            _log.exception("async route task failed")
+        else:
+            self.suspend(yielded)
+        finally:
+            del _current_tasks[loop]
+        return 0
+
+    cdef int finish(self) except -1:
+        self.finished = True
+        self.waiter = None
+        if self.waiting is not None:
+            self.waiting.discard(self)
+            self.waiting = None
+        return 0
+
+    cdef int suspend(self, result) except -1:
+        """Wait for what the coroutine's step yielded, as asyncio.Task does."""
+        blocking = getattr(result, "_asyncio_future_blocking", None)
+        if blocking is not None:
+            if not blocking:
+                self.fail_soon(RuntimeError(f"yield was used instead of yield from in task {self!r} with {result!r}"))
+            elif _future_loop(result) is not self.loop:
+                self.fail_soon(RuntimeError(f"Task {self!r} got Future {result!r} attached to a different loop"))
+            else:
+                result._asyncio_future_blocking = False
+                result.add_done_callback(self.wakeup, context=self.context)
+                self.waiter = result
+                if self.must_cancel and result.cancel(msg=self.cancel_message):
+                    self.must_cancel = False
+        elif result is None:
+            # A bare yield (asyncio.sleep(0)): the next step in the loop's next round.
+            self.loop.call_soon(self._step, None, context=self.context)
+        else:
+            self.fail_soon(RuntimeError(f"Task got bad yield: {result!r}"))
+        return 0
+
+    cdef int fail_soon(self, exc) except -1:
+        self.loop.call_soon(self._step, exc, context=self.context)
+        return 0
+
+    # -- what asyncio.Task offers of itself, for the code that reads it ----------
+
+    def cancel(self, msg=None):
+        if self.finished:
+            return False
+        self.cancel_requests += 1
+        if self.waiter is not None and self.waiter.cancel(msg=msg):
+            return True
+        self.must_cancel = True
+        self.cancel_message = msg
+        return True
+
+    def cancelling(self):
+        return self.cancel_requests
+
+    def uncancel(self):
+        if self.cancel_requests > 0:
+            self.cancel_requests -= 1
+        return self.cancel_requests
+
+    def cancelled(self):
+        return self.cancelled_
+
+    def done(self):
+        return self.finished
+
+    def get_loop(self):
+        return self.loop
+
+    def get_coro(self):
+        return self.coro
+
+    def get_context(self):
+        return self.context
+
+    def get_name(self):
+        return "wsrelay-handshake"
+
+    @property
+    def _must_cancel(self):
+        return self.must_cancel
+
+    @property
+    def _fut_waiter(self):
+        return self.waiter
+
+
+cdef object _future_loop(future):
+    # The loop of an asyncio-compatible future, as asyncio.futures._get_loop reads it.
+    get_loop = getattr(future, "get_loop", None)
+    return get_loop() if get_loop is not None else getattr(future, "_loop", None)
+
+
+cdef int raise_pending() except -1:
+    # PyIter_Send returned PYGEN_ERROR with an exception set.
+    return -1
+
+
 cdef int _set_receive_buffer(int fd, int size) except -1:
     """SO_RCVBUF of ``fd``; OSError as socket.setsockopt raises it."""
     if setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, sizeof(size)) != 0:
@@ -355,12 +577,22 @@ cdef class Handshakes:
         self.prefixes = tuple((prefixes or {}).items())
         self.pending = 0
         self.failures = {}
+        self.waiting = set()
+        self.closing = False
 
     def protocol(self):
         """A protocol for a newly accepted socket (loop.create_server's factory)."""
         cdef HandshakeGuard guard = HandshakeGuard.__new__(HandshakeGuard)
         guard.owner = self
         return guard
+
+    def cancel_waiting(self):
+        """The gateway is shutting down: each async route still waiting is
+        cancelled, and its client answered 503."""
+        cdef RouteTask task
+        self.closing = True
+        for task in list(self.waiting):
+            task.cancel("the gateway is shutting down")
 
     def failed(self, str reason not None):
         """Count a refused handshake (the middleware's refusals come here too)."""
@@ -470,8 +702,17 @@ cdef class HandshakeGuard(_GuardBase, asyncio.BufferedProtocol):
         try:
             outcome = await route(head, transport)
         except Exception as exc:
-            logging.getLogger("wsrelay.gateway").exception("async route failed")
+            _log.exception("async route failed")
             outcome = http_answer(500, "text/plain; charset=utf-8", f"500 Internal Server Error: {exc}\n".encode())
+        except _CancelledError:
+            if not self.owner.closing:
+                # Cancelled from outside: its socket goes with it (nothing
+                # else would close it).
+                self.waiting = False
+                self.transport = None
+                transport.abort()
+                raise
+            outcome = _SHUTTING_DOWN
         if outcome is None or transport.is_closing():
             # The route had nothing more to say, or the client has gone
             # meanwhile (the route has been told by the transport's state).
@@ -521,12 +762,12 @@ cdef class HandshakeGuard(_GuardBase, asyncio.BufferedProtocol):
                     self.waiting = True
                     coro = self._wait_for(route, PyBytes_FromStringAndSize(PyByteArray_AS_STRING(self.buffer), self.used))
                     loop = self.owner.loop
-                    if loop is _get_running_loop() and loop.get_task_factory() is None:
-                        # What loop.create_task() makes, without naming the
-                        # loop: asyncio.Task's keyword arguments are parsed
-                        # on every call (1.5k instructions of 13k a task).
-                        _Task(coro)
+                    if (_current_tasks is not None and loop.get_task_factory() is None
+                            and loop is _get_running_loop() and _current_tasks.get(loop) is None):
+                        (<RouteTask>RouteTask.__new__(RouteTask)).begin(coro, loop, self.owner.waiting)
                     else:
+                        # A loop that makes tasks its own way, or called
+                        # from inside a task: a task as the loop makes it.
                         loop.create_task(coro)
                     return
         self._hand_over(self.owner.make_protocol)
