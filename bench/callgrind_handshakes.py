@@ -8,7 +8,7 @@ then callgrind's collection is switched on (``callgrind_control -i on``)
 for CYCLES more, off again, and the counts dumped: instructions (Ir) of the
 server per cycle, whatever else the machine runs meanwhile (``--handshakes``:
 per handshake, CYCLES connections opened and held, one after another or
-``--concurrency N`` at a time). With
+``--concurrency N`` at a time; ``--cache-sim``: the cycle estimate too). With
 ``--checkout DIR``, the server is that checkout's (built there with ``make
 build``): before and after figures of the same run. ``callgrind_annotate
 --inclusive=yes FILE`` shows where they go.
@@ -81,20 +81,36 @@ def _control(pid: int, *args: str) -> None:
     subprocess.run(["callgrind_control", *args, str(pid)], check=True, stdout=subprocess.DEVNULL)
 
 
-def _total(path: pathlib.Path) -> int:
-    for line in reversed(path.read_text().splitlines()):
-        if line.startswith("totals:"):
-            return int(line.split()[1])
+def _totals(path: pathlib.Path) -> dict[str, int]:
+    """The dump's totals by event (Ir; with the cache and branch simulation
+    also I1mr, D1mr, ..., Bcm, Bim)."""
+    events: list[str] = []
+    for line in path.read_text().splitlines():
+        if line.startswith("events:"):
+            events = line.split()[1:]
+        elif line.startswith("totals:"):
+            return dict(zip(events, map(int, line.split()[1:])))
     raise RuntimeError(f"no totals in {path}")
 
 
+def cycle_estimate(t: dict[str, int]) -> int:
+    """kcachegrind's cycle estimate: an instruction each, 10 for a first-level
+    cache miss or a mispredicted branch, 100 for a last-level miss. It tells
+    apart work that costs the same instructions and not the same time."""
+    l1 = t.get("I1mr", 0) + t.get("D1mr", 0) + t.get("D1mw", 0)
+    ll = t.get("ILmr", 0) + t.get("DLmr", 0) + t.get("DLmw", 0)
+    return t["Ir"] + 10 * l1 + 100 * ll + 10 * (t.get("Bcm", 0) + t.get("Bim", 0))
+
+
 def measure(checkout: pathlib.Path, app: pathlib.Path, paths: list[str], warmup: int, cycles: int,
-            out: pathlib.Path, handshakes_only: bool = False, concurrency: int = 1) -> dict[str, int]:
+            out: pathlib.Path, handshakes_only: bool = False, concurrency: int = 1,
+            cache_sim: bool = False) -> dict[str, dict[str, int]]:
     port = _free_port()
     python = checkout / ".venv" / "bin" / "python"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(checkout), str(app.parent)]))
     base = out / f"callgrind.{checkout.name}"
-    argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={base}.%p",
+    sim = ["--cache-sim=yes", "--branch-sim=yes"] if cache_sim else []
+    argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no", *sim, f"--callgrind-out-file={base}.%p",
             str(python), "-m", "wsrelay", "serve", str(app),
             "--addr", f"127.0.0.1:{port}"]
     log = open(out / f"server.{checkout.name}.log", "w")
@@ -133,7 +149,7 @@ def measure(checkout: pathlib.Path, app: pathlib.Path, paths: list[str], warmup:
             dump = dumps[-1]
             final = out / f"{checkout.name}.{name}.callgrind"
             dump.rename(final)
-            results[path] = _total(final) // cycles
+            results[path] = {k: v // cycles for k, v in _totals(final).items()}
     finally:
         server.terminate()
         server.wait(60)
@@ -152,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
                         "(closed once counting is off), not connect + message + close cycles")
     p.add_argument("--concurrency", type=int, default=1,
                    help="with --handshakes: how many connections are opened at a time (default 1)")
+    p.add_argument("--cache-sim", action="store_true",
+                   help="simulate the caches and branch prediction too, and report kcachegrind's cycle "
+                        "estimate per handshake beside the instructions (slower)")
     p.add_argument("--checkout", type=pathlib.Path, action="append",
                    help="a checkout to measure (repeatable; default this one)")
     p.add_argument("--app", type=pathlib.Path, default=HERE / "servers" / "wsrelay_app" / "app.yaml",
@@ -163,11 +182,15 @@ def main(argv: list[str] | None = None) -> int:
     paths = [s for s in args.paths.split(",") if s]
     for checkout in args.checkout or [HERE.parent]:
         results = measure(checkout.resolve(), args.app.resolve(), paths, args.warmup, args.cycles, out,
-                          args.handshakes, args.concurrency)
+                          args.handshakes, args.concurrency, args.cache_sim)
         first = results[paths[0]]
-        for path, ir in results.items():
-            what = "handshake" if args.handshakes else "cycle"
-            print(f"{checkout}: {path}: {ir / 1000:.1f}k instructions per {what} ({ir / first:.3f}x {paths[0]})")
+        what = "handshake" if args.handshakes else "cycle"
+        for path, t in results.items():
+            line = f"{checkout}: {path}: {t['Ir'] / 1000:.1f}k instructions per {what} ({t['Ir'] / first['Ir']:.3f}x {paths[0]})"
+            if args.cache_sim:
+                est = cycle_estimate(t)
+                line += f"; cycle estimate {est / 1000:.1f}k ({est / cycle_estimate(first):.3f}x)"
+            print(line)
     print(f"callgrind files in {out}")
     return 0
 

@@ -16,7 +16,7 @@ import orjson
 from multidict import CIMultiDict
 from picows import WSUpgradeResponse
 
-from ._core.handshake import header_of, headers_of, parse_request, set_header
+from ._core.handshake import Head, parse_request
 from ._core.pid import Pid
 from ._core.relayspec import RELAY_HEADER, parse_relay_header
 
@@ -33,10 +33,11 @@ class Request:
         self.path = path
         self.query_string = query_string
         self._headers: Optional[CIMultiDict] = headers
-        # The headers as the core read them, [(name, value)], while no
-        # CIMultiDict of them is needed (from_head): header() reads them in
-        # place, the headers property makes the CIMultiDict once.
-        self._fields: Optional[list[tuple[str, str]]] = None
+        # The headers as the core read them (a Head: where each is in the
+        # request's bytes), while no CIMultiDict of them is needed
+        # (from_head): header() reads them in place, the headers property
+        # makes the CIMultiDict once.
+        self._fields: Optional[Head] = None
         self._query: Optional[dict[str, list[str]]] = None
         self._cookies: Optional[dict[str, str]] = None
         # The client's socket (an asyncio transport), asked for its address
@@ -90,14 +91,14 @@ class Request:
         fields = self._fields
         if fields is None:
             return self._headers.get(name, default)  # type: ignore[union-attr]
-        return header_of(fields, name, default)
+        return fields.get(name, default)
 
     def header_values(self, name: str) -> list[str]:
         """Every value of header ``name``, in order (case-insensitively)."""
         fields = self._fields
         if fields is None:
             return self._headers.getall(name, [])  # type: ignore[union-attr]
-        return headers_of(fields, name)
+        return fields.getall(name)
 
     def normalize_upgrade(self) -> None:
         """Say Upgrade and Connection as picows reads them after the handler
@@ -106,18 +107,19 @@ class Request:
         orphan what the handler spawned."""
         fields = self._fields
         if fields is not None:
-            set_header(fields, "Connection", "Upgrade")
-            set_header(fields, "Upgrade", "websocket")
-        else:
-            headers = self._headers
-            headers["Connection"] = "Upgrade"  # type: ignore[index]
-            headers["Upgrade"] = "websocket"  # type: ignore[index]
+            # (Only read so: picows is given the guard's head with Upgrade
+            # and Connection as it reads them whatever they were, Decided.)
+            fields.normalize_upgrade()
+            return
+        headers = self._headers
+        headers["Connection"] = "Upgrade"  # type: ignore[index]
+        headers["Upgrade"] = "websocket"  # type: ignore[index]
 
     @property
     def headers(self) -> CIMultiDict:
         headers = self._headers
         if headers is None:
-            headers = self._headers = CIMultiDict(self._fields or ())
+            headers = self._headers = CIMultiDict(self._fields.items() if self._fields is not None else ())
             self._fields = None
         return headers
 

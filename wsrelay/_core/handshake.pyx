@@ -31,7 +31,6 @@ picows_private.server_protocol_factory), which upgrades or answers as usual. Wha
 
 import asyncio
 import logging
-from collections import deque
 from http import HTTPStatus
 from urllib.parse import unquote, unquote_to_bytes
 
@@ -41,6 +40,7 @@ from cpython.unicode cimport (PyUnicode_1BYTE_DATA, PyUnicode_1BYTE_KIND, PyUnic
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_Resize
 from cpython.contextvars cimport PyContext_CopyCurrent, PyContext_Enter, PyContext_Exit
 from cpython.exc cimport PyErr_SetFromErrno
+from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_DECREF
 from libc.limits cimport INT_MAX
@@ -95,61 +95,131 @@ cdef inline str _latin1(const unsigned char* p, Py_ssize_t start, Py_ssize_t end
 
 def parse_request(bytes head not None):
     """parse_head's request as a handler sees it: ``(method, path, query,
-    fields)``, the path percent-decoded (as urllib.parse.unquote decodes
-    it), the query as sent, the headers a list of (name, value) as sent
-    (``header_of`` reads one; a CIMultiDict of them is made only for a
-    handler that asks for them all)."""
+    headers)``, the path percent-decoded (as urllib.parse.unquote decodes
+    it), the query as sent, the headers a Head: where each is in ``head``,
+    its text made only when it is asked for (a CIMultiDict of them only for
+    a handler that asks for them all)."""
     cdef str path, query
-    method, target, fields = _parse_head(head)
+    cdef Head fields = Head.__new__(Head)
+    method, target = _scan_head(head, fields)
     path, _, query = (<str>target).partition("?")
     if "%" in path:
         path = unquote(path)
     return method, path, query, fields
 
 
-def header_of(list fields not None, str name not None, default=None):
-    """The first value of header ``name`` (case-insensitively) in
-    ``fields``, parse_request's list; ``default`` when there is none."""
-    cdef tuple field
-    for field in fields:
-        if _same_name(<str>field[0], name):
-            return field[1]
-    return default
+cdef class Head:
+    """The headers of a request head that _scan_head has read and found
+    valid: for each, where its name and its value (without surrounding
+    whitespace) are in the head's bytes. A handshake reads a handful of a
+    dozen headers; their text (latin-1) is made as each is asked for."""
 
+    cdef bytes data
+    # name start, name end, value start, value end: four per header.
+    cdef Py_ssize_t* spans
+    cdef Py_ssize_t count
+    cdef Py_ssize_t capacity
+    # normalize_upgrade() was called: Upgrade and Connection read as picows wants them.
+    cdef bint upgrade
 
-def headers_of(list fields not None, str name not None):
-    """Every value of header ``name`` in ``fields``, in order."""
-    cdef tuple field
-    return [field[1] for field in fields if _same_name(<str>field[0], name)]
+    def __dealloc__(self):
+        PyMem_Free(self.spans)
 
+    cdef int add(self, Py_ssize_t name, Py_ssize_t name_end, Py_ssize_t value, Py_ssize_t value_end) except -1:
+        cdef Py_ssize_t* grown
+        if self.count == self.capacity:
+            grown = <Py_ssize_t*>PyMem_Realloc(self.spans, (self.capacity * 2 + 16) * 4 * sizeof(Py_ssize_t))
+            if grown == NULL:
+                raise MemoryError()
+            self.spans = grown
+            self.capacity = self.capacity * 2 + 16
+        cdef Py_ssize_t* s = self.spans + 4 * self.count
+        s[0] = name
+        s[1] = name_end
+        s[2] = value
+        s[3] = value_end
+        self.count += 1
+        return 0
 
-def set_header(list fields not None, str name not None, str value not None):
-    """Header ``name`` in ``fields`` made ``value`` (as a CIMultiDict's
-    ``headers[name] = value``: the first one's value replaced, any other
-    removed, added at the end when there is none)."""
-    cdef Py_ssize_t i = 0, first = -1
-    while i < len(fields):
-        if _same_name(<str>(<tuple>fields[i])[0], name):
-            if first < 0:
-                first = i
-                fields[i] = ((<tuple>fields[i])[0], value)
-            else:
-                del fields[i]
-                continue
-        i += 1
-    if first < 0:
-        fields.append((name, value))
+    cdef Py_ssize_t find(self, str name, Py_ssize_t after):
+        """The index of the first header after ``after`` named ``name``
+        (ASCII letters in either case: names are tokens), or -1."""
+        cdef Py_ssize_t n = PyUnicode_GET_LENGTH(name), i
+        cdef Py_ssize_t* s
+        cdef const char* p = PyBytes_AS_STRING(self.data)
+        if PyUnicode_KIND(name) != PyUnicode_1BYTE_KIND:
+            return -1  # not a token: no header has that name
+        for i in range(after + 1, self.count):
+            s = self.spans + 4 * i
+            if s[1] - s[0] == n and strncasecmp(p + s[0], <const char*>PyUnicode_1BYTE_DATA(name), n) == 0:
+                return i
+        return -1
 
+    cdef str value(self, Py_ssize_t i):
+        cdef Py_ssize_t* s = self.spans + 4 * i
+        return _latin1(<const unsigned char*>PyBytes_AS_STRING(self.data), s[2], s[3])
 
-cdef inline bint _same_name(str a, str b):
-    """Header names equal but for the case of ASCII letters (names are
-    tokens: ASCII, one byte a character; others are compared by lower())."""
-    cdef Py_ssize_t n = PyUnicode_GET_LENGTH(a)
-    if n != PyUnicode_GET_LENGTH(b):
-        return False
-    if PyUnicode_KIND(a) != PyUnicode_1BYTE_KIND or PyUnicode_KIND(b) != PyUnicode_1BYTE_KIND:
-        return a.lower() == b.lower()
-    return strncasecmp(<const char*>PyUnicode_1BYTE_DATA(a), <const char*>PyUnicode_1BYTE_DATA(b), n) == 0
+    def __len__(self):
+        return len(self.items()) if self.upgrade else self.count
+
+    def normalize_upgrade(self):
+        """Upgrade and Connection read as picows wants them from now on
+        (``websocket``, ``Upgrade``), as a CIMultiDict's ``headers[name] =
+        value`` would make them: the first one's value replaced, any other
+        gone, added at the end when there was none."""
+        self.upgrade = True
+
+    cdef object normalized(self, str name):
+        """What normalize_upgrade made of header ``name``, or None when it is another."""
+        if self.upgrade and PyUnicode_KIND(name) == PyUnicode_1BYTE_KIND:
+            if PyUnicode_GET_LENGTH(name) == 7 and strncasecmp(<const char*>PyUnicode_1BYTE_DATA(name), b"upgrade", 7) == 0:
+                return "websocket"
+            if PyUnicode_GET_LENGTH(name) == 10 and strncasecmp(<const char*>PyUnicode_1BYTE_DATA(name), b"connection", 10) == 0:
+                return "Upgrade"
+        return None
+
+    def get(self, str name not None, default=None):
+        """The first value of header ``name`` (case-insensitively), or ``default``."""
+        cdef object value = self.normalized(name)
+        if value is not None:
+            return value
+        cdef Py_ssize_t i = self.find(name, -1)
+        return default if i < 0 else self.value(i)
+
+    def getall(self, str name not None):
+        """Every value of header ``name``, in order."""
+        cdef object value = self.normalized(name)
+        if value is not None:
+            return [value]
+        cdef list values = []
+        cdef Py_ssize_t i = self.find(name, -1)
+        while i >= 0:
+            values.append(self.value(i))
+            i = self.find(name, i)
+        return values
+
+    def items(self):
+        """Every header, ``[(name, value)]``, in order."""
+        cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(self.data)
+        cdef Py_ssize_t* s
+        cdef Py_ssize_t i
+        cdef list fields = []
+        cdef set said = set()
+        for i in range(self.count):
+            s = self.spans + 4 * i
+            name = _latin1(p, s[0], s[1])
+            value = self.normalized(name)
+            if value is None:
+                fields.append((name, _latin1(p, s[2], s[3])))
+            elif value not in said:
+                said.add(value)
+                fields.append((name, value))
+        if self.upgrade:
+            if "Upgrade" not in said:
+                fields.append(("Connection", "Upgrade"))
+            if "websocket" not in said:
+                fields.append(("Upgrade", "websocket"))
+        return fields
 
 
 def parse_head(bytes head not None):
@@ -161,14 +231,17 @@ def parse_head(bytes head not None):
     a method or header name that is not a token, a target with a space or
     control character, a line folded or not ended by CRLF, a control
     character in a value."""
-    method, target, fields = _parse_head(head)
-    return method, target, CIMultiDict(fields)
+    cdef Head fields = Head.__new__(Head)
+    method, target = _scan_head(head, fields)
+    return method, target, CIMultiDict(fields.items())
 
 
-cdef tuple _parse_head(bytes head):
+cdef tuple _scan_head(bytes head, Head fields):
+    """parse_head's checks, the method and the target; the headers' places go to ``fields``."""
     cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(head)
-    cdef Py_ssize_t n = PyBytes_GET_SIZE(head), i = 0, start, end, line = 1
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(head), i = 0, start, end, name_end, value, line = 1
     cdef unsigned char c
+    fields.data = head
     while i < n and _TCHAR[p[i]]:
         i += 1
     if i == 0 or i >= n or p[i] != 32:
@@ -186,25 +259,22 @@ cdef tuple _parse_head(bytes head):
             or p[i + 8] != 13 or p[i + 9] != 10):
         raise ValueError("malformed request line: not HTTP/1.0 or HTTP/1.1, then CRLF")
     i += 10
-    # The headers in a list (a CIMultiDict costs 8k instructions a request,
-    # made only when a handler asks for every header).
-    cdef list fields = []
     while True:
         if i + 1 >= n:
             raise ValueError("incomplete request head")
         if p[i] == 13 and p[i + 1] == 10:
-            return method, target, fields
+            return method, target
         line += 1
         start = i
         while i < n and _TCHAR[p[i]]:
             i += 1
         if i == start or i >= n or p[i] != 58:
             raise ValueError(f"malformed header (line {line}): the name is not a token followed by ':'")
-        name = _latin1(p, start, i)
+        name_end = i
         i += 1
         while i < n and (p[i] == 32 or p[i] == 9):
             i += 1
-        start = i
+        value = i
         while i < n:
             c = p[i]
             if (c < 32 and c != 9) or c == 127:
@@ -215,9 +285,9 @@ cdef tuple _parse_head(bytes head):
         if p[i] != 13 or p[i + 1] != 10:
             raise ValueError(f"malformed header (line {line}): a control character, or a line not ended by CRLF")
         end = i
-        while end > start and (p[end - 1] == 32 or p[end - 1] == 9):
+        while end > value and (p[end - 1] == 32 or p[end - 1] == 9):
             end -= 1
-        fields.append((name, _latin1(p, start, end)))
+        fields.add(start, name_end, value, end)
         i += 2
 
 
@@ -291,34 +361,48 @@ cdef class HandlerDeadlines:
     handler (its handle, its start and its cancel) cost as much as a tenth
     of an async handshake. Past its deadline a handler's task is cancelled.
     The queue holds what is running and what finished after the first of
-    them: small objects, for at most the timeout."""
+    them: small objects, for at most the timeout. It is a list read from
+    ``first`` on (what is before it has come or finished), compacted when
+    that part is most of it: no Python-level method call per handler."""
 
     cdef object loop
+    cdef object time
     cdef object timer
-    cdef object queue
+    cdef list queue
+    cdef Py_ssize_t first
     cdef readonly double timeout
 
     def __init__(self, loop, double timeout):
         self.loop = loop
+        self.time = loop.time
         self.timeout = timeout
-        self.queue = deque()
+        self.queue = []
+        self.first = 0
         self.timer = None
 
     def start(self, task=None):
         """The deadline of ``task`` (by default the running one), ``timeout``
         seconds from now."""
         cdef HandlerDeadline d = HandlerDeadline.__new__(HandlerDeadline)
-        queue = self.queue
+        cdef list queue = self.queue
+        cdef Py_ssize_t first = self.first
         if task is None and _current_tasks is not None:
-            task = _current_tasks.get(self.loop)
+            task = (<dict>_current_tasks).get(self.loop)
         if task is None:
             task = asyncio.current_task()
             if task is None:
                 raise RuntimeError("HandlerDeadlines.start(): no task is running")
         d.task = task
-        d.at = self.loop.time() + self.timeout
-        while queue and (<HandlerDeadline>queue[0]).task is None:
-            queue.popleft()
+        d.at = self.time() + self.timeout
+        while first < len(queue) and (<HandlerDeadline>queue[first]).task is None:
+            first += 1
+        if first == len(queue):
+            del queue[:]
+            first = 0
+        elif first > 64 and first * 2 > len(queue):
+            del queue[:first]
+            first = 0
+        self.first = first
         queue.append(d)
         if self.timer is None:
             self.timer = self.loop.call_at(d.at, self._expire)
@@ -326,19 +410,24 @@ cdef class HandlerDeadlines:
 
     def _expire(self):
         cdef HandlerDeadline d
-        cdef double now = self.loop.time()
-        queue = self.queue
+        cdef double now = self.time()
+        cdef list queue = self.queue
         self.timer = None
-        while queue:
-            d = <HandlerDeadline>queue[0]
+        while self.first < len(queue):
+            d = <HandlerDeadline>queue[self.first]
             if d.task is not None:
                 if d.at > now:
                     self.timer = self.loop.call_at(d.at, self._expire)
                     return
                 d.expired = True
-                d.task.cancel()
+                task = d.task
                 d.task = None
-            queue.popleft()
+                self.first += 1
+                task.cancel()
+            else:
+                self.first += 1
+        del queue[:]
+        self.first = 0
 
 
 cdef object _CancelledError = asyncio.CancelledError
