@@ -186,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         first = results[paths[0]]
         what = "handshake" if args.handshakes else "cycle"
         for path, t in results.items():
-            line = f"{checkout}: {path}: {t['Ir'] / 1000:.1f}k instructions per {what} ({t['Ir'] / first['Ir']:.3f}x {paths[0]})"
+            ratio = t["Ir"] / first["Ir"]
+            line = f"{checkout}: {path}: {t['Ir'] / 1000:.1f}k instructions per {what} ({ratio:.3f}x {paths[0]})"
             if args.cache_sim:
                 est = cycle_estimate(t)
                 line += f"; cycle estimate {est / 1000:.1f}k ({est / cycle_estimate(first):.3f}x)"
