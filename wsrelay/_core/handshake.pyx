@@ -75,7 +75,6 @@ cdef enum:
     FIRST_BUFFER = 2048
 
 cdef object _Task = asyncio.Task
-cdef object _get_running_loop = asyncio._get_running_loop
 
 # Seconds a refused client may go on sending before its socket is dropped.
 cdef double LINGER = 2.0
@@ -851,8 +850,11 @@ cdef class HandshakeGuard(_GuardBase, asyncio.BufferedProtocol):
                     self.waiting = True
                     coro = self._wait_for(route, PyBytes_FromStringAndSize(PyByteArray_AS_STRING(self.buffer), self.used))
                     loop = self.owner.loop
+                    # The guard's own task where the service's loop runs this
+                    # callback (is_running: asyncio._get_running_loop() would
+                    # cost a getpid(2) a request) and no task is running.
                     if (_current_tasks is not None and loop.get_task_factory() is None
-                            and loop is _get_running_loop() and _current_tasks.get(loop) is None):
+                            and loop.is_running() and _current_tasks.get(loop) is None):
                         (<RouteTask>RouteTask.__new__(RouteTask)).begin(coro, loop, self.owner.waiting)
                     else:
                         # A loop that makes tasks its own way, or called
