@@ -385,7 +385,7 @@ cdef class HandlerDeadlines:
         cdef HandlerDeadline d = HandlerDeadline.__new__(HandlerDeadline)
         cdef list queue = self.queue
         cdef Py_ssize_t first = self.first
-        if task is None and _current_tasks is not None:
+        if task is None and type(_current_tasks) is dict:
             task = (<dict>_current_tasks).get(self.loop)
         if task is None:
             task = asyncio.current_task()
