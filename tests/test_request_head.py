@@ -9,7 +9,7 @@ import asyncio
 
 import pytest
 
-from wsrelay._core.handshake import HandlerDeadlines, parse_head, parse_request
+from wsrelay._core.handshake import HandlerDeadlines, Head, parse_head, parse_request
 from wsrelay.http import Request
 
 HEAD = (b"GET /ws/a%20b?x=1&y=2 HTTP/1.1\r\n"
@@ -61,6 +61,11 @@ def test_a_request_from_the_head_reads_headers_cookies_and_the_whole_set():
     headers = req.headers
     assert headers["upgrade"] == "websocket" and headers.getall("Cookie") == ["a=1", "b=2"]
     assert req.header("Host") == "example.com"
+
+
+def test_a_head_is_only_made_from_the_bytes_it_reads():
+    with pytest.raises(TypeError, match="parse_request"):
+        Head()
 
 
 @pytest.mark.parametrize("head, problem", [

@@ -121,6 +121,9 @@ cdef class Head:
     # normalize_upgrade() was called: Upgrade and Connection read as picows wants them.
     cdef bint upgrade
 
+    def __init__(self):
+        raise TypeError("a Head is made by parse_request(), from the bytes it reads")
+
     def __dealloc__(self):
         PyMem_Free(self.spans)
 
