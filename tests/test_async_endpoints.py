@@ -323,3 +323,81 @@ async def test_a_handler_still_waiting_at_shutdown_is_cancelled_and_its_client_a
         assert cancelled.is_set() and handshakes.waiting == set()
         await until(lambda: not process.is_alive(target), what="the cancelled handler's process ending")
         assert target == spawned[0]
+
+
+async def test_an_async_endpoint_awaits_process_call_every_way_a_call_ends() -> None:
+    """process.call in an ``async def`` handler, where the gateway's own task
+    waits for it without a future: the reply as it was sent (a tuple stays a
+    tuple), the callee's end, the call's timeout, asyncio.timeout around it,
+    and nothing of a call left behind."""
+    server = process.spawn("test:call_server")
+
+    async def endpoint(req: Any, res: Any) -> None:
+        what = req.query("what")
+        try:
+            if what == "reply":
+                value: Any = await process.call(server, "hello", [1, 2])
+            elif what == "exit":
+                value = await process.call(process.spawn("test:call_server"), "raise")
+            elif what == "timeout":
+                value = await process.call(server, "hold", None, timeout=0.05)
+            else:
+                async with asyncio.timeout(0.05):
+                    value = await process.call(server, "hold", None, timeout=None)
+        except wsrelay.CallError as exc:
+            value = ("CallError", exc.reason)
+        except TimeoutError as exc:
+            value = ("TimeoutError", str(exc))
+        res.status(200).write(repr(value))
+
+    async with running(relay_app(endpoint)) as gw:
+        node = wsrelay.node()
+        before = node.process_count()
+        got = {}
+        for what in ("reply", "exit", "timeout", "outer"):
+            answer = await http_request(gw, f"{PATH}?what={what}", upgrade=True)
+            assert answer.status == 200, answer
+            got[what] = answer.text
+        assert got["reply"] == repr(("hello", [1, 2]))
+        assert got["exit"] == repr(("CallError", "error"))
+        assert got["timeout"].startswith("('TimeoutError', ") and "no reply from " in got["timeout"]
+        assert got["outer"] == repr(("TimeoutError", ""))  # asyncio.timeout's own
+        await until(lambda: node.process_count() == before, what="every call's waiter gone")
+        assert process.is_alive(server)
+    process.terminate(server, "done")
+    await until(lambda: not process.is_alive(server), what="the server ending")
+
+
+async def test_concurrent_async_endpoints_each_get_their_own_reply() -> None:
+    """Handlers waiting side by side on calls to one process, answered in
+    another order than they were made: each relays its own reply."""
+    count = 40
+    me = process.self()
+    collector = process.spawn("test:call_collect", None, count, "shuffled", me)
+
+    async def endpoint(req: Any, res: Any) -> None:
+        answer = await process.call(collector, "q", int(req.query("i")))
+        res.status(200).write(repr(answer[1]))
+
+    async with running(relay_app(endpoint)) as gw:
+        answers = await asyncio.gather(*(http_request(gw, f"{PATH}?i={i}", upgrade=True)
+                                         for i in range(count)))
+        assert [a.text for a in answers] == [repr(i) for i in range(count)]
+        await expect("answered")
+
+
+async def test_a_call_past_the_handler_timeout_ends_with_its_handler() -> None:
+    server = process.spawn("test:call_server")
+
+    async def endpoint(req: Any, res: Any) -> None:
+        await process.call(server, "hold", process.self(), timeout=None)
+
+    async with running(relay_app(endpoint), handler_timeout=0.3) as gw:
+        before = wsrelay.node().process_count()
+        answer = await http_request(gw, PATH, upgrade=True)
+        assert answer.status == 504, answer
+        await expect("holding")  # the call had reached its callee
+        await until(lambda: wsrelay.node().process_count() == before, what="the call's waiter gone")
+        assert process.is_alive(server)
+    process.terminate(server, "done")
+    await until(lambda: not process.is_alive(server), what="the server ending")

@@ -24,6 +24,10 @@ cancellation, a reply from elsewhere) tells the callee's node to demonitor.
 import asyncio
 from heapq import heappop, heappush
 
+from cpython.object cimport PyObject
+from cpython.ref cimport Py_INCREF
+from .includes.capi cimport TypeSlots, PyExc_StopIteration, PyErr_SetObject
+
 from .message cimport Message
 from .pid cimport Pid, to_pid
 from .remote cimport RemoteProcess
@@ -33,12 +37,32 @@ from .errors import CallError, NoTransport
 from .vocab import NOCONNECTION, NOPROC, REPLY
 
 cdef object _get_running_loop = asyncio.get_running_loop
+cdef object _CancelledError = asyncio.CancelledError
+
+from .handshake import PARKED as _parked, RouteTask as _route_task
+
+cdef object _PARKED = _parked
+cdef object _RouteTask = _route_task
+try:
+    # The running task of each loop (asyncio.current_task(), read at C level).
+    from _asyncio import _current_tasks as _tasks
+except ImportError:  # another asyncio: every call waits on a future
+    _tasks = None
+cdef dict _current_tasks = _tasks if type(_tasks) is dict else None
 
 
 cdef class Call(Process):
     """One call in flight (see the module's docstring)."""
 
+    # The caller's future; None when its task is the gateway's RouteTask,
+    # which ``wake`` steps (in ``wake_context``) once the call is settled.
     cdef object future
+    cdef object wake
+    cdef object wake_context
+    cdef object parker
+    cdef object outcome
+    cdef object error
+    cdef bint settled
     cdef object timeout
     # The set of calls with the same deadline tick this one is in (Deadlines).
     cdef set deadline
@@ -55,7 +79,11 @@ cdef class Call(Process):
         # A reply from the callee's node: that node took its monitor down.
         self.end(isinstance(self.callee, RemoteProcess) and sender is not None
                  and sender.node == self.callee.pid.node)
-        if not self.future.done():
+        if self.future is None:
+            if not self.settled:
+                self.outcome = payload
+                self.settle()
+        elif not self.future.done():
             self.future.set_result(payload)
         return True
 
@@ -72,11 +100,37 @@ cdef class Call(Process):
         if not self.alive:
             return 0
         self.end(False)
-        if not self.future.done():
-            if isinstance(error, CallError) and error.error is not None:
-                error.__cause__ = error.error
+        if isinstance(error, CallError) and error.error is not None:
+            error.__cause__ = error.error
+        if self.future is None:
+            if not self.settled:
+                self.error = error
+                self.settle()
+        elif not self.future.done():
             self.future.set_exception(error)
         return 0
+
+    cdef int settle(self) except -1:
+        """A call without a future is done: its task's next step, soon."""
+        self.settled = True
+        wake = self.wake
+        if wake is not None:
+            context = self.wake_context
+            self.wake = None
+            self.wake_context = None
+            self.loop.call_soon(wake, None, context=context)
+        return 0
+
+    def cancel(self, msg=None):
+        """Its task was cancelled while it waited (RouteTask.cancel): the
+        wait ends with CancelledError, the call with it (process.call)."""
+        if self.future is not None:
+            return self.future.cancel(msg=msg)
+        if self.settled:
+            return False
+        self.error = _CancelledError() if msg is None else _CancelledError(msg)
+        self.settle()
+        return True
 
     cdef int end(self, bint monitor_gone) except -1:
         """Out of the table, its monitor off the callee (telling nobody when
@@ -223,7 +277,15 @@ cdef Call _start(object dest, object topic, object payload, object timeout):
     c.callee = callee
     c.topic = checked
     loop = caller.loop if caller.loop is not None else _get_running_loop()
-    c.future = new_future(loop)
+    task = _current_tasks.get(loop) if _current_tasks is not None else None
+    if type(task) is _RouteTask:
+        # An async handler's call: the gateway's task waits for it without a future.
+        c.loop = loop
+        c.parker = task
+        c.wake = task._step
+        c.wake_context = task.get_context()
+    else:
+        c.future = new_future(loop)
     if isinstance(callee, RemoteProcess):
         # The request carries the monitor to the callee's node; here the
         # waiter joins the proxy's watchers, for that node's EXIT or loss.
@@ -264,7 +326,70 @@ async def call(dest, topic, payload=None, timeout=5.0):
     callee lives). A reply that comes after the call ended is dropped."""
     cdef Call c = _start(dest, topic, payload, timeout)
     try:
-        return await c.future
+        if c.future is not None:
+            return await c.future
+        return await _new_parked(c)
     finally:
         # The caller was cancelled (or the call already ended: a no-op).
         c.end(False)
+
+
+cdef class _Parked:
+    """What a call without a future awaits: PARKED to its RouteTask until
+    the call is settled (Call.settle steps the task), then the reply, or the
+    call's error raised."""
+
+    cdef Call call
+
+    def __await__(self):
+        return self
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        # Python-level callers only: tp_iternext is _parked_iternext.
+        raise TypeError("process.call's wait is stepped by its task only")
+
+    def send(self, value):
+        raise TypeError("process.call's wait is stepped by its task only")
+
+    def throw(self, typ, val=None, tb=None):
+        if val is None:
+            val = typ() if isinstance(typ, type) else typ
+        raise val
+
+    def close(self):
+        # Nothing of its own to release: the call ends in process.call's finally.
+        return None
+
+
+cdef _Parked _new_parked(Call c):
+    cdef _Parked p = _Parked.__new__(_Parked)
+    p.call = c
+    return p
+
+
+cdef PyObject* _parked_iternext(PyObject* self) except NULL:
+    """tp_iternext of _Parked: PARKED until the call is settled, then its
+    reply as StopIteration's value (set directly, without a traceback)."""
+    cdef Call c = (<_Parked>self).call
+    if not c.settled:
+        c.parker.park(c)
+        Py_INCREF(_PARKED)
+        return <PyObject*>_PARKED
+    c.parker = None
+    if c.error is not None:
+        error = c.error
+        c.error = None
+        raise error
+    value = c.outcome
+    c.outcome = None
+    if type(value) is tuple or isinstance(value, BaseException):
+        # (PyErr_SetObject would take a tuple for StopIteration's arguments.)
+        value = StopIteration(value)
+    PyErr_SetObject(PyExc_StopIteration, <PyObject*>value)
+    return NULL
+
+
+(<TypeSlots*><PyObject*>_Parked).tp_iternext = _parked_iternext
