@@ -40,15 +40,12 @@ from .vocab import NOCONNECTION, NOPROC, REPLY
 cdef object _get_running_loop = asyncio.get_running_loop
 cdef object _CancelledError = asyncio.CancelledError
 
-from .handshake import PARKED as _parked, RouteTask as _route_task
+# The running task of each loop as the guard reads it (None where asyncio
+# has no such table: every call then waits on a future).
+from .handshake import PARKED as _parked, RouteTask as _route_task, _current_tasks as _tasks
 
 cdef object _PARKED = _parked
 cdef object _RouteTask = _route_task
-try:
-    # The running task of each loop (asyncio.current_task(), read at C level).
-    from _asyncio import _current_tasks as _tasks
-except ImportError:  # another asyncio: every call waits on a future
-    _tasks = None
 cdef dict _current_tasks = _tasks if type(_tasks) is dict else None
 
 
