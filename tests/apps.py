@@ -77,6 +77,7 @@ CLUSTER_APP_YAML = _ws_app(
     '{name: relay, kind: http.endpoint, meta: {router: ws}, path: /relay, func: "tests.procs:relay_endpoint"}',
     '{name: room, kind: http.endpoint, meta: {router: ws}, path: /room, func: "tests.procs:room_endpoint"}',
     '{name: member, kind: http.endpoint, meta: {router: ws}, path: /member, func: "tests.procs:member_endpoint"}',
+    '{name: call, kind: http.endpoint, meta: {router: ws}, path: /call, func: "tests.procs:call_then_wait_endpoint"}',
 )
 
 CHANNELS_APP_YAML = _ws_app(

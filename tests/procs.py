@@ -807,6 +807,22 @@ def relay_endpoint(req: Any, res: Any) -> None:
     res.header("X-WS-Relay", json.dumps({"target_pid": req.query("to")}))
 
 
+async def call_then_wait_endpoint(req: Any, res: Any) -> None:
+    """An async endpoint that calls ``?to=PID`` (which may fail at once:
+    a PID of a node nobody has heard of), then waits on a future of its
+    own: answered with what the call gave and that the wait was undisturbed.
+    The future is asyncio's pure-Python one, which, unlike the C one, raises
+    when its task steps it before it is done."""
+    try:
+        outcome = repr(await process.call(req.query("to"), "hello", timeout=2.0))
+    except wsrelay.CallError as exc:
+        outcome = f"CallError {exc.reason}"
+    loop = asyncio.get_running_loop()
+    done = asyncio.futures._PyFuture(loop=loop)
+    loop.call_later(0.05, done.set_result, "waited")
+    res.status(200).write(f"{outcome}; {await done}")
+
+
 def room_endpoint(req: Any, res: Any) -> None:
     pid = process.whereis_global("room")
     if pid is None:

@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
 from tests import test_cluster_core as core
 from tests.cluster_support import DOWN_AFTER, CallError, controlled_cluster, local_metrics
+from tests.wsclient import http_request
 from wsrelay.cluster.broker import Broker
 
 pytestmark = pytest.mark.timeout(120)
@@ -77,6 +79,19 @@ async def test_a_callee_on_another_node_that_ends_gives_its_reason(app: Path, br
         nowhere = replier.replace("{b@", "{zz@")
         with pytest.raises(CallError, match="CallError: .* got no reply: noconnection"):
             await ca.call("call", pid=nowhere, topic="t")
+
+
+async def test_an_async_handlers_call_that_fails_at_once_leaves_its_next_wait_alone(app: Path, broker: Broker) -> None:
+    """An ``async def`` handler's call to a PID of an unknown node ends
+    before it waits (noconnection); the handler's next wait, on a future,
+    is woken by that future and nothing else."""
+    async with controlled_cluster(app, broker, "a", "b") as ((a, ca), (b, cb)):
+        replier = await cb.call("spawn", fn="test:replier")
+        nowhere = replier.replace("{b@", "{zz@")
+        answer = await http_request(a, f"/ws/call?to={quote(nowhere)}", upgrade=True)
+        assert (answer.status, answer.text) == (200, "CallError noconnection; waited")
+        answer = await http_request(a, f"/ws/call?to={quote(replier)}", upgrade=True)
+        assert answer.status == 200 and answer.text.endswith("; waited") and "'hello'" in answer.text
 
 
 async def test_a_late_reply_from_another_node_is_dropped_and_counted(app: Path, broker: Broker) -> None:

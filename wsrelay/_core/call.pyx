@@ -29,6 +29,7 @@ from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF
 from .includes.capi cimport TypeSlots, PyExc_StopIteration, PyErr_SetObject
 
+from .handshake cimport RouteTask
 from .message cimport Message
 from .pid cimport Pid, to_pid
 from .remote cimport RemoteProcess
@@ -42,22 +43,19 @@ cdef object _CancelledError = asyncio.CancelledError
 
 # The running task of each loop as the guard reads it (None where asyncio
 # has no such table: every call then waits on a future).
-from .handshake import PARKED as _parked, RouteTask as _route_task, _current_tasks as _tasks
+from .handshake import PARKED as _parked, _current_tasks as _tasks
 
 cdef object _PARKED = _parked
-cdef object _RouteTask = _route_task
 cdef dict _current_tasks = _tasks if type(_tasks) is dict else None
 
 
 cdef class Call(Process):
     """One call in flight (see the module's docstring)."""
 
-    # The caller's future; None when its task is the gateway's RouteTask,
-    # which ``wake`` steps (in ``wake_context``) once the call is settled.
+    # The caller's future; None when its task is the gateway's RouteTask
+    # (``parker``), which is stepped once the call is settled.
     cdef object future
-    cdef object wake
-    cdef object wake_context
-    cdef object parker
+    cdef RouteTask parker
     cdef object outcome
     cdef object error
     cdef bint settled
@@ -111,12 +109,11 @@ cdef class Call(Process):
     cdef int settle(self) except -1:
         """A call without a future is done: its task's next step, soon."""
         self.settled = True
-        wake = self.wake
-        if wake is not None:
-            context = self.wake_context
-            self.wake = None
-            self.wake_context = None
-            self.loop.call_soon(wake, None, context=context)
+        # Only a task parked on it: a call settled before its task waits
+        # (its callee's node unknown, found in process.call itself) is read
+        # at once, and the task may by then wait for something else.
+        if self.parker is not None and self.parker.waiter is self:
+            self.parker.resume_soon()
         return 0
 
     def cancel(self, msg=None):
@@ -276,12 +273,10 @@ cdef Call _start(object dest, object topic, object payload, object timeout):
     c.topic = checked
     loop = caller.loop if caller.loop is not None else _get_running_loop()
     task = _current_tasks.get(loop) if _current_tasks is not None else None
-    if type(task) is _RouteTask:
+    if type(task) is RouteTask:
         # An async handler's call: the gateway's task waits for it without a future.
         c.loop = loop
-        c.parker = task
-        c.wake = task._step
-        c.wake_context = task.get_context()
+        c.parker = <RouteTask>task
     else:
         c.future = new_future(loop)
     if isinstance(callee, RemoteProcess):

@@ -458,22 +458,7 @@ cdef class RouteTask:
     Handshakes keeps those still waiting, which the gateway's shutdown
     cancels."""
 
-    cdef object coro
-    cdef object loop
-    cdef object context
-    # Where it is kept while it waits.
-    cdef set waiting
-    # The future its coroutine waits for, if it waits for one.
-    cdef object waiter
-    cdef object wakeup
-    # What its coroutine is about to wait for without a future (park()).
-    cdef object parked
-    cdef object cancel_message
-    cdef bint must_cancel
-    cdef bint finished
-    cdef bint cancelled_
-    cdef Py_ssize_t cancel_requests
-    cdef object __weakref__
+    # (Its fields are declared in handshake.pxd: call.pyx parks it.)
 
     def __repr__(self):
         state = "done" if self.finished else "pending"
@@ -511,13 +496,19 @@ cdef class RouteTask:
         # on is done.
         self.step(exc)
 
-    def park(self, waiter):
+    cdef int park(self, object waiter) except -1:
         """The coroutine is about to yield PARKED: it waits for ``waiter``
-        (a process.call), which schedules this task's ``_step(None)`` in its
-        context when it is done, and which ``cancel(msg)`` ends; no future
-        is made for it (each costs some 3.7k estimated cycles, and this
-        task reads a future through Python-level calls)."""
+        (a process.call), which calls ``resume_soon()`` when it is done and
+        ``cancel(msg)`` of its own when this task is cancelled; no future is
+        made for it (each costs some 3.7k estimated cycles, and this task
+        reads a future through Python-level calls)."""
         self.parked = waiter
+        return 0
+
+    cdef int resume_soon(self) except -1:
+        """What it parked on is done: its next step, in the loop's next round."""
+        self.loop.call_soon(self._step, None, context=self.context)
+        return 0
 
     cdef int step(self, exc) except -1:
         cdef PyObject* result = NULL
