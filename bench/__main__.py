@@ -144,6 +144,10 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--inflight", type=int,
                    help="echo: messages in flight per connection (default 1); "
                         "broadcast: messages in flight (not yet received by every subscriber) (default 4)")
+    g.add_argument("--side-by-side", action="store_true",
+                   help="connections: the servers run at once, the load generator's connections alternating "
+                        "among them (--conns to each), each server's CPU read at the same instants: CPU ratios "
+                        "that what else the machine does falls on alike (rates are then the pair's)")
     g = p.add_argument_group("churn")
     g.add_argument("--cycles", type=parse_ints, help="connect/message/close cycles (default 100k, quick 5k)")
     g.add_argument("--concurrency", type=int, default=32, help="cycles in progress at once, in total (default 32)")
@@ -289,6 +293,7 @@ def _options(args: argparse.Namespace, out: pathlib.Path, servers: list[str], bi
         warmup=args.warmup if args.warmup is not None else (0.5 if quick else 1.0),
         timeout=args.timeout, source_ips=args.source_ips, out=out, binary=binary,
         connect_concurrency=args.connect_concurrency, profile=args.profile, repeat=max(1, args.repeat),
+        side_by_side=getattr(args, "side_by_side", False),
     )
 
 
@@ -300,7 +305,8 @@ def _run_record(command: str, opts: Options, quick: bool) -> dict[str, Any]:
         "machine": report.machine(),
         "options": {"quick": quick, "procs": opts.procs, "duration_s": opts.duration, "warmup_s": opts.warmup,
                     "source_ips": opts.source_ips, "binary": opts.binary,
-                    "connect_concurrency": opts.connect_concurrency, "repeat": opts.repeat},
+                    "connect_concurrency": opts.connect_concurrency, "repeat": opts.repeat,
+                    "side_by_side": opts.side_by_side},
     }
 
 
@@ -341,6 +347,9 @@ def _wsrelay_env() -> dict[str, str]:
 def run_load(args: argparse.Namespace) -> int:
     quick = args.quick
     scenarios = LOAD_SCENARIOS if args.scenario == "all" else (args.scenario,)
+    if args.side_by_side and scenarios != ("connections",):
+        print("--side-by-side is for the connections scenario only", file=sys.stderr)
+        return 2
     out = _results_dir(args, args.scenario)
     if args.baseline is not None:
         args.servers = [*args.servers, add_baseline(args.baseline)]

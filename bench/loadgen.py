@@ -296,13 +296,14 @@ class Worker:
             raise
         return sock
 
-    async def connect(self, path: str, factory: Callable[[], Any]) -> Any:
-        """(transport, listener) of a new connection; raises on failure."""
+    async def connect(self, path: str, factory: Callable[[], Any], url: Optional[str] = None) -> Any:
+        """(transport, listener) of a new connection (to ``url``, by default
+        the server's); raises on failure."""
         # No asyncio.wait_for around it (one task and timer less per
         # connection): picows times the handshake out itself, and a loopback
         # TCP connect either completes or is refused at once.
         transport, listener = await picows.ws_connect(
-            factory, self.p["url"] + path, socket_factory=self._socket_factory,
+            factory, (url or self.p["url"]) + path, socket_factory=self._socket_factory,
             websocket_handshake_timeout=self.timeout, max_frame_size=64 << 20,
             read_buffer_init_size=int(self.p.get("client_read_buffer", 16384)),
             use_aiofastnet=False,  # uvloop's transports, like the wsrelay gateway
@@ -312,29 +313,36 @@ class Worker:
         return transport, listener
 
     async def connect_many(self, n: int, path: str, factory: Callable[[], Any], concurrency: int,
-                           handshake_lat: Optional[array.array] = None) -> list[Any]:
-        """Open ``n`` connections, at most ``concurrency`` handshakes at a time."""
+                           handshake_lat: Optional[array.array] = None,
+                           targets: Optional[list[Any]] = None) -> list[Any]:
+        """Open ``n`` connections, at most ``concurrency`` handshakes at a
+        time. With ``targets`` (``[url, path, latencies, opened]`` each), the
+        i-th connection goes to target ``i % len(targets)``, and its
+        latency and connection are kept there as well."""
         opened: list[Any] = []
         sem = asyncio.Semaphore(max(1, concurrency))
         stats = self.stats
 
-        async def one() -> None:
+        async def one(i: int) -> None:
+            url, to, lat, kept = (None, path, handshake_lat, None) if targets is None else targets[i % len(targets)]
             async with sem:
                 t0 = now_ns()
                 try:
-                    transport, listener = await self.connect(path, factory)
+                    transport, listener = await self.connect(to, factory, url)
                 except asyncio.TimeoutError:
                     stats.error("connect_timeout")
                     return
                 except Exception as exc:  # counted, reported by kind
                     stats.error(f"connect:{type(exc).__name__}")
                     return
-                if handshake_lat is not None:
-                    handshake_lat.append(now_ns() - t0)
+                if lat is not None:
+                    lat.append(now_ns() - t0)
                 stats.counters["connected"] += 1
                 opened.append((transport, listener))
+                if kept is not None:
+                    kept.append(transport)
 
-        await asyncio.gather(*(one() for _ in range(n)))
+        await asyncio.gather(*(one(i) for i in range(n)))
         return opened
 
     async def close_all(self, conns: list[Any], timeout: float = 3.0) -> None:
@@ -588,7 +596,10 @@ class Worker:
 
     async def op_connections(self) -> dict[str, Any]:
         """Open ``conns`` idle connections as fast as the server accepts them,
-        keep them open until told, then check a sample still echoes."""
+        keep them open until told, then check a sample still echoes. With
+        ``targets`` (``[[url, echo path], ...]``: servers side by side), the
+        connections alternate among them, and the result says, for each,
+        how many it took and their handshake latencies."""
         WSMsgType = picows.WSMsgType
         stats = self.stats
         p = self.p
@@ -611,7 +622,9 @@ class Worker:
         await asyncio.sleep(max(0.0, (self.t_measure - now_ns()) / 1e9))
         t0 = now_ns()
         hs = array.array("q")
-        conns = await self.connect_many(p["conns"], p["paths"]["echo"], Idle, p["connect_concurrency"], hs)
+        targets = None if p.get("targets") is None else \
+            [[url, path, array.array("q"), []] for url, path in p["targets"]]
+        conns = await self.connect_many(p["conns"], p["paths"]["echo"], Idle, p["connect_concurrency"], hs, targets)
         t_done = now_ns()
         self.emit("phase", phase="connected", n=len(conns), t0=t0, t_done=t_done)
         await self.command("check")
@@ -638,7 +651,10 @@ class Worker:
         self.emit("phase", phase="checked", sampled=len(sample))
         await self.command("close")
         await self.close_all(conns, timeout=10.0)
-        return {"conns": len(conns), "lat": hs.tobytes(), "t0": t0, "t_done": t_done}
+        result: dict[str, Any] = {"conns": len(conns), "lat": hs.tobytes(), "t0": t0, "t_done": t_done}
+        if targets is not None:
+            result["targets"] = [{"conns": len(kept), "lat": lat.tobytes()} for _, _, lat, kept in targets]
+        return result
 
     async def op_churn(self) -> dict[str, Any]:
         """``cycles`` times: connect, one message, its echo, close; with

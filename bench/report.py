@@ -12,6 +12,7 @@ import pathlib
 import platform
 import resource
 import shutil
+import statistics
 import subprocess
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Callable, Optional
@@ -996,8 +997,11 @@ def _machine_text(m: dict[str, Any]) -> str:
 
 
 def _repeat_text(data: dict[str, Any], tail: str) -> str:
-    repeat = data.get("options", {}).get("repeat", 1)
-    return (f" Medians of {repeat} runs per row, servers interleaved; ±x% is half the range of the runs{tail}."
+    options = data.get("options", {})
+    repeat = options.get("repeat", 1)
+    how = ("servers side by side (running at once, the connections alternating among them)"
+           if options.get("side_by_side") else "servers interleaved")
+    return (f" Medians of {repeat} runs per row, {how}; ±x% is half the range of the runs{tail}."
             if repeat > 1 else "")
 
 
@@ -1039,6 +1043,24 @@ def _load_lines(data: dict[str, Any], out: pathlib.Path) -> list[str]:
                 if data.get("wsrelay_env") else ""), ""]
     lines += _sections(rows, LOAD_TABLES, out / "{}.png", lambda scenario: [],
                        lambda scenario, sub: _health_notes(sub))
+    paired = [r for r in rows if r.get("side_by_side") and r.get("cpu_vs_first_runs")]
+    if paired:
+        first: dict[int, str] = {}
+        for r in rows:
+            if r.get("side_by_side"):
+                first.setdefault(r["conns"], r["server"])
+        lines += ["## server CPU per handshake, side by side", "",
+                  "Each server's CPU per handshake over the first server's, in each run (measured in the same "
+                  "seconds), and their median:", "",
+                  "| conns | server | ÷ | each run | median |", "|---|---|---|---|---|"]
+        for r in paired:
+            if r["server"] == first[r["conns"]]:
+                continue
+            ratios = [x for x in r["cpu_vs_first_runs"] if x is not None]
+            median = f"{statistics.median(ratios):.3f}" if ratios else "-"
+            lines.append(f"| {r['conns']:,} | {r['server']} | {first[r['conns']]} | "
+                         f"{', '.join(f'{x:.3f}' for x in ratios)} | {median} |")
+        lines.append("")
     if data.get("targets"):
         lines += ["## targets", "", table_targets(data["targets"], "measured (ratios in this run)", "-"), ""]
     lines += ["## correctness checks", "",

@@ -9,6 +9,7 @@ measurement window, RSS).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import html
 import pathlib
@@ -44,6 +45,7 @@ class Options:
     profile: bool = False
     quiet: bool = False
     repeat: int = 1
+    side_by_side: bool = False
 
 
 class CpuSampler:
@@ -378,7 +380,98 @@ class Runner:
     # -- connections ---------------------------------------------------------------------------
 
     def connections(self, conns_list: list[int]) -> list[dict[str, Any]]:
+        if self.opts.side_by_side:
+            return self.connections_side_by_side(conns_list)
         return self.run_points([{"conns": c} for c in conns_list], self.measure_connections, "connections")
+
+    def connections_side_by_side(self, conns_list: list[int]) -> list[dict[str, Any]]:
+        """``--side-by-side``: the servers run at once and one load
+        generator's connections alternate among them (``conns`` to each), so
+        that whatever else the machine does in those seconds falls on each
+        server alike; each one's CPU is read at the same instants. For CPU
+        ratios between servers (two builds, two routes of one) on a shared
+        machine, where a server's CPU per handshake moves more from one
+        minute to the next than the difference measured; the rates are the
+        pair's, paced together, not each server's own."""
+        specs = self.specs()
+        runs: dict[tuple[int, str], list[dict[str, Any]]] = {}
+        for rep in range(self.opts.repeat):
+            for pi, conns in enumerate(conns_list):
+                rep_text = f" (run {rep + 1}/{self.opts.repeat})" if self.opts.repeat > 1 else ""
+                log(f"== connections side by side {', '.join(s.name for s in specs)} conns={conns}{rep_text}")
+                try:
+                    rows = self.measure_side_by_side(specs, conns)
+                except (LoadGenError, ServerError) as exc:
+                    failed = str(exc).splitlines()[0]
+                    log(f"FAILED: {failed}")
+                    rows = [{"failed": failed} for _ in specs]
+                first = rows[0].get("cpu_us_per_handshake")
+                for spec, row in zip(specs, rows):
+                    mine = row.get("cpu_us_per_handshake")
+                    # This run's CPU over the first server's, measured in the same seconds.
+                    row["cpu_vs_first"] = mine / first if mine and first else None
+                    row = {"scenario": "connections", "server": spec.name, "conns": conns, "side_by_side": True, **row}
+                    row.setdefault("check", self.checks.get(spec.name, []))
+                    runs.setdefault((pi, spec.name), []).append(row)
+                    if not self.opts.quiet:
+                        log(f"   {spec.name}: " + summary(row))
+        out = []
+        for pi in range(len(conns_list)):
+            for spec in specs:
+                if (pi, spec.name) in runs:
+                    row = aggregate(runs[(pi, spec.name)])
+                    row["cpu_vs_first_runs"] = [r.get("cpu_vs_first") for r in runs[(pi, spec.name)]]
+                    out.append(row)
+        return out
+
+    def measure_side_by_side(self, specs: list[ServerSpec], conns: int) -> list[dict[str, Any]]:
+        k = len(specs)
+        procs = self.procs_for(conns * k)
+        tag = f"connections-c{conns}"
+        with contextlib.ExitStack() as stack:
+            servers = [stack.enter_context(self.start(spec, tag)) for spec in specs]
+            problems = [self.check(server, broadcast=False) for server in servers]
+            time.sleep(1.0)
+            before = [(server.rss(), server.health()) for server in servers]
+            parts = split(conns * k, procs)
+            params = self.base_params(servers[0], "connections",
+                                      targets=[[server.url, server.spec.paths["echo"]] for server in servers])
+            with LoadGen(procs, params, f"connections side by side c={conns}", status_rate("connected", "handshakes"),
+                         lambda i, _: {"conns": parts[i]}) as lg:
+                go(lg)
+                cpu0 = [server.cpu_seconds() for server in servers]
+                client0 = lg.cpu_seconds()
+                done = lg.wait_phase("connected", 60 + conns * k / 20)
+                cpu = [server.cpu_seconds() - c for server, c in zip(servers, cpu0)]
+                client = lg.cpu_seconds() - client0
+                elapsed = (max(d["t_done"] for d in done.values()) - min(d["t0"] for d in done.values())) / 1e9
+                lg.wait_until(now_ns() + int(1.5e9))
+                opened = [(server.rss(), server.health()) for server in servers]
+                lg.send_all("check")
+                lg.wait_phase("checked", 60)
+                lg.send_all("close")
+                results = lg.wait_results(60)
+        rows = []
+        for i in range(k):
+            mine = [r["targets"][i] for r in results]
+            n = sum(t["conns"] for t in mine)
+            # The load generator's CPU is shared by the servers: each is charged its share.
+            cost = PhaseCost(done, cpu[i], client * n / max(1, sum(r["conns"] for r in results)), elapsed)
+            (rss_before, health_before), (rss_with, health) = before[i], opened[i]
+            rows.append({
+                "connected": n,
+                **cost.handshakes(n, latencies(mine)),
+                "rss_before_mib": rss_before / 2**20,
+                "rss_with_mib": rss_with / 2**20,
+                "kib_per_conn": per(rss_with - rss_before, n, 1 / 1024),
+                "health_before": health_before,
+                "health_open": health,
+                # Errors are the load generator's, not told apart by server.
+                "errors": sum_errors(results) if i == 0 else {},
+                "check": problems[i],
+                "procs": procs,
+            })
+        return rows
 
     def measure_connections(self, spec: ServerSpec, point: dict[str, Any]) -> dict[str, Any]:
         conns = point["conns"]

@@ -262,6 +262,8 @@ class RunningServer:
 # directory process through ``await process.call`` in an ``async def`` handler.
 for _name, _path, _how in (
     ("wsrelay+lookup", "/ws/echo_lookup", "a plain handler that looks the user up in a dict, then relays"),
+    ("wsrelay+async", "/ws/echo_async_lookup", "an async def handler that looks the user up in a dict "
+                                               "(waiting for nothing), then relays"),
     ("wsrelay+call", "/ws/echo_call", "an async def handler that asks a directory process (process.call), "
                                       "then relays"),
 ):

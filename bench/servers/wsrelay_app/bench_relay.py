@@ -51,6 +51,12 @@ def lookup_echo_endpoint(req, res):
     _relay_echo(res, _user_of(req.query("token", "anonymous")))
 
 
+async def async_lookup_echo_endpoint(req, res):
+    """lookup_echo_endpoint as an async def handler that waits for nothing:
+    what being async costs, apart from the call."""
+    _relay_echo(res, _user_of(req.query("token", "anonymous")))
+
+
 async def call_echo_endpoint(req, res):
     """echo_endpoint, after asking the directory process who the user is."""
     _relay_echo(res, await process.call(_directory(), "lookup", req.query("token", "anonymous")))
