@@ -7,10 +7,11 @@ as in Erlang), no task and no mailbox, in the node's table for the call's
 duration only. The request carries the waiter's PID as its reply address and
 ``msg.reply(value)`` is an ordinary send to it, from this node or another, so
 replies need no table of pending calls: the PID table finds the waiter, whose
-``deliver`` resolves the caller's future (or, for an ``async def`` handler's
-call, steps the gateway's task that parked on it: no future is made). The waiter monitors the callee, so
-the callee's end (``noproc`` when it was already gone, ``noconnection`` when
-its node is lost) resolves the future with CallError. Whatever ends the call
+``deliver`` resolves the caller's future (or, for an ``async def``
+handler's call, steps the gateway's task that parked on it: no future is
+made). The waiter monitors the callee, so the callee's end (``noproc`` when
+it was already gone, ``noconnection`` when its node is lost) ends the call
+with CallError. Whatever ends the call
 (the reply, the callee's end, the timeout, the caller's cancellation) takes
 the waiter out of the table and its monitor off the callee: nothing of a call
 outlives it, and a reply that comes later finds no PID (dropped, counted).
